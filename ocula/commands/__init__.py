@@ -1,0 +1,1 @@
+"""Subcommands. Each module defines `register(subparsers, common)`; see ocula.cli."""
