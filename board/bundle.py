@@ -1,0 +1,256 @@
+"""Build, sign and read bundles (the format is `runtime.agent.bundlefmt`).
+
+`build` packs the runtime code (the `runtime/` package, Python files only), the artifacts
+(each a folder with its manifest.json, stored under `artifacts/<kind>/`) and the board profile
+(`profile.toml`) into one file. Files are cut into CHUNK_SIZE pieces named by the sha256 of
+their raw bytes; a piece is stored zlib-compressed when that saves at least 3% (ONNX weights,
+int4 ones especially, barely compress; code and JSON do). The same inputs give the same bytes,
+so a rebuilt, unchanged bundle has the same manifest and a board already holding it skips
+every chunk.
+
+`Bundle.open` reads a bundle back, validates its manifest with the device's own parser and
+checks the file is complete (a truncated bundle is refused before anything is sent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import runtime
+from board.errors import BoardError
+from runtime.agent.bundlefmt import (
+    CHUNK_SIZE,
+    FORMAT,
+    HEADER,
+    MAGIC,
+    MAX_MANIFEST_BYTES,
+    SIG_LEN,
+    Manifest,
+    check_path,
+    encode_manifest,
+    parse_manifest,
+)
+from runtime.agent.errors import BundleRejected
+from runtime.profile import Profile
+
+__all__ = ["Bundle", "build", "estimate_rss_mb"]
+
+RUNTIME_DIR = Path(runtime.__file__).resolve().parent
+KINDS = ("llm", "asr", "vad", "vision")
+BASE_RSS_MB = 120  # interpreter + numpy + onnxruntime + the agent, measured on the sim board
+
+
+def estimate_rss_mb(artifact_bytes: int) -> int:
+    """RAM a bundle needs: the runtime, plus the weights once in memory, plus 25% working set."""
+    return BASE_RSS_MB + int(artifact_bytes * 1.25 / 1e6)
+
+
+def _files(folder: Path, prefix: str, code_only: bool = False) -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            raise BoardError(f"{path}: symbolic links are not packed; copy the file instead")
+        if not path.is_file() or "__pycache__" in rel.split("/") or path.name.startswith("."):
+            continue
+        if code_only and path.suffix not in (".py", ".json", ".toml", ".txt"):
+            continue
+        name = f"{prefix}/{rel}" if prefix else rel
+        try:
+            check_path(name)
+        except BundleRejected as exc:
+            raise BoardError(f"{path}: {exc}") from exc
+        out.append((name, path))
+    return out
+
+
+def _check_artifact(kind: str, folder: Path) -> None:
+    if not (folder / "manifest.json").is_file():
+        raise BoardError(
+            f"{folder}: not an artifact folder (no manifest.json); make one with 'ocula export'"
+        )
+    import json
+
+    try:
+        doc = json.loads((folder / "manifest.json").read_text())
+    except ValueError as exc:
+        raise BoardError(f"{folder}/manifest.json: not JSON ({exc})") from exc
+    declared = doc.get("kind") if isinstance(doc, dict) else None
+    if declared is not None and declared != kind:
+        raise BoardError(
+            f"{folder}: its manifest says kind {declared!r}, but it was given as --{kind}"
+        )
+
+
+def build(
+    profile: Profile,
+    out: Path,
+    artifacts: dict[str, Path],
+    key: Path | None = None,
+    version: str | None = None,
+    runtime_dir: Path = RUNTIME_DIR,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Write the bundle to `out`; return a summary (sizes, chunks, digest, signed)."""
+    entries: list[tuple[str, Path]] = _files(runtime_dir, "runtime", code_only=True)
+    for kind, folder in sorted(artifacts.items()):
+        if kind not in KINDS:
+            raise BoardError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise BoardError(f"{folder}: no such artifact folder (given as --{kind})")
+        _check_artifact(kind, folder)
+        entries += _files(folder, f"artifacts/{kind}")
+    chunks: dict[str, tuple[int, str, bytes]] = {}
+    files: list[dict[str, Any]] = []
+    artifact_bytes = 0
+    for name, path in [*entries, ("profile.toml", Path(profile.source))]:
+        size, digest, ids = _chunk_file(path, chunks)
+        files.append({"path": name, "size": size, "sha256": digest, "chunks": ids})
+        if name.startswith("artifacts/"):
+            artifact_bytes += size
+        if progress is not None:
+            progress(name, size)
+    code_digest = hashlib.sha256(encode_manifest({"f": files})).hexdigest()[:10]
+    doc = {
+        "format": FORMAT,
+        "board": profile.name,
+        "version": version or f"{getattr(runtime, '__version__', '0.1.0')}+{code_digest}",
+        "files": files,
+        "chunks": [
+            {"id": cid, "size": size, "stored": len(stored), "codec": codec}
+            for cid, (size, codec, stored) in chunks.items()
+        ],
+        "artifacts": {k: f"artifacts/{k}" for k in sorted(artifacts)},
+        "rss_mb": estimate_rss_mb(artifact_bytes),
+    }
+    raw = encode_manifest(doc)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BoardError(
+            f"the manifest would be {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}"
+        )
+    manifest = parse_manifest(raw)
+    signature = b""
+    if key is not None:
+        from board import keys
+
+        signature = keys.sign(Path(key), raw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    with open(tmp, "wb") as fh:
+        fh.write(HEADER.pack(MAGIC, len(raw)) + raw + SIG_LEN.pack(len(signature)) + signature)
+        for _size, _codec, stored in chunks.values():
+            fh.write(stored)
+    os.replace(tmp, out)
+    return {
+        "bundle": str(out),
+        "board": profile.name,
+        "version": manifest.version,
+        "digest": manifest.digest,
+        "files": len(files),
+        "chunks": len(chunks),
+        "raw_bytes": manifest.total_bytes,
+        "bundle_bytes": out.stat().st_size,
+        "artifact_bytes": artifact_bytes,
+        "rss_mb": manifest.rss_mb,
+        "signed": bool(signature),
+    }
+
+
+def _chunk_file(
+    path: Path, chunks: dict[str, tuple[int, str, bytes]]
+) -> tuple[int, str, list[str]]:
+    digest = hashlib.sha256()
+    ids: list[str] = []
+    size = 0
+    with open(path, "rb") as fh:
+        while True:
+            piece = fh.read(CHUNK_SIZE)
+            if not piece and ids:
+                break
+            digest.update(piece)
+            size += len(piece)
+            cid = hashlib.sha256(piece).hexdigest()
+            ids.append(cid)
+            if cid not in chunks:
+                packed = zlib.compress(piece, 6)
+                if len(packed) <= len(piece) * 0.97:
+                    chunks[cid] = (len(piece), "zlib", packed)
+                else:
+                    chunks[cid] = (len(piece), "raw", piece)
+            if len(piece) < CHUNK_SIZE:
+                break
+    return size, digest.hexdigest(), ids
+
+
+@dataclass
+class Bundle:
+    """A bundle file opened for reading: its manifest, signature and where each chunk lies."""
+
+    path: Path
+    manifest: Manifest
+    signature: bytes
+    offsets: dict[str, int]
+
+    @classmethod
+    def open(cls, path: Path) -> Bundle:
+        path = Path(path)
+        if not path.is_file():
+            raise BoardError(f"{path}: no such bundle; build one with 'ocula bundle'")
+        with open(path, "rb") as fh:
+            head = fh.read(HEADER.size)
+            if len(head) < HEADER.size or head[:8] != MAGIC:
+                raise BoardError(f"{path}: not an Ocula bundle (bad magic)")
+            _, n = HEADER.unpack(head)
+            if n > MAX_MANIFEST_BYTES:
+                raise BoardError(f"{path}: manifest length {n} is over the limit")
+            raw = fh.read(n)
+            sig_head = fh.read(SIG_LEN.size)
+            if len(raw) < n or len(sig_head) < SIG_LEN.size:
+                raise BoardError(f"{path}: truncated bundle (the manifest is cut); rebuild it")
+            (slen,) = SIG_LEN.unpack(sig_head)
+            signature = fh.read(slen)
+            if slen not in (0, 64) or len(signature) != slen:
+                raise BoardError(f"{path}: truncated or damaged signature; rebuild the bundle")
+            try:
+                manifest = parse_manifest(raw)
+            except BundleRejected as exc:
+                raise BoardError(f"{path}: {exc}") from exc
+            offset = fh.tell()
+        offsets = {}
+        for c in manifest.chunks:
+            offsets[c.id] = offset
+            offset += c.stored
+        actual = path.stat().st_size
+        if actual != offset:
+            what = "truncated" if actual < offset else "has trailing bytes"
+            raise BoardError(
+                f"{path}: bundle {what} ({actual} bytes, expected {offset}); rebuild or re-copy it"
+            )
+        return cls(path, manifest, signature, offsets)
+
+    def read_chunk(self, cid: str) -> bytes:
+        ref = self.manifest.chunk_map()[cid]
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offsets[cid])
+            data = fh.read(ref.stored)
+        return data
+
+    def extract(self, dest: Path) -> None:
+        """Unpack every file under `dest` (for inspection and tests), verifying each chunk."""
+        from runtime.agent.store import unpack_chunk
+
+        refs = self.manifest.chunk_map()
+        for f in self.manifest.files:
+            target = dest / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            for cid in f.chunks:
+                buf.write(unpack_chunk(refs[cid], self.read_chunk(cid)))
+            target.write_bytes(buf.getvalue())

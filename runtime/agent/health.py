@@ -1,0 +1,95 @@
+"""The health check a board runs when it boots a slot on trial.
+
+Three steps, each one reason to roll back: the slot is complete; every file matches the sha256
+in its manifest; each artifact passes a short inference. The inference step is pluggable:
+`runtime.engine.selftest.check(kind, folder) -> str` is used when that module exists in the
+booted code; otherwise every ONNX file of the artifact is loaded into an onnxruntime session
+(which parses and checks the whole graph) and the result says "loaded", not "inferred".
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runtime.agent.store import Store
+
+__all__ = ["InferenceCheck", "check_slot", "default_inference_check"]
+
+log = logging.getLogger(__name__)
+
+InferenceCheck = Callable[[str, Path], str]
+
+
+def default_inference_check() -> InferenceCheck:
+    """The engine's self-test when the engine provides one, else an onnxruntime load check."""
+    try:
+        module = importlib.import_module("runtime.engine.selftest")
+    except ImportError:
+        return _load_onnx
+    check: InferenceCheck = module.check
+    return check
+
+
+def _load_onnx(kind: str, folder: Path) -> str:
+    models = sorted(folder.rglob("*.onnx"))
+    if not models:
+        return f"{kind}: no ONNX model to load"
+    import onnxruntime
+
+    for model in models:
+        onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return f"{kind}: loaded {len(models)} model(s) (no engine self-test in this runtime)"
+
+
+def check_slot(store: Store, slot: str, inference: InferenceCheck | None = None) -> dict[str, Any]:
+    """Run the health check of `slot`; the result says ok and, if not, why."""
+    start = time.perf_counter()
+    manifest = store.slot_manifest(slot)
+    if manifest is None:
+        return {"ok": False, "reason": f"slot {slot} is incomplete", "seconds": 0.0}
+    bad = store.verify_slot(slot)
+    if bad:
+        return {
+            "ok": False,
+            "reason": f"{len(bad)} file(s) do not match the manifest, first {bad[0]}",
+            "seconds": time.perf_counter() - start,
+        }
+    results: dict[str, str] = {}
+    check = inference or default_inference_check()
+    base = store.slot_dir(slot)
+    for kind, folder in sorted(manifest.artifacts.items()):
+        path = base / folder
+        try:
+            results[kind] = check(kind, path)
+        except Exception as exc:  # any failure of a model is a failed health check
+            log.warning("health check of %s failed: %s", kind, exc)
+            return {
+                "ok": False,
+                "reason": f"{kind} artifact failed its inference check: {type(exc).__name__}: "
+                f"{str(exc)[:300]}",
+                "inference": results,
+                "seconds": time.perf_counter() - start,
+            }
+    return {
+        "ok": True,
+        "reason": "",
+        "hashes": f"{len(manifest.files)} files match",
+        "inference": results,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def read_artifact_kind(folder: Path) -> str | None:
+    """The `kind` an artifact's manifest.json declares, or None if it has none."""
+    try:
+        doc = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) else None

@@ -1,0 +1,340 @@
+"""The agent's requests, as plain functions of (fields, blob) -> (fields, blob).
+
+`Agent.handle(op, fields, blob)` is everything the link can ask of a board. It never evaluates
+or unpickles what arrives: requests are JSON-like fields checked one by one against a type and a
+size limit (`_str`, `_int`, `_bytes`), plus one binary blob. A request that fails a check gets
+an error reply naming the field; the agent keeps serving.
+
+Flash sequence (the host's flasher drives it; every step is idempotent, so a cut or a reset at
+any point resumes by sending the same steps again):
+
+    manifest (parts) -> begin (signature) -> have (batches of ids) -> put (parts of each
+    missing chunk) -> install (repeat until done) -> commit -> reboot -> [trial boot, health
+    check] -> hello/info -> confirm
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import resource
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.agent import ed25519
+from runtime.agent.bundlefmt import (
+    CHUNK_SIZE,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    parse_manifest,
+)
+from runtime.agent.errors import AgentError, BundleRejected, RequestError
+from runtime.agent.store import Store
+from runtime.profile import Profile
+
+__all__ = ["PROTOCOL", "Agent", "BootInfo", "check_bundle"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+AGENT_VERSION = "0.1.0"
+PART = 32 * 1024  # largest blob a request carries
+MAX_HAVE = 512
+MAX_BOOTS = 3
+Reply = tuple[dict[str, Any], bytes]
+
+
+@dataclass
+class BootInfo:
+    """What the boot ROM told this agent: which slot it runs and whether it is on trial."""
+
+    slot: str  # "a", "b" or "factory"
+    trial: bool = False
+    boot_id: int = 0
+    health: dict[str, Any] = field(default_factory=dict)
+    code_path: str = ""
+
+
+def _str(fields: dict[str, Any], name: str, limit: int = 256) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or len(value) > limit:
+        raise RequestError(f"field {name!r} must be a string of at most {limit} characters")
+    return value
+
+
+def _int(fields: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    value = fields.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise RequestError(f"field {name!r} must be an integer from {lo} to {hi}")
+    return value
+
+
+def check_bundle(manifest: Manifest, signature: bytes, profile: Profile, key: bytes | None) -> None:
+    """Every refusal a board makes before accepting a bundle; BundleRejected says which."""
+    if key is not None:
+        if not signature:
+            raise BundleRejected(
+                f"board {profile.name} holds a public key and refuses unsigned bundles; "
+                "build the bundle with --key"
+            )
+        if not ed25519.verify(key, manifest.raw, signature):
+            raise BundleRejected(
+                f"board {profile.name}: the bundle signature does not verify with the board's "
+                "key (tampered bundle, or signed by another key)"
+            )
+    if manifest.board != profile.name:
+        raise BundleRejected(
+            f"the bundle is for board {manifest.board!r}, this board is {profile.name!r}; "
+            f"build it with --board {profile.name}"
+        )
+    mb = manifest.artifact_bytes() / 1e6
+    if mb > profile.budget.max_artifact_mb:
+        raise BundleRejected(
+            f"the bundle's artifacts take {mb:.1f} MB; board {profile.name} allows "
+            f"{profile.budget.max_artifact_mb} MB (budget.max_artifact_mb)"
+        )
+    if manifest.rss_mb > profile.budget.max_rss_mb:
+        raise BundleRejected(
+            f"the bundle needs about {manifest.rss_mb} MB of RAM; board {profile.name} allows "
+            f"{profile.budget.max_rss_mb} MB (budget.max_rss_mb)"
+        )
+    if manifest.total_bytes / 1e6 > profile.memory.flash_mb / 2:
+        raise BundleRejected(
+            f"the bundle is {manifest.total_bytes / 1e6:.1f} MB; two slots of it do not fit in "
+            f"board {profile.name}'s {profile.memory.flash_mb} MB of flash"
+        )
+
+
+class Agent:
+    """One board's agent state; `handle` serves one request."""
+
+    def __init__(self, store: Store, profile: Profile, key: bytes | None, boot: BootInfo) -> None:
+        self.store = store
+        self.profile = profile
+        self.key = key
+        self.boot = boot
+        self.started = time.monotonic()
+        self.reboot_requested = False
+        self.logs: deque[tuple[int, str]] = deque(maxlen=1000)
+        self._log_seq = 0
+        self._incoming = bytearray()
+        self._partial: tuple[str, bytearray] | None = None
+        self.counters: dict[str, int] = {"requests": 0, "errors": 0, "chunks_stored": 0}
+
+    def note(self, line: str) -> None:
+        self._log_seq += 1
+        self.logs.append((self._log_seq, line[:500]))
+        log.info("%s", line)
+
+    def handle(self, op: str, fields: dict[str, Any], blob: bytes) -> Reply:
+        """Serve one request; errors become {"ok": False, "error": ...} replies."""
+        self.counters["requests"] += 1
+        method = getattr(self, f"op_{op}", None) if op.isidentifier() else None
+        if method is None:
+            self.counters["errors"] += 1
+            return {"ok": False, "error": f"unknown request {op[:40]!r}"}, b""
+        try:
+            reply, data = method(fields, blob)
+        except AgentError as exc:
+            self.counters["errors"] += 1
+            self.note(f"{op}: {exc}")
+            return {"ok": False, "error": str(exc), "kind": type(exc).__name__}, b""
+        except OSError as exc:
+            self.counters["errors"] += 1
+            self.note(f"{op}: storage error {exc}")
+            return {"ok": False, "error": f"storage error: {exc}", "kind": "StoreError"}, b""
+        return {"ok": True, **reply}, data
+
+    # identity ---------------------------------------------------------------------------------
+    def op_hello(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        return {
+            "protocol": PROTOCOL,
+            "agent": AGENT_VERSION,
+            "board": self.profile.name,
+            "slot": self.boot.slot,
+            "boot_id": self.boot.boot_id,
+        }, b""
+
+    def op_info(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        state = self.store.state()
+        staged = self.store.staged()
+        return {
+            "board": self.profile.name,
+            "agent": AGENT_VERSION,
+            "booted": self.boot.slot,
+            "trial": self.boot.trial,
+            "health": self.boot.health,
+            "active": state.active,
+            "pending": state.trial,
+            "last": state.last,
+            "slots": {s: self.store.slot_info(s) for s in ("a", "b")},
+            "staged": staged.digest if staged else None,
+            "free_bytes": self.store.free_bytes(),
+            "key": hashlib.sha256(self.key).hexdigest()[:16] if self.key else None,
+            "code": self.boot.code_path,
+            "limits": {"part": PART, "have": MAX_HAVE, "chunk": CHUNK_SIZE},
+        }, b""
+
+    # flashing ---------------------------------------------------------------------------------
+    def op_manifest(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        offset = _int(fields, "offset", 0, MAX_MANIFEST_BYTES)
+        if len(blob) > PART:
+            raise RequestError(f"manifest part of {len(blob)} bytes; the limit is {PART}")
+        if offset == 0:
+            self._incoming = bytearray()
+        if offset != len(self._incoming) or offset + len(blob) > MAX_MANIFEST_BYTES:
+            raise RequestError(f"manifest part at {offset}; expected {len(self._incoming)}")
+        self._incoming += blob
+        return {"received": len(self._incoming)}, b""
+
+    def op_begin(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        digest = _str(fields, "sha256", 64)
+        if len(blob) not in (0, 64):
+            raise RequestError("signature must be 0 or 64 bytes")
+        raw = bytes(self._incoming)
+        if hashlib.sha256(raw).hexdigest() != digest:
+            staged = self.store.staged()
+            if staged is None or staged.digest != digest:
+                raise RequestError("manifest incomplete or damaged in transit; send it again")
+            raw = staged.raw
+        manifest = parse_manifest(raw)
+        check_bundle(manifest, blob, self.profile, self.key)
+        slot = self.store.writable_slot()
+        need = manifest.total_bytes
+        if need > self.store.free_bytes():
+            raise BundleRejected(
+                f"board {self.profile.name} has {self.store.free_bytes()} bytes free; "
+                f"the bundle needs {need}"
+            )
+        self.store.stage(manifest, blob)
+        self._incoming = bytearray()
+        self.note(f"staged bundle {manifest.digest[:12]} version {manifest.version} for {slot}")
+        return {"slot": slot, "bundle": manifest.digest}, b""
+
+    def _staged(self) -> Manifest:
+        m = self.store.staged()
+        if m is None:
+            raise RequestError("no bundle is staged; send 'manifest' and 'begin' first")
+        return m
+
+    def op_have(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        if len(blob) % 32 or len(blob) > 32 * MAX_HAVE:
+            raise RequestError(f"have: up to {MAX_HAVE} raw 32-byte ids")
+        ids = [blob[i : i + 32].hex() for i in range(0, len(blob), 32)]
+        return {}, bytes(self.store.have(ids))
+
+    def op_put(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        cid = _str(fields, "id", 64)
+        offset = _int(fields, "offset", 0, CHUNK_SIZE + 1024)
+        if len(blob) > PART:
+            raise RequestError(f"put part of {len(blob)} bytes; the limit is {PART}")
+        ref = self._staged().chunk_map().get(cid)
+        if ref is None:
+            raise RequestError(f"chunk {cid[:12]} is not in the staged bundle")
+        if offset == 0 or self._partial is None or self._partial[0] != cid:
+            if offset != 0:
+                return {"stored": False, "resume": 0}, b""
+            self._partial = (cid, bytearray())
+        part = self._partial[1]
+        if offset != len(part):
+            return {"stored": False, "resume": len(part)}, b""
+        if offset + len(blob) > ref.stored:
+            self._partial = None
+            raise RequestError(f"chunk {cid[:12]}: more than its {ref.stored} bytes")
+        part += blob
+        if len(part) < ref.stored:
+            return {"stored": False, "resume": len(part)}, b""
+        self._partial = None
+        fresh = self.store.put(ref, bytes(part))
+        self.counters["chunks_stored"] += int(fresh)
+        return {"stored": True, "resume": ref.stored}, b""
+
+    def op_install(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        budget = _int(fields, "budget", 1, 1 << 30) if "budget" in fields else 32 << 20
+        self._staged()
+        return self.store.install_step(budget), b""
+
+    def op_commit(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        m = self._staged()
+        slot = self.store.writable_slot()
+        installed = self.store.slot_manifest(slot)
+        if installed is None or installed.digest != m.digest:
+            raise RequestError(f"slot {slot} does not hold the staged bundle; install it first")
+        deadline = _int(fields, "deadline_s", 1, 3600) if "deadline_s" in fields else 60
+        state = self.store.state()
+        state.trial, state.boots_left, state.deadline_s = slot, MAX_BOOTS, float(deadline)
+        state.last = {"event": "commit", "slot": slot, "bundle": m.digest}
+        self.store.save_state(state)
+        self.note(f"committed slot {slot} for a trial boot")
+        return {"slot": slot, "boots": MAX_BOOTS, "deadline_s": deadline}, b""
+
+    def op_confirm(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        state = self.store.state()
+        if not self.boot.trial or state.trial != self.boot.slot:
+            raise RequestError(f"nothing to confirm: slot {self.boot.slot} is not on trial")
+        if not self.boot.health.get("ok"):
+            raise RequestError(f"slot {self.boot.slot} failed its health check")
+        state.active, state.trial, state.boots_left = state.trial, None, 0
+        state.last = {"event": "confirmed", "slot": state.active}
+        self.store.save_state(state)
+        self.store.clear_staging()
+        self.boot.trial = False
+        self.note(f"slot {state.active} confirmed")
+        return {"active": state.active}, b""
+
+    def op_reboot(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        self.reboot_requested = True
+        return {}, b""
+
+    def rollback(self, reason: str) -> None:
+        """Give up the trial slot: the next boot runs the previous one."""
+        state = self.store.state()
+        slot = state.trial
+        state.trial, state.boots_left = None, 0
+        state.last = {"event": "rollback", "slot": slot, "reason": reason[:400]}
+        self.store.save_state(state)
+        self.note(f"rolled back from slot {slot}: {reason}")
+
+    # operation --------------------------------------------------------------------------------
+    def op_stats(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "uptime_s": time.monotonic() - self.started,
+            "max_rss_kb": usage.ru_maxrss,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "open_files": len(os.listdir("/proc/self/fd"))
+            if os.path.isdir("/proc/self/fd")
+            else -1,
+            "counters": dict(self.counters),
+        }, b""
+
+    def op_logs(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        since = _int(fields, "since", 0, 1 << 62) if "since" in fields else 0
+        lines = [(s, t) for s, t in self.logs if s > since][:200]
+        return {"lines": [t for _, t in lines], "last": lines[-1][0] if lines else since}, b""
+
+    def op_trace(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        name = _str(fields, "name", 64)
+        offset = _int(fields, "offset", 0, 1 << 40)
+        if not name.replace("-", "_").replace(".", "_").isidentifier():
+            raise RequestError(f"trace name {name!r} must be a plain file name")
+        path = self.store.root / "traces" / name
+        if not path.is_file():
+            raise RequestError(f"no trace {name!r} on board {self.profile.name}")
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(PART)
+        return {"size": path.stat().st_size, "offset": offset}, data
+
+    def op_run(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        app = _str(fields, "app", 32)
+        if not app.isidentifier():
+            raise RequestError(f"app name {app!r} must be an identifier")
+        base = Path(self.boot.code_path) if self.boot.code_path else None
+        if base is None or not (base / "runtime" / "apps" / f"{app}.py").is_file():
+            raise RequestError(f"no app {app!r} in the running code of board {self.profile.name}")
+        raise RequestError(f"app {app!r} exists but running apps over the link is not wired yet")

@@ -1,0 +1,316 @@
+"""The device's flash: a staging chunk store, two slots (A/B) and the boot state.
+
+Layout under the store root (nothing is ever written outside it):
+
+    board.toml        the board's profile (provisioned at the factory; identifies the board)
+    trusted.pub       optional Ed25519 public key (32 raw bytes): only bundles it signed install
+    state.json        the boot state: active slot, trial slot + boots left, the last event
+    staging/          manifest.json + manifest.sig of the bundle being flashed, chunks/<id>
+    slots/a, slots/b  installed files + slot.json (written last: a slot without it is incomplete)
+
+Rules it keeps, so that a power cut at any moment leaves a bootable board:
+- every file that matters is written to a temporary name, fsynced, then renamed into place;
+- a chunk enters the store only after its sha256 matches its name;
+- installing writes only the slot that is neither active nor on trial, and removes that slot's
+  slot.json first, so a half-written slot is never booted;
+- the switch to a new slot is one atomic rename of state.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.agent.bundlefmt import CHUNK_SIZE, ChunkRef, Manifest, parse_manifest
+from runtime.agent.errors import StoreError
+
+__all__ = ["SLOTS", "BootState", "Store", "atomic_write"]
+
+SLOTS = ("a", "b")
+SLOT_MARK = "slot.json"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unpack_chunk(ref: ChunkRef, data: bytes) -> bytes:
+    """Decompress (bounded) and verify one chunk; StoreError when it is not what ref says."""
+    if len(data) != ref.stored:
+        raise StoreError(f"chunk {ref.id[:12]}: got {len(data)} bytes, expected {ref.stored}")
+    if ref.codec == "zlib":
+        inflater = zlib.decompressobj()
+        try:
+            raw = inflater.decompress(data, CHUNK_SIZE + 1)
+        except zlib.error as exc:
+            raise StoreError(f"chunk {ref.id[:12]}: bad zlib data ({exc})") from exc
+        if not inflater.eof or inflater.unconsumed_tail:
+            raise StoreError(f"chunk {ref.id[:12]}: zlib stream too long or cut")
+    else:
+        raw = data
+    if len(raw) != ref.size or hashlib.sha256(raw).hexdigest() != ref.id:
+        raise StoreError(f"chunk {ref.id[:12]}: content does not match its sha256; not stored")
+    return raw
+
+
+@dataclass
+class BootState:
+    active: str | None = None
+    trial: str | None = None
+    boots_left: int = 0
+    deadline_s: float = 60.0
+    last: dict[str, Any] | None = None
+    boot_count: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+
+class Store:
+    """The store at `root`; every method checks its inputs and stays inside root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.staging = self.root / "staging"
+        self.chunks = self.staging / "chunks"
+        for d in (self.chunks, self.root / "slots" / "a", self.root / "slots" / "b"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # boot state -------------------------------------------------------------------------------
+    def state(self) -> BootState:
+        path = self.root / "state.json"
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return BootState()
+        except ValueError as exc:  # cannot happen with atomic writes; say so if it does
+            raise StoreError(f"{path}: boot state is not JSON ({exc})") from exc
+        state = BootState()
+        for key in state.__dict__:
+            if key in doc:
+                setattr(state, key, doc[key])
+        return state
+
+    def save_state(self, state: BootState) -> None:
+        atomic_write(self.root / "state.json", state.to_json())
+
+    # slots ------------------------------------------------------------------------------------
+    def slot_dir(self, slot: str) -> Path:
+        if slot not in SLOTS:
+            raise StoreError(f"no slot {slot!r}; slots are {SLOTS}")
+        return self.root / "slots" / slot
+
+    def slot_manifest(self, slot: str) -> Manifest | None:
+        """The manifest of a complete slot, or None when the slot is empty or incomplete."""
+        try:
+            doc = json.loads((self.slot_dir(slot) / SLOT_MARK).read_bytes())
+            return parse_manifest(bytes.fromhex(doc["manifest"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def slot_info(self, slot: str) -> dict[str, Any]:
+        m = self.slot_manifest(slot)
+        if m is None:
+            return {"complete": False}
+        return {"complete": True, "version": m.version, "bundle": m.digest, "bytes": m.total_bytes}
+
+    def writable_slot(self) -> str:
+        """The slot a new bundle goes to: neither the active one nor one on trial."""
+        state = self.state()
+        busy = {state.active, state.trial}
+        for slot in SLOTS:
+            if slot not in busy:
+                return slot
+        raise StoreError("both slots are in use (a trial boot is pending); confirm it first")
+
+    # staging ----------------------------------------------------------------------------------
+    def stage(self, manifest: Manifest, signature: bytes) -> None:
+        """Make `manifest` the bundle being flashed; keep chunks it shares with the last one."""
+        current = self.staged()
+        if current is not None and current.digest == manifest.digest:
+            return
+        if current is not None:
+            keep = {c.id for c in manifest.chunks}
+            for p in self.chunks.iterdir():
+                if p.name not in keep:
+                    p.unlink(missing_ok=True)
+        atomic_write(self.staging / "manifest.sig", signature)
+        atomic_write(self.staging / "manifest.json", manifest.raw)
+
+    def staged(self) -> Manifest | None:
+        try:
+            return parse_manifest((self.staging / "manifest.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def staged_signature(self) -> bytes:
+        try:
+            return (self.staging / "manifest.sig").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def _active_sources(self) -> dict[str, tuple[Path, int]]:
+        """Chunk id -> (file, offset) for chunks the active slot already holds."""
+        state = self.state()
+        out: dict[str, tuple[Path, int]] = {}
+        if state.active is None:
+            return out
+        m = self.slot_manifest(state.active)
+        if m is None:
+            return out
+        sizes = m.chunk_map()
+        base = self.slot_dir(state.active)
+        for f in m.files:
+            offset = 0
+            for cid in f.chunks:
+                out.setdefault(cid, (base / f.path, offset))
+                offset += sizes[cid].size
+        return out
+
+    def have(self, ids: list[str]) -> list[bool]:
+        sources = self._active_sources()
+        return [i in sources or (self.chunks / i).is_file() for i in ids]
+
+    def put(self, ref: ChunkRef, data: bytes) -> bool:
+        """Verify and store one chunk; False when it was already there (idempotent)."""
+        path = self.chunks / ref.id
+        if path.is_file():
+            return False
+        atomic_write(path, unpack_chunk(ref, data))
+        return True
+
+    def _read_chunk(self, ref: ChunkRef, sources: dict[str, tuple[Path, int]]) -> bytes:
+        path = self.chunks / ref.id
+        if path.is_file():
+            data = path.read_bytes()
+        elif ref.id in sources:
+            file, offset = sources[ref.id]
+            with open(file, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(ref.size)
+        else:
+            raise StoreError(f"chunk {ref.id[:12]} is missing; send it before installing")
+        if hashlib.sha256(data).hexdigest() != ref.id:
+            raise StoreError(f"chunk {ref.id[:12]} in the store is corrupt; send it again")
+        return data
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    # install ----------------------------------------------------------------------------------
+    def install_step(self, budget_bytes: int = 64 << 20) -> dict[str, Any]:
+        """Write up to about `budget_bytes` of the staged bundle into the writable slot.
+
+        Call again until it returns done; each call resumes after the files already in place
+        (a file is renamed into the slot only once it is whole and its sha256 matches).
+        """
+        m = self.staged()
+        if m is None:
+            raise StoreError("no bundle is staged; send a manifest first")
+        slot = self.writable_slot()
+        base = self.slot_dir(slot)
+        mark = base / SLOT_MARK
+        existing = self.slot_manifest(slot)
+        if existing is not None and existing.digest == m.digest:
+            return {"done": True, "slot": slot, "files": len(m.files), "total": len(m.files)}
+        if mark.exists():
+            mark.unlink()
+            _fsync_dir(base)
+        progress = base / ".installing"
+        owner = progress.read_text() if progress.exists() else ""
+        if owner != m.digest:
+            shutil.rmtree(base)
+            base.mkdir(parents=True)
+            atomic_write(progress, m.digest.encode())
+        sizes = m.chunk_map()
+        sources = self._active_sources()
+        written = 0
+        done = 0
+        for f in m.files:
+            target = base / f.path
+            if target.is_file() and target.stat().st_size == f.size:
+                done += 1
+                continue
+            if written >= budget_bytes:
+                break
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._write_file(target, f.sha256, [sizes[c] for c in f.chunks], sources)
+            written += f.size
+            done += 1
+        if done < len(m.files):
+            return {"done": False, "slot": slot, "files": done, "total": len(m.files)}
+        doc = {"manifest": m.raw.hex(), "signature": self.staged_signature().hex()}
+        atomic_write(mark, json.dumps(doc).encode())
+        progress.unlink(missing_ok=True)
+        return {"done": True, "slot": slot, "files": done, "total": len(m.files)}
+
+    def _write_file(
+        self, target: Path, sha: str, refs: list[ChunkRef], sources: dict[str, tuple[Path, int]]
+    ) -> None:
+        tmp = target.with_name(f".{target.name}.part")
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as out:
+            for ref in refs:
+                data = self._read_chunk(ref, sources)
+                digest.update(data)
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != sha:
+            tmp.unlink()
+            raise StoreError(f"{target.name}: assembled file does not match its sha256")
+        os.replace(tmp, target)
+
+    def verify_slot(self, slot: str) -> list[str]:
+        """Files of a complete slot whose content no longer matches the manifest."""
+        m = self.slot_manifest(slot)
+        if m is None:
+            return ["slot.json (slot incomplete)"]
+        bad = []
+        base = self.slot_dir(slot)
+        for f in m.files:
+            digest = hashlib.sha256()
+            try:
+                with open(base / f.path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError:
+                bad.append(f.path)
+                continue
+            if digest.hexdigest() != f.sha256:
+                bad.append(f.path)
+        return bad
+
+    def clear_staging(self) -> None:
+        (self.staging / "manifest.json").unlink(missing_ok=True)
+        for p in self.chunks.iterdir():
+            p.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.staging / "manifest.sig").unlink()
