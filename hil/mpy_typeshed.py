@@ -22,8 +22,9 @@ STUBS = "micropython-rp2-rpi-pico-stubs"
 def build(dest: Path) -> Path:
     try:
         dist = metadata.distribution(STUBS)
-    except metadata.PackageNotFoundError:
-        raise SystemExit(f"mpy_typeshed: error: {STUBS} is not installed (pip install {STUBS})")
+    except metadata.PackageNotFoundError as e:
+        msg = f"mpy_typeshed: error: {STUBS} is not installed (pip install {STUBS})"
+        raise SystemExit(msg) from e
     site = Path(str(dist.locate_file("")))
     if dest.exists():
         shutil.rmtree(dest)

@@ -263,7 +263,9 @@ def write_csv(samples: Samples, path: Path) -> None:
             samples.watts.tolist(),
             strict=True,
         ):
-            out.writerow([f"{row[0]:.1f}", row[1], f"{row[2]:.5f}", f"{row[3]:.6f}", f"{row[4]:.6f}"])
+            out.writerow(
+                [f"{row[0]:.1f}", row[1], f"{row[2]:.5f}", f"{row[3]:.6f}", f"{row[4]:.6f}"]
+            )
 
 
 def plot(samples: Samples, span_list: list[dict[str, Any]], path: Path, title: str) -> None:
