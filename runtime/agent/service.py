@@ -235,10 +235,17 @@ class Agent:
         ref = self._staged().chunk_map().get(cid)
         if ref is None:
             raise RequestError(f"chunk {cid[:12]} is not in the staged bundle")
-        if offset == 0 or self._partial is None or self._partial[0] != cid:
+        same = self._partial is not None and self._partial[0] == cid
+        if offset == 0 and not blob:  # a probe: where does this chunk resume?
+            return {
+                "stored": False,
+                "resume": len(self._partial[1]) if same and self._partial else 0,
+            }, b""
+        if offset == 0 or not same:
             if offset != 0:
                 return {"stored": False, "resume": 0}, b""
             self._partial = (cid, bytearray())
+        assert self._partial is not None
         part = self._partial[1]
         if offset != len(part):
             return {"stored": False, "resume": len(part)}, b""

@@ -1,0 +1,225 @@
+"""The host side of flashing: delta, resumable, verified, A/B with a health-checked trial boot.
+
+`flash(bundle, client)` drives a board's agent through the request sequence of
+`runtime.agent.service`. The client is anything with `call(op, fields, blob) -> (reply, blob)`
+and `reconnect(timeout)`: `LinkClient` over a serial port in practice, the agent in-process in
+unit tests. Every step is idempotent on the board, so after a cut line or a reset the flasher
+reconnects and runs the sequence again: the manifest is skipped when the board has it staged,
+`have` skips every chunk already stored, and a chunk cut half-way resumes at the offset the
+board reports. Only the chunk in flight is at risk, and only its unsent part is sent again.
+
+The result says what happened: bytes sent, chunks skipped, the slot booted, the health check,
+and, when the board rolled back, the reason it gave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from board.bundle import Bundle
+from board.errors import BoardError
+from runtime.agent.service import PART
+
+__all__ = ["BoardRefused", "Client", "FlashResult", "LinkLost", "flash"]
+
+log = logging.getLogger(__name__)
+HAVE_BATCH = 512
+
+
+class LinkLost(BoardError):
+    """The line to the board was cut or the board stopped answering; the flash can resume."""
+
+
+class BoardRefused(BoardError):
+    """The board answered a request with an error (a refused bundle, a bad state)."""
+
+
+class Client(Protocol):
+    def call(
+        self, op: str, fields: dict[str, Any] | None = None, blob: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]: ...
+
+    def reconnect(self, timeout: float) -> None: ...
+
+
+@dataclass
+class FlashResult:
+    ok: bool = False
+    board: str = ""
+    bundle: str = ""
+    version: str = ""
+    bundle_bytes: int = 0
+    bytes_sent: int = 0
+    chunks_total: int = 0
+    chunks_sent: int = 0
+    chunks_skipped: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    slot: str | None = None
+    booted: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)
+    rolled_back: bool = False
+    reason: str = ""
+    already_installed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _call(client: Client, op: str, fields: dict[str, Any] | None = None, blob: bytes = b"") -> Any:
+    reply, data = client.call(op, fields or {}, blob)
+    if not reply.get("ok"):
+        raise BoardRefused(f"the board refused '{op}': {reply.get('error', 'no reason given')}")
+    return reply, data
+
+
+def flash(
+    bundle: Bundle,
+    client: Client,
+    progress: Progress | None = None,
+    deadline_s: int = 60,
+    retries: int = 20,
+    force: bool = False,
+    reboot_timeout: float = 60.0,
+) -> FlashResult:
+    """Flash `bundle` through `client`; resume after cuts up to `retries` times in a row."""
+    m = bundle.manifest
+    result = FlashResult(
+        bundle=m.digest,
+        version=m.version,
+        bundle_bytes=bundle.path.stat().st_size,
+        chunks_total=len(m.chunks),
+    )
+    start = time.perf_counter()
+    failures = 0
+    stage = "transfer"
+    while True:
+        try:
+            if stage == "transfer":
+                done = _transfer(bundle, client, result, progress, force)
+                if done:
+                    break
+                stage = "boot"
+            if stage == "boot":
+                _boot(bundle, client, result, deadline_s, reboot_timeout)
+                break
+        except LinkLost as exc:
+            failures += 1
+            result.resumed += 1
+            if failures > retries:
+                raise LinkLost(f"{exc}; gave up after {retries} attempts to resume") from exc
+            log.warning("link lost (%s); resuming", exc)
+            client.reconnect(reboot_timeout)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _transfer(
+    bundle: Bundle, client: Client, result: FlashResult, progress: Progress | None, force: bool
+) -> bool:
+    """Everything up to the commit; True when the board already runs this bundle."""
+    m = bundle.manifest
+    hello, _ = _call(client, "hello")
+    result.board = hello["board"]
+    if hello["board"] != m.board:
+        raise BoardRefused(
+            f"the bundle is for board {m.board!r} but the port has a {hello['board']!r} board"
+        )
+    info, _ = _call(client, "info")
+    active = info.get("active")
+    if (
+        not force
+        and active
+        and info["slots"][active].get("bundle") == m.digest
+        and not info.get("pending")
+    ):
+        result.ok, result.already_installed = True, True
+        result.slot = result.booted = info.get("booted")
+        result.chunks_skipped = len(m.chunks)
+        return True
+    if info.get("pending"):
+        pending = info["slots"][info["pending"]].get("bundle")
+        if pending == m.digest:
+            return False  # an earlier run committed this bundle: go on to its health check
+        raise BoardRefused(
+            f"slot {info['pending']} holds another bundle on trial; wait {info.get('deadline_s', 60)} s "
+            "for it to roll back or flash that bundle to confirm it"
+        )
+    if info.get("staged") != m.digest:
+        for offset in range(0, len(m.raw), PART):
+            part = m.raw[offset : offset + PART]
+            _call(client, "manifest", {"offset": offset}, part)
+            result.bytes_sent += len(part)
+    reply, _ = _call(client, "begin", {"sha256": m.digest}, bundle.signature)
+    result.bytes_sent += len(bundle.signature)
+    result.slot = reply["slot"]
+    missing = []
+    ids = [c.id for c in m.chunks]
+    for i in range(0, len(ids), HAVE_BATCH):
+        batch = ids[i : i + HAVE_BATCH]
+        _, bitmap = _call(client, "have", {}, b"".join(bytes.fromhex(x) for x in batch))
+        result.bytes_sent += 32 * len(batch)
+        missing += [cid for cid, has in zip(batch, bitmap, strict=True) if not has]
+    refs = m.chunk_map()
+    todo = sum(refs[c].stored for c in missing)
+    result.chunks_skipped = len(ids) - len(missing) if not result.resumed else result.chunks_skipped
+    sent_now = 0
+    for n, cid in enumerate(missing):
+        data = bundle.read_chunk(cid)
+        offset = 0
+        if n == 0 and result.resumed:  # the chunk cut in flight may be partly on the board
+            reply, _ = _call(client, "put", {"id": cid, "offset": 0}, b"")
+            offset = reply["resume"]
+        while offset < len(data):
+            part = data[offset : offset + PART]
+            reply, _ = _call(client, "put", {"id": cid, "offset": offset}, part)
+            result.bytes_sent += len(part)
+            sent_now += len(part)
+            offset = reply["resume"] if not reply["stored"] else len(data)
+            if progress:
+                progress("send", sent_now, todo)
+        result.chunks_sent += 1
+    while True:
+        reply, _ = _call(client, "install", {})
+        if progress:
+            progress("install", reply["files"], reply["total"])
+        if reply["done"]:
+            break
+    return False
+
+
+def _boot(
+    bundle: Bundle, client: Client, result: FlashResult, deadline_s: int, timeout: float
+) -> None:
+    """Commit, reboot into the new slot, wait for its health check, confirm or report why not."""
+    info, _ = _call(client, "info")
+    if not (info.get("pending") and info.get("trial")):
+        reply, _ = _call(client, "commit", {"deadline_s": deadline_s})
+        result.slot = reply["slot"]
+        with contextlib.suppress(LinkLost):  # the board may go down before its reply arrives
+            _call(client, "reboot")
+        client.reconnect(timeout)
+        info, _ = _call(client, "info")
+    result.booted = info["booted"]
+    result.health = info.get("health") or {}
+    if info["booted"] == result.slot and info.get("trial") and result.health.get("ok"):
+        _call(client, "confirm")
+        result.ok = True
+        return
+    last = info.get("last") or {}
+    result.rolled_back = last.get("event") == "rollback"
+    result.reason = last.get("reason") or result.health.get("reason") or "unknown"
+    result.ok = False
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

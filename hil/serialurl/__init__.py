@@ -1,0 +1,1 @@
+"""pyserial URL handlers of Ocula (`sim://`); `hil.transport` registers this package."""

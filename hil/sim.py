@@ -1,0 +1,214 @@
+"""The simulated board: the real boot ROM and agent in a subprocess, on a pseudo-terminal.
+
+A sim board has a name and a store (its flash) at `$OCULA_SIM_DIR/NAME` (default
+`~/.cache/ocula/sim/NAME`), so a second command finds what the first one flashed. The store is
+provisioned once, like a board at the factory: `board.toml` (its profile, by default the profile
+of the same name) and, optionally, `trusted.pub` (the public key it accepts bundles from).
+
+`SimBoard.start()` opens a pty, runs `python -m runtime.agent.boot --fd MASTER` in its own
+process group and gives the host the slave path (`.port`), which pyserial opens like any serial
+device. The pty lives in this process, so the port survives the board's reboots and power cuts:
+`power_cut()` is SIGKILL to the whole group (ROM and agent, mid-write), `boot()` starts the ROM
+again, which boots the committed slot. The slave side is put in raw mode at once, so nothing
+the board writes is ever echoed back to it before the host opens the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tty
+from pathlib import Path
+
+from board import profiles
+from hil.errors import PortError
+
+__all__ = ["SimBoard", "sim_root", "state_dir"]
+
+log = logging.getLogger(__name__)
+
+
+def state_dir() -> Path:
+    env = os.environ.get("OCULA_SIM_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "ocula" / "sim"
+
+
+def sim_root(name: str, base: Path | None = None) -> Path:
+    if not name.replace("-", "_").isidentifier():
+        raise PortError(f"sim://{name}: a sim board name is letters, digits, '-' and '_'")
+    return (base or state_dir()) / name
+
+
+class SimBoard:
+    """One simulated board; not started until `start()`."""
+
+    def __init__(
+        self,
+        name: str,
+        profile: str | None = None,
+        base: Path | None = None,
+        key: bytes | None = None,
+        port: str | None = None,
+    ) -> None:
+        self.name = name
+        self.root = sim_root(name, base)
+        self.profile = profile or name
+        self.key = key
+        self._device_port = port  # serve this tty path instead of our own pty (a virtual cable)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._master = -1
+        self._slave = -1
+        self.port = port or ""
+        self.log_path = self.root / "console.log"
+
+    def provision(self) -> None:
+        """Write the board's identity once; an existing store keeps its profile and key."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        board = self.root / "board.toml"
+        if not board.exists():
+            board.write_bytes(profiles.path_of(self.profile).read_bytes())
+        trusted = self.root / "trusted.pub"
+        if self.key is not None:
+            if trusted.exists() and trusted.read_bytes() != self.key:
+                raise PortError(
+                    f"sim board {self.name} ({self.root}) already trusts another key; "
+                    "remove trusted.pub there to re-provision it"
+                )
+            trusted.write_bytes(self.key)
+
+    def _check_free(self) -> None:
+        lock = self.root / ".lock"
+        if not lock.exists():
+            return
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise PortError(
+                f"sim://{self.name} is busy: its store {self.root} is held by process "
+                f"{holder or '?'}; close that command or use another name"
+            ) from None
+        finally:
+            os.close(fd)
+
+    def start(self) -> SimBoard:
+        self.provision()
+        self._check_free()
+        if self._device_port is None and self._master < 0:
+            self._master, self._slave = os.openpty()
+            tty.setraw(self._slave)
+            self.port = os.ttyname(self._slave)
+        self.boot()
+        return self
+
+    def boot(self) -> None:
+        """Power on: start the boot ROM (which picks the committed slot)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        cmd = [sys.executable, "-m", "runtime.agent.boot", "--store", str(self.root)]
+        cmd += ["--port", self._device_port] if self._device_port else ["--fd", str(self._master)]
+        fds = () if self._device_port else (self._master,)
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
+        with log_file:
+            self.proc = subprocess.Popen(
+                cmd,
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+                cwd=self.root,
+            )
+        log.info("sim board %s booting (pid %d) on %s", self.name, self.proc.pid, self.port)
+
+    def power_cut(self) -> None:
+        """SIGKILL the ROM and the agent at once, wherever they are."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                self.power_cut()
+            self.proc = None
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+
+    def __enter__(self) -> SimBoard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class InProcessBoard:
+    """A board whose agent runs in this process: the same store, ROM logic and requests as a
+    sim board, without a port (for fast tests of the flash logic). `call` goes through the
+    agent's message codec; a reboot request runs the ROM's slot choice again."""
+
+    def __init__(
+        self, root: Path, profile: str = "sim", key: bytes | None = None, inference: object = None
+    ) -> None:
+        from runtime.agent import boot, serve
+
+        self._boot, self._serve = boot, serve
+        self.root = root
+        self.inference = inference
+        SimBoard(root.name, profile=profile, base=root.parent, key=key).provision()
+        self.agent = self.power_on()
+        self.cut_after: int | None = None  # raise LinkLost after this many more calls
+
+    def power_on(self):  # -> Agent
+        from runtime.agent.store import Store
+
+        store = Store(self.root)
+        for _ in range(10):
+            slot, trial = self._boot.choose_slot(store)
+            agent = self._serve.start_agent(
+                self.root,
+                slot,
+                trial,
+                store.state().boot_count,
+                self.inference,  # type: ignore[arg-type]
+            )
+            if agent is not None:
+                return agent
+        raise RuntimeError("no slot boots")  # pragma: no cover
+
+    def call(self, op: str, fields: dict | None = None, blob: bytes = b""):
+        from board.flash import LinkLost
+        from runtime.agent import rpc
+
+        if self.cut_after is not None:
+            if self.cut_after <= 0:
+                self.cut_after = None
+                raise LinkLost("line cut (test)")
+            self.cut_after -= 1
+        payload = rpc.encode({"op": op, "_id": 1, **(fields or {})}, blob)
+        reply = rpc.decode(self._serve.handle_payload(self.agent, payload))
+        if self.agent.reboot_requested:
+            self.agent = self.power_on()
+        return reply
+
+    def reconnect(self, timeout: float) -> None:
+        return None

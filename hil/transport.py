@@ -1,0 +1,62 @@
+"""Open any PORT string as a pyserial port: a device path, `rfc2217://`, `sim://`, `loop://`.
+
+`open_port(url)` registers Ocula's URL handlers (`sim://`) with pyserial, then opens the port
+with the settings the link needs: a short read timeout (the link waits on its own deadline),
+a write timeout (a pty blocks after ~8 KiB when nobody reads), and exclusive access to local
+devices. Errors say which port, why, and what to do; a busy local port names the process that
+holds it when /proc shows it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from hil.errors import PortError
+
+__all__ = ["open_port", "register"]
+
+HANDLERS = "hil.serialurl"
+
+
+def register() -> None:
+    import serial
+
+    if HANDLERS not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(HANDLERS)
+
+
+def open_port(url: str, baud: int = 921600, timeout: float = 0.05, write_timeout: float = 5) -> Any:
+    """An open pyserial port (or a sim board's port, with `.sim`) for `url`."""
+    import serial
+
+    register()
+    local = "://" not in url
+    if local and not os.path.exists(url):
+        raise PortError(
+            f"{url}: no such port; check the cable and 'ls /dev/ttyACM* /dev/ttyUSB*', "
+            "or use sim://sim for a simulated board"
+        )
+    kwargs: dict[str, Any] = {"baudrate": baud, "timeout": timeout, "write_timeout": write_timeout}
+    if local:
+        kwargs["exclusive"] = True
+    try:
+        return serial.serial_for_url(url, **kwargs)
+    except PortError:
+        raise
+    except ValueError as exc:
+        raise PortError(f"{url}: {exc}; PORT is a device path, sim://NAME or rfc2217://") from exc
+    except (serial.SerialException, OSError) as exc:
+        code = getattr(exc, "errno", None)
+        if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(exc).lower():
+            from hil.ports import holders
+
+            who = holders(url) if local else []
+            by = f" (held by {', '.join(who)})" if who else ""
+            raise PortError(f"{url}: port is busy{by}; close the other program") from exc
+        if code == errno.EACCES:
+            raise PortError(
+                f"{url}: permission denied; add yourself to the 'dialout' group"
+            ) from exc
+        raise PortError(f"{url}: cannot open the port: {exc}") from exc

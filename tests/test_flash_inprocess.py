@@ -1,0 +1,173 @@
+"""Flash logic against the real agent in-process: refusals, delta, resume, A/B, rollback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from board import bundle as bundles
+from board import keys, profiles
+from board.errors import BoardError
+from board.flash import BoardRefused, flash
+from hil.sim import InProcessBoard
+from runtime.agent.boot import choose_slot
+from runtime.agent.store import Store
+
+
+def make_artifact(folder: Path, kind: str = "llm", extra_mb: float = 0.0) -> Path:
+    """A real (tiny) ONNX artifact: Identity graph plus optional padding weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx"
+    )
+    if extra_mb:
+        (folder / "weights.bin").write_bytes(os.urandom(int(extra_mb * 1e6)))
+    (folder / "manifest.json").write_text(json.dumps({"kind": kind, "files": ["model.onnx"]}))
+    return folder
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> tuple[Path, bytes]:
+    priv, pub = keys.generate(tmp_path / "keys" / "dev")
+    return priv, keys.load_public_raw(pub)
+
+
+def build(tmp_path: Path, name: str, key: Path | None = None, board: str = "sim", **art: Path):
+    out = tmp_path / f"{name}.bundle"
+    bundles.build(profiles.find(board), out, art, key=key)
+    return bundles.Bundle.open(out)
+
+
+def test_flash_signed_bundle_then_delta_reflash(tmp_path: Path, keypair) -> None:
+    priv, pub = keypair
+    llm = make_artifact(tmp_path / "llm", extra_mb=1.0)
+    board = InProcessBoard(tmp_path / "board", key=pub)
+    first = build(tmp_path, "one", key=priv, llm=llm)
+    r = flash(first, board)
+    assert r.ok and r.booted == "a" and r.health["ok"]
+    assert r.chunks_skipped == 0
+    # the slot holds exactly the bundle's files
+    for f in first.manifest.files:
+        assert (board.root / "slots" / "a" / f.path).stat().st_size == f.size
+    # unchanged: nothing to send
+    again = flash(first, board)
+    assert again.already_installed and again.bytes_sent == 0
+    # change the runtime code only: the artifact's chunks come from slot a
+    code = tmp_path / "runtime"
+    shutil.copytree(bundles.RUNTIME_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    (code / "agent" / "extra.py").write_text("X = 1\n" * 500)
+    out = tmp_path / "two.bundle"
+    bundles.build(profiles.find("sim"), out, {"llm": llm}, key=priv, runtime_dir=code)
+    second = bundles.Bundle.open(out)
+    r2 = flash(second, board)
+    assert r2.ok and r2.booted == "b"
+    assert r2.bytes_sent < 20_000 + len(second.manifest.raw)
+    assert Store(board.root).state().active == "b"
+
+
+def test_refusals(tmp_path: Path, keypair) -> None:
+    priv, pub = keypair
+    board = InProcessBoard(tmp_path / "board", key=pub)
+    unsigned = build(tmp_path, "unsigned")
+    with pytest.raises(BoardRefused, match="refuses unsigned"):
+        flash(unsigned, board)
+    other_priv, _ = keys.generate(tmp_path / "keys" / "other")
+    foreign = build(tmp_path, "foreign", key=other_priv)
+    with pytest.raises(BoardRefused, match="does not verify"):
+        flash(foreign, board)
+    rpi = build(tmp_path, "rpi", key=priv, board="rpi5")
+    with pytest.raises(BoardRefused, match="for board 'rpi5'"):
+        flash(rpi, board)
+    # tampered: one byte of the manifest changed after signing
+    good = build(tmp_path, "good", key=priv)
+    data = bytearray(good.path.read_bytes())
+    idx = data.index(b'"version":"') + len(b'"version":"')
+    data[idx] = ord("9") if data[idx] != ord("9") else ord("8")
+    tampered_path = tmp_path / "tampered.bundle"
+    tampered_path.write_bytes(bytes(data))
+    with pytest.raises(BoardRefused, match="does not verify"):
+        flash(bundles.Bundle.open(tampered_path), board)
+    assert Store(board.root).state().active is None
+    assert not any((board.root / "slots" / "a").iterdir())
+
+
+def test_over_budget_is_refused(tmp_path: Path) -> None:
+    text = (
+        profiles.path_of("sim").read_text().replace("max_artifact_mb = 2048", "max_artifact_mb = 1")
+    )
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(text.replace('name = "sim"', 'name = "tiny"'))
+    board_root = tmp_path / "boards" / "tiny"
+    board_root.mkdir(parents=True)
+    (board_root / "board.toml").write_text(prof.read_text())
+    board = InProcessBoard(board_root, profile=str(prof))
+    out = tmp_path / "big.bundle"
+    llm = make_artifact(tmp_path / "llm", extra_mb=1.5)
+    bundles.build(profiles.find(str(prof)), out, {"llm": llm})
+    with pytest.raises(BoardRefused, match=r"budget\.max_artifact_mb"):
+        flash(bundles.Bundle.open(out), board)
+
+
+def test_resume_after_cuts_sends_each_chunk_once(tmp_path: Path) -> None:
+    llm = make_artifact(tmp_path / "llm", extra_mb=2.0)
+    b = build(tmp_path, "b", llm=llm)
+    board = InProcessBoard(tmp_path / "board")
+    board.cut_after = 30
+    r = flash(b, board)
+    assert r.ok and r.resumed == 1
+    payload = sum(c.stored for c in b.manifest.chunks)
+    # each attempt asks `have` again; no chunk byte is sent twice
+    assert r.bytes_sent <= payload + len(b.manifest.raw) + 2 * 32 * len(b.manifest.chunks) + 64
+
+
+def test_failed_health_check_rolls_back_with_reason(tmp_path: Path) -> None:
+    good = make_artifact(tmp_path / "good")
+    board = InProcessBoard(tmp_path / "board")
+    assert flash(build(tmp_path, "ok", llm=good), board).ok
+    broken = make_artifact(tmp_path / "broken")
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    r = flash(build(tmp_path, "broken", llm=broken), board)
+    assert not r.ok and r.rolled_back
+    assert r.booted == "a" and "llm artifact failed" in r.reason
+    assert Store(board.root).state().active == "a"
+
+
+def test_unconfirmed_trial_rolls_back_after_its_boots(tmp_path: Path) -> None:
+    board = InProcessBoard(tmp_path / "board")
+    assert flash(build(tmp_path, "one"), board).ok
+    llm = make_artifact(tmp_path / "llm")
+    b = build(tmp_path, "two", llm=llm)
+    for op, fields in [("begin", {"sha256": b.manifest.digest})]:
+        for off in range(0, len(b.manifest.raw), 32768):
+            board.call("manifest", {"offset": off}, b.manifest.raw[off : off + 32768])
+        assert board.call(op, fields)[0]["ok"]
+    for c in b.manifest.chunks:
+        board.call("put", {"id": c.id, "offset": 0}, b.read_chunk(c.id))
+    while not board.call("install", {})[0]["done"]:
+        pass
+    assert board.call("commit", {})[0]["slot"] == "b"
+    store = Store(board.root)
+    booted = [choose_slot(store) for _ in range(4)]  # power cuts before any confirm
+    assert booted[:3] == [("b", True)] * 3 and booted[3] == ("a", False)
+    assert store.state().last["event"] == "rollback"
+
+
+def test_truncated_bundle_is_refused(tmp_path: Path) -> None:
+    b = build(tmp_path, "b", llm=make_artifact(tmp_path / "llm", extra_mb=0.3))
+    data = b.path.read_bytes()
+    cut = tmp_path / "cut.bundle"
+    cut.write_bytes(data[: len(data) - 100])
+    with pytest.raises(BoardError, match="truncated"):
+        bundles.Bundle.open(cut)
+    cut.write_bytes(data[:50])
+    with pytest.raises(BoardError, match="truncated"):
+        bundles.Bundle.open(cut)
