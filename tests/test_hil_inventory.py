@@ -1,0 +1,96 @@
+"""Board inventory locks: exclusive per worker, reclaimed when a holder dies, clear refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hil import inventory
+from hil.errors import InventoryError
+
+INV = """
+[[board]]
+name = "sim-a"
+port = "sim://a"
+
+[[board]]
+name = "sim-b"
+port = "sim://b"
+profile = "sim"
+tags = ["camera"]
+"""
+
+
+def _inv(tmp_path: Path, text: str = INV) -> Path:
+    p = tmp_path / "rig.toml"
+    p.write_text(text)
+    return p
+
+
+def test_two_workers_get_different_boards(tmp_path: Path) -> None:
+    inv = _inv(tmp_path)
+    with inventory.acquire(inv, "gw0") as a, inventory.acquire(inv, "gw1") as b:
+        assert {a.board.name, b.board.name} == {"sim-a", "sim-b"}
+        with pytest.raises(InventoryError, match=r"no free board.*sim-a: pid \d+.*gw0"):
+            inventory.acquire(inv, "gw2")
+    with inventory.acquire(inv, "gw3") as c:
+        assert c.board.name == "sim-a"
+
+
+def test_lock_of_a_killed_worker_is_reclaimed(tmp_path: Path) -> None:
+    inv = _inv(tmp_path, INV.split("[[board]]")[0] + "[[board]]" + INV.split("[[board]]")[1])
+    code = (
+        "import sys; from pathlib import Path; from hil import inventory\n"
+        f"lease = inventory.acquire(Path({str(inv)!r}), 'victim')\n"
+        "print(lease.board.name, flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "sim-a"
+        with pytest.raises(InventoryError, match="victim"):
+            inventory.acquire(inv, "gw1")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        start = time.monotonic()
+        lease = inventory.acquire(inv, "gw1", wait=60, poll=0.1)
+        assert lease.board.name == "sim-a"
+        assert time.monotonic() - start < 60
+        lease.release()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[[board]]\nport = 'x'\n", "needs a name"),
+        ("[[board]]\nname = 'a'\n", "needs a port"),
+        ("[[board]]\nname = 'a'\nport = 'x'\nspeed = 3\n", "unknown keys"),
+        ("[[board]]\nname = 'a'\nport = 'x'\n[[board]]\nname = 'a'\nport = 'y'\n", "repeat"),
+        ("", "lists no boards"),
+        ("[[board]\n", "not valid TOML"),
+    ],
+)
+def test_bad_inventory_files_are_refused(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(InventoryError, match=match):
+        inventory.acquire(_inv(tmp_path, text), "gw0")
+
+
+def test_missing_inventory_and_unmatched_want(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="not found"):
+        inventory.acquire(tmp_path / "none.toml")
+    with pytest.raises(InventoryError, match="no board matches 'gpu'"):
+        inventory.acquire(_inv(tmp_path), want="gpu")
+    with inventory.acquire(_inv(tmp_path), want="camera") as lease:
+        assert lease.board.name == "sim-b"

@@ -1,0 +1,118 @@
+"""Power analysis: clock fits against known offsets and drifts, energy against closed forms,
+gaps reported and never interpolated, and the files a report needs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hil import power
+from hil.errors import PowerFailure
+
+
+def _samples(watts: np.ndarray, period_us: int = 100, t0: int = 5_000, seq0: int = 0):
+    n = watts.size
+    seq = np.arange(seq0, seq0 + n, dtype=np.int64)
+    volts = np.full(n, 5.0)
+    return power.Samples(t0 + seq * period_us, volts, watts / volts, seq, period_us)
+
+
+def test_marker_fit_recovers_offset_and_drift() -> None:
+    rng = np.random.default_rng(1)
+    fixture = np.sort(rng.uniform(0, 600e6, 40)).astype(np.int64)  # 10 minutes
+    drift, offset = 80e-6, 1.234e9
+    board = offset + fixture * (1 + drift) + rng.uniform(0, 100, fixture.size)  # 1 sample late
+    fit = power.fit_clock(fixture[::2], board[::2])
+    assert fit.drift_ppm == pytest.approx(-drift / (1 + drift) * 1e6, abs=0.5)
+    err = np.abs(fit.to_board(fixture[1::2]) - board[1::2])
+    assert err.max() < 100  # within one sample period at 10 kHz
+
+
+def test_ping_fit_keeps_the_fast_round_trips() -> None:
+    rng = np.random.default_rng(2)
+    host = np.sort(rng.uniform(0, 60, 200))
+    rtt = 0.0004 + rng.exponential(0.003, host.size)  # queueing only ever adds
+    up = rtt * rng.uniform(0.4, 0.6, host.size)
+    true = lambda t_s: 7_000_000 + (t_s * 1e6) * (1 - 30e-6)  # noqa: E731
+    pings = [(h, int(true(h + u)), h + r) for h, u, r in zip(host, up, rtt, strict=True)]
+    fit = power.fit_pings(pings, keep=0.3)
+    probe = np.linspace(0, 60, 50)
+    err = np.abs(fit.to_board(true(probe)) - probe * 1e6)
+    assert err.max() < 1000  # 1 ms with timestamps alone
+
+
+def test_fit_needs_pairs() -> None:
+    with pytest.raises(PowerFailure, match="0 fixture markers and 0 trace markers"):
+        power.fit_clock([], [])
+    with pytest.raises(PowerFailure, match="3 fixture markers and 2"):
+        power.fit_clock([1, 2, 3], [1, 2])
+
+
+def test_energy_per_span_matches_closed_form() -> None:
+    w = np.where(np.arange(20_000) < 10_000, 1.0, 3.0)  # 1 W then 3 W, 100 us samples
+    s = _samples(w, t0=0)
+    spans = [
+        {"name": "idle", "ph": "X", "ts": 0, "dur": 500_000},
+        {"name": "infer", "ph": "X", "ts": 1_000_000, "dur": 500_000},
+        {"name": "infer", "ph": "X", "ts": 1_500_000, "dur": 250_000},
+        {"name": "late", "ph": "X", "ts": 1_900_000, "dur": 500_000},
+    ]
+    e = power.energy_by_span(s, spans)
+    assert e["idle"].energy_j == pytest.approx(0.5)
+    assert e["infer"].count == 2
+    assert e["infer"].energy_j == pytest.approx(3 * 0.75)
+    assert e["infer"].summary()["mean_power_w"] == pytest.approx(3.0)
+    assert e["late"].count == 0 and e["late"].incomplete == 1  # runs past the samples
+
+
+def test_gaps_are_reported_and_spans_over_them_are_incomplete() -> None:
+    a = _samples(np.full(1000, 2.0), t0=0)
+    b = _samples(np.full(1000, 2.0), t0=0, seq0=1500)  # 500 samples missing
+    s = power.Samples(
+        np.concatenate([a.t_us, b.t_us]),
+        np.concatenate([a.volts, b.volts]),
+        np.concatenate([a.amps, b.amps]),
+        np.concatenate([a.seq, b.seq]),
+        100,
+    )
+    assert s.gaps() == [power.Gap(99_900, 150_000, 500)]
+    e = power.energy_by_span(
+        s,
+        [
+            {"name": "over-gap", "ph": "X", "ts": 90_000, "dur": 70_000},
+            {"name": "clean", "ph": "X", "ts": 160_000, "dur": 10_000},
+        ],
+    )
+    assert e["over-gap"].incomplete == 1 and e["over-gap"].count == 0
+    assert e["clean"].energy_j == pytest.approx(0.02)
+
+
+def test_begin_end_spans_and_markers() -> None:
+    trace = {
+        "traceEvents": [
+            {"name": "step", "ph": "B", "ts": 10, "pid": 1, "tid": 1},
+            {"name": "marker", "ph": "i", "ts": 12, "args": {"id": 7}},
+            {"name": "step", "ph": "E", "ts": 30, "pid": 1, "tid": 1},
+        ]
+    }
+    assert [(s["name"], s["dur"]) for s in power.spans(trace)] == [("step", 20)]
+    assert power.trace_markers(trace) == [(12.0, 7)]
+
+
+def test_analyse_writes_csv_plot_trace_and_summary(tmp_path: Path) -> None:
+    s = _samples(np.linspace(1.0, 2.0, 5000), t0=1_000)
+    fit = power.fit_clock([1_000, 400_000], [2_001_000, 2_400_000])
+    trace = {"traceEvents": [{"name": "infer", "ph": "X", "ts": 2_100_000, "dur": 100_000}]}
+    rep = power.analyse(s, trace, fit, tmp_path, "test")
+    rows = list(csv.DictReader((tmp_path / "power.csv").open()))
+    assert len(rows) == 5000 and float(rows[0]["t_us"]) == pytest.approx(2_001_000)
+    assert (tmp_path / "power.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    merged = json.loads((tmp_path / "trace.json").read_text())
+    counters = [e for e in merged["traceEvents"] if e["ph"] == "C"]
+    assert counters and counters[0]["name"] == "power" and "W" in counters[0]["args"]
+    assert rep["spans"]["infer"]["count"] == 1
+    assert rep["clock"]["offset_us"] == pytest.approx(2_000_000)
