@@ -1,0 +1,44 @@
+"""`ocula bundle --board P --llm DIR --asr DIR --out FILE [--key KEY]`: pack a signed bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "bundle",
+        parents=[common],
+        help="pack runtime code, artifacts and a board profile into one signed file",
+        description="Pack the runtime code, the artifacts (folders made by 'ocula export') and "
+        "the board profile into one bundle of content-addressed chunks, signed with --key.",
+    )
+    p.add_argument("--board", required=True, metavar="PROFILE", help="board name or .toml")
+    for kind in ("llm", "asr", "vad", "vision"):
+        p.add_argument(f"--{kind}", type=Path, metavar="DIR", help=f"{kind} artifact folder")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="bundle to write")
+    p.add_argument("--key", type=Path, metavar="KEY", help="private key from 'ocula keygen'")
+    p.add_argument("--version", dest="bundle_version", metavar="V", help="version string")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=_bundle)
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from board import bundle, profiles
+
+    profile = profiles.find(args.board)
+    artifacts = {k: getattr(args, k) for k in ("llm", "asr", "vad", "vision") if getattr(args, k)}
+    summary = bundle.build(profile, args.out, artifacts, key=args.key, version=args.bundle_version)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    signed = "signed" if summary["signed"] else "UNSIGNED (boards with a key will refuse it)"
+    print(
+        f"{summary['bundle']}: {summary['board']} {summary['version']}, {summary['files']} files, "
+        f"{summary['chunks']} chunks, {summary['raw_bytes'] / 1e6:.1f} MB -> "
+        f"{summary['bundle_bytes'] / 1e6:.1f} MB, {signed}"
+    )
+    return 0
