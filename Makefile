@@ -53,6 +53,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	# the rig fixture firmware, against MicroPython's RP2040 stubs (its own config and typeshed)
+	$(BIN)/python -m hil.mpy_typeshed .cache/mpy-typeshed >/dev/null
+	$(BIN)/mypy --config-file hil/fixture/mypy.ini --custom-typeshed-dir .cache/mpy-typeshed
 	$(BIN)/lint-imports
 
 bench: $(STAMP) sysdeps

@@ -62,13 +62,19 @@ class Samples:
         return self.volts * self.amps
 
     def gaps(self) -> list[Gap]:
-        if len(self) < 2:
+        """Missing samples: jumps in `seq`, and a stream that starts after index 0."""
+        if len(self) == 0:
             return []
+        out = []
+        if self.seq[0] > 0:
+            first = int(self.t_us[0])
+            out.append(Gap(first - int(self.seq[0]) * self.period_us, first, int(self.seq[0])))
         jumps = np.nonzero(np.diff(self.seq) != 1)[0]
-        return [
+        out += [
             Gap(int(self.t_us[i]), int(self.t_us[i + 1]), int(self.seq[i + 1] - self.seq[i] - 1))
             for i in jumps
         ]
+        return out
 
     def mapped(self, fit: ClockFit) -> Samples:
         """The same samples with times on the board's clock."""

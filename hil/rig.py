@@ -93,6 +93,8 @@ class Fixture:
         self._markers: list[Marker] = []
         self._unwrap = Unwrapper()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._count = 0
         self._stop = threading.Event()
         self.bytes_in = 0
         self.error: BaseException | None = None
@@ -147,6 +149,7 @@ class Fixture:
     def start(self, rate_hz: int) -> None:
         with self._lock:
             self._frames.clear()
+            self._count = 0
         self.command(f"start {int(rate_hz)}")
 
     def stop(self) -> dict[str, int]:
@@ -197,6 +200,23 @@ class Fixture:
             period_us=period,
         )
 
+    def wait_samples(self, n: int, timeout: float = 10.0) -> int:
+        """Blocks until `n` samples have arrived since `start` (or raises LinkFailure)."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self._count >= n, timeout):
+                raise LinkFailure(
+                    f"{self.name}: {self._count} of {n} samples arrived within {timeout:g} s"
+                )
+            return self._count
+
+    def wait_markers(self, n: int, timeout: float = 10.0) -> list[Marker]:
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self._markers) >= n, timeout):
+                raise LinkFailure(
+                    f"{self.name}: {len(self._markers)} of {n} markers arrived within {timeout:g} s"
+                )
+            return list(self._markers)
+
     def markers(self) -> list[Marker]:
         with self._lock:
             return list(self._markers)
@@ -236,10 +256,13 @@ class Fixture:
         elif kind == b"S" and len(payload) >= _HDR.size:
             _, seq, t0, period, count = _HDR.unpack_from(payload)
             raw = payload[_HDR.size : _HDR.size + 4 * count]
-            with self._lock:
+            with self._arrived:
                 self._frames.append((seq, self._unwrap(t0), period, raw))
+                self._count += count
+                self._arrived.notify_all()
         elif kind == b"M" and len(payload) >= _MARK.size:
             _, tick, source, ident = _MARK.unpack_from(payload)
-            with self._lock:
+            with self._arrived:
                 t = self._unwrap(tick)
                 self._markers.append(Marker(t, "gpio" if source == 0 else "command", ident))
+                self._arrived.notify_all()

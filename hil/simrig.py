@@ -74,6 +74,8 @@ class SimFixture:
         self._sock.settimeout(0.2)
         self._peer: tuple[str, int] | None = None
         self._hello = threading.Event()
+        self._pin_changed = threading.Condition()
+        self.pin_log: list[tuple[str, int]] = []
         self._stop = threading.Event()
         fw = firmware_dir or stage_firmware(workdir / "fixture-fw")
         if device is None:
@@ -125,7 +127,10 @@ class SimFixture:
                 self.start_tick = int(text[1])
                 self._hello.set()
             elif text[:1] == ["pin"] and len(text) == 3:
-                self.pins[text[1]] = int(text[2])
+                with self._pin_changed:
+                    self.pins[text[1]] = int(text[2])
+                    self.pin_log.append((text[1], int(text[2])))
+                    self._pin_changed.notify_all()
                 if self.on_pin:
                     self.on_pin(text[1], int(text[2]))
 
@@ -145,6 +150,13 @@ class SimFixture:
         t = time.monotonic_ns() / 1000
         self._send(b"E")
         return t
+
+    def wait_pins(self, changes: int, timeout: float = 5.0) -> list[tuple[str, int]]:
+        """Blocks until the fixture has changed its pins `changes` times; returns the log."""
+        with self._pin_changed:
+            if not self._pin_changed.wait_for(lambda: len(self.pin_log) >= changes, timeout):
+                raise FixtureError(f"the fixture changed its pins {len(self.pin_log)} times")
+            return list(self.pin_log)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -166,3 +178,73 @@ class SimFixture:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SimRail:
+    """Feeds a simulated fixture the power of a simulated board, from the board's real CPU use.
+
+    Every `interval` seconds it reads the CPU time of the board's process group from /proc and
+    sets the rail to idle_w + core_active_w * (busy cores) + display_w, per the board profile;
+    0 W while the fixture holds the board's power off. The fixture's power and reset pins act
+    on the board: power off is a power cut, power on boots it, a reset pulse does both.
+    """
+
+    def __init__(self, fixture: SimFixture, board: object, profile: object, interval: float = 0.01):
+        self.fixture = fixture
+        self.board = board
+        self.power = profile.power  # type: ignore[attr-defined]
+        self.interval = interval
+        self.watts = 0.0
+        self._stop = threading.Event()
+        self._last: tuple[float, float] | None = None
+        fixture.on_pin = self._pin
+        self._thread = threading.Thread(target=self._run, name="simrail", daemon=True)
+        self._thread.start()
+
+    def _group_cpu(self) -> float | None:
+        proc = getattr(self.board, "proc", None)
+        if proc is None or proc.poll() is not None:
+            return None
+        total = 0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == proc.pid:  # process group
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            cpu = self._group_cpu()
+            now = time.monotonic()
+            if cpu is None or self.fixture.pins.get("power") == 0:
+                self.watts = 0.0
+                self._last = None
+            else:
+                busy = 0.0
+                if self._last is not None:
+                    busy = max(0.0, (cpu - self._last[1]) / max(1e-6, now - self._last[0]))
+                self._last = (now, cpu)
+                p = self.power
+                self.watts = p.idle_w + p.display_w + p.core_active_w * busy
+            try:
+                self.fixture.rail(self.watts)
+            except (OSError, FixtureError):
+                return
+
+    def _pin(self, name: str, level: int) -> None:
+        board = self.board
+        if name == "power" and level == 0:
+            board.power_cut()  # type: ignore[attr-defined]
+        elif name == "power" and level == 1:
+            board.boot()  # type: ignore[attr-defined]
+        elif name == "reset" and level == 0:
+            board.power_cut()  # type: ignore[attr-defined]
+            board.boot()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
