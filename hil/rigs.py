@@ -1,0 +1,243 @@
+"""What a HIL test holds: the board under test and its power rig, with evidence recorded.
+
+`BoardUnderTest` connects to a PORT (serial path, rfc2217://, sim://NAME) through the link
+client the flasher uses, with every byte on the line recorded by a `ConsoleLog` tap, so a
+failure can show the transcript across resets and re-flashes. It keeps the step timings and
+the chain bundle hash -> verified flash -> booted slot. For `sim://NAME` it runs the simulated
+board itself (in a folder of the test session), so it can cut and restore its power.
+
+`PowerRig` is the fixture MCU and what it needs: a real fixture on --fixture-port, or, for a
+sim board, the firmware under MicroPython's unix port whose rail follows the sim board's CPU.
+`capture()` samples while the caller works and maps the samples onto the board's clock with
+marker edges at the start and the end (GPIO edges where the rig has the line; clock pings on
+the fixture otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil.console import ConsoleLog
+from hil.errors import BootHang, FlashFailure, LinkFailure, PowerFailure
+from hil.power import ClockFit, Samples, fit_clock, fit_pings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evidence:
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    chain: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+class BoardUnderTest:
+    def __init__(self, url: str, workdir: Path, profile: str | None = None, timeout: float = 10):
+        from board import profiles
+        from board.flash import LinkClient
+
+        self.url = url
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.console = ConsoleLog(workdir / "serial.log")
+        self.evidence = Evidence()
+        self.evidence.files["serial log"] = str(self.console.path)
+        self.sim: Any = None
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme == "sim":
+            from hil.sim import SimBoard
+
+            query = dict(urllib.parse.parse_qsl(parsed.query))
+            self.sim = SimBoard(
+                parsed.netloc,
+                profile=query.get("profile") or profile,
+                base=Path(query["dir"]) if "dir" in query else workdir / "sim",
+            ).start()
+            self.port_path = self.sim.port
+            self.profile = profiles.find(self.sim.profile)
+        else:
+            self.port_path = url
+            self.profile = profiles.find(profile or "rpi5")
+        self.client = LinkClient(self._open, name=url, timeout=timeout)
+
+    def _open(self) -> Any:
+        from hil.transport import open_port
+
+        return self.console.tap(open_port(self.port_path))
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.console.event(f"step {name}")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.evidence.steps.append((name, time.perf_counter() - t0))
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        from board.flash import LinkLost
+
+        try:
+            reply, _ = self.client.call(op, fields)
+        except LinkLost as e:
+            raise LinkFailure(f"{self.url}: {e}") from e
+        if not reply.get("ok", False):
+            raise LinkFailure(f"{self.url}: board refused {op!r}: {reply.get('error')}")
+        return reply
+
+    def hello(self, deadline: float = 20.0) -> dict[str, Any]:
+        """Waits for the board to answer hello (after power-up, a reset or a flash)."""
+        from board.flash import LinkLost
+
+        with self.step("hello"):
+            try:
+                self.client.reconnect(deadline)
+                reply, _ = self.client.call("hello")
+            except LinkLost as e:
+                raise BootHang(
+                    f"{self.url}: no answer to hello within {deadline:g} s after boot; "
+                    f"see the serial log {self.console.path}"
+                ) from e
+        return reply
+
+    def flash(self, bundle_path: Path, **kwargs: Any) -> Any:
+        """Flashes a bundle; the evidence chain records hash -> verified flash -> booted slot."""
+        from board.bundle import Bundle
+        from board.errors import BoardError
+        from board.flash import flash
+
+        bundle = Bundle.open(bundle_path)
+        chain = self.evidence.chain
+        chain["bundle"] = bundle.manifest.digest[:16]
+        self.console.event(f"flash {bundle_path.name} {bundle.manifest.digest[:16]}")
+        with self.step(f"flash {bundle_path.name}"):
+            try:
+                result = flash(bundle, self.client, **kwargs)
+            except BoardError as e:
+                chain["flash"] = f"failed: {e}"
+                raise FlashFailure(f"{self.url}: flashing {bundle_path} failed: {e}") from e
+        chain["flash"] = f"verified {result.chunks_total} chunks, sent {result.bytes_sent} B"
+        chain["booted"] = result.booted
+        chain["health"] = "passed" if result.ok else f"failed: {result.reason}"
+        return result
+
+    def power_cycle(self) -> None:
+        if self.sim is None:
+            raise PowerFailure(f"{self.url}: power cycling a real board needs --fixture-port")
+        self.console.event("power cut")
+        self.sim.power_cut()
+        self.console.event("power on")
+        self.sim.boot()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.sim is not None:
+            self.sim.stop()
+        self.console.close()
+
+
+class PowerRig:
+    """Samples a board's rail; see the module notes. `rate_hz` is the sample rate."""
+
+    def __init__(
+        self,
+        board: BoardUnderTest | None,
+        workdir: Path,
+        fixture_port: str | None = None,
+        rate_hz: int = 2000,
+    ) -> None:
+        from hil.rig import Fixture
+
+        self.rate_hz = rate_hz
+        self.sim_fixture: Any = None
+        self.rail: Any = None
+        if fixture_port:
+            self.fixture = Fixture.open(fixture_port)
+        elif board is not None and board.sim is not None:
+            from hil.ports import open_serial
+            from hil.simrig import SimFixture, SimRail
+
+            self.sim_fixture = SimFixture(workdir, clock_offset_us=2.5e8, drift_ppm=40.0)
+            self.fixture = Fixture(open_serial(self.sim_fixture.port, 921600), "sim-fixture")
+            self.rail = SimRail(self.sim_fixture, board.sim, board.profile)
+        else:
+            raise PowerFailure(
+                "no power rig: pass --fixture-port PORT (the rig fixture), or use a sim:// board"
+            )
+        self.info = self.fixture.hello()
+
+    def _edge(self) -> float | None:
+        """Raises the marker line; the board-clock time of the edge, when the rig knows it."""
+        if self.sim_fixture is not None:
+            return self.sim_fixture.edge()  # the sim board's clock is this host's monotonic
+        return None
+
+    @contextlib.contextmanager
+    def capture(self, edges: int = 3) -> Iterator[Capture]:
+        cap = Capture()
+        self.fixture.start(self.rate_hz)
+        self.fixture.wait_samples(max(2, self.rate_hz // 50))
+        board_t: list[float] = []
+        try:
+            for _ in range(edges):
+                t = self._edge()
+                if t is not None:
+                    board_t.append(t)
+            pings = [self.fixture.ping(i) for i in range(8)]
+            yield cap
+            for _ in range(edges):
+                t = self._edge()
+                if t is not None:
+                    board_t.append(t)
+            pings += [self.fixture.ping(i) for i in range(8)]
+        finally:
+            if board_t:
+                self.fixture.wait_markers(len(board_t), timeout=5)
+            self.fixture.stop()
+        samples = self.fixture.samples()
+        if len(samples) == 0:
+            raise PowerFailure("the fixture sent no samples during the capture")
+        gpio = [m for m in self.fixture.markers() if m.source == "gpio"][-len(board_t) :]
+        if board_t and len(gpio) == len(board_t):
+            cap.fit = fit_clock([m.t_us for m in gpio], board_t, method="gpio markers")
+        else:
+            cap.fit = fit_pings(pings)
+        cap.samples = samples
+        cap.on_board = samples.mapped(cap.fit)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.fixture.close()
+        if self.rail is not None:
+            self.rail.close()
+        if self.sim_fixture is not None:
+            self.sim_fixture.close()
+
+
+@dataclass
+class Capture:
+    samples: Samples = field(default_factory=Samples.empty)
+    on_board: Samples = field(default_factory=Samples.empty)
+    fit: ClockFit | None = None
+
+    def mean_w(self) -> float:
+        return float(self.samples.watts.mean()) if len(self.samples) else float("nan")
+
+    def energy_j(self, t0_us: float | None = None, t1_us: float | None = None) -> float:
+        s = self.on_board
+        if len(s) == 0:
+            return float("nan")
+        t = s.t_us
+        sel = (t >= (t0_us if t0_us is not None else t[0])) & (
+            t < (t1_us if t1_us is not None else t[-1] + 1)
+        )
+        return float(s.watts[sel].sum() * s.period_us * 1e-6)
