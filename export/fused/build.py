@@ -1,0 +1,210 @@
+"""`build()`: a Hugging Face folder in, a fused ONNX decoder and the facts about it out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export.fused.arch import read_shape
+from export.fused.errors import FusedError
+from export.fused.graph import QUANTS, Options, emit, past_name, present_name
+from export.fused.weights import SafetensorsWeights
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+# Above this many initializer bytes the weights go to one external data file (protobuf caps a
+# message at 2 GiB; staying well under keeps serialization fast and memory flat).
+EXTERNAL_DATA_BYTES = 1 << 30
+QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """How the runtime must hold the KV cache of a fused graph."""
+
+    kind: str  # "shared-buffer": past and present are the same buffer, updated in place
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    max_length: int
+    dtype: str  # numpy name
+    shape: list[int]  # of every past/present tensor: [1, kv_heads, max_length, head_dim]
+    past_key: str  # name templates with {layer}
+    past_value: str
+    present_key: str
+    present_value: str
+
+
+@dataclass(frozen=True)
+class FusedInfo:
+    """Everything the artifact's manifest and the runtime need to know about a fused graph.
+
+    `inputs` / `outputs` map tensor names to {"dtype", "shape"}; shapes use strings for
+    dynamic axes. `feeds` says what the runtime feeds on every run, in words the runtime
+    engine implements (see the package docstring for the contract).
+    """
+
+    graph: str
+    files: list[str]
+    onnx_file: str
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    kv: KvLayout
+    feeds: dict[str, str]
+    logits: str  # "last": logits for the last position of each run only
+    batch_size: int
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_length: int
+    tied_embeddings: bool
+    rope_type: str
+    rope_theta: float
+    eos_token_ids: list[int]
+    quant: str
+    bits: int | None
+    block_size: int | None
+    symmetric: bool | None
+    accuracy_level: int | None
+    quantized_ops: dict[str, int]
+    op_histogram: dict[str, int]
+    node_count: int
+    size_bytes: int
+    build_seconds: float
+    opset: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    quant: str = "int4",
+    block_size: int = 32,
+    symmetric: bool = True,
+    accuracy_level: int = 4,
+    max_length: int = 2048,
+) -> FusedInfo:
+    """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
+
+    `out_dir` must exist; only the files named in `FusedInfo.files` are written into it.
+    Raises `FusedError` for unsupported architectures, rope types or options.
+    """
+    if quant not in QUANTS:
+        raise FusedError(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
+    if QUANTS[quant] and block_size not in (16, 32, 64, 128, 256):
+        raise FusedError(f"block size {block_size} is not supported; use 16, 32, 64, 128 or 256")
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise FusedError(f"accuracy level {accuracy_level} is not one of 0-4")
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    shape = read_shape(model_dir, max_length)
+    weights = SafetensorsWeights(model_dir)
+    if not shape.tied and "lm_head.weight" not in weights:
+        raise FusedError(f"{model_dir}: untied embeddings but no lm_head.weight in the weights")
+    opts = Options(quant, block_size, symmetric, accuracy_level)
+    log.info(
+        "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
+    )
+    model = emit(shape, weights, opts)
+    files = _save(model, Path(out_dir))
+    hist = Counter(n.op_type for n in model.graph.node)
+    info = FusedInfo(
+        graph="fused",
+        files=files,
+        onnx_file=ONNX_FILE,
+        inputs={v.name: _io(v) for v in model.graph.input},
+        outputs={v.name: _io(v) for v in model.graph.output},
+        kv=KvLayout(
+            kind="shared-buffer",
+            num_layers=shape.num_layers,
+            kv_heads=shape.kv_heads,
+            head_dim=shape.head_dim,
+            max_length=max_length,
+            dtype="float32",
+            shape=[1, shape.kv_heads, max_length, shape.head_dim],
+            past_key=past_name(0, "key").replace(".0.", ".{layer}."),
+            past_value=past_name(0, "value").replace(".0.", ".{layer}."),
+            present_key=present_name(0, "key").replace(".0.", ".{layer}."),
+            present_value=present_name(0, "value").replace(".0.", ".{layer}."),
+        ),
+        feeds={
+            "input_ids": "int64 [1, S]: the S new tokens of this run (S >= 1)",
+            "seqlens_k": "int32 [1]: tokens in the cache after this run, minus 1 (past + S - 1)",
+            "total_sequence_length": "int32 scalar: tokens in the cache after this run (past + S)",
+            "past_key_values": "bind each past and its present to one preallocated buffer",
+        },
+        logits="last",
+        batch_size=1,
+        model_type=shape.family.model_type,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden,
+        num_heads=shape.num_heads,
+        kv_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        vocab_size=shape.vocab,
+        max_length=max_length,
+        tied_embeddings=shape.tied,
+        rope_type=shape.rope_type,
+        rope_theta=shape.rope_theta,
+        eos_token_ids=list(shape.eos_ids),
+        quant=quant,
+        bits=opts.bits or None,
+        block_size=block_size if opts.bits else None,
+        symmetric=symmetric if opts.bits else None,
+        accuracy_level=accuracy_level if opts.bits else None,
+        quantized_ops={op: hist[op] for op in QUANTIZED_OPS if hist[op]},
+        op_histogram=dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))),
+        node_count=len(model.graph.node),
+        size_bytes=sum((Path(out_dir) / f).stat().st_size for f in files),
+        build_seconds=round(time.perf_counter() - start, 3),
+        opset={o.domain or "ai.onnx": o.version for o in model.opset_import},
+    )
+    log.info("fused graph: %d nodes, %.1f MB", info.node_count, info.size_bytes / 1e6)
+    return info
+
+
+def _save(model: onnx.ModelProto, out_dir: Path) -> list[str]:
+    if not out_dir.is_dir():
+        raise FusedError(f"{out_dir}: output folder does not exist")
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    path = out_dir / ONNX_FILE
+    if weight_bytes <= EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path))
+        return [ONNX_FILE]
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILE,
+        size_threshold=1024,
+    )
+    return [ONNX_FILE, DATA_FILE]
+
+
+_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+}
+
+
+def _io(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = v.type.tensor_type
+    dims: list[int | str] = [d.dim_param or d.dim_value for d in t.shape.dim]
+    return {"dtype": _DTYPES[t.elem_type], "shape": dims}

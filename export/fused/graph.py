@@ -1,0 +1,326 @@
+"""The shared core: emit a whole decoder as one ONNX graph of onnxruntime contrib operators.
+
+Per layer (10 nodes when quantized):
+
+    SkipSimplifiedLayerNormalization   residual add + RMS norm (layer 0: SimplifiedLayerNormalization)
+    MatMulNBits qkv                    q, k and v packed into one weight (bias as its input)
+    GroupQueryAttention                rotary inside (cos/sin tables as initializers), per-head
+                                       q/k RMS norm inside where the family has it, past and
+                                       present KV sharing one [1, kv_heads, max_length, head_dim]
+                                       buffer
+    MatMulNBits o
+    SkipSimplifiedLayerNormalization
+    MatMulNBits gate_up                gate and up packed into one weight
+    Split, QuickGelu(alpha=1) = SiLU, Mul
+    MatMulNBits down
+
+then the final norm, a Slice to the last position, and the head. The embedding table is stored
+once: quantized, GatherBlockQuantized reads it for the lookup and MatMulNBits for the tied
+head (the same initializer); in float, Gather and Gemm(transB) share it.
+
+`Weights` hands out float32 arrays by Hugging Face name; this module never reads files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.fused.arch import Shape
+from export.fused.quant import quantize, unpack
+
+Weights = Callable[[str], np.ndarray]
+
+OPSET = 21
+MS = "com.microsoft"
+QUANTS = {"fp32": 0, "fp16": 0, "int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class Options:
+    quant: str = "int4"
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+    @property
+    def bits(self) -> int:
+        return QUANTS[self.quant]
+
+
+def past_name(layer: int, kind: str) -> str:
+    return f"past_key_values.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+class _Emitter:
+    """Collects nodes and initializers; names are unique and readable."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(
+        self, op_type: str, inputs: list[str], name: str, n_out: int = 1, **attrs: object
+    ) -> list[str]:
+        outputs = [f"{name}/out{i}" if n_out > 1 else f"{name}/out" for i in range(n_out)]
+        domain = MS if op_type in _CONTRIB else ""
+        self.nodes.append(
+            helper.make_node(op_type, inputs, outputs, name=name, domain=domain, **attrs)
+        )
+        return outputs
+
+    def float_weight(self, name: str, w: np.ndarray) -> str:
+        """A float weight: fp32 as is, fp16 stored half-size and cast once at load."""
+        if self.opts.quant == "fp16":
+            half = self.const(name + ".fp16", w.astype(np.float16))
+            return self.op("Cast", [half], name + "/cast", to=TensorProto.FLOAT)[0]
+        return self.const(name, w.astype(np.float32))
+
+    def linear(self, x: str, name: str, w: np.ndarray, bias: np.ndarray | None) -> str:
+        """y = x @ W.T + b for W [N, K] (Hugging Face layout)."""
+        n, k = w.shape
+        o = self.opts
+        if o.bits:
+            q = quantize(w, o.bits, o.block_size, o.symmetric)
+            ins = [
+                x,
+                self.const(name + ".qweight", q.packed),
+                self.const(name + ".scales", q.scales),
+            ]
+            ins.append("" if q.zero_points is None else self.const(name + ".zp", q.zero_points))
+            if bias is not None:
+                ins += ["", self.const(name + ".bias", bias.astype(np.float32))]
+            attrs = {"K": k, "N": n, "bits": o.bits, "block_size": o.block_size}
+            return self.op("MatMulNBits", ins, name, accuracy_level=o.accuracy_level, **attrs)[0]
+        y = self.op("MatMul", [x, self.float_weight(name + ".weight_t", w.T)], name)[0]
+        if bias is not None:
+            y = self.op(
+                "Add", [y, self.const(name + ".bias", bias.astype(np.float32))], name + "/bias"
+            )[0]
+        return y
+
+
+_CONTRIB = {
+    "MatMulNBits",
+    "GatherBlockQuantized",
+    "GroupQueryAttention",
+    "SkipSimplifiedLayerNormalization",
+    "QuickGelu",
+}
+
+
+def _bias(weights: Weights, name: str, present: bool) -> np.ndarray | None:
+    return weights(name) if present else None
+
+
+def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
+    p = f"model.layers.{i}.self_attn."
+    names = ("q_proj", "k_proj", "v_proj")
+    w = np.concatenate([weights(p + n + ".weight") for n in names])
+    bias = None
+    if s.attention_bias:
+        bias = np.concatenate([weights(p + n + ".bias") for n in names])
+    qkv = e.linear(x, f"layers.{i}.attn.qkv", w, bias)
+    ins = [
+        qkv,
+        "",
+        "",
+        past_name(i, "key"),
+        past_name(i, "value"),
+        "seqlens_k",
+        "total_sequence_length",
+    ]
+    ins += ["cos_cache", "sin_cache"]
+    attrs: dict[str, object] = {
+        "num_heads": s.num_heads,
+        "kv_num_heads": s.kv_heads,
+        "do_rotary": 1,
+    }
+    if s.family.qk_norm:
+        ins[0] = _qk_norm(e, s, weights, i, qkv)
+    out, _, _ = e.op("GroupQueryAttention", ins, f"layers.{i}.attn.gqa", n_out=3, **attrs)
+    # The present outputs are named for the runtime: it binds them to the past buffers.
+    node = e.nodes[-1]
+    node.output[1] = present_name(i, "key")
+    node.output[2] = present_name(i, "value")
+    o_bias = _bias(weights, p + "o_proj.bias", s.attention_bias and not s.family.qkv_bias)
+    return e.linear(out, f"layers.{i}.attn.o", weights(p + "o_proj.weight"), o_bias)
+
+
+def _qk_norm(e: _Emitter, s: Shape, weights: Weights, i: int, qkv: str) -> str:
+    """Per-head RMS norm of q and k inside packed qkv (onnxruntime's CPU GroupQueryAttention
+    has no q/k-norm inputs). q and k heads are normalized together with a unit scale, then
+    multiplied by their own weights, so it costs one norm and one Mul per layer."""
+    p = f"model.layers.{i}.self_attn."
+    name = f"layers.{i}.attn.qk_norm"
+    heads = s.num_heads + s.kv_heads
+    sizes = e.const(name + ".sizes", np.array([heads * s.head_dim, s.kv_size], np.int64))
+    qk, v = e.op("Split", [qkv, sizes], name + ".split", n_out=2, axis=-1)
+    by_head = e.const(name + ".by_head", np.array([1, -1, heads, s.head_dim], np.int64))
+    x = e.op("Reshape", [qk, by_head], name + ".by_head")[0]
+    ones = e.const(name + ".ones", np.ones(s.head_dim, np.float32))
+    x = e.op("SimplifiedLayerNormalization", [x, ones], name, axis=-1, epsilon=s.rms_eps)[0]
+    gamma = np.concatenate(
+        [
+            np.tile(weights(p + "q_norm.weight"), (s.num_heads, 1)),
+            np.tile(weights(p + "k_norm.weight"), (s.kv_heads, 1)),
+        ]
+    )
+    x = e.op("Mul", [x, e.const(name + ".weight", gamma.astype(np.float32))], name + ".scale")[0]
+    flat = e.const(name + ".flat", np.array([1, -1, heads * s.head_dim], np.int64))
+    x = e.op("Reshape", [x, flat], name + ".flat")[0]
+    return e.op("Concat", [x, v], name + ".packed", axis=-1)[0]
+
+
+def _mlp(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
+    p = f"model.layers.{i}.mlp."
+    w = np.concatenate([weights(p + "gate_proj.weight"), weights(p + "up_proj.weight")])
+    bias = None
+    if s.mlp_bias:
+        bias = np.concatenate([weights(p + "gate_proj.bias"), weights(p + "up_proj.bias")])
+    gate_up = e.linear(x, f"layers.{i}.mlp.gate_up", w, bias)
+    gate, up = e.op("Split", [gate_up, "split_sizes"], f"layers.{i}.mlp.split", n_out=2, axis=-1)
+    act = e.op("QuickGelu", [gate], f"layers.{i}.mlp.silu", alpha=1.0)[0]
+    h = e.op("Mul", [act, up], f"layers.{i}.mlp.mul")[0]
+    return e.linear(
+        h,
+        f"layers.{i}.mlp.down",
+        weights(p + "down_proj.weight"),
+        _bias(weights, p + "down_proj.bias", s.mlp_bias),
+    )
+
+
+def _norm(
+    e: _Emitter, x: str, residual: str | None, gamma: np.ndarray, name: str, eps: float
+) -> tuple[str, str]:
+    """RMS norm of x (+ residual); returns (normed, new residual)."""
+    g = e.const(name + ".weight", gamma.astype(np.float32))
+    if residual is None:
+        return e.op("SimplifiedLayerNormalization", [x, g], name, axis=-1, epsilon=eps)[0], x
+    out = e.op("SkipSimplifiedLayerNormalization", [x, residual, g], name, n_out=4, epsilon=eps)
+    return out[0], out[3]
+
+
+@dataclass(frozen=True)
+class _Table:
+    """The embedding table's initializers, so a tied head reads the same bytes."""
+
+    weight: str  # float: [V, H]; quantized: packed [V, k_blocks, blob]
+    scales: str = ""  # quantized: [V, k_blocks], the layout MatMulNBits wants
+    zero_points: str = ""
+
+
+def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
+    """The token lookup: embeddings [1, S, H] and the table for a tied head."""
+    table = weights("model.embed_tokens.weight")
+    o = e.opts
+    if not o.bits:
+        w = e.float_weight("embed.weight", table)
+        return e.op("Gather", [w, "input_ids"], "embed.lookup", axis=0)[0], _Table(w)
+    q = quantize(table, o.bits, o.block_size, o.symmetric)
+    kb = q.packed.shape[1]
+    packed = e.const("embed.qweight", q.packed)
+    # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, so
+    # GatherBlockQuantized and MatMulNBits share one initializer; only the small scales
+    # (and zero points) are stored twice, in the rank each operator wants.
+    ins = [packed, "input_ids", e.const("embed.scales3", q.scales[..., None])]
+    zp = ""
+    if q.zero_points is not None:
+        ins.append(e.const("embed.zp3", unpack(q.zero_points, o.bits, kb)[..., None]))
+    if s.tied:
+        scales = e.const("embed.scales", q.scales)
+        if q.zero_points is not None:
+            zp = e.const("embed.zp", q.zero_points)
+    else:
+        scales = ""
+    attrs = {"bits": o.bits, "block_size": o.block_size, "gather_axis": 0, "quantize_axis": 2}
+    rows = e.op("GatherBlockQuantized", ins, "embed.lookup", **attrs)[0]
+    width = kb * o.block_size
+    shape = e.const("embed.shape", np.array([1, -1, width], np.int64))
+    flat = e.op("Reshape", [rows, shape], "embed.flat")[0]
+    if width != s.hidden:
+        flat = _slice(e, flat, 0, s.hidden, 2, "embed.unpad")
+    return flat, _Table(packed, scales, zp)
+
+
+def _slice(e: _Emitter, x: str, start: int, end: int, axis: int, name: str) -> str:
+    ins = [
+        x,
+        e.const(name + ".starts", np.array([start], np.int64)),
+        e.const(name + ".ends", np.array([end], np.int64)),
+    ]
+    ins.append(e.const(name + ".axes", np.array([axis], np.int64)))
+    return e.op("Slice", ins, name)[0]
+
+
+def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> None:
+    """Logits [1, 1, vocab] for the last position of x [1, S, H]."""
+    last = _slice(e, x, -1, 2**62, 1, "head.last")
+    o = e.opts
+    if s.tied and o.bits:
+        ins = [last, table.weight, table.scales, table.zero_points]
+        attrs = {"K": s.hidden, "N": s.vocab, "bits": o.bits, "block_size": o.block_size}
+        e.op("MatMulNBits", ins, "head.lm", accuracy_level=o.accuracy_level, **attrs)
+    elif o.bits:
+        e.linear(last, "head.lm", weights("lm_head.weight"), None)
+    else:
+        w = table.weight if s.tied else e.float_weight("head.weight", weights("lm_head.weight"))
+        flat_shape = e.const("head.flat", np.array([1, s.hidden], np.int64))
+        flat = e.op("Reshape", [last, flat_shape], "head.flat")[0]
+        logits = e.op("Gemm", [flat, w], "head.lm", transB=1)[0]
+        shape = e.const("head.shape", np.array([1, 1, s.vocab], np.int64))
+        e.op("Reshape", [logits, shape], "head.unflat")
+    e.nodes[-1].output[0] = "logits"
+
+
+def emit(s: Shape, weights: Weights, opts: Options) -> onnx.ModelProto:
+    """The whole decoder graph for one model (batch 1, last-position logits)."""
+    e = _Emitter(opts)
+    e.const("cos_cache", s.cos)
+    e.const("sin_cache", s.sin)
+    e.const("split_sizes", np.array([s.intermediate, s.intermediate], np.int64))
+    x, table = _embedding(e, s, weights)
+    residual: str | None = None
+    for i in range(s.num_layers):
+        ln1 = weights(f"model.layers.{i}.input_layernorm.weight")
+        h, residual = _norm(e, x, residual, ln1, f"layers.{i}.ln1", s.rms_eps)
+        a = _attention(e, s, weights, i, h)
+        ln2 = weights(f"model.layers.{i}.post_attention_layernorm.weight")
+        h, residual = _norm(e, a, residual, ln2, f"layers.{i}.ln2", s.rms_eps)
+        x = _mlp(e, s, weights, i, h)
+    h, _ = _norm(e, x, residual, weights("model.norm.weight"), "final_norm", s.rms_eps)
+    _head(e, s, weights, h, table)
+    return _model(e, s)
+
+
+def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
+    kv = [1, s.kv_heads, s.max_length, s.head_dim]
+    f32 = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, 1, s.vocab])]
+    for i in range(s.num_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(past_name(i, kind), f32, kv))
+            outputs.append(helper.make_tensor_value_info(present_name(i, kind), f32, kv))
+    graph = helper.make_graph(e.nodes, "ocula_fused_decoder", inputs, outputs, e.inits)
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="ocula.export.fused")
+    model.ir_version = 10
+    return model

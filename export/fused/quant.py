@@ -1,0 +1,96 @@
+"""Block-wise weight quantization in numpy, in the layout of onnxruntime's MatMulNBits.
+
+A linear weight W [N, K] (Hugging Face's [out, in]) is cut into blocks of `block_size` along K.
+Each block gets one scale (and, asymmetric, one zero point); the codes are unsigned
+`bits`-wide integers q with W ~= (q - zero_point) * scale, stored as uint8 [N, k_blocks, blob]
+where blob = block_size * bits / 8; with 4 bits two codes share a byte, the first in the low
+nibble. Zero points, when present, are packed the same way: uint8 [N, ceil(k_blocks*bits/8)].
+
+Symmetric blocks use the implicit zero point 2^(bits-1) and map the block's largest-magnitude
+value exactly onto the code 0 (scale = that value / -2^(bits-1)), which uses the whole signed
+range [-8, 7] instead of [-7, 7]. GatherBlockQuantized reads the same bytes viewed as
+[N, K * bits / 8] (quantized along the last axis), which is how the tied embedding is stored once.
+K is padded with zeros to a multiple of the block size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """One weight in MatMulNBits layout."""
+
+    packed: np.ndarray  # uint8 [N, k_blocks, blob]
+    scales: np.ndarray  # float32 [N, k_blocks]
+    zero_points: np.ndarray | None  # uint8 [N, ceil(k_blocks * bits / 8)] or None (symmetric)
+    bits: int
+    block_size: int
+    k: int  # logical K before padding
+
+    @property
+    def n(self) -> int:
+        return int(self.packed.shape[0])
+
+
+def quantize(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> Quantized:
+    """Quantize W [N, K] block-wise along K (rounding to nearest)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    n, k = w.shape
+    pad = (-k) % block_size
+    w = np.asarray(w, dtype=np.float32)
+    if pad:
+        w = np.pad(w, ((0, 0), (0, pad)))
+    blocks = w.reshape(n, -1, block_size)
+    qmax = (1 << bits) - 1
+    if symmetric:
+        mid = 1 << (bits - 1)
+        idx = np.abs(blocks).argmax(axis=2)[..., None]
+        peak = np.take_along_axis(blocks, idx, axis=2)[..., 0]
+        scales = peak / -mid
+        safe = np.where(scales == 0, 1.0, scales)[..., None]
+        codes = np.clip(np.rint(blocks / safe) + mid, 0, qmax)
+        zero_points = None
+    else:
+        lo = np.minimum(blocks.min(axis=2), 0.0)
+        hi = np.maximum(blocks.max(axis=2), 0.0)
+        scales = (hi - lo) / qmax
+        safe = np.where(scales == 0, 1.0, scales)
+        zp = np.clip(np.rint(-lo / safe), 0, qmax)
+        codes = np.clip(np.rint(blocks / safe[..., None]) + zp[..., None], 0, qmax)
+        zero_points = pack(zp.astype(np.uint8), bits)
+    packed = pack(codes.astype(np.uint8), bits)
+    return Quantized(packed, scales.astype(np.float32), zero_points, bits, block_size, k)
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint8 codes along the last axis: 8 bits as is, 4 bits two per byte, low first."""
+    if bits == 8:
+        return np.ascontiguousarray(codes)
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), np.uint8)], axis=-1)
+    return np.ascontiguousarray(codes[..., 0::2] | (codes[..., 1::2] << 4))
+
+
+def unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The inverse of `pack`, keeping `count` codes of the last axis."""
+    if bits == 8:
+        return packed[..., :count]
+    both = np.stack([packed & 0x0F, packed >> 4], axis=-1)
+    return both.reshape(*packed.shape[:-1], -1)[..., :count]
+
+
+def dequantize(q: Quantized) -> np.ndarray:
+    """W [N, K] as MatMulNBits sees it (the reference the tests compare against)."""
+    n, k_blocks, _ = q.packed.shape
+    codes = unpack(q.packed, q.bits, q.block_size).astype(np.float32)
+    if q.zero_points is None:
+        zp = np.full((n, k_blocks), 1 << (q.bits - 1), np.float32)
+    else:
+        zp = unpack(q.zero_points, q.bits, k_blocks).astype(np.float32)
+    w = (codes - zp[..., None]) * q.scales[..., None]
+    return w.reshape(n, -1)[:, : q.k]
