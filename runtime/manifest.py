@@ -450,9 +450,10 @@ def _value(tp: Any, v: Any, where: str, key: str) -> Any:
         args = typing.get_args(tp)
         if v is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:
+            return _value(real[0], v, where, key)
+        for a in real:
             try:
                 return _value(a, v, where, key)
             except ManifestError:
