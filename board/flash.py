@@ -149,6 +149,7 @@ def _transfer(
     if info.get("pending"):
         pending = info["slots"][info["pending"]].get("bundle")
         if pending == m.digest:
+            result.slot = info["pending"]
             return False  # an earlier run committed this bundle: go on to its health check
         raise BoardRefused(
             f"slot {info['pending']} holds another bundle on trial; wait {info.get('deadline_s', 60)} s "
@@ -223,3 +224,95 @@ def _boot(
 
 def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class LinkClient:
+    """Requests to a board's agent over the link on a serial port (pyserial-like object).
+
+    `opener()` returns an open port; the client opens it lazily and again after a failure.
+    Every request carries an id and waits for the reply with that id, up to `timeout`; a
+    timeout, a link error or a port error becomes LinkLost (the flasher then resumes).
+    """
+
+    def __init__(self, opener: Callable[[], Any], name: str = "", timeout: float = 10.0) -> None:
+        self.opener = opener
+        self.name = name
+        self.timeout = timeout
+        self.port: Any = None
+        self.endpoint: Any = None
+        self._next_id = 0
+
+    def _connect(self) -> None:
+        from runtime.agent.wire import endpoint
+
+        if self.port is None:
+            self.port = self.opener()
+        self.endpoint = endpoint(self.port)
+
+    def call(
+        self, op: str, fields: dict[str, Any] | None = None, blob: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        from runtime.agent import rpc
+        from runtime.errors import OculaError
+
+        self._next_id += 1
+        rid = self._next_id
+        try:
+            if self.endpoint is None:
+                self._connect()
+            self.endpoint.send(rpc.encode({"op": op, "_id": rid, **(fields or {})}, blob))
+            deadline = time.monotonic() + self.timeout
+            while True:
+                left = deadline - time.monotonic()
+                payload = self.endpoint.recv(timeout=left) if left > 0 else None
+                if payload is None:
+                    raise LinkLost(f"{self.name}: no reply to '{op}' within {self.timeout:.0f} s")
+                header, data = rpc.decode(payload)
+                if header.get("_id") == rid:
+                    return header, data
+        except LinkLost:
+            self._drop()
+            raise
+        except (OSError, OculaError) as exc:
+            if isinstance(exc, BoardError):
+                raise
+            self._drop()
+            raise LinkLost(f"{self.name}: {exc}") from exc
+        except Exception as exc:  # pyserial's SerialException is not an OSError subclass
+            if type(exc).__name__ not in ("SerialException", "SerialTimeoutException"):
+                raise
+            self._drop(close_port=True)
+            raise LinkLost(f"{self.name}: {exc}") from exc
+
+    def _drop(self, close_port: bool = False) -> None:
+        if self.endpoint is not None:
+            with contextlib.suppress(Exception):
+                self.endpoint.close()
+        self.endpoint = None
+        if close_port and self.port is not None:
+            with contextlib.suppress(Exception):
+                self.port.close()
+            self.port = None
+
+    def reconnect(self, timeout: float) -> None:
+        """Wait until the board answers hello again (after a reboot, a cut, a power cycle)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        saved = self.timeout
+        self.timeout = 1.0
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    self._drop()
+                    self.call("hello")
+                    return
+                except (LinkLost, OSError) as exc:
+                    last = exc
+                    if self.port is None:
+                        time.sleep(0.1)  # a USB port re-enumerating after a reset
+        finally:
+            self.timeout = saved
+        raise LinkLost(f"{self.name}: the board did not answer within {timeout:.0f} s ({last})")
+
+    def close(self) -> None:
+        self._drop(close_port=True)

@@ -57,7 +57,7 @@ class SimBoard:
     ) -> None:
         self.name = name
         self.root = sim_root(name, base)
-        self.profile = profile or name
+        self.profile = profile or (name if name in profiles.names() else "sim")
         self.key = key
         self._device_port = port  # serve this tty path instead of our own pty (a virtual cable)
         self.proc: subprocess.Popen[bytes] | None = None

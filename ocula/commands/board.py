@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 from board import profiles
@@ -29,6 +32,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     show.add_argument("--json", action="store_true", help="print JSON for scripts")
     show.set_defaults(func=_show)
+    sim = cmds.add_parser(
+        "sim",
+        parents=[common],
+        help="start a simulated board on a pseudo-terminal and print its port",
+        description="Run the real boot ROM and agent on a pty, with the board's flash in "
+        "$OCULA_SIM_DIR/NAME (default ~/.cache/ocula/sim/NAME). Runs until Ctrl-C.",
+    )
+    sim.add_argument("--profile", default="sim", help="board profile (default sim)")
+    sim.add_argument("--name", help="sim board name (default: the profile name)")
+    sim.add_argument("--key", type=Path, help="public key the board will trust (KEY.pub)")
+    sim.set_defaults(func=_sim)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -95,3 +109,32 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from board.keys import load_public_raw
+    from hil.sim import SimBoard
+
+    key = load_public_raw(args.key) if args.key else None
+    board = SimBoard(args.name or profiles.find(args.profile).name, profile=args.profile, key=key)
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wake pause() if the board process dies
+    with board:
+        print(board.port, flush=True)
+        print(
+            f"sim board {board.name} ({args.profile}) on {board.port}; flash in {board.root}; "
+            "Ctrl-C to power off",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            while board.running():
+                signal.pause()
+        except KeyboardInterrupt:
+            return 0
+    print(f"ocula: error: sim board {board.name} stopped; see {board.log_path}", file=sys.stderr)
+    return 1

@@ -86,9 +86,9 @@ def _open(port: str | None, fd: int | None) -> int:
 
 def serve(agent: Agent, fd: int) -> int:
     """Serve requests on `fd` until a reboot is asked for or the trial deadline passes."""
-    from runtime.link.endpoint import Endpoint
+    from runtime.agent.wire import endpoint as open_endpoint
 
-    endpoint = Endpoint(fd)
+    endpoint = open_endpoint(fd)
     state = agent.store.state()
     deadline = time.monotonic() + state.deadline_s if agent.boot.trial else None
     while True:

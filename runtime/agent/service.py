@@ -267,12 +267,16 @@ class Agent:
 
     def op_commit(self, fields: dict[str, Any], blob: bytes) -> Reply:
         m = self._staged()
+        state = self.store.state()
+        pending = self.store.slot_manifest(state.trial) if state.trial else None
+        # committing the bundle already on trial again is a no-op that renews its boots
         slot = self.store.writable_slot()
+        if state.trial is not None and pending is not None and pending.digest == m.digest:
+            slot = state.trial
         installed = self.store.slot_manifest(slot)
         if installed is None or installed.digest != m.digest:
             raise RequestError(f"slot {slot} does not hold the staged bundle; install it first")
         deadline = _int(fields, "deadline_s", 1, 3600) if "deadline_s" in fields else 60
-        state = self.store.state()
         state.trial, state.boots_left, state.deadline_s = slot, MAX_BOOTS, float(deadline)
         state.last = {"event": "commit", "slot": slot, "bundle": m.digest}
         self.store.save_state(state)

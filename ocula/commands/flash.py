@@ -1,0 +1,96 @@
+"""`ocula flash BUNDLE --port PORT [--json]`: delta, resumable, verified, A/B flashing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "flash",
+        parents=[common],
+        help="flash a bundle to a board (delta, resumable, A/B with rollback)",
+        description="Send only the chunks the board lacks, install them into the inactive slot, "
+        "restart into it and confirm it once its health check passes; the board rolls back by "
+        "itself otherwise. PORT is a serial device, sim://NAME or rfc2217://HOST:PORT.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", type=Path, help="a file made by 'ocula bundle'")
+    p.add_argument("--port", required=True, metavar="PORT", help="the board's port")
+    p.add_argument("--baud", type=int, default=921600, help="line rate for a UART (default 921600)")
+    p.add_argument("--json", action="store_true", help="end with one JSON result object")
+    p.add_argument("--force", action="store_true", help="reinstall even if the board runs it")
+    p.add_argument(
+        "--deadline",
+        type=int,
+        default=60,
+        metavar="S",
+        help="seconds the new slot has to pass its health check (default 60)",
+    )
+    p.set_defaults(func=_flash)
+
+
+def _flash(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from board.bundle import Bundle
+    from board.flash import LinkClient, flash
+    from hil.transport import open_port
+
+    bundle = Bundle.open(args.bundle)
+    client = LinkClient(lambda: open_port(args.port, baud=args.baud), name=args.port)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=_stderr_console(),
+        transient=args.json,
+        disable=args.quiet > 0,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=max(total, 1))
+        bar.update(tasks[stage], completed=done, total=max(total, 1))
+
+    try:
+        with bar:
+            result = flash(
+                bundle, client, progress=progress, deadline_s=args.deadline, force=args.force
+            )
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif result.already_installed:
+        print(
+            f"{args.port}: board {result.board} already runs {result.version} "
+            f"(slot {result.booted}); nothing sent"
+        )
+    elif result.ok:
+        print(
+            f"{args.port}: flashed {result.version} to slot {result.booted} of board "
+            f"{result.board}: sent {result.bytes_sent / 1e6:.2f} MB of "
+            f"{result.bundle_bytes / 1e6:.2f} MB ({result.chunks_skipped} chunks skipped, "
+            f"{result.resumed} resumes) in {result.seconds:.1f} s; health check passed"
+        )
+    if not result.ok:
+        where = "rolled back to" if result.rolled_back else "still runs"
+        print(
+            f"ocula: error: {args.port}: the new bundle did not pass its health check; the board "
+            f"{where} slot {result.booted}: {result.reason}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)

@@ -1,0 +1,77 @@
+"""The simulated board over a real pty, through pyserial: the same path as a USB serial port."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from board import bundle as bundles
+from board import keys, profiles
+from board.flash import LinkClient, flash
+from hil.errors import PortError
+from hil.sim import SimBoard
+from hil.transport import open_port
+from runtime.agent.store import Store
+
+
+def _bundle(tmp_path: Path, name: str, key: Path | None = None, board: str = "sim") -> Path:
+    art = tmp_path / f"{name}-vad"
+    art.mkdir()
+    (art / "manifest.json").write_text(json.dumps({"kind": "vad"}))
+    (art / "weights.bin").write_bytes(name.encode() * 40000)
+    out = tmp_path / f"{name}.bundle"
+    bundles.build(profiles.find(board), out, {"vad": art}, key=key)
+    return out
+
+
+def test_flash_over_pty_and_reboot_into_new_slot(tmp_path: Path) -> None:
+    bundle = bundles.Bundle.open(_bundle(tmp_path, "one"))
+    with SimBoard("sim", base=tmp_path) as board:
+        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        try:
+            client.reconnect(30)
+            hello, _ = client.call("hello")
+            assert hello["board"] == "sim" and hello["slot"] == "factory"
+            result = flash(bundle, client, reboot_timeout=30)
+            assert result.ok and result.booted == "a" and result.health["ok"]
+            info, _ = client.call("info")
+            # the agent now runs from the slot's own copy of the runtime
+            assert info["code"] == str(tmp_path / "sim" / "slots" / "a")
+            assert info["active"] == "a" and info["trial"] is False
+        finally:
+            client.close()
+    assert Store(tmp_path / "sim").verify_slot("a") == []
+
+
+def test_sim_url_keeps_its_flash_between_commands(tmp_path: Path, ocula) -> None:
+    priv, pub = keys.generate(tmp_path / "k")
+    path = _bundle(tmp_path, "two", key=priv)
+    env = {"OCULA_SIM_DIR": str(tmp_path / "state")}
+    port = f"sim://glasses?profile=sim&key={pub}"
+    r = ocula("flash", str(path), "--port", port, "--json", env=env, timeout=120)
+    assert r.code == 0, r.err
+    first = json.loads(r.out)
+    assert first["ok"] and first["booted"] == "a" and first["bytes_sent"] > 0
+    r = ocula("flash", str(path), "--port", port, "--json", env=env, timeout=120)
+    assert r.code == 0, r.err
+    again = json.loads(r.out)
+    assert again["already_installed"] and again["bytes_sent"] == 0
+    assert again["chunks_skipped"] == again["chunks_total"]
+    unsigned = _bundle(tmp_path, "three")
+    r = ocula("flash", str(unsigned), "--port", port, env=env, timeout=120)
+    assert r.code == 1 and "refuses unsigned" in r.err and "Traceback" not in r.err
+
+
+def test_busy_and_missing_ports_say_so(tmp_path: Path) -> None:
+    with SimBoard("busy", base=tmp_path) as board:
+        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client.reconnect(30)  # the ROM holds the store's lock once it answers
+        client.close()
+        with pytest.raises(PortError, match=r"busy.*held by process \d+"):
+            SimBoard("busy", base=tmp_path).start()
+    with pytest.raises(PortError, match="no such port"):
+        open_port(str(tmp_path / "ttyNOPE"))
+    with pytest.raises(PortError, match="protocol 'nope' not known"):
+        open_port("nope://x")

@@ -1,0 +1,170 @@
+"""Power cuts: SIGKILL the simulated board at seeded random moments of a flash and a commit.
+
+After every cut the board must boot a complete slot (the old bundle or the new one, every file
+matching its manifest, never a mix), and the same flash must then resume to completion.
+`make test` runs 20 seeds; `make faults` runs 100 (OCULA_FAULTS=100) and prints the tally
+written to OCULA_FAULT_TALLY: `python tests/test_faults_powercut.py TALLY_FILE`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from board import bundle as bundles
+from board import profiles
+from board.flash import LinkClient, flash
+from hil.sim import InProcessBoard, SimBoard
+from hil.transport import open_port
+from runtime.agent.store import Store
+
+CASES = int(os.environ.get("OCULA_FAULTS", "20"))
+TAIL_OPS = ("install", "commit", "reboot", "info", "confirm")
+
+
+def _bundle(tmp: Path, name: str, payload: bytes) -> bundles.Bundle:
+    art = tmp / f"{name}-vad"
+    art.mkdir()
+    (art / "manifest.json").write_text(json.dumps({"kind": "vad"}))
+    (art / "weights.bin").write_bytes(payload)
+    out = tmp / f"{name}.bundle"
+    bundles.build(profiles.find("sim"), out, {"vad": art}, version=name)
+    return bundles.Bundle.open(out)
+
+
+class Recorder:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.ops = inner, []
+
+    def call(self, op: str, fields: Any = None, blob: bytes = b"") -> Any:
+        self.ops.append(op)
+        return self.inner.call(op, fields, blob)
+
+    def reconnect(self, timeout: float) -> None:
+        self.inner.reconnect(timeout)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Bundles old and new, a board template holding old, and the op sequence of a clean flash."""
+    tmp = tmp_path_factory.mktemp("faults")
+    rng = random.Random(1234)
+    old = _bundle(tmp, "old", rng.randbytes(600_000))
+    new = _bundle(tmp, "new", rng.randbytes(900_000))
+    template = tmp / "template" / "sim"
+    assert flash(old, InProcessBoard(template)).ok
+    probe = tmp / "probe" / "sim"
+    shutil.copytree(template, probe)
+    rec = Recorder(InProcessBoard(probe))
+    assert flash(new, rec).ok
+    return {"old": old, "new": new, "template": template, "ops": rec.ops}
+
+
+class CutOnce:
+    """Passes calls to a LinkClient; during call number `k` a timer SIGKILLs the board."""
+
+    def __init__(self, client: LinkClient, board: SimBoard, k: int, delay: float) -> None:
+        self.client, self.board, self.k, self.delay = client, board, k, delay
+        self.n = 0
+        self.cut_op = ""
+        self.after_cut: list[dict[str, Any]] = []
+
+    def call(self, op: str, fields: Any = None, blob: bytes = b"") -> Any:
+        self.n += 1
+        if self.n != self.k:
+            return self.client.call(op, fields, blob)
+        self.cut_op = op
+        timer = threading.Timer(self.delay, self.board.power_cut)
+        self.client.timeout = 1.5
+        timer.start()
+        try:
+            return self.client.call(op, fields, blob)
+        finally:
+            timer.join()  # the cut may land after the reply: the next call then times out fast
+
+    def reconnect(self, timeout: float) -> None:
+        self.client.timeout = 10.0
+        if not self.board.running():
+            self.board.boot()
+            self.client.reconnect(timeout)
+            info, _ = self.client.call("info")
+            self.after_cut.append(info)
+        else:
+            self.client.reconnect(timeout)
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_power_cut(seed: int, world: dict[str, Any], tmp_path: Path) -> None:
+    rng = random.Random(seed)
+    ops = world["ops"]
+    if seed % 2:
+        k = rng.choice([i + 1 for i, op in enumerate(ops) if op in TAIL_OPS])
+    else:
+        k = rng.randint(1, len(ops))
+    root = tmp_path / "sim"
+    shutil.copytree(world["template"], root)
+    old, new = world["old"].manifest.digest, world["new"].manifest.digest
+    with SimBoard("sim", base=tmp_path) as board:
+        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        cutter = CutOnce(client, board, k, rng.uniform(0, 0.01))
+        try:
+            client.reconnect(30)
+            result = flash(world["new"], cutter, reboot_timeout=30)
+        finally:
+            client.close()
+    store = Store(root)
+    outcome = []
+    for info in cutter.after_cut:
+        booted = info["booted"]
+        assert booted in ("a", "b"), f"booted {booted} after a cut"
+        assert info["slots"][booted]["bundle"] in (old, new)
+        outcome.append("new" if info["slots"][booted]["bundle"] == new else "old")
+    assert result.ok, result
+    state = store.state()
+    assert store.slot_info(state.active)["bundle"] == new
+    assert store.verify_slot(state.active) == []
+    _tally(
+        {
+            "seed": seed,
+            "op": cutter.cut_op,
+            "k": k,
+            "cut": bool(cutter.after_cut),
+            "booted_after_cut": outcome,
+            "resumed": result.resumed,
+            "ok": result.ok,
+        }
+    )
+
+
+def _tally(row: dict[str, Any]) -> None:
+    path = os.environ.get("OCULA_FAULT_TALLY")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def print_tally(path: str) -> int:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    cut = [r for r in rows if r["cut"]]
+    print(f"power cuts: {len(rows)} cases, {len(cut)} landed while the board was up")
+    print(f"  flash completed after resume: {sum(r['ok'] for r in rows)}/{len(rows)}")
+    booted = Counter(b for r in cut for b in r["booted_after_cut"])
+    print(f"  slot booted after the cut: old {booted['old']}, new {booted['new']}, other 0")
+    print(
+        "  cut during: "
+        + ", ".join(f"{op} {n}" for op, n in Counter(r["op"] for r in cut).most_common())
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(print_tally(sys.argv[1]))
