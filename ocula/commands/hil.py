@@ -1,0 +1,59 @@
+"""`ocula hil --port PORT [pytest args]`: the HIL suites (hil/suites) against a board."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "hil",
+        parents=[common],
+        help="run the hardware-in-the-loop suites against a board",
+        description="Run the HIL suites (pytest with Ocula's plugin) against a board: boot and "
+        "hello, flash + health check + rollback, power budgets, link faults, soak. Arguments "
+        "after '--' go to pytest (e.g. -- -k flash -x, or -- -n 2 with --inventory).",
+    )
+    p.add_argument(
+        "--port", metavar="PORT", help="the board: /dev/ttyACM0, sim://sim, rfc2217://H:P"
+    )
+    p.add_argument("--inventory", metavar="FILE", help="take a free board from this inventory")
+    p.add_argument("--bundle", metavar="FILE", help="flash this bundle before the suites")
+    p.add_argument("--fixture-port", metavar="PORT", help="the rig fixture's serial port")
+    p.add_argument("--report", metavar="DIR", type=Path, help="write index.html + junit.xml here")
+    p.add_argument("--soak-minutes", type=float, default=0.2, metavar="M", help="soak length")
+    p.add_argument("--retries", type=int, default=0, metavar="N", help="rerun link/power failures")
+    p.add_argument("--key", metavar="FILE", help="private key for the bundles the suites build")
+    p.add_argument(
+        "pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="after '--': arguments for pytest"
+    )
+    p.set_defaults(func=_hil)
+
+
+def _hil(args: argparse.Namespace) -> int:
+    import pytest
+
+    from hil import suites
+    from runtime.errors import UsageError
+
+    if not args.port and not args.inventory:
+        raise UsageError("ocula hil needs --port PORT (e.g. sim://sim) or --inventory FILE")
+    argv = [str(Path(suites.__file__).parent), "-p", "no:cacheprovider"]
+    for flag, value in (
+        ("--board", args.port),
+        ("--hil-inventory", args.inventory),
+        ("--bundle", args.bundle),
+        ("--fixture-port", args.fixture_port),
+        ("--hil-report", str(args.report) if args.report else None),
+        ("--hil-key", args.key),
+    ):
+        if value:
+            argv += [flag, value]
+    argv += ["--hil-soak-minutes", str(args.soak_minutes), "--hil-retries", str(args.retries)]
+    argv += list(getattr(args, "pytest_args", []) or [])
+    code = int(pytest.main(argv))
+    if args.report:
+        print(f"report: {args.report / 'index.html'} (JUnit: {args.report / 'junit.xml'})")
+    return code
