@@ -1,0 +1,123 @@
+"""Random-weight Hugging Face model folders of real architectures, offline and deterministic.
+
+`make_random(preset, out, seed)` writes config.json, model.safetensors, the tokenizer files
+(`export.tokenizer`), generation_config.json and, for Whisper, preprocessor_config.json. The
+same preset and seed give byte-identical weights. A `.ocula-random` marker records the preset
+and seed, so the folder can be replaced by a later run without --force.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from export import presets
+from export.output import atomic_dir
+from export.tokenizer import WHISPER_TASKS, BuiltTokenizer, build
+
+log = logging.getLogger(__name__)
+
+
+def make_random(preset_name: str, out: Path, seed: int = 0, force: bool = False) -> Path:
+    preset = presets.get(preset_name)
+    import torch
+
+    with atomic_dir(out, force) as tmp:
+        tok = build(preset)
+        config = _config(preset, tok)
+        torch.manual_seed(seed)
+        model = _model(preset, config)
+        model.save_pretrained(tmp, safe_serialization=True)
+        _save_tokenizer(tok, tmp)
+        _generation_config(preset, tok, config).save_pretrained(tmp)
+        if preset.family == "whisper":
+            from transformers import WhisperFeatureExtractor
+
+            WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(tmp)
+        marker = {"preset": preset.name, "seed": seed}
+        (tmp / ".ocula-random").write_text(json.dumps(marker) + "\n")
+    log.debug("wrote %s (%s, seed %d)", out, preset.name, seed)
+    return out
+
+
+def _config(preset: presets.Preset, tok: BuiltTokenizer) -> Any:
+    from transformers import AutoConfig
+
+    cfg = dict(preset.config)
+    model_type = cfg.pop("model_type")
+    ids = tok.special
+    if preset.family == "whisper":
+        cfg.update(
+            init_std=preset.init_std,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|endoftext|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            decoder_start_token_id=ids["<|startoftranscript|>"],
+        )
+    else:
+        cfg["initializer_range"] = preset.init_std
+        cfg.setdefault("bos_token_id", ids[tok.bos] if tok.bos else ids[tok.eos[-1]])
+        cfg.setdefault("eos_token_id", ids[tok.eos[0]])
+        if tok.pad:
+            cfg["pad_token_id"] = ids[tok.pad]
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def _model(preset: presets.Preset, config: Any) -> Any:
+    from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration
+
+    if preset.family == "whisper":
+        model = WhisperForConditionalGeneration(config)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
+    return model.eval()
+
+
+def _save_tokenizer(tok: BuiltTokenizer, out: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    kw: dict[str, Any] = {"eos_token": tok.eos[0]}
+    if tok.bos:
+        kw["bos_token"] = tok.bos
+    if tok.pad:
+        kw["pad_token"] = tok.pad
+    if tok.chat_template:
+        kw["chat_template"] = tok.chat_template
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, **kw)
+    fast.save_pretrained(out)
+
+
+def _generation_config(preset: presets.Preset, tok: BuiltTokenizer, config: Any) -> Any:
+    from transformers import GenerationConfig
+
+    ids = tok.special
+    if preset.family != "whisper":
+        return GenerationConfig(
+            bos_token_id=config.bos_token_id,
+            eos_token_id=[ids[e] for e in tok.eos],
+            pad_token_id=ids[tok.pad] if tok.pad else None,
+            do_sample=False,
+        )
+    langs = {
+        s: i for s, i in ids.items() if len(s) <= 9 and s[2:-2].isalpha() and s[2:-2].islower()
+    }
+    langs = {s: i for s, i in langs.items() if s[2:-2] not in (*WHISPER_TASKS, "endoftext")}
+    eot = ids["<|endoftext|>"]
+    suppress = [ids[f"<|{t}|>"] for t in ("translate", "transcribe", "startoflm", "startofprev")]
+    suppress += [ids["<|nospeech|>"]]
+    return GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=config.max_target_positions,
+        lang_to_id=langs,
+        task_to_id={"translate": ids["<|translate|>"], "transcribe": ids["<|transcribe|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        suppress_tokens=suppress,
+        begin_suppress_tokens=[220, eot],
+        is_multilingual=True,
+        forced_decoder_ids=None,
+    )
