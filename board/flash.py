@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -156,11 +157,13 @@ def _transfer(
             "for it to roll back or flash that bundle to confirm it"
         )
     if info.get("staged") != m.digest:
-        for offset in range(0, len(m.raw), PART):
-            part = m.raw[offset : offset + PART]
+        packed = zlib.compress(m.raw, 9)
+        for offset in range(0, len(packed), PART):
+            part = packed[offset : offset + PART]
             _call(client, "manifest", {"offset": offset}, part)
             result.bytes_sent += len(part)
-    reply, _ = _call(client, "begin", {"sha256": m.digest}, bundle.signature)
+    begin = {"sha256": m.digest, "codec": "zlib"}
+    reply, _ = _call(client, "begin", begin, bundle.signature)
     result.bytes_sent += len(bundle.signature)
     result.slot = reply["slot"]
     missing = []

