@@ -161,23 +161,31 @@ def fit_pings(pings: list[tuple[float, int, float]], keep: float = 0.5) -> Clock
 
 @dataclass
 class SpanEnergy:
+    """Energy of the spans of one name. Only spans with every sample present count towards
+    energy; spans with missing samples are counted as `incomplete`, and their present samples
+    still count towards `mean_power_w` (with `coverage` saying how much was there)."""
+
     name: str
     count: int = 0
     energy_j: float = 0.0
     seconds: float = 0.0
     incomplete: int = 0
     per_span_j: list[float] = field(default_factory=list)
+    watts_sum: float = 0.0
+    present: int = 0
+    expected: int = 0
 
     def summary(self) -> dict[str, Any]:
-        mean = self.energy_j / self.count if self.count else float("nan")
+        nan = float("nan")
         return {
             "name": self.name,
             "count": self.count,
             "energy_j": self.energy_j,
-            "mean_energy_j": mean,
-            "mean_power_w": self.energy_j / self.seconds if self.seconds else float("nan"),
+            "mean_energy_j": self.energy_j / self.count if self.count else nan,
+            "mean_power_w": self.watts_sum / self.present if self.present else nan,
             "seconds": self.seconds,
             "incomplete": self.incomplete,
+            "coverage": self.present / self.expected if self.expected else 0.0,
         }
 
 
@@ -216,12 +224,17 @@ def energy_by_span(samples: Samples, span_list: list[dict[str, Any]]) -> dict[st
     if len(samples) == 0:
         return out
     t = samples.t_us.astype(np.float64)
-    cum = np.concatenate([[0.0], np.cumsum(samples.watts * samples.period_us * 1e-6)])
+    w = samples.watts
+    cum = np.concatenate([[0.0], np.cumsum(w * samples.period_us * 1e-6)])
+    wsum = np.concatenate([[0.0], np.cumsum(w)])
     gaps = samples.gaps()
     for sp in span_list:
         t0, t1 = float(sp["ts"]), float(sp["ts"]) + float(sp.get("dur", 0))
         acc = out.setdefault(sp["name"], SpanEnergy(sp["name"]))
-        i0, i1 = np.searchsorted(t, [t0, t1])
+        i0, i1 = (int(i) for i in np.searchsorted(t, [t0, t1]))
+        acc.present += i1 - i0
+        acc.watts_sum += float(wsum[i1] - wsum[i0])
+        acc.expected += max(1, round((t1 - t0) / samples.period_us)) if samples.period_us else 0
         covered = t0 >= t[0] and t1 <= t[-1] + samples.period_us
         overlaps_gap = any(g.start_us < t1 and g.end_us > t0 for g in gaps)
         if not covered or overlaps_gap:
@@ -317,8 +330,14 @@ def analyse(
     span_list = spans(trace)
     energy = energy_by_span(on_board, span_list)
     gaps = samples.gaps()
-    for g in gaps:
-        log.warning("power samples: gap of %d samples at fixture t=%d us", g.missing, g.start_us)
+    if gaps:
+        log.warning(
+            "power samples: %d gaps, %d samples missing (first at fixture t=%d us); "
+            "they are reported, not interpolated",
+            len(gaps),
+            sum(g.missing for g in gaps),
+            gaps[0].start_us,
+        )
     write_csv(on_board, out_dir / "power.csv")
     plot(on_board, span_list, out_dir / "power.png", title)
     merged = dict(trace) if isinstance(trace, dict) else {"traceEvents": list(trace)}

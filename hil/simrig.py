@@ -197,24 +197,32 @@ class SimRail:
         self.watts = 0.0
         self._stop = threading.Event()
         self._last: tuple[float, float] | None = None
+        self._group_leader = -1
+        self._rescan = 0.0
+        self._members: list[str] = []
         fixture.on_pin = self._pin
         self._thread = threading.Thread(target=self._run, name="simrail", daemon=True)
         self._thread.start()
 
     def _group_cpu(self) -> float | None:
+        """CPU seconds of the board's process group (members rescanned every half second)."""
         proc = getattr(self.board, "proc", None)
         if proc is None or proc.poll() is not None:
             return None
+        now = time.monotonic()
+        if proc.pid != self._group_leader or now > self._rescan:
+            self._group_leader, self._rescan = proc.pid, now + 0.5
+            self._members = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                stat = _stat(pid)
+                if stat and int(stat[2]) == proc.pid:
+                    self._members.append(pid)
         total = 0
-        tick = os.sysconf("SC_CLK_TCK")
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                fields = Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == proc.pid:  # process group
-                total += int(fields[11]) + int(fields[12])
-        return total / tick
+        for pid in self._members:
+            stat = _stat(pid)
+            if stat and int(stat[2]) == proc.pid:
+                total += int(stat[11]) + int(stat[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -248,3 +256,11 @@ class SimRail:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+
+
+def _stat(pid: str) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state is [0], pgrp [2])."""
+    try:
+        return Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
