@@ -57,6 +57,7 @@ class FlashResult:
     version: str = ""
     bundle_bytes: int = 0
     bytes_sent: int = 0
+    wire_bytes_sent: int = 0
     chunks_total: int = 0
     chunks_sent: int = 0
     chunks_skipped: int = 0
@@ -121,6 +122,7 @@ def flash(
             log.warning("link lost (%s); resuming", exc)
             client.reconnect(reboot_timeout)
     result.seconds = time.perf_counter() - start
+    result.wire_bytes_sent = int(getattr(client, "wire_bytes", 0))
     return result
 
 
@@ -244,6 +246,7 @@ class LinkClient:
         self.port: Any = None
         self.endpoint: Any = None
         self._next_id = 0
+        self._wire = 0
 
     def _connect(self) -> None:
         from runtime.agent.wire import endpoint
@@ -263,16 +266,17 @@ class LinkClient:
         try:
             if self.endpoint is None:
                 self._connect()
-            self.endpoint.send(rpc.encode({"op": op, "_id": rid, **(fields or {})}, blob))
+            request = rpc.encode({"op": op, "_id": rid, **(fields or {})}, blob)
             deadline = time.monotonic() + self.timeout
+            payload = self.endpoint.request(request, timeout=self.timeout)
             while True:
-                left = deadline - time.monotonic()
-                payload = self.endpoint.recv(timeout=left) if left > 0 else None
-                if payload is None:
-                    raise LinkLost(f"{self.name}: no reply to '{op}' within {self.timeout:.0f} s")
                 header, data = rpc.decode(payload)
                 if header.get("_id") == rid:
                     return header, data
+                left = deadline - time.monotonic()  # a late reply to an earlier request
+                payload = self.endpoint.recv(timeout=left) if left > 0 else None
+                if payload is None:
+                    raise LinkLost(f"{self.name}: no reply to '{op}' within {self.timeout:.0f} s")
         except LinkLost:
             self._drop()
             raise
@@ -287,8 +291,14 @@ class LinkClient:
             self._drop(close_port=True)
             raise LinkLost(f"{self.name}: {exc}") from exc
 
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes this client put on the line (frames, headers, retransmissions), so far."""
+        return self._wire + (self.endpoint.bytes_out if self.endpoint is not None else 0)
+
     def _drop(self, close_port: bool = False) -> None:
         if self.endpoint is not None:
+            self._wire += self.endpoint.bytes_out
             with contextlib.suppress(Exception):
                 self.endpoint.close()
         self.endpoint = None
