@@ -55,6 +55,12 @@ test: $(STAMP) sysdeps
 hil-soak: $(STAMP) sysdeps
 	$(BIN)/python -m pytest hil/suites/test_soak.py --board sim://sim --hil-soak-minutes $(SOAK_MINUTES) -p no:cacheprovider -v
 
+# power cuts at 100 seeded moments of a flash and a commit, then the tally (make test runs 20)
+faults: $(STAMP)
+	@rm -f .faults-tally.jsonl
+	OCULA_FAULTS=100 OCULA_FAULT_TALLY=$(CURDIR)/.faults-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_powercut.py -q -p no:cacheprovider; \
+	  status=$$?; $(BIN)/python tests/test_faults_powercut.py .faults-tally.jsonl; exit $$status
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
