@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import OculaError
+from export.errors import ExportError
 from runtime.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -51,7 +51,7 @@ OCR_FILES = {
 PACKAGES = {"vad": "silero-vad", "vision": "rapidocr-onnxruntime"}
 
 
-class PackagedModelError(OculaError):
+class PackagedModelError(ExportError):
     """A packaged model cannot be exported: package missing, files missing, bad target."""
 
 

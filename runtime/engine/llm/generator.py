@@ -1,0 +1,334 @@
+"""The LLM generator: prefill, then one token per `step()`, driven by the caller.
+
+    llm = Llm.from_artifact("artifacts/qwen", profile)
+    gen = llm.start("Translate to French: good morning", GenerationConfig(max_new_tokens=32))
+    for delta in gen:            # or: while not gen.done: gen.step()
+        show(delta)
+
+Rules it keeps:
+- One generation at a time per `Llm` (it owns one KV cache); starting another ends the first.
+- The KV cache outlives a generation: the next prompt that starts with the same tokens (a fixed
+  system prompt, the previous turn) only prefills what is new. `prefill()` warms a prefix.
+- `step()` does one graph run and one sample; `cancel()` (any thread) takes effect before the
+  next run. Stops: EOS ids from the manifest, stop strings, max new tokens, the cache's max
+  length, a time budget. `finish_reason` says which.
+- A prompt that does not fit the max length is an error that says the numbers, unless the
+  caller asked to keep only its last tokens (`truncate=True`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.engine.artifact import open_artifact
+from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
+from runtime.engine.llm.runners import Runner, make_runner
+from runtime.engine.llm.sampling import Sampler, SamplingParams
+from runtime.engine.llm.text import ChatTemplate, StopFilter, TextStream, load_tokenizer
+from runtime.engine.session import open_session
+from runtime.manifest import LlmInfo
+from runtime.profile import Profile
+
+__all__ = ["Generation", "GenerationConfig", "Llm", "max_length_for_budget"]
+
+log = logging.getLogger(__name__)
+
+MB = 1 << 20
+# What a generation needs besides weights and KV: onnxruntime's arena for activations, the
+# Python interpreter, numpy, the tokenizer. Measured on qwen2.5-0.5b int4 here: 150-190 MB.
+OVERHEAD_MB = 200
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    time_budget_s: float | None = None
+    truncate: bool = False  # keep the prompt's last tokens when it is too long
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= 1 << 20:
+            raise EngineUsageError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise EngineUsageError(f"time budget must be > 0 s, got {self.time_budget_s}")
+
+
+def max_length_for_budget(info: LlmInfo, weights_bytes: int, profile: Profile | None) -> int:
+    """The longest KV cache the board's RSS budget leaves room for (capped by the export's)."""
+    if profile is None or info.kv is None:
+        return info.max_length
+    per_token = (
+        2 * info.layers * info.kv_heads * info.head_dim * (2 if info.kv.dtype == "float16" else 4)
+    )
+    free = profile.budget.max_rss_mb * MB - weights_bytes - OVERHEAD_MB * MB
+    return max(0, min(info.max_length, free // per_token))
+
+
+class Llm:
+    """A loaded LLM artifact: session, tokenizer, template and its one KV cache."""
+
+    def __init__(
+        self,
+        info: LlmInfo,
+        session_runner: Runner,
+        tokenizer_path: Path,
+        chat_template: str | None,
+        where: str,
+        max_length: int | None = None,
+    ) -> None:
+        self.info = info
+        self.where = where
+        self._runner = session_runner
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self._template_text = chat_template
+        self.max_length = min(max_length or info.max_length, session_runner.max_length)
+        self.eos_ids = frozenset(info.eos_token_ids)
+        self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self._active: Generation | None = None
+
+    @classmethod
+    def from_artifact(
+        cls,
+        path: str | Path,
+        profile: Profile | None = None,
+        *,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> Llm:
+        art = open_artifact(path, "llm", verify=verify)
+        m = art.manifest
+        info = m.llm
+        assert info is not None  # the manifest checks kind llm has it
+        where = str(art.path)
+        if m.tokenizer is None or not m.tokenizer.files:
+            raise ArtifactError(f"{where}: the manifest lists no tokenizer files; re-export")
+        tok = next((f for f in m.tokenizer.files if f.endswith("tokenizer.json")), None)
+        if tok is None:
+            raise ArtifactError(f"{where}: no tokenizer.json among {m.tokenizer.files}")
+        weights = sum(
+            f.size for f in m.files if f.role in ("model", "weights") or f.path.endswith(".onnx")
+        )
+        budget_len = max_length_for_budget(info, weights, profile)
+        if profile is not None and info.graph_kind == "fused" and budget_len < info.max_length:
+            need = (weights + _kv_bytes(info, info.max_length)) // MB + OVERHEAD_MB
+            raise ArtifactError(
+                f"{where}: this fused artifact holds a KV buffer of {info.max_length} tokens; "
+                f"weights + KV + overhead need about {need} MB, over board "
+                f"{profile.name}'s {profile.budget.max_rss_mb} MB RSS budget; re-export with "
+                f"--max-length {max(64, budget_len // 64 * 64)} or a smaller quantization"
+            )
+        if budget_len < 16:
+            raise ArtifactError(
+                f"{where}: the weights leave no room for a KV cache within board "
+                f"{profile.name if profile else ''}'s RSS budget; use a smaller model or quant"
+            )
+        model, sha = art.graph_file("decoder")
+        session = open_session(model, profile, threads=threads, identity=sha)
+        runner = make_runner(session, info, where)
+        return cls(
+            info, runner, art.file(tok), m.tokenizer.chat_template, where, max_length=budget_len
+        )
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of raw text, exactly as the model's tokenizer gives them (no template
+        beyond what the tokenizer's own post-processor adds, e.g. a BOS)."""
+        ids: list[int] = self.tokenizer.encode(text).ids
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids))
+        return text
+
+    def chat(self, messages: Sequence[dict[str, str]], enable_thinking: bool = False) -> str:
+        """The chat prompt for `messages`, rendered from the model's template (no Jinja)."""
+        template = ChatTemplate.parse(self._template_text, self.where)
+        return template.render(messages, True, enable_thinking)
+
+    def encode_chat(self, prompt: str) -> list[int]:
+        """Encode a rendered chat prompt: special-token markers become their ids; no BOS is
+        added by the post-processor when the template writes its own."""
+        ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return ids
+
+    # -- generation ------------------------------------------------------------------------
+
+    def start(
+        self, prompt: str | Sequence[int], config: GenerationConfig | None = None
+    ) -> Generation:
+        config = config or GenerationConfig()
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise InputError("the prompt is empty (no tokens); give at least one token")
+        bad = [t for t in ids if not 0 <= t < self.info.vocab_size]
+        if bad:
+            raise InputError(
+                f"token id {bad[0]} is outside the vocabulary (0..{self.info.vocab_size - 1})"
+            )
+        if len(ids) >= self.max_length:
+            if not config.truncate:
+                raise InputError(
+                    f"the prompt has {len(ids)} tokens; this model's max length here is "
+                    f"{self.max_length} (prompt + new tokens); shorten it or ask to truncate"
+                )
+            keep = max(1, self.max_length // 2)
+            log.warning("prompt truncated to its last %d of %d tokens", keep, len(ids))
+            ids = ids[-keep:]
+        if self._active is not None:
+            self._active._superseded = True
+        gen = Generation(self, ids, config)
+        self._active = gen
+        return gen
+
+    def prefill(self, ids: Sequence[int]) -> None:
+        """Put `ids` in the KV cache now (a fixed system prompt), so later prompts that start
+        with them only prefill the rest."""
+        self._feed(list(ids), reuse=True)
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cached)
+
+    def _feed(self, ids: list[int], reuse: bool) -> np.ndarray:
+        """Make the cache hold exactly `ids` and return the logits after the last one."""
+        common = 0
+        if reuse:
+            limit = min(len(self._cached), len(ids) - 1)
+            while common < limit and self._cached[common] == ids[common]:
+                common += 1
+        self._runner.truncate(common)
+        del self._cached[common:]
+        new = np.asarray(ids[common:], dtype=np.int64)
+        logits = self._runner.forward(new)
+        self._cached.extend(ids[common:])
+        return logits
+
+    def _feed_one(self, token: int) -> np.ndarray:
+        logits = self._runner.forward(np.array([token], dtype=np.int64))
+        self._cached.append(token)
+        return logits
+
+    @property
+    def session_seconds(self) -> float:
+        return self._runner.run_seconds()
+
+
+def _kv_bytes(info: LlmInfo, length: int) -> int:
+    size = 2 if info.kv is not None and info.kv.dtype == "float16" else 4
+    return 2 * info.layers * info.kv_heads * info.head_dim * size * length
+
+
+class Generation:
+    """One generation in progress. Not thread-safe, except `cancel()`."""
+
+    def __init__(self, llm: Llm, prompt_ids: list[int], config: GenerationConfig) -> None:
+        self._llm = llm
+        self.prompt_ids = prompt_ids
+        self.config = config
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self._sampler = Sampler(config.sampling, llm.info.vocab_size)
+        self._sampler.observe(prompt_ids)
+        self._stream = TextStream(llm.tokenizer)
+        self._stops = StopFilter(config.stop)
+        self._cancel = threading.Event()
+        self._superseded = False
+        self._pending: str = ""
+        self.text = ""
+        self.started = time.perf_counter()
+        self.first_token_s: float | None = None
+        self.decode_s = 0.0
+        self.reused_tokens = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Stop before the next token (safe from another thread)."""
+        self._cancel.set()
+
+    def step(self) -> int | None:
+        """Run the model once and return the next token, or None when the generation ended."""
+        if self.done:
+            return None
+        if self._superseded:
+            raise EngineUsageError("this generation was ended by a newer start() on the same Llm")
+        if self._cancel.is_set():
+            self._finish("cancelled")
+            return None
+        llm = self._llm
+        if self.tokens:
+            if (
+                self.config.time_budget_s is not None
+                and time.perf_counter() - self.started > self.config.time_budget_s
+            ):
+                self._finish("time")
+                return None
+            if len(llm._cached) + 1 >= llm.max_length:
+                self._finish("length")
+                return None
+            t0 = time.perf_counter()
+            logits = llm._feed_one(self.tokens[-1])
+            token = self._sampler(logits)
+            self.decode_s += time.perf_counter() - t0
+        else:
+            before = len(llm._cached)
+            logits = llm._feed(self.prompt_ids, reuse=True)
+            self.reused_tokens = min(before, len(self.prompt_ids) - 1) if before else 0
+            token = self._sampler(logits)
+            self.first_token_s = time.perf_counter() - self.started
+        self.tokens.append(token)
+        self._sampler.observe([token])
+        self._emit(token)
+        if token in llm.eos_ids:
+            self._finish("eos")
+        elif self._stops.stopped:
+            self._finish("stop")
+        elif len(self.tokens) >= self.config.max_new_tokens:
+            self._finish("max_new_tokens")
+        return token
+
+    def _emit(self, token: int) -> None:
+        if token in self._llm.eos_ids:
+            return
+        out = self._stops.feed(self._stream.push(token))
+        self._pending += out
+        self.text += out
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason = reason
+        if reason != "stop":
+            tail = self._stops.feed(self._stream.flush()) + self._stops.flush()
+            self._pending += tail
+            self.text += tail
+
+    def take_text(self) -> str:
+        """Text released since the last call (whole characters, never part of a stop string)."""
+        out, self._pending = self._pending, ""
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        """Text deltas until the generation ends."""
+        while not self.done:
+            self.step()
+            delta = self.take_text()
+            if delta:
+                yield delta
+        delta = self.take_text()
+        if delta:
+            yield delta
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        n = len(self.tokens) - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0

@@ -1,0 +1,222 @@
+"""The two LLM graph kinds behind one small interface: feed new token ids, get last logits.
+
+`FusedRunner` drives the fused graph (GroupQueryAttention; past and present are one buffer of
+the export's max length per layer, updated in place). Every buffer the hot loop touches is
+allocated once, when the runner is made, and bound once: the KV buffers (each past and its
+present bound to the same OrtValue), the one-token input, `seqlens_k`, `total_sequence_length`
+and the logits output are numpy arrays shared with OrtValues, so a decode step writes three
+numbers in place and calls `run_with_iobinding` with nothing rebound. A prefill of S tokens
+binds its own input once.
+
+`OptimumRunner` drives optimum's graph, where present = concat(past, new): the shapes grow by
+one position per token, so the present OrtValues are left to onnxruntime's arena (which reuses
+the same blocks) and fed back as the next past without a copy through numpy. The attention
+mask is a view of one max-length buffer of ones.
+
+Both keep `length` (tokens in the cache) and `truncate(n)` to reuse a cached prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from runtime.engine.errors import ArtifactError
+from runtime.manifest import LlmInfo
+
+__all__ = ["FusedRunner", "OptimumRunner", "Runner", "make_runner"]
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+
+_DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
+
+
+class Runner:
+    """Common state: the cache length and the session."""
+
+    length: int
+    max_length: int
+    kv_bytes: int
+
+    def forward(self, ids: I64) -> F32:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def truncate(self, n: int) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def run_seconds(self) -> float:
+        return self._run_s
+
+    _run_s = 0.0
+
+
+def make_runner(session: ort.InferenceSession, info: LlmInfo, where: str) -> Runner:
+    if info.kv is None:
+        raise ArtifactError(f"{where}: the manifest has no KV layout (llm.kv)")
+    names = {i.name for i in session.get_inputs()}
+    for layer in range(info.layers):
+        for kind in info.kv.kinds:
+            name = info.kv.past.format(layer=layer, kind=kind)
+            if name not in names:
+                raise ArtifactError(
+                    f"{where}: the graph has no input {name!r} that the manifest's KV layout "
+                    "names; the manifest and the model do not belong together (re-export)"
+                )
+    if info.graph_kind == "fused" and info.kv.shared_buffer:
+        return FusedRunner(session, info)
+    if info.graph_kind == "optimum" and not info.kv.shared_buffer:
+        return OptimumRunner(session, info)
+    raise ArtifactError(
+        f"{where}: graph kind {info.graph_kind!r} with shared_buffer={info.kv.shared_buffer} "
+        "is not a combination this runtime drives (fused+shared or optimum+separate)"
+    )
+
+
+def _kv_names(info: LlmInfo, template: str) -> list[str]:
+    assert info.kv is not None
+    return [
+        template.format(layer=layer, kind=kind)
+        for layer in range(info.layers)
+        for kind in info.kv.kinds
+    ]
+
+
+def _kv_dtype(info: LlmInfo) -> type[np.floating[Any]]:
+    assert info.kv is not None
+    try:
+        return _DTYPES[info.kv.dtype]
+    except KeyError:
+        raise ArtifactError(f"KV dtype {info.kv.dtype!r} is not supported") from None
+
+
+class FusedRunner(Runner):
+    def __init__(self, session: ort.InferenceSession, info: LlmInfo) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self.session = session
+        self.max_length = info.max_length
+        self.length = 0
+        dtype = _kv_dtype(info)
+        shape = (1, info.kv_heads, info.max_length, info.head_dim)
+        self._binding = session.io_binding()
+        # Zeros, not garbage: attention never reads past the cache length, but a NaN left in
+        # an unused slot must not be able to leak through a 0 * NaN.
+        self._kv = [np.zeros(shape, dtype) for _ in _kv_names(info, info.kv.past)]  # type: ignore[union-attr]
+        self.kv_bytes = sum(a.nbytes for a in self._kv)
+        pasts = _kv_names(info, info.kv.past)  # type: ignore[union-attr]
+        presents = _kv_names(info, info.kv.present)  # type: ignore[union-attr]
+        self._kv_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv]
+        for p, q, v in zip(pasts, presents, self._kv_values, strict=True):
+            self._binding.bind_ortvalue_input(p, v)
+            self._binding.bind_ortvalue_output(q, v)
+        self._ids1 = np.zeros((1, 1), np.int64)
+        self._seqlens = np.zeros(1, np.int32)
+        self._total = np.zeros((), np.int32)
+        self._ids1_value = ort.OrtValue.ortvalue_from_numpy(self._ids1)
+        self._binding.bind_ortvalue_input(
+            "seqlens_k", ort.OrtValue.ortvalue_from_numpy(self._seqlens)
+        )
+        self._binding.bind_ortvalue_input(
+            "total_sequence_length", ort.OrtValue.ortvalue_from_numpy(self._total)
+        )
+        out = {o.name: o for o in session.get_outputs()}
+        logits_dtype = np.float16 if out[info.logits].type == "tensor(float16)" else np.float32
+        self._logits = np.zeros((1, 1, info.vocab_size), logits_dtype)
+        self._binding.bind_ortvalue_output(
+            info.logits, ort.OrtValue.ortvalue_from_numpy(self._logits)
+        )
+        self._ids_name = info.input_ids
+        self._prefill_bound = True  # the one-token input is not bound yet
+
+    def forward(self, ids: I64) -> F32:
+        n = self.length + ids.size
+        if ids.size == 1:
+            self._ids1[0, 0] = ids[0]
+            if self._prefill_bound:
+                self._binding.bind_ortvalue_input(self._ids_name, self._ids1_value)
+                self._prefill_bound = False
+        else:
+            self._prefill = np.ascontiguousarray(ids.reshape(1, -1), dtype=np.int64)
+            self._binding.bind_ortvalue_input(
+                self._ids_name, ort.OrtValue.ortvalue_from_numpy(self._prefill)
+            )
+            self._prefill_bound = True
+        self._seqlens[0] = n - 1
+        self._total[()] = n
+        t0 = self._time()
+        self.session.run_with_iobinding(self._binding)
+        self._run_s += self._time() - t0
+        self.length = n
+        logits = self._logits[0, 0]
+        out: F32 = logits if logits.dtype == np.float32 else logits.astype(np.float32)
+        return out
+
+    def truncate(self, n: int) -> None:
+        # Positions past n are overwritten by the next run; nothing to move.
+        self.length = min(n, self.length)
+
+
+class OptimumRunner(Runner):
+    def __init__(self, session: ort.InferenceSession, info: LlmInfo) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self.session = session
+        self.max_length = info.max_length
+        self.length = 0
+        self._info = info
+        self._dtype = _kv_dtype(info)
+        self._pasts = _kv_names(info, info.kv.past)  # type: ignore[union-attr]
+        self._presents = _kv_names(info, info.kv.present)  # type: ignore[union-attr]
+        inputs = {i.name for i in session.get_inputs()}
+        self._mask_name = info.attention_mask if info.attention_mask in inputs else None
+        self._pos_name = info.position_ids if info.position_ids in inputs else None
+        self._mask = np.ones((1, info.max_length), np.int64)
+        self._binding = session.io_binding()
+        self.kv_bytes = 0
+        self._empty = np.zeros((1, info.kv_heads, 0, info.head_dim), self._dtype)
+        self._past: list[ort.OrtValue] = []
+        self.truncate(0)
+
+    def forward(self, ids: I64) -> F32:
+        b = self._binding
+        n = self.length + ids.size
+        b.bind_cpu_input(self._info.input_ids, np.ascontiguousarray(ids.reshape(1, -1), np.int64))
+        if self._mask_name:
+            b.bind_cpu_input(self._mask_name, self._mask[:, :n])
+        if self._pos_name:
+            b.bind_cpu_input(self._pos_name, np.arange(self.length, n, dtype=np.int64)[None])
+        for name, value in zip(self._pasts, self._past, strict=True):
+            b.bind_ortvalue_input(name, value)
+        b.bind_output(self._info.logits, "cpu")
+        for name in self._presents:
+            b.bind_output(name, "cpu")
+        t0 = self._time()
+        self.session.run_with_iobinding(b)
+        self._run_s += self._time() - t0
+        outs = b.get_outputs()
+        self._past = list(outs[1:])
+        b.clear_binding_outputs()
+        self.length = n
+        logits = outs[0].numpy()[0, -1]
+        self.kv_bytes = 2 * self._info.layers * n * self._info.kv_heads * self._info.head_dim * 4
+        out: F32 = logits.astype(np.float32, copy=False)
+        return out
+
+    def truncate(self, n: int) -> None:
+        if n >= self.length and self._past:
+            return
+        if n == 0 or not self._past:
+            self._past = [ort.OrtValue.ortvalue_from_numpy(self._empty) for _ in self._pasts]
+            self.length = 0
+            return
+        self._past = [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n]))
+            for v in self._past
+        ]
+        self.length = n
