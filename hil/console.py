@@ -5,6 +5,10 @@ wrapper that logs what passes through `read` and `write` before handing it on; w
 is reset or re-flashed and the port is reopened, the new port is tapped into the same log and
 an event line marks the moment, so the evidence of a failed test reads as one timeline.
 
+Across a board reset the host keeps its port open (the link client does, and a sim board's pty
+outlives its reboots): reopening would lose bytes, since pyserial flushes unread input when it
+opens a port.
+
 Record format (binary, little-endian): f64 monotonic seconds, u8 kind (0 host->board,
 1 board->host, 2 event text), u32 length, then the bytes. `render()` turns it into text for a
 report: one line per record with time, direction, hex and printable ASCII.
@@ -82,6 +86,10 @@ class Tapped:
         self._port.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name == "fileno":
+            # hide the descriptor: a user of the port that reads the fd directly (os.read)
+            # would go around the recorder; without it, every byte passes read()/write()
+            raise AttributeError("a recorded port has no fileno; use read() and write()")
         return getattr(self._port, name)
 
 
