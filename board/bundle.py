@@ -71,20 +71,21 @@ def _files(folder: Path, prefix: str, code_only: bool = False) -> list[tuple[str
 
 
 def _check_artifact(kind: str, folder: Path) -> None:
+    """The folder is an artifact of `kind` whose files match its manifest (runtime.manifest)."""
+    from runtime.errors import OculaError
+    from runtime.manifest import load_manifest
+
     if not (folder / "manifest.json").is_file():
         raise BoardError(
             f"{folder}: not an artifact folder (no manifest.json); make one with 'ocula export'"
         )
-    import json
-
     try:
-        doc = json.loads((folder / "manifest.json").read_text())
-    except ValueError as exc:
-        raise BoardError(f"{folder}/manifest.json: not JSON ({exc})") from exc
-    declared = doc.get("kind") if isinstance(doc, dict) else None
-    if declared is not None and declared != kind:
+        manifest = load_manifest(folder, verify_files=True)
+    except OculaError as exc:
+        raise BoardError(f"{folder}: not a valid artifact: {exc}") from exc
+    if manifest.kind != kind:
         raise BoardError(
-            f"{folder}: its manifest says kind {declared!r}, but it was given as --{kind}"
+            f"{folder}: its manifest says kind {manifest.kind!r}, but it was given as --{kind}"
         )
 
 

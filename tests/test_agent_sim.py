@@ -10,6 +10,7 @@ import pytest
 from board import bundle as bundles
 from board import keys, profiles
 from board.flash import LinkClient, flash
+from export.packaged import export_packaged
 from hil.errors import PortError
 from hil.sim import SimBoard
 from hil.transport import open_port
@@ -18,9 +19,8 @@ from runtime.agent.store import Store
 
 def _bundle(tmp_path: Path, name: str, key: Path | None = None, board: str = "sim") -> Path:
     art = tmp_path / f"{name}-vad"
-    art.mkdir()
-    (art / "manifest.json").write_text(json.dumps({"kind": "vad"}))
-    (art / "weights.bin").write_bytes(name.encode() * 40000)
+    export_packaged("vad", art)
+    (art / "padding.bin").write_bytes(name.encode() * 40000)
     out = tmp_path / f"{name}.bundle"
     bundles.build(profiles.find(board), out, {"vad": art}, key=key)
     return out

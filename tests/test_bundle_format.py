@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from board import bundle as bundles
 from board import profiles
+from export.packaged import export_packaged
 from hil.sim import InProcessBoard
 from runtime.agent import rpc
 from runtime.agent.bundlefmt import CHUNK_SIZE, ChunkRef, encode_manifest, parse_manifest
@@ -24,22 +25,22 @@ from runtime.agent.store import unpack_chunk
 
 
 def artifact(folder: Path, size: int) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({"kind": "asr"}))
+    """The real VAD artifact plus `size` bytes of a repeating pattern."""
+    export_packaged("vad", folder)
     (folder / "weights.bin").write_bytes(bytes(range(256)) * (size // 256))
     return folder
 
 
 def test_round_trip_and_determinism(tmp_path: Path) -> None:
-    asr = artifact(tmp_path / "asr", 3 * CHUNK_SIZE + 1000)
+    asr = artifact(tmp_path / "vad", 3 * CHUNK_SIZE + 1024)
     a, b = tmp_path / "a.bundle", tmp_path / "b.bundle"
-    bundles.build(profiles.find("sim"), a, {"asr": asr})
-    bundles.build(profiles.find("sim"), b, {"asr": asr})
+    bundles.build(profiles.find("sim"), a, {"vad": asr})
+    bundles.build(profiles.find("sim"), b, {"vad": asr})
     assert a.read_bytes() == b.read_bytes()
     opened = bundles.Bundle.open(a)
     out = tmp_path / "out"
     opened.extract(out)
-    assert (out / "artifacts/asr/weights.bin").read_bytes() == (asr / "weights.bin").read_bytes()
+    assert (out / "artifacts/vad/weights.bin").read_bytes() == (asr / "weights.bin").read_bytes()
     assert (out / "profile.toml").read_bytes() == profiles.path_of("sim").read_bytes()
     src = bundles.RUNTIME_DIR / "agent" / "store.py"
     assert (out / "runtime/agent/store.py").read_bytes() == src.read_bytes()

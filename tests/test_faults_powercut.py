@@ -23,6 +23,7 @@ import pytest
 from board import bundle as bundles
 from board import profiles
 from board.flash import LinkClient, flash
+from export.packaged import export_packaged
 from hil.sim import InProcessBoard, SimBoard
 from hil.transport import open_port
 from runtime.agent.store import Store
@@ -33,9 +34,8 @@ TAIL_OPS = ("install", "commit", "reboot", "info", "confirm")
 
 def _bundle(tmp: Path, name: str, payload: bytes) -> bundles.Bundle:
     art = tmp / f"{name}-vad"
-    art.mkdir()
-    (art / "manifest.json").write_text(json.dumps({"kind": "vad"}))
-    (art / "weights.bin").write_bytes(payload)
+    export_packaged("vad", art)
+    (art / "padding.bin").write_bytes(payload)
     out = tmp / f"{name}.bundle"
     bundles.build(profiles.find("sim"), out, {"vad": art}, version=name)
     return bundles.Bundle.open(out)

@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from board import bundle as bundles
 from board import keys, profiles
 from board.errors import BoardError
 from board.flash import BoardRefused, flash
+from export.packaged import export_packaged
 from hil.sim import InProcessBoard
 from runtime.agent.boot import choose_slot
 from runtime.agent.store import Store
 
 
-def make_artifact(folder: Path, kind: str = "llm", extra_mb: float = 0.0) -> Path:
-    """A real (tiny) ONNX artifact: Identity graph plus optional padding weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx"
-    )
+def make_artifact(folder: Path, extra_mb: float = 0.0, broken: bool = False) -> Path:
+    """The real Silero VAD artifact (`ocula export vad`), padded with `extra_mb` of data; with
+    `broken`, its graph is garbage that the manifest vouches for (bundles fine, cannot run)."""
+    export_packaged("vad", folder)
     if extra_mb:
-        (folder / "weights.bin").write_bytes(os.urandom(int(extra_mb * 1e6)))
-    (folder / "manifest.json").write_text(json.dumps({"kind": kind, "files": ["model.onnx"]}))
+        (folder / "padding.bin").write_bytes(os.urandom(int(extra_mb * 1e6)))
+    if broken:
+        garbage = b"not an onnx graph" * 100
+        (folder / "vad.onnx").write_bytes(garbage)
+        doc = json.loads((folder / "manifest.json").read_text())
+        for f in doc["files"]:
+            if f["path"] == "vad.onnx":
+                f["sha256"], f["size"] = hashlib.sha256(garbage).hexdigest(), len(garbage)
+        (folder / "manifest.json").write_text(json.dumps(doc))
     return folder
 
 
@@ -51,7 +53,7 @@ def test_flash_signed_bundle_then_delta_reflash(tmp_path: Path, keypair) -> None
     priv, pub = keypair
     llm = make_artifact(tmp_path / "llm", extra_mb=1.0)
     board = InProcessBoard(tmp_path / "board", key=pub)
-    first = build(tmp_path, "one", key=priv, llm=llm)
+    first = build(tmp_path, "one", key=priv, vad=llm)
     r = flash(first, board)
     assert r.ok and r.booted == "a" and r.health["ok"]
     assert r.chunks_skipped == 0
@@ -66,7 +68,7 @@ def test_flash_signed_bundle_then_delta_reflash(tmp_path: Path, keypair) -> None
     shutil.copytree(bundles.RUNTIME_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
     (code / "agent" / "extra.py").write_text("X = 1\n" * 500)
     out = tmp_path / "two.bundle"
-    bundles.build(profiles.find("sim"), out, {"llm": llm}, key=priv, runtime_dir=code)
+    bundles.build(profiles.find("sim"), out, {"vad": llm}, key=priv, runtime_dir=code)
     second = bundles.Bundle.open(out)
     r2 = flash(second, board)
     assert r2.ok and r2.booted == "b"
@@ -112,14 +114,14 @@ def test_over_budget_is_refused(tmp_path: Path) -> None:
     board = InProcessBoard(board_root, profile=str(prof))
     out = tmp_path / "big.bundle"
     llm = make_artifact(tmp_path / "llm", extra_mb=1.5)
-    bundles.build(profiles.find(str(prof)), out, {"llm": llm})
+    bundles.build(profiles.find(str(prof)), out, {"vad": llm})
     with pytest.raises(BoardRefused, match=r"budget\.max_artifact_mb"):
         flash(bundles.Bundle.open(out), board)
 
 
 def test_resume_after_cuts_sends_each_chunk_once(tmp_path: Path) -> None:
     llm = make_artifact(tmp_path / "llm", extra_mb=2.0)
-    b = build(tmp_path, "b", llm=llm)
+    b = build(tmp_path, "b", vad=llm)
     board = InProcessBoard(tmp_path / "board")
     board.cut_after = 30
     r = flash(b, board)
@@ -132,12 +134,12 @@ def test_resume_after_cuts_sends_each_chunk_once(tmp_path: Path) -> None:
 def test_failed_health_check_rolls_back_with_reason(tmp_path: Path) -> None:
     good = make_artifact(tmp_path / "good")
     board = InProcessBoard(tmp_path / "board")
-    assert flash(build(tmp_path, "ok", llm=good), board).ok
-    broken = make_artifact(tmp_path / "broken")
-    (broken / "model.onnx").write_bytes(b"not an onnx graph")
-    r = flash(build(tmp_path, "broken", llm=broken), board)
+    r = flash(build(tmp_path, "ok", vad=good), board)
+    assert r.ok and r.health["inference"]["vad"].startswith("vad: p(speech) of silence")
+    broken = make_artifact(tmp_path / "broken", broken=True)
+    r = flash(build(tmp_path, "broken", vad=broken), board)
     assert not r.ok and r.rolled_back
-    assert r.booted == "a" and "llm artifact failed" in r.reason
+    assert r.booted == "a" and "vad artifact failed" in r.reason
     assert Store(board.root).state().active == "a"
 
 
@@ -145,13 +147,15 @@ def test_unconfirmed_trial_rolls_back_after_its_boots(tmp_path: Path) -> None:
     board = InProcessBoard(tmp_path / "board")
     assert flash(build(tmp_path, "one"), board).ok
     llm = make_artifact(tmp_path / "llm")
-    b = build(tmp_path, "two", llm=llm)
+    b = build(tmp_path, "two", vad=llm)
     for op, fields in [("begin", {"sha256": b.manifest.digest})]:
         for off in range(0, len(b.manifest.raw), 32768):
             board.call("manifest", {"offset": off}, b.manifest.raw[off : off + 32768])
         assert board.call(op, fields)[0]["ok"]
     for c in b.manifest.chunks:
-        board.call("put", {"id": c.id, "offset": 0}, b.read_chunk(c.id))
+        data = b.read_chunk(c.id)
+        for off in range(0, len(data), 32768):
+            board.call("put", {"id": c.id, "offset": off}, data[off : off + 32768])
     while not board.call("install", {})[0]["done"]:
         pass
     assert board.call("commit", {})[0]["slot"] == "b"
@@ -162,7 +166,7 @@ def test_unconfirmed_trial_rolls_back_after_its_boots(tmp_path: Path) -> None:
 
 
 def test_truncated_bundle_is_refused(tmp_path: Path) -> None:
-    b = build(tmp_path, "b", llm=make_artifact(tmp_path / "llm", extra_mb=0.3))
+    b = build(tmp_path, "b", vad=make_artifact(tmp_path / "llm", extra_mb=0.3))
     data = b.path.read_bytes()
     cut = tmp_path / "cut.bundle"
     cut.write_bytes(data[: len(data) - 100])

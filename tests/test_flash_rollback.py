@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from board import bundle as bundles
 from board import profiles
 from board.flash import LinkClient, LinkLost, flash
+from export.packaged import export_packaged
 from hil.sim import SimBoard
 from hil.transport import open_port
 from runtime.agent.store import Store
@@ -18,9 +18,8 @@ from runtime.agent.store import Store
 
 def _build(tmp: Path, name: str, runtime_dir: Path = bundles.RUNTIME_DIR) -> bundles.Bundle:
     art = tmp / f"{name}-vad"
-    art.mkdir()
-    (art / "manifest.json").write_text(json.dumps({"kind": "vad"}))
-    (art / "weights.bin").write_bytes(name.encode() * 1000)
+    export_packaged("vad", art)
+    (art / "padding.bin").write_bytes(name.encode() * 1000)
     out = tmp / f"{name}.bundle"
     bundles.build(profiles.find("sim"), out, {"vad": art}, runtime_dir=runtime_dir)
     return bundles.Bundle.open(out)

@@ -1,10 +1,13 @@
 """The health check a board runs when it boots a slot on trial.
 
 Three steps, each one reason to roll back: the slot is complete; every file matches the sha256
-in its manifest; each artifact passes a short inference. The inference step is pluggable:
-`runtime.engine.selftest.check(kind, folder) -> str` is used when that module exists in the
-booted code; otherwise every ONNX file of the artifact is loaded into an onnxruntime session
-(which parses and checks the whole graph) and the result says "loaded", not "inferred".
+in its bundle manifest; each artifact passes a short inference. The inference step is
+pluggable (`check_slot(..., inference=)`); by default it is
+`runtime.engine.selftest.check(kind, folder) -> str` when the booted code has that module, else
+`engine_check`: the artifact's manifest must load (runtime.manifest), then the VAD scores one
+frame of silence and the LLM generates one token through the engines; kinds without a check
+here load every ONNX graph into an onnxruntime session (which parses and checks it) and say
+"loaded", not "inferred".
 """
 
 from __future__ import annotations
@@ -27,13 +30,37 @@ InferenceCheck = Callable[[str, Path], str]
 
 
 def default_inference_check() -> InferenceCheck:
-    """The engine's self-test when the engine provides one, else an onnxruntime load check."""
+    """The engine's own self-test when it provides one, else `engine_check`."""
     try:
         module = importlib.import_module("runtime.engine.selftest")
     except ImportError:
-        return _load_onnx
+        return engine_check
     check: InferenceCheck = module.check
     return check
+
+
+def engine_check(kind: str, folder: Path) -> str:
+    """One short inference per artifact kind through the engines (see the module docstring)."""
+    from runtime.manifest import load_manifest
+
+    load_manifest(folder, verify_files=False)  # the bundle hashes were checked just before
+    start = time.perf_counter()
+    if kind == "vad":
+        import numpy as np
+
+        from runtime.engine.vad import Vad
+
+        p = Vad.from_artifact(folder, verify=False).probability(np.zeros(512, np.float32))
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"speech probability {p} is not in [0, 1]")
+        return f"vad: p(speech) of silence {p:.3f} in {time.perf_counter() - start:.2f} s"
+    if kind == "llm":
+        from runtime.engine.llm.generator import GenerationConfig, Llm
+
+        llm = Llm.from_artifact(folder, verify=False)
+        token = llm.start("Hello", GenerationConfig(max_new_tokens=1)).step()
+        return f"llm: generated token {token} in {time.perf_counter() - start:.2f} s"
+    return _load_onnx(kind, folder)
 
 
 def _load_onnx(kind: str, folder: Path) -> str:
