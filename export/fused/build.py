@@ -28,19 +28,18 @@ QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
 
 @dataclass(frozen=True)
 class KvLayout:
-    """How the runtime must hold the KV cache of a fused graph."""
+    """How the runtime must hold the KV cache of a fused graph (mirrors the manifest's)."""
 
-    kind: str  # "shared-buffer": past and present are the same buffer, updated in place
-    num_layers: int
-    kv_heads: int
-    head_dim: int
-    max_length: int
-    dtype: str  # numpy name
     shape: list[int]  # of every past/present tensor: [1, kv_heads, max_length, head_dim]
-    past_key: str  # name templates with {layer}
-    past_value: str
-    present_key: str
-    present_value: str
+    dtype: str  # numpy name
+    past: str  # name template with {layer} and {kind}
+    present: str
+    shared_buffer: bool  # past and present are one buffer, updated in place
+    kinds: list[str] = field(default_factory=lambda: ["key", "value"])
+
+    def names(self, layer: int, kind: str) -> tuple[str, str]:
+        """(past, present) tensor names of one layer and kind."""
+        return self.past.format(layer=layer, kind=kind), self.present.format(layer=layer, kind=kind)
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,7 @@ def build(
     symmetric: bool = True,
     accuracy_level: int = 4,
     max_length: int = 2048,
+    embed_quant: str | None = None,
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
@@ -116,7 +116,9 @@ def build(
     weights = SafetensorsWeights(model_dir)
     if not shape.tied and "lm_head.weight" not in weights:
         raise FusedError(f"{model_dir}: untied embeddings but no lm_head.weight in the weights")
-    opts = Options(quant, block_size, symmetric, accuracy_level)
+    if embed_quant not in (None, "int4", "int8"):
+        raise FusedError(f"embed_quant must be int4 or int8, got {embed_quant!r}")
+    opts = Options(quant, block_size, symmetric, accuracy_level, embed_quant)
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
     )
@@ -130,17 +132,11 @@ def build(
         inputs={v.name: _io(v) for v in model.graph.input},
         outputs={v.name: _io(v) for v in model.graph.output},
         kv=KvLayout(
-            kind="shared-buffer",
-            num_layers=shape.num_layers,
-            kv_heads=shape.kv_heads,
-            head_dim=shape.head_dim,
-            max_length=max_length,
-            dtype="float32",
             shape=[1, shape.kv_heads, max_length, shape.head_dim],
-            past_key=past_name(0, "key").replace(".0.", ".{layer}."),
-            past_value=past_name(0, "value").replace(".0.", ".{layer}."),
-            present_key=present_name(0, "key").replace(".0.", ".{layer}."),
-            present_value=present_name(0, "value").replace(".0.", ".{layer}."),
+            dtype="float32",
+            past=past_name(0, "{kind}").replace(".0.", ".{layer}."),
+            present=present_name(0, "{kind}").replace(".0.", ".{layer}."),
+            shared_buffer=True,
         ),
         feeds={
             "input_ids": "int64 [1, S]: the S new tokens of this run (S >= 1)",

@@ -46,10 +46,15 @@ class Options:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+    embed_quant: str | None = None  # the embedding table (and a tied head); None: as `quant`
 
     @property
     def bits(self) -> int:
         return QUANTS[self.quant]
+
+    @property
+    def embed_bits(self) -> int:
+        return QUANTS[self.embed_quant] if self.embed_quant and self.bits else self.bits
 
 
 def past_name(layer: int, kind: str) -> str:
@@ -227,10 +232,11 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     """The token lookup: embeddings [1, S, H] and the table for a tied head."""
     table = weights("model.embed_tokens.weight")
     o = e.opts
-    if not o.bits:
+    bits = o.embed_bits
+    if not bits:
         w = e.float_weight("embed.weight", table)
         return e.op("Gather", [w, "input_ids"], "embed.lookup", axis=0)[0], _Table(w)
-    q = quantize(table, o.bits, o.block_size, o.symmetric)
+    q = quantize(table, bits, o.block_size, o.symmetric)
     kb = q.packed.shape[1]
     packed = e.const("embed.qweight", q.packed)
     # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, so
@@ -239,14 +245,14 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     ins = [packed, "input_ids", e.const("embed.scales3", q.scales[..., None])]
     zp = ""
     if q.zero_points is not None:
-        ins.append(e.const("embed.zp3", unpack(q.zero_points, o.bits, kb)[..., None]))
+        ins.append(e.const("embed.zp3", unpack(q.zero_points, bits, kb)[..., None]))
     if s.tied:
         scales = e.const("embed.scales", q.scales)
         if q.zero_points is not None:
             zp = e.const("embed.zp", q.zero_points)
     else:
         scales = ""
-    attrs = {"bits": o.bits, "block_size": o.block_size, "gather_axis": 0, "quantize_axis": 2}
+    attrs = {"bits": bits, "block_size": o.block_size, "gather_axis": 0, "quantize_axis": 2}
     rows = e.op("GatherBlockQuantized", ins, "embed.lookup", **attrs)[0]
     width = kb * o.block_size
     shape = e.const("embed.shape", np.array([1, -1, width], np.int64))
@@ -272,7 +278,7 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
     o = e.opts
     if s.tied and o.bits:
         ins = [last, table.weight, table.scales, table.zero_points]
-        attrs = {"K": s.hidden, "N": s.vocab, "bits": o.bits, "block_size": o.block_size}
+        attrs = {"K": s.hidden, "N": s.vocab, "bits": o.embed_bits, "block_size": o.block_size}
         e.op("MatMulNBits", ins, "head.lm", accuracy_level=o.accuracy_level, **attrs)
     elif o.bits:
         e.linear(last, "head.lm", weights("lm_head.weight"), None)

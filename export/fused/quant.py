@@ -36,8 +36,17 @@ class Quantized:
         return int(self.packed.shape[0])
 
 
-def quantize(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> Quantized:
-    """Quantize W [N, K] block-wise along K (rounding to nearest)."""
+def quantize(
+    w: np.ndarray, bits: int, block_size: int, symmetric: bool, search: bool = True
+) -> Quantized:
+    """Quantize W [N, K] block-wise along K, rounding to nearest.
+
+    With `search` (symmetric only), each block's scale is the one of a few candidates (the
+    peak mapped to code 0, shrunk by up to 20% to clip outliers) that minimizes the block's
+    squared error. On SmolLM2 int4 (block 32) it moved perplexity 32.63 -> 32.59 and top-1
+    agreement 0.630 -> 0.647 over the test passage; trying the peak mapped to +7 as well
+    made top-1 worse (0.626).
+    """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
     n, k = w.shape
@@ -48,12 +57,7 @@ def quantize(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> Quan
     blocks = w.reshape(n, -1, block_size)
     qmax = (1 << bits) - 1
     if symmetric:
-        mid = 1 << (bits - 1)
-        idx = np.abs(blocks).argmax(axis=2)[..., None]
-        peak = np.take_along_axis(blocks, idx, axis=2)[..., 0]
-        scales = peak / -mid
-        safe = np.where(scales == 0, 1.0, scales)[..., None]
-        codes = np.clip(np.rint(blocks / safe) + mid, 0, qmax)
+        scales, codes = _symmetric(blocks, bits, search)
         zero_points = None
     else:
         lo = np.minimum(blocks.min(axis=2), 0.0)
@@ -65,6 +69,36 @@ def quantize(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> Quan
         zero_points = pack(zp.astype(np.uint8), bits)
     packed = pack(codes.astype(np.uint8), bits)
     return Quantized(packed, scales.astype(np.float32), zero_points, bits, block_size, k)
+
+
+# Scale candidates tried per block: the peak mapped to code 0, shrunk by these factors.
+_SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8)
+_ROWS = 4096  # rows per chunk of the search, to bound its memory
+
+
+def _symmetric(blocks: np.ndarray, bits: int, search: bool) -> tuple[np.ndarray, np.ndarray]:
+    mid = 1 << (bits - 1)
+    qmax = (1 << bits) - 1
+    idx = np.abs(blocks).argmax(axis=2)[..., None]
+    peak = np.take_along_axis(blocks, idx, axis=2)[..., 0]
+    candidates = [peak / -mid]
+    if search:
+        candidates = [peak / -mid * a for a in _SHRINK]
+    scales = np.empty_like(peak)
+    codes = np.empty(blocks.shape, np.uint8)
+    for r in range(0, blocks.shape[0], _ROWS):
+        b = blocks[r : r + _ROWS]
+        best_err = np.full(b.shape[:2], np.inf, np.float32)
+        for cand in candidates:
+            c = cand[r : r + _ROWS]
+            safe = np.where(c == 0, 1.0, c)[..., None]
+            q = np.clip(np.rint(b / safe) + mid, 0, qmax)
+            err = np.square((q - mid) * safe - b).sum(axis=2)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            scales[r : r + _ROWS] = np.where(better, c, scales[r : r + _ROWS])
+            codes[r : r + _ROWS] = np.where(better[..., None], q, codes[r : r + _ROWS])
+    return scales, codes
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:

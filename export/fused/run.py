@@ -31,12 +31,13 @@ class FusedDecoder:
         kv = info.kv
         self.binding = self.session.io_binding()
         self._kv = []
-        for layer in range(kv.num_layers):
-            for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
+        for layer in range(info.num_layers):
+            for kind in kv.kinds:
                 buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(kv.shape, np.float32))
                 self._kv.append(buf)
-                self.binding.bind_ortvalue_input(past.format(layer=layer), buf)
-                self.binding.bind_ortvalue_output(present.format(layer=layer), buf)
+                past, present = kv.names(layer, kind)
+                self.binding.bind_ortvalue_input(past, buf)
+                self.binding.bind_ortvalue_output(present, buf)
         self._logits = ort.OrtValue.ortvalue_from_numpy(
             np.zeros((1, 1, info.vocab_size), np.float32)
         )
