@@ -1,0 +1,452 @@
+"""Whisper speech recognition on onnxruntime, one unit of work per `step()`.
+
+    asr = Whisper.from_artifact("artifacts/whisper", profile)
+    job = asr.start(audio, task="transcribe", language="en")
+    while not job.done:
+        job.step()               # the encoder once, then one decoder token per call
+    job.text, job.tokens
+
+How it works:
+- features: `mel.LogMel`, constants and filter bank from the manifest;
+- encoder: one run per 30 s window; its output stays an OrtValue and is handed straight on;
+- decoder: the first run (graph `decoder`) takes the prompt tokens and the encoder output and
+  returns the self-attention K/V and the cross-attention K/V; the cross K/V are bound once for
+  the whole window; every further token runs `decoder_with_past` on one token, its self K/V
+  handed back as OrtValues through IO binding (no numpy copies of the cache);
+- prompt: start-of-transcript, language, task (transcribe or translate), no-timestamps, as the
+  model's generation config says; without a language, it is detected like transformers does
+  (one decoder run on start-of-transcript, argmax over the language tokens);
+- greedy decoding with the generation config's `suppress_tokens` everywhere and
+  `begin_suppress_tokens` at the first generated position; stops at EOS or the decoder's
+  maximum target length;
+- audio longer than one window is cut into windows (at VAD silences when segments are given,
+  else every 30 s) and each window is decoded on its own.
+
+Encoders exported with a fixed 3000-frame input (optimum's Whisper export: the positional
+embedding is added over all 1500 positions) always see a full 30 s window; an encoder whose frame
+axis is symbolic is given only the frames the audio needs (rounded up to a multiple of 2 for the
+stride-2 convolution), which the manifest's `asr.extra["trim"]` must allow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from runtime.engine.artifact import open_artifact
+from runtime.engine.audio import check_audio
+from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
+from runtime.engine.llm.text import TextStream, load_tokenizer
+from runtime.engine.mel import LogMel
+from runtime.engine.session import open_session
+from runtime.manifest import AsrInfo
+from runtime.profile import Profile
+
+__all__ = ["AsrResult", "Decoding", "Whisper"]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+TASKS = ("transcribe", "translate")
+
+
+@dataclass
+class AsrResult:
+    text: str
+    tokens: list[int]
+    segments: list[dict[str, object]] = field(default_factory=list)
+    language: str | None = None
+    audio_s: float = 0.0
+    features_s: float = 0.0
+    encoder_s: float = 0.0
+    decoder_s: float = 0.0
+    decoder_tokens: int = 0
+
+    @property
+    def total_s(self) -> float:
+        return self.features_s + self.encoder_s + self.decoder_s
+
+    @property
+    def rtf(self) -> float:
+        return self.total_s / self.audio_s if self.audio_s else 0.0
+
+    @property
+    def decoder_ms_per_token(self) -> float:
+        return 1000 * self.decoder_s / self.decoder_tokens if self.decoder_tokens else 0.0
+
+
+class Whisper:
+    """A loaded Whisper artifact: features, encoder, and the two decoder graphs."""
+
+    def __init__(
+        self,
+        info: AsrInfo,
+        sessions: dict[str, ort.InferenceSession],
+        mel: LogMel,
+        tokenizer_path: Path,
+        where: str,
+        trim: bool = False,
+    ) -> None:
+        self.info = info
+        self.where = where
+        self.mel = mel
+        self.encoder = sessions["encoder"]
+        self.decoder = sessions["decoder"]
+        self.decoder_with_past = sessions["decoder_with_past"]
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        enc_in = self.encoder.get_inputs()[0]
+        self._features_name = enc_in.name
+        self.trim = trim and not isinstance(enc_in.shape[-1], int)
+        self._check_io()
+        self._suppress = np.array(sorted(set(info.suppress_tokens)), dtype=np.int64)
+        self._begin_suppress = np.array(sorted(set(info.begin_suppress_tokens)), dtype=np.int64)
+        self._lang_ids = {k.strip("<|>"): v for k, v in info.language_token_ids.items()}
+
+    @classmethod
+    def from_artifact(
+        cls,
+        path: str | Path,
+        profile: Profile | None = None,
+        *,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> Whisper:
+        art = open_artifact(path, "asr", verify=verify)
+        info = art.manifest.asr
+        assert info is not None
+        where = str(art.path)
+        sessions = {}
+        for role in ("encoder", "decoder", "decoder_with_past"):
+            model, sha = art.graph_file(role)
+            sessions[role] = open_session(model, profile, threads=threads, identity=sha)
+        try:
+            filters = np.load(art.file(info.mel_filters), allow_pickle=False)
+            mel = LogMel(filters, info.n_fft, info.hop_length, info.n_samples)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{where}: mel filters {info.mel_filters}: {exc}") from exc
+        tok = next(
+            (
+                f
+                for f in (art.manifest.tokenizer.files if art.manifest.tokenizer else [])
+                if f.endswith("tokenizer.json")
+            ),
+            None,
+        )
+        if tok is None:
+            raise ArtifactError(f"{where}: the manifest lists no tokenizer.json; re-export")
+        trim = bool(info.extra.get("trim", False))
+        return cls(info, sessions, mel, art.file(tok), where, trim=trim)
+
+    def _check_io(self) -> None:
+        names = {i.name for i in self.decoder_with_past.get_inputs()}
+        for layer in range(self.info.decoder_layers):
+            for part in ("decoder", "encoder"):
+                for kind in ("key", "value"):
+                    name = f"past_key_values.{layer}.{part}.{kind}"
+                    if name not in names:
+                        raise ArtifactError(
+                            f"{self.where}: decoder_with_past has no input {name!r}; "
+                            "the manifest and the graphs do not belong together (re-export)"
+                        )
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return self.info.sample_rate
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self._lang_ids)
+
+    def start(
+        self,
+        audio: object,
+        *,
+        task: str = "transcribe",
+        language: str | None = None,
+        rate: int | None = None,
+        max_new_tokens: int | None = None,
+        offset_s: float = 0.0,
+    ) -> Decoding:
+        """A decoding job for one window of audio (at most `chunk_length_s` seconds)."""
+        samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
+        if samples.size > self.info.n_samples:
+            raise InputError(
+                f"ASR input: {samples.size / self.sample_rate:.1f} s is longer than one "
+                f"{self.info.chunk_length_s} s window; use transcribe() for long audio"
+            )
+        self._check_task(task, language)
+        return Decoding(self, samples, task, language, max_new_tokens, offset_s)
+
+    def transcribe(
+        self,
+        audio: object,
+        *,
+        task: str = "transcribe",
+        language: str | None = None,
+        rate: int | None = None,
+        segments: Sequence[tuple[int, int]] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> AsrResult:
+        """The whole buffer, in windows; `segments` (sample ranges from a VAD) choose the cuts
+        and skip the silence."""
+        samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
+        self._check_task(task, language)
+        result = AsrResult("", [], audio_s=samples.size / self.sample_rate)
+        for a, b in self.windows(samples.size, segments):
+            job = self.start(
+                samples[a:b],
+                task=task,
+                language=language,
+                max_new_tokens=max_new_tokens,
+                offset_s=a / self.sample_rate,
+            )
+            while not job.done:
+                job.step()
+            r = job.result()
+            result.tokens += r.tokens
+            result.segments += r.segments
+            result.language = result.language or r.language
+            result.features_s += r.features_s
+            result.encoder_s += r.encoder_s
+            result.decoder_s += r.decoder_s
+            result.decoder_tokens += r.decoder_tokens
+        result.text = " ".join(str(s["text"]).strip() for s in result.segments if s["text"])
+        return result
+
+    def windows(
+        self, total: int, segments: Sequence[tuple[int, int]] | None = None
+    ) -> list[tuple[int, int]]:
+        """Sample ranges of at most one window each."""
+        size = self.info.n_samples
+        if segments is None:
+            return [(a, min(a + size, total)) for a in range(0, total, size)]
+        out: list[tuple[int, int]] = []
+        for s, e in segments:
+            s, e = max(0, s), min(total, e)
+            if e <= s:
+                continue
+            if out and e - out[-1][0] <= size:
+                out[-1] = (out[-1][0], e)  # merge into the current window
+                continue
+            while e - s > size:
+                out.append((s, s + size))
+                s += size
+            out.append((s, e))
+        return out
+
+    def _check_task(self, task: str, language: str | None) -> None:
+        if task not in TASKS:
+            raise EngineUsageError(f"unknown task {task!r}; use transcribe or translate")
+        token = (
+            self.info.translate_token_id if task == "translate" else self.info.transcribe_token_id
+        )
+        if token is None:
+            raise EngineUsageError(f"{self.where}: this model has no {task} task token")
+        if language is not None and language not in self._lang_ids:
+            raise EngineUsageError(
+                f"unknown language {language!r}; this model knows {', '.join(self.languages)}"
+            )
+
+    # -- one window's work, used by Decoding -----------------------------------------------
+
+    def _frames(self, n: int) -> int:
+        if not self.trim:
+            return self.mel.n_frames
+        frames = math.ceil(n / self.info.hop_length)
+        return min(self.mel.n_frames, frames + frames % 2)
+
+    def _logits_filter(self, logits: F32, first: bool) -> F32:
+        if self._suppress.size:
+            logits[self._suppress] = -np.inf
+        if first and self._begin_suppress.size:
+            logits[self._begin_suppress] = -np.inf
+        return logits
+
+    def _prompt(self, task: str, language_id: int | None) -> list[int]:
+        info = self.info
+        ids = [info.decoder_start_token_id]
+        if language_id is not None:
+            ids.append(language_id)
+        task_id = info.translate_token_id if task == "translate" else info.transcribe_token_id
+        if task_id is not None and (language_id is not None or self._lang_ids):
+            ids.append(task_id)
+        if info.no_timestamps_token_id is not None:
+            ids.append(info.no_timestamps_token_id)
+        return ids
+
+
+class Decoding:
+    """One window: `step()` runs the encoder first, then one decoder token per call."""
+
+    def __init__(
+        self,
+        asr: Whisper,
+        audio: F32,
+        task: str,
+        language: str | None,
+        max_new_tokens: int | None,
+        offset_s: float,
+    ) -> None:
+        self.asr = asr
+        self.audio = audio
+        self.task = task
+        self.language = language
+        self.offset_s = offset_s
+        info = asr.info
+        self._limit = info.max_target_positions
+        self._max_new = max_new_tokens
+        self.tokens: list[int] = []
+        self.prompt: list[int] = []
+        self.done = False
+        self._enc: ort.OrtValue | None = None
+        self._cross: list[ort.OrtValue] = []
+        self._self: list[ort.OrtValue] = []
+        self._binding = asr.decoder_with_past.io_binding()
+        self._stream = TextStream(asr.tokenizer)
+        self.features_s = self.encoder_s = self.decoder_s = 0.0
+        self._layers = info.decoder_layers
+        self._bound_cross = False
+
+    def step(self) -> int | None:
+        """One unit of work: the encoder, or one token. Returns the token, if one was made."""
+        if self.done:
+            return None
+        if self._enc is None:
+            self._encode()
+            return None
+        t0 = time.perf_counter()
+        if not self.prompt:
+            token = self._first()
+        else:
+            token = self._next(self.tokens[-1] if self.tokens else self.prompt[-1])
+        self.decoder_s += time.perf_counter() - t0
+        if token == self.asr.info.eos_token_id:
+            self.done = True
+            return token
+        self.tokens.append(token)
+        self._stream.push(token)
+        total = len(self.prompt) + len(self.tokens)
+        if total >= self._limit or (
+            self._max_new is not None and len(self.tokens) >= self._max_new
+        ):
+            self.done = True
+        return token
+
+    @property
+    def text(self) -> str:
+        return self.asr.tokenizer.decode(self.tokens)  # type: ignore[no-any-return]
+
+    def result(self) -> AsrResult:
+        sr = self.asr.sample_rate
+        text = self.text
+        seg = {
+            "start": round(self.offset_s, 3),
+            "end": round(self.offset_s + self.audio.size / sr, 3),
+            "text": text,
+            "tokens": list(self.tokens),
+        }
+        lang = self.language
+        return AsrResult(
+            text.strip(),
+            list(self.tokens),
+            [seg] if text.strip() or self.tokens else [],
+            language=lang,
+            audio_s=self.audio.size / sr,
+            features_s=self.features_s,
+            encoder_s=self.encoder_s,
+            decoder_s=self.decoder_s,
+            decoder_tokens=len(self.tokens) + (1 if self.done else 0),
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _encode(self) -> None:
+        asr = self.asr
+        t0 = time.perf_counter()
+        feats = asr.mel(self.audio, asr._frames(self.audio.size))[None]
+        t1 = time.perf_counter()
+        binding = asr.encoder.io_binding()
+        binding.bind_cpu_input(asr._features_name, feats)
+        binding.bind_output(asr.encoder.get_outputs()[0].name, "cpu")
+        asr.encoder.run_with_iobinding(binding)
+        self._enc = binding.get_outputs()[0]
+        self.features_s = t1 - t0
+        self.encoder_s = time.perf_counter() - t1
+
+    def _decoder_run(self, ids: list[int]) -> tuple[F32, list[ort.OrtValue]]:
+        """The first decoder graph on `ids`: logits of the last position, and its presents."""
+        asr = self.asr
+        b = asr.decoder.io_binding()
+        b.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
+        assert self._enc is not None
+        b.bind_ortvalue_input("encoder_hidden_states", self._enc)
+        outs = [o.name for o in asr.decoder.get_outputs()]
+        for name in outs:
+            b.bind_output(name, "cpu")
+        asr.decoder.run_with_iobinding(b)
+        values = b.get_outputs()
+        logits = values[0].numpy()[0, -1].astype(np.float32)
+        return logits, values[1:]
+
+    def _first(self) -> int:
+        asr = self.asr
+        info = asr.info
+        lang_id = asr._lang_ids.get(self.language) if self.language else None
+        if lang_id is None and asr._lang_ids:
+            logits, _ = self._decoder_run([info.decoder_start_token_id])
+            ids = np.array(list(asr._lang_ids.values()))
+            lang_id = int(ids[np.argmax(logits[ids])])
+            self.language = next(k for k, v in asr._lang_ids.items() if v == lang_id)
+        self.prompt = asr._prompt(self.task, lang_id)
+        logits, presents = self._decoder_run(self.prompt)
+        names = [o.name for o in asr.decoder.get_outputs()][1:]
+        by_name = dict(zip(names, presents, strict=True))
+        self._self = [
+            by_name[f"present.{i}.decoder.{k}"]
+            for i in range(self._layers)
+            for k in ("key", "value")
+        ]
+        self._cross = [
+            by_name[f"present.{i}.encoder.{k}"]
+            for i in range(self._layers)
+            for k in ("key", "value")
+        ]
+        return int(np.argmax(asr._logits_filter(logits, first=True)))
+
+    def _next(self, token: int) -> int:
+        asr = self.asr
+        b = self._binding
+        if not self._bound_cross:
+            for i in range(self._layers):
+                for j, k in enumerate(("key", "value")):
+                    b.bind_ortvalue_input(
+                        f"past_key_values.{i}.encoder.{k}", self._cross[2 * i + j]
+                    )
+            self._ids = np.zeros((1, 1), dtype=np.int64)
+            self._ids_value = ort.OrtValue.ortvalue_from_numpy(self._ids)
+            b.bind_ortvalue_input("input_ids", self._ids_value)
+            self._bound_cross = True
+        self._ids[0, 0] = token
+        for i in range(self._layers):
+            for j, k in enumerate(("key", "value")):
+                b.bind_ortvalue_input(f"past_key_values.{i}.decoder.{k}", self._self[2 * i + j])
+        b.bind_output("logits", "cpu")
+        for i in range(self._layers):
+            for k in ("key", "value"):
+                b.bind_output(f"present.{i}.decoder.{k}", "cpu")
+        asr.decoder_with_past.run_with_iobinding(b)
+        values = b.get_outputs()
+        b.clear_binding_outputs()
+        self._self = list(values[1:])
+        logits = values[0].numpy()[0, -1].astype(np.float32)
+        return int(np.argmax(asr._logits_filter(logits, first=False)))

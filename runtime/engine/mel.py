@@ -1,0 +1,60 @@
+"""Whisper's log-mel features in numpy, equal to transformers' WhisperFeatureExtractor.
+
+The recipe (constants from the artifact manifest, never hard-coded here):
+pad or cut the audio to the window (`n_samples`, 30 s at 16 kHz), reflect-pad n_fft/2 on each
+side, frame with a periodic Hann window every `hop` samples, power spectrum (|rfft|^2), apply
+the mel filter bank shipped in the artifact, log10 with a floor of 1e-10, drop the last frame,
+clamp to (max - 8), then (x + 4) / 4. Computed in float64 and returned as float32, as the
+reference does, so the two agree to ~1e-6.
+
+`frames` below the window's full count computes the features of a shorter window (the audio
+padded only to that length) for encoders that accept fewer frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["LogMel"]
+
+F32 = npt.NDArray[np.float32]
+
+
+class LogMel:
+    def __init__(self, filters: npt.NDArray[np.floating], n_fft: int, hop: int, n_samples: int):
+        bins = n_fft // 2 + 1
+        if filters.ndim != 2 or bins not in filters.shape:
+            raise ValueError(f"mel filters of shape {filters.shape} do not fit n_fft {n_fft}")
+        # Stored as [n_mels, bins] or transformers' [bins, n_mels]; keep [n_mels, bins].
+        self.filters = np.ascontiguousarray(
+            filters if filters.shape[1] == bins else filters.T, dtype=np.float64
+        )
+        self.n_fft = n_fft
+        self.hop = hop
+        self.n_samples = n_samples
+        self.n_frames = n_samples // hop
+        n = np.arange(n_fft)
+        self.window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)  # periodic Hann
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.filters.shape[0])
+
+    def __call__(self, audio: F32, frames: int | None = None) -> F32:
+        """Features [n_mels, frames] of `audio` (float32 mono at the model's rate)."""
+        frames = self.n_frames if frames is None else frames
+        length = frames * self.hop
+        x = np.zeros(length, dtype=np.float64)
+        take = min(audio.size, length)
+        x[:take] = audio[:take]
+        half = self.n_fft // 2
+        padded = np.pad(x, (half, half), mode="reflect")
+        view = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop]
+        spec = np.fft.rfft(view * self.window, axis=-1)
+        power = spec.real**2 + spec.imag**2  # [frames + 1, bins]
+        mel = self.filters @ power.T  # [n_mels, frames + 1]
+        log = np.log10(np.maximum(mel, 1e-10))[:, :-1]
+        log = np.maximum(log, log.max() - 8.0)
+        out: F32 = ((log + 4.0) / 4.0).astype(np.float32)
+        return out
