@@ -1,0 +1,142 @@
+"""Glyphs for the display, from a pre-rendered atlas: the device draws text without a font engine.
+
+Why an atlas: the device image carries numpy, onnxruntime and tokenizers only, and a TrueType
+rasterizer in numpy would be slow and large. The host renders the glyphs once, with Pillow and
+the system's fonts (DejaVu for Latin, Noto CJK for Chinese and Japanese), into one `.npz` file
+that ships in the bundle (`ocula.glyphatlas.build_atlas`); the device loads it with numpy
+(no pickle) and blits glyph bitmaps. GB2312 level 1+2 (6763 hanzi), kana, CJK and full-width
+punctuation, ASCII and Latin-1 fit in about 2 MB.
+
+Format (`.npz`): `codepoints` int32 (n,), `boxes` int16 (n, 7) = atlas x, y, w, h, left, top,
+advance (top measured down from the line's top), `bitmap` uint8 (H, W) coverage, `meta` a JSON
+string: size, line_height, fonts, and `missing_scripts` (scripts the host had no font for).
+
+A character the atlas lacks is drawn as a box (a "tofu"), counted in `missing`, and said once
+per script in the log with the fix: the text stays readable where it can and the gap is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from runtime.io.errors import IoError
+
+__all__ = ["Glyph", "GlyphAtlas", "is_wide", "script_of"]
+
+log = logging.getLogger(__name__)
+
+U8 = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class Glyph:
+    bitmap: U8
+    left: int
+    top: int
+    advance: int
+
+
+def is_wide(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def script_of(ch: str) -> str:
+    cp = ord(ch)
+    if 0x3040 <= cp <= 0x30FF:
+        return "Japanese kana"
+    if 0xAC00 <= cp <= 0xD7AF or 0x1100 <= cp <= 0x11FF:
+        return "Hangul"
+    if 0x3400 <= cp <= 0x9FFF or 0xF900 <= cp <= 0xFAFF or 0x20000 <= cp <= 0x2FFFF:
+        return "CJK (Han)"
+    if cp < 0x250:
+        return "Latin"
+    name = unicodedata.name(ch, "")
+    return name.split(" ")[0].title() if name else f"U+{cp:04X}"
+
+
+class GlyphAtlas:
+    def __init__(
+        self,
+        codepoints: npt.NDArray[np.int32],
+        boxes: npt.NDArray[np.int16],
+        bitmap: U8,
+        meta: dict[str, object],
+    ) -> None:
+        self.bitmap = bitmap
+        self.meta = meta
+        self.size = int(str(meta.get("size", 24)))
+        self.line_height = int(str(meta.get("line_height", self.size * 5 // 4)))
+        self._index = {int(c): i for i, c in enumerate(codepoints)}
+        self._boxes = boxes.astype(np.int32)
+        self._cache: dict[str, Glyph] = {}
+        self.missing = 0
+        self.missing_by_script: dict[str, int] = {}
+
+    @classmethod
+    def load(cls, path: str | Path) -> GlyphAtlas:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return cls(z["codepoints"], z["boxes"], z["bitmap"], meta)
+        except FileNotFoundError as exc:
+            raise IoError(
+                f"glyph atlas {path}: not found; build it with the host tools (ocula run builds one)"
+            ) from exc
+        except (OSError, KeyError, ValueError) as exc:
+            raise IoError(f"glyph atlas {path}: not a glyph atlas ({exc}); rebuild it") from exc
+
+    def has(self, ch: str) -> bool:
+        return ord(ch) in self._index
+
+    def glyph(self, ch: str) -> Glyph:
+        g = self._cache.get(ch)
+        if g is not None:
+            return g
+        i = self._index.get(ord(ch))
+        if i is None:
+            g = self._box(ch)
+        else:
+            x, y, w, h, left, top, adv = (int(v) for v in self._boxes[i])
+            g = Glyph(self.bitmap[y : y + h, x : x + w], left, top, adv)
+        self._cache[ch] = g
+        return g
+
+    def advance(self, ch: str) -> int:
+        return self.glyph(ch).advance
+
+    def measure(self, text: str) -> int:
+        return sum(self.glyph(c).advance for c in text)
+
+    def _box(self, ch: str) -> Glyph:
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Mn"):
+            return Glyph(
+                np.zeros((0, 0), dtype=np.uint8), 0, 0, self.size // 3 if ch.isspace() else 0
+            )
+        script = script_of(ch)
+        self.missing += 1
+        n = self.missing_by_script.get(script, 0)
+        self.missing_by_script[script] = n + 1
+        if n == 0:
+            log.warning(
+                "no glyph for %s text (first: U+%04X); shown as boxes. Rebuild the glyph atlas with a "
+                "font that covers it (Debian: %s)",
+                script,
+                ord(ch),
+                "fonts-noto-cjk"
+                if script in ("CJK (Han)", "Japanese kana", "Hangul")
+                else "fonts-noto-core",
+            )
+        w = self.size if is_wide(ch) else self.size // 2
+        h = self.size * 3 // 4
+        box = np.zeros((h, w - 2), dtype=np.uint8)
+        box[[0, -1], :] = 200
+        box[:, [0, -1]] = 200
+        return Glyph(box, 1, (self.line_height - h) // 2, w)

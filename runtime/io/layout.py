@@ -1,0 +1,126 @@
+"""Text layout for a small monochrome display: line breaking and drawing.
+
+Line breaking (`wrap`): text is cut into units that may not be split: a word of a
+space-separated script, or one CJK character (Chinese and Japanese break between any two
+characters). Kinsoku rules keep closing punctuation (，。、！？」）…) off the start of a line
+and opening punctuation (「（《) off its end by gluing them to their neighbour. Units are placed
+greedily by their measured width; a unit wider than the line is split by character. `\n`
+forces a break.
+
+Drawing (`draw_text`) blits glyph bitmaps at a grey level (the style: final text full
+brightness, partial text dimmer) with max-compositing, so overlapping glyphs never darken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from runtime.io.glyphs import GlyphAtlas
+
+__all__ = ["draw_text", "is_cjk", "units", "wrap"]
+
+U8 = npt.NDArray[np.uint8]
+
+NO_START = set(
+    "，。、．！？：；）」』》〉】〕…‥ーぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ々ゝゞ・,.!?:;)]}%’”"
+)
+NO_END = set("（「『《〈【〔([{‘“")
+
+
+def is_cjk(ch: str) -> bool:
+    cp = ord(ch)
+    return (
+        0x3000 <= cp <= 0x30FF
+        or 0x3400 <= cp <= 0x9FFF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0xFF00 <= cp <= 0xFFEF
+        or 0xAC00 <= cp <= 0xD7AF
+        or 0x20000 <= cp <= 0x2FFFF
+    )
+
+
+def units(text: str) -> list[str]:
+    """Unbreakable units: words, single CJK characters, single spaces and newlines."""
+    out: list[str] = []
+    word = ""
+    for ch in text:
+        if ch == "\n" or ch.isspace() or is_cjk(ch):
+            if word:
+                out.append(word)
+                word = ""
+            out.append("\n" if ch == "\n" else " " if ch.isspace() else ch)
+        else:
+            word += ch
+    if word:
+        out.append(word)
+    glued: list[str] = []
+    for u in out:
+        if (glued and u[0] in NO_START and glued[-1] not in (" ", "\n")) or (
+            glued and glued[-1][-1] in NO_END and u not in (" ", "\n")
+        ):
+            glued[-1] += u
+        else:
+            glued.append(u)
+    return glued
+
+
+def wrap(text: str, width: int, measure: Callable[[str], int]) -> list[str]:
+    lines: list[str] = []
+    line = ""
+    space = False
+    for u in units(text):
+        if u == "\n":
+            lines.append(line)
+            line, space = "", False
+            continue
+        if u == " ":
+            space = bool(line)
+            continue
+        candidate = f"{line} {u}" if space else line + u
+        if measure(candidate) <= width or not line:
+            if measure(candidate) <= width:
+                line, space = candidate, False
+                continue
+            for ch in u:  # a unit wider than the line: split it by character
+                if line and measure(line + ch) > width:
+                    lines.append(line)
+                    line = ""
+                line += ch
+            space = False
+            continue
+        lines.append(line)
+        line, space = "", False
+        if measure(u) <= width:
+            line = u
+        else:
+            for ch in u:
+                if line and measure(line + ch) > width:
+                    lines.append(line)
+                    line = ""
+                line += ch
+    if line or not lines:
+        lines.append(line)
+    return lines
+
+
+def draw_text(canvas: U8, x: int, y: int, text: str, atlas: GlyphAtlas, level: int = 255) -> int:
+    """Draw `text` with its line top at y; returns the x after the last glyph."""
+    h, w = canvas.shape
+    scale = level / 255.0
+    for ch in text:
+        g = atlas.glyph(ch)
+        gh, gw = g.bitmap.shape
+        x0, y0 = x + g.left, y + g.top
+        cx0, cy0 = max(0, x0), max(0, y0)
+        cx1, cy1 = min(w, x0 + gw), min(h, y0 + gh)
+        if cx1 > cx0 and cy1 > cy0:
+            src = g.bitmap[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+            if level != 255:
+                src = (src.astype(np.float32) * scale).astype(np.uint8)
+            region = canvas[cy0:cy1, cx0:cx1]
+            np.maximum(region, src, out=region)
+        x += g.advance
+    return x

@@ -1,0 +1,169 @@
+"""What the glasses show: paragraphs of final and partial text, scrolled at reading pace.
+
+The app edits paragraphs (`commit`, `set_partial`, `append`); the display task calls
+`render(now)` at the panel's cadence and gets the frame and the dirty rectangle (None when
+nothing changed, so a display backend can skip the write).
+
+Styles: final text at full brightness, partial text (not yet stable) dimmer, so a reader knows
+which words may still change; a style is a grey level, which any monochrome panel can show.
+
+Scrolling is reading-rate aware: when text overflows the screen, the top line leaves only after
+it has been on screen long enough to read (its characters at `reading_cps`, CJK characters at
+`cjk_cps`, never less than `min_dwell_s`), and it leaves with a short smooth scroll. If text
+arrives faster than anyone can read for more than a screenful, the view jumps to the newest
+text and counts it (`display.scroll_jumps`): better a skipped line than a caption minutes late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from runtime.io.display import Rect
+from runtime.io.glyphs import GlyphAtlas
+from runtime.io.layout import draw_text, is_cjk, wrap
+from runtime.telemetry.metrics import Metrics
+
+__all__ = ["FINAL", "PARTIAL", "SOURCE", "CaptionScreen"]
+
+U8 = npt.NDArray[np.uint8]
+FINAL = 255
+SOURCE = 150
+PARTIAL = 110
+
+
+@dataclass
+class _Para:
+    text: str
+    level: int
+
+
+class CaptionScreen:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        atlas: GlyphAtlas,
+        metrics: Metrics | None = None,
+        *,
+        margin: int = 16,
+        reading_cps: float = 15.0,
+        cjk_cps: float = 7.0,
+        min_dwell_s: float = 0.8,
+        scroll_s: float = 0.2,
+        max_paragraphs: int = 200,
+    ) -> None:
+        self.width, self.height = width, height
+        self.atlas = atlas
+        self.metrics = metrics or Metrics()
+        self.margin = margin
+        self.reading_cps, self.cjk_cps = reading_cps, cjk_cps
+        self.min_dwell_s, self.scroll_s = min_dwell_s, scroll_s
+        self.max_paragraphs = max_paragraphs
+        self.rows = max(1, (height - 2 * margin) // atlas.line_height)
+        self.paras: list[_Para] = []
+        self.partial = ""
+        self._wrap_cache: dict[str, list[str]] = {}
+        self._top = 0
+        self._top_since: float | None = None
+        self._scroll_from: float | None = None
+        self._last_key: object = None
+        self._frame: U8 = np.zeros((height, width), dtype=np.uint8)
+
+    # -- editing (the app) ---------------------------------------------------------------
+
+    def commit(self, text: str, level: int = FINAL) -> None:
+        """A new finished paragraph; the partial line is cleared."""
+        self.paras.append(_Para(text, level))
+        self.partial = ""
+        self._trim()
+
+    def append(self, text: str) -> None:
+        """Extend the last paragraph (streamed tokens)."""
+        if not self.paras:
+            self.paras.append(_Para("", FINAL))
+        self.paras[-1].text += text
+
+    def set_partial(self, text: str) -> None:
+        self.partial = text
+
+    def _trim(self) -> None:
+        extra = len(self.paras) - self.max_paragraphs
+        if extra > 0:
+            dropped = sum(len(self._wrap(p.text)) for p in self.paras[:extra])
+            del self.paras[:extra]
+            self._top = max(0, self._top - dropped)
+
+    # -- layout and rendering (the display task) -----------------------------------------
+
+    def _wrap(self, text: str) -> list[str]:
+        lines = self._wrap_cache.get(text)
+        if lines is None:
+            lines = wrap(text, self.width - 2 * self.margin, self.atlas.measure)
+            if len(self._wrap_cache) > 512:
+                self._wrap_cache.clear()
+            self._wrap_cache[text] = lines
+        return lines
+
+    def lines(self) -> list[tuple[str, int]]:
+        out = [(line, p.level) for p in self.paras for line in self._wrap(p.text)]
+        if self.partial:
+            out += [(line, PARTIAL) for line in self._wrap(self.partial)]
+        return out
+
+    def dwell_s(self, line: str) -> float:
+        cjk = sum(1 for c in line if is_cjk(c))
+        return max(self.min_dwell_s, cjk / self.cjk_cps + (len(line) - cjk) / self.reading_cps)
+
+    def _advance(self, lines: list[tuple[str, int]], now: float) -> None:
+        target = max(0, len(lines) - self.rows)
+        if self._top > target:
+            self._top, self._top_since = target, now
+        if self._top_since is None:
+            self._top_since = now
+        behind = target - self._top
+        self.metrics.gauge("display.scroll_backlog_lines", behind)
+        if behind > self.rows:
+            self._top, self._top_since, self._scroll_from = target, now, None
+            self.metrics.inc("display.scroll_jumps")
+            return
+        if behind > 0 and now - self._top_since >= self.dwell_s(lines[self._top][0]):
+            self._top += 1
+            self._top_since = now
+            self._scroll_from = now
+
+    def render(self, now: float) -> tuple[U8, Rect | None]:
+        lines = self.lines()
+        self._advance(lines, now)
+        offset = 0
+        if self._scroll_from is not None:
+            frac = (now - self._scroll_from) / self.scroll_s
+            if frac >= 1:
+                self._scroll_from = None
+            else:
+                offset = round((1 - frac) * self.atlas.line_height)
+        visible = lines[max(0, self._top - (1 if offset else 0)) : self._top + self.rows]
+        key = (tuple(visible), offset)
+        if key == self._last_key:
+            return self._frame, None
+        self._last_key = key
+        frame = np.zeros((self.height, self.width), dtype=np.uint8)
+        y = self.margin - (self.atlas.line_height - offset if offset else 0)
+        for text, level in visible:
+            if y + self.atlas.line_height > self.margin // 2:
+                draw_text(frame, self.margin, y, text, self.atlas, level)
+            y += self.atlas.line_height
+        dirty = _diff_rect(self._frame, frame)
+        self._frame = frame
+        return frame, dirty
+
+
+def _diff_rect(a: U8, b: U8) -> Rect | None:
+    changed = a != b
+    rows = np.flatnonzero(changed.any(axis=1))
+    if not len(rows):
+        return None
+    cols = np.flatnonzero(changed.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
