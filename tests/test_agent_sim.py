@@ -15,6 +15,7 @@ from hil.errors import PortError
 from hil.sim import SimBoard
 from hil.transport import open_port
 from runtime.agent.store import Store
+from runtime.errors import OculaError
 
 
 def _bundle(tmp_path: Path, name: str, key: Path | None = None, board: str = "sim") -> Path:
@@ -75,3 +76,45 @@ def test_busy_and_missing_ports_say_so(tmp_path: Path) -> None:
         open_port(str(tmp_path / "ttyNOPE"))
     with pytest.raises(PortError, match="protocol 'nope' not known"):
         open_port("nope://x")
+
+
+def test_frame_flood_and_garbage_leave_the_agent_serving(tmp_path: Path) -> None:
+    import os
+
+    from runtime.link import framing
+
+    with SimBoard("sim", base=tmp_path) as board:
+        raw = open_port(board.port)
+        try:
+            flood = os.urandom(1 << 20) + framing.encode(os.urandom(200_000)) * 4
+            flood += framing.encode(b"\x00" * 5000) * 200  # frames of no session, over and over
+            for i in range(0, len(flood), 4096):
+                raw.write(flood[i : i + 4096])
+            raw.flush()
+        finally:
+            raw.close()
+        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        try:
+            client.reconnect(30)
+            hello, _ = client.call("hello")
+            assert hello["board"] == "sim" and board.running()
+        finally:
+            client.close()
+        # a message over the agent's size limit is refused by its link, not buffered
+        from runtime.link.endpoint import Endpoint
+
+        port = open_port(board.port)
+        try:
+            with Endpoint(port, max_message=1 << 21) as ep:
+                ep.send(b"\x00\x02{}" + b"x" * 300_000)
+                ep.flush(timeout=3)
+        except OculaError:
+            pass  # refused: the agent's side reset the link
+        finally:
+            port.close()
+        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        try:
+            client.reconnect(30)
+            assert client.call("hello")[0]["ok"] and board.running()
+        finally:
+            client.close()

@@ -102,21 +102,31 @@ def test_refusals(tmp_path: Path, keypair) -> None:
     assert not any((board.root / "slots" / "a").iterdir())
 
 
-def test_over_budget_is_refused(tmp_path: Path) -> None:
-    text = (
-        profiles.path_of("sim").read_text().replace("max_artifact_mb = 2048", "max_artifact_mb = 1")
-    )
+@pytest.mark.parametrize(
+    ("edits", "extra_mb", "message"),
+    [
+        ({"max_artifact_mb = 2048": "max_artifact_mb = 1"}, 1.5, r"budget\.max_artifact_mb"),
+        ({"max_rss_mb = 4096": "max_rss_mb = 100"}, 0.0, r"budget\.max_rss_mb"),
+        (
+            {"flash_mb = 8192": "flash_mb = 16", "max_artifact_mb = 2048": "max_artifact_mb = 16"},
+            9.0,
+            "two slots of it do not fit",
+        ),
+    ],
+)
+def test_over_budget_is_refused(tmp_path: Path, edits: dict, extra_mb: float, message: str) -> None:
+    text = profiles.path_of("sim").read_text().replace('name = "sim"', 'name = "tiny"')
+    for old, new in edits.items():
+        text = text.replace(old, new)
     prof = tmp_path / "tiny.toml"
-    prof.write_text(text.replace('name = "sim"', 'name = "tiny"'))
-    board_root = tmp_path / "boards" / "tiny"
-    board_root.mkdir(parents=True)
-    (board_root / "board.toml").write_text(prof.read_text())
-    board = InProcessBoard(board_root, profile=str(prof))
+    prof.write_text(text)
+    board = InProcessBoard(tmp_path / "boards" / "tiny", profile=str(prof))
     out = tmp_path / "big.bundle"
-    llm = make_artifact(tmp_path / "llm", extra_mb=1.5)
-    bundles.build(profiles.find(str(prof)), out, {"vad": llm})
-    with pytest.raises(BoardRefused, match=r"budget\.max_artifact_mb"):
+    vad = make_artifact(tmp_path / "vad", extra_mb=extra_mb)
+    bundles.build(profiles.find(str(prof)), out, {"vad": vad})
+    with pytest.raises(BoardRefused, match=message):
         flash(bundles.Bundle.open(out), board)
+    assert not any((board.root / "slots" / "a").iterdir())
 
 
 def test_resume_after_cuts_sends_each_chunk_once(tmp_path: Path) -> None:
