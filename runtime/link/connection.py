@@ -216,6 +216,7 @@ class Connection:
         self._rto = RTO_INITIAL
         self._backoff = 1
         self._probe_at = -1.0
+        self._progress_at = -1.0  # when an ACK last acknowledged new frames (restarts the timer)
         # receiving
         self._rcv_nxt = 0
         self._ooo: dict[int, tuple[int, bytes]] = {}
@@ -305,7 +306,7 @@ class Connection:
         if self.state is State.OPEN:
             oldest = self._oldest_unacked()
             if oldest is not None:
-                times.append(oldest.sent_at[-1] + self._timeout())
+                times.append(self._timer_base(oldest) + self._timeout())
             elif self._unsent and self._probe_at >= 0:
                 times.append(self._probe_at + self._timeout())
         return min(times) if times else None
@@ -320,7 +321,7 @@ class Connection:
             return
         oldest = self._oldest_unacked()
         if oldest is not None:
-            if now >= oldest.sent_at[-1] + self._timeout():
+            if now >= self._timer_base(oldest) + self._timeout():
                 oldest.lost = True
                 self.stats["timeouts"] += 1
                 self._backoff = min(self._backoff * 2, 64)
@@ -407,6 +408,9 @@ class Connection:
             if not o.lost and (best is None or o.sent_at[-1] < best.sent_at[-1]):
                 best = o
         return best
+
+    def _timer_base(self, oldest: _Out) -> float:
+        return max(oldest.sent_at[-1], self._progress_at)
 
     def _timeout(self) -> float:
         return min(self._rto * self._backoff, max(self._rto, BACKOFF_CAP))
@@ -540,6 +544,7 @@ class Connection:
                 self._sample_rtt(now - o.sent_at[echo[1]])
         if acked:
             self._backoff = 1
+            self._progress_at = now
         for o in self._inflight.values():
             if o.tx[-1] < arrived:
                 o.lost = True  # sent before something that arrived: an ordered line lost it
