@@ -270,15 +270,15 @@ def _regions(mask: npt.NDArray[np.bool_], prob: F32) -> list[tuple[int, int, int
     acc: dict[int, list[float]] = {}
     for i, (y, s, e) in enumerate(runs):
         r = find(i)
-        a = acc.get(r)
+        region = acc.get(r)
         total = float(csum[y, e] - csum[y, s])
-        if a is None:
+        if region is None:
             acc[r] = [y, s, y + 1, e, total, e - s]
         else:
-            a[0], a[1] = min(a[0], y), min(a[1], s)
-            a[2], a[3] = max(a[2], y + 1), max(a[3], e)
-            a[4] += total
-            a[5] += e - s
+            region[0], region[1] = min(region[0], y), min(region[1], s)
+            region[2], region[3] = max(region[2], y + 1), max(region[3], e)
+            region[4] += total
+            region[5] += e - s
     return [(int(a[0]), int(a[1]), int(a[2]), int(a[3]), a[4] / a[5]) for a in acc.values()]
 
 
