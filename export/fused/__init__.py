@@ -5,7 +5,7 @@ The graph is written directly from the weights with onnxruntime's contrib operat
 and gate/up packed, GatherBlockQuantized for the embedding, which the tied head shares), so that
 decoding runs in about ten kernels per layer. `arch.py` describes what differs per family,
 `graph.py` is the shared core that emits the layers, `quant.py` packs MatMulNBits weights,
-`build.py` writes the files and returns `FusedInfo`, `run.py` is a reference driver.
+`builder.py` writes the files and returns `FusedInfo`, `run.py` is a reference driver.
 
     info = build(model_dir, out_dir, quant="int4", block_size=32, symmetric=True,
                  accuracy_level=4, max_length=2048)
@@ -44,7 +44,7 @@ within the original context), batch sizes above 1.
 
 from __future__ import annotations
 
-from export.fused.build import FusedInfo, KvLayout, build
+from export.fused.builder import FusedInfo, KvLayout, build
 from export.fused.errors import FusedError
 
 __all__ = ["FusedError", "FusedInfo", "KvLayout", "build"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.fused.build import FusedInfo
+from export.fused.builder import FusedInfo
 from export.fused.errors import FusedError
 
 

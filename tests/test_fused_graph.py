@@ -1,0 +1,304 @@
+"""The fused graph against transformers on tiny random models of each supported family.
+
+fp32 must give transformers' greedy tokens exactly. Quantized graphs are checked against
+transformers running the same model with its weights replaced by what the quantizer stored
+(`dequantize`), with accuracy level 0 (float compute), so any error in packing, in the graph's
+wiring or in the shared embedding shows up as a logit difference, not as "close enough".
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+import export.fused.builder as fused_build
+from export.fused import FusedError, build
+from export.fused.quant import dequantize, quantize
+from export.fused.run import FusedDecoder
+
+COMMON = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.1,
+    tie_word_embeddings=True,
+)
+MODELS = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    # Qwen3 as published: head_dim (32) != hidden_size / num_attention_heads (16)
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 32}),
+    "llama": (LlamaConfig, LlamaForCausalLM, {"tie_word_embeddings": False}),
+    "llama-llama3-rope": (
+        LlamaConfig,
+        LlamaForCausalLM,
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
+    ),
+    "qwen2-yarn-rope": (
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        {
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
+    ),
+    "qwen3-linear-rope": (
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        {"head_dim": 32, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    ),
+    "llama-bias": (LlamaConfig, LlamaForCausalLM, {"attention_bias": True, "mlp_bias": True}),
+}
+PROMPT = [3, 17, 250, 9, 41, 77, 5]
+MAX_LENGTH = 64
+
+
+def _hf_model(name, tmp_path, seed=0):
+    config_cls, model_cls, extra = MODELS[name]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**{**COMMON, **extra})).eval()
+    if extra.get("attention_bias"):
+        with torch.no_grad():  # transformers initializes biases to zero; make them count
+            for p in model.parameters():
+                if p.dim() == 1 and "norm" not in str(p.shape):
+                    p.add_(torch.randn_like(p) * 0.1)
+    folder = tmp_path / f"hf-{name}"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def _greedy_reference(model, prompt, new_tokens):
+    ids = torch.tensor([prompt])
+    out = model.generate(
+        ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def _last_logits(model, prompt):
+    with torch.no_grad():
+        return model(torch.tensor([prompt])).logits[0, -1].numpy()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fp32_greedy_tokens_equal_transformers(name, tmp_path):
+    model, folder = _hf_model(name, tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    info = build(folder, out, quant="fp32", max_length=MAX_LENGTH)
+    decoder = FusedDecoder(out, info)
+    assert decoder.greedy(PROMPT, 40) == _greedy_reference(model, PROMPT, 40)
+    decoder.reset()
+    np.testing.assert_allclose(decoder.run(PROMPT), _last_logits(model, PROMPT), atol=1e-4)
+
+
+def test_prefill_in_chunks_equals_one_prefill(tmp_path):
+    """A shared prefix (a system prompt) is prefilled once; the rest continues from it."""
+    model, folder = _hf_model("qwen3", tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    decoder = FusedDecoder(out, build(folder, out, quant="fp32", max_length=MAX_LENGTH))
+    decoder.run(PROMPT[:3])
+    decoder.run(PROMPT[3:5])
+    chunked = decoder.run(PROMPT[5:])
+    assert decoder.length == len(PROMPT)
+    np.testing.assert_allclose(chunked, _last_logits(model, PROMPT), atol=1e-4)
+    # a new conversation reuses the buffers: only the length resets
+    decoder.reset()
+    np.testing.assert_allclose(decoder.run(PROMPT), chunked, atol=1e-5)
+
+
+def _quantized_reference(model, bits, block, symmetric):
+    """The HF model with every weight the graph quantizes replaced by its stored value."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:  # projections, embedding, untied head
+                q = quantize(p.numpy(), bits, block, symmetric)
+                p.copy_(torch.from_numpy(dequantize(q)))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("name", "quant", "symmetric"),
+    [
+        ("qwen2", "int4", True),
+        ("qwen3", "int4", False),
+        ("llama", "int8", True),
+        ("qwen2", "int8", False),
+        ("qwen3", "int8", True),
+    ],
+)
+def test_quantized_graph_computes_the_quantized_model(name, quant, symmetric, tmp_path):
+    model, folder = _hf_model(name, tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    bits = 4 if quant == "int4" else 8
+    info = build(
+        folder,
+        out,
+        quant=quant,
+        block_size=32,
+        symmetric=symmetric,
+        accuracy_level=0,
+        max_length=MAX_LENGTH,
+    )
+    layers = info.num_layers
+    # every projection (qkv, o, gate_up, down) and the head are MatMulNBits; one quantized lookup
+    assert info.quantized_ops == {"MatMulNBits": 4 * layers + 1, "GatherBlockQuantized": 1}
+    assert not {"MatMul", "Gemm", "Gather"} & set(info.op_histogram)
+    reference = _quantized_reference(model, bits, 32, symmetric)
+    decoder = FusedDecoder(out, info)
+    np.testing.assert_allclose(decoder.run(PROMPT), _last_logits(reference, PROMPT), atol=2e-4)
+    assert decoder.greedy(PROMPT, 24) == _greedy_reference(reference, PROMPT, 24)
+
+
+def test_fp16_weights_compute_in_float32(tmp_path):
+    model, folder = _hf_model("qwen3", tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    info = build(folder, out, quant="fp16", max_length=MAX_LENGTH)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(p.half().float())
+    decoder = FusedDecoder(out, info)
+    np.testing.assert_allclose(decoder.run(PROMPT), _last_logits(model, PROMPT), atol=1e-4)
+    fp32 = tmp_path / "fp32"
+    fp32.mkdir()
+    assert (
+        info.size_bytes < 0.6 * build(folder, fp32, quant="fp32", max_length=MAX_LENGTH).size_bytes
+    )
+
+
+def test_int4_tied_embedding_is_stored_once(tmp_path):
+    import onnx
+
+    _, folder = _hf_model("qwen2", tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    build(folder, out, quant="int4", max_length=MAX_LENGTH)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.output[0] == "logits")
+    assert head.op_type == "MatMulNBits"
+    assert head.input[1] == lookup.input[0]  # the same packed initializer
+    vocab_sized = [t for t in graph.initializer if t.dims and t.dims[0] == COMMON["vocab_size"]]
+    assert sum(1 for t in vocab_sized if t.data_type == onnx.TensorProto.UINT8) == 1
+
+
+def test_info_describes_the_io_contract(tmp_path):
+    _, folder = _hf_model("qwen3", tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    info = build(folder, out, quant="int4", max_length=MAX_LENGTH)
+    kv_shape = [1, 2, MAX_LENGTH, 32]
+    assert info.kv.shape == kv_shape and info.kv.shared_buffer
+    assert info.kv.names(1, "value") == ("past_key_values.1.value", "present.1.value")
+    assert info.inputs["input_ids"] == {"dtype": "int64", "shape": [1, "sequence_length"]}
+    assert info.inputs["seqlens_k"] == {"dtype": "int32", "shape": [1]}
+    assert info.inputs["total_sequence_length"] == {"dtype": "int32", "shape": []}
+    assert info.inputs["past_key_values.0.key"]["shape"] == kv_shape
+    assert info.outputs["logits"]["shape"] == [1, 1, COMMON["vocab_size"]]
+    assert info.outputs["present.1.value"]["shape"] == kv_shape
+    assert (info.head_dim, info.num_heads, info.kv_heads) == (32, 4, 2)
+    assert info.files == ["model.onnx"]
+    assert info.size_bytes == (out / "model.onnx").stat().st_size
+    json.dumps(info.to_dict())  # goes into the manifest as is
+
+
+def test_large_weights_go_to_external_data(tmp_path, monkeypatch):
+    model, folder = _hf_model("llama", tmp_path)
+    monkeypatch.setattr(fused_build, "EXTERNAL_DATA_BYTES", 0)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    info = build(folder, out, quant="fp32", max_length=MAX_LENGTH)
+    assert info.files == ["model.onnx", "model.onnx.data"]
+    assert (out / "model.onnx").stat().st_size < 100_000
+    decoder = FusedDecoder(out, info)
+    assert decoder.greedy(PROMPT, 8) == _greedy_reference(model, PROMPT, 8)
+
+
+def _edit_config(folder, **changes):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model_type": "gpt2"}, "architecture 'gpt2' is not supported"),
+        ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope scaling 'longrope'"),
+        ({"use_sliding_window": True, "sliding_window": 16}, "sliding-window attention"),
+        (
+            {
+                "rope_scaling": {"rope_type": "dynamic", "factor": 2.0},
+                "max_position_embeddings": 32,
+            },
+            "dynamic rope",
+        ),
+        ({"partial_rotary_factor": 0.5}, "partial rotary"),
+    ],
+)
+def test_unsupported_models_are_refused_by_name(changes, message, tmp_path):
+    _, folder = _hf_model("qwen2", tmp_path)
+    _edit_config(folder, **changes)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    with pytest.raises(FusedError, match=message):
+        build(folder, out, quant="fp32", max_length=MAX_LENGTH)
+    assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quant": "int3"}, "unknown quant 'int3'"),
+        ({"quant": "int4", "block_size": 48}, "block size 48"),
+        ({"quant": "int4", "accuracy_level": 7}, "accuracy level 7"),
+        ({"quant": "int4", "embed_quant": "fp32"}, "embed_quant"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message, tmp_path):
+    _, folder = _hf_model("qwen2", tmp_path)
+    with pytest.raises(FusedError, match=message):
+        build(folder, tmp_path, max_length=MAX_LENGTH, **kwargs)
+
+
+def test_bad_folders_are_refused(tmp_path):
+    with pytest.raises(FusedError, match=r"no config\.json"):
+        build(tmp_path, tmp_path, quant="fp32", max_length=MAX_LENGTH)
+    _, folder = _hf_model("qwen2", tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(FusedError, match=r"model\.safetensors"):
+        build(folder, tmp_path, quant="fp32", max_length=MAX_LENGTH)
+    weights.unlink()
+    with pytest.raises(FusedError, match=r"no \*\.safetensors"):
+        build(folder, tmp_path, quant="fp32", max_length=MAX_LENGTH)

@@ -1,0 +1,98 @@
+"""MatMulNBits / GatherBlockQuantized packing: onnxruntime must compute with exactly the weights
+that `dequantize` says were stored (the reference the graph tests build their PyTorch model from)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export.fused.quant import dequantize, quantize, unpack
+
+
+def _session(nodes: list, inits: list, inputs: list, outputs: list) -> ort.InferenceSession:
+    graph = helper.make_graph(nodes, "q", inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize(("k", "block"), [(96, 32), (80, 16), (40, 32)])
+def test_matmulnbits_computes_with_the_dequantized_weight(bits, symmetric, k, block):
+    rng = np.random.default_rng(bits * 100 + k)
+    n = 24
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    plain = quantize(w, bits, block, symmetric, search=False)
+    # rounding to nearest: every weight within one step of its block's grid (the symmetric
+    # grid's top code is one short, so the largest positive value may be a full step off)
+    step = np.abs(np.repeat(plain.scales, block, axis=1)[:, :k])
+    assert np.all(np.abs(dequantize(plain) - w) <= step * (1.0 if symmetric else 0.51) + 1e-6)
+    q = quantize(w, bits, block, symmetric)
+    ref = dequantize(q)
+    assert ref.shape == (n, k)
+    inits = [numpy_helper.from_array(q.packed, "B"), numpy_helper.from_array(q.scales, "S")]
+    ins = ["x", "B", "S"]
+    if q.zero_points is not None:
+        inits.append(numpy_helper.from_array(q.zero_points, "Z"))
+        ins.append("Z")
+    node = helper.make_node(
+        "MatMulNBits", ins, ["y"], domain="com.microsoft", K=k, N=n, bits=bits, block_size=block
+    )
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    (y,) = _session([node], inits, [x_info], [y_info]).run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ ref.T, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gather_block_quantized_reads_the_matmulnbits_bytes(bits, symmetric):
+    """The tied embedding: one packed initializer serves the lookup and the head."""
+    rng = np.random.default_rng(7)
+    v, h, block = 50, 64, 32
+    q = quantize(rng.standard_normal((v, h)).astype(np.float32), bits, block, symmetric)
+    ref = dequantize(q)
+    inits = [
+        numpy_helper.from_array(q.packed, "B"),
+        numpy_helper.from_array(q.scales[..., None], "S3"),
+    ]
+    ins = ["B", "ids", "S3"]
+    if q.zero_points is not None:
+        zp = unpack(q.zero_points, bits, q.packed.shape[1])[..., None]
+        inits.append(numpy_helper.from_array(zp, "Z3"))
+        ins.append("Z3")
+    node = helper.make_node(
+        "GatherBlockQuantized",
+        ins,
+        ["rows"],
+        domain="com.microsoft",
+        bits=bits,
+        block_size=block,
+        gather_axis=0,
+        quantize_axis=2,
+    )
+    ids_info = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])
+    out_info = helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)
+    ids = np.array([[0, 3, 49, 3]], np.int64)
+    (rows,) = _session([node], inits, [ids_info], [out_info]).run(None, {"ids": ids})
+    np.testing.assert_array_equal(rows.reshape(1, 4, h), ref[ids])
+
+
+def test_symmetric_search_never_loses_to_plain_rounding():
+    rng = np.random.default_rng(3)
+    w = rng.standard_t(3, size=(64, 256)).astype(np.float32)  # heavy tails, like real weights
+    plain = np.square(dequantize(quantize(w, 4, 32, True, search=False)) - w).sum()
+    searched = np.square(dequantize(quantize(w, 4, 32, True, search=True)) - w).sum()
+    assert searched < plain
+
+
+def test_all_zero_block_is_exact():
+    w = np.zeros((2, 64), np.float32)
+    w[1, 40] = 0.5
+    for symmetric in (True, False):
+        ref = dequantize(quantize(w, 4, 32, symmetric))
+        np.testing.assert_array_equal(ref, w)
