@@ -25,6 +25,9 @@ class Preset:
     # standard deviation of the random weights: tiny models get larger weights than the
     # usual 0.02 so that their logits have clear winners and greedy decoding is not a coin toss
     init_std: float = 0.02
+    # tiny LLM presets: Adam steps on the built-in corpus after the random init (see
+    # export.random._train); real shapes stay purely random
+    train_steps: int = 0
     generation: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,6 +82,7 @@ def _whisper(**kw: Any) -> dict[str, Any]:
     return {**base, **kw}
 
 
+TRAIN_STEPS = 60
 _TINY_LM = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -97,21 +101,21 @@ PRESETS: dict[str, Preset] = {
             "qwen",
             _qwen2(**_TINY_LM),
             "2-layer Qwen2 (q/k/v bias, GQA 4:2, tied embedding), 1024 tokens",
-            init_std=0.2,
+            train_steps=TRAIN_STEPS,
         ),
         Preset(
             "tiny-qwen3",
             "qwen",
             _qwen3(**{**_TINY_LM, "head_dim": 32, "attention_bias": False}),
             "2-layer Qwen3 with head_dim 32 != hidden/heads 16 (q/k norm, tied embedding)",
-            init_std=0.2,
+            train_steps=TRAIN_STEPS,
         ),
         Preset(
             "tiny-llama",
             "llama",
             _llama(**_TINY_LM, tie_word_embeddings=False),
             "2-layer Llama (untied head, GQA 4:2), 1024 tokens",
-            init_std=0.2,
+            train_steps=TRAIN_STEPS,
         ),
         Preset(
             "tiny-whisper",

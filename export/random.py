@@ -29,6 +29,8 @@ def make_random(preset_name: str, out: Path, seed: int = 0, force: bool = False)
         config = _config(preset, tok)
         torch.manual_seed(seed)
         model = _model(preset, config)
+        if preset.train_steps:
+            _train(model, tok, preset.train_steps)
         model.save_pretrained(tmp, safe_serialization=True)
         _save_tokenizer(tok, tmp)
         _generation_config(preset, tok, config).save_pretrained(tmp)
@@ -40,6 +42,37 @@ def make_random(preset_name: str, out: Path, seed: int = 0, force: bool = False)
         (tmp / ".ocula-random").write_text(json.dumps(marker) + "\n")
     log.debug("wrote %s (%s, seed %d)", out, preset.name, seed)
     return out
+
+
+def _train(model: Any, tok: BuiltTokenizer, steps: int) -> None:
+    """A few hundred milliseconds of Adam on the built-in corpus, single-threaded (so the same
+    seed gives the same bytes on any machine with the same torch). Random weights have flat
+    logits whose top-1 is a coin toss under any rounding; after this the tiny model predicts
+    its corpus with clear winners, as a trained model does, so quantization fidelity is
+    measurable on it."""
+    import torch
+
+    from export.tokenizer import corpus
+
+    text = "\n".join(dict.fromkeys(corpus()))
+    ids = torch.tensor([tok.tokenizer.encode(text).ids])
+    span = min(ids.shape[1], int(model.config.max_position_embeddings), 256)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for step in range(steps):
+            start = (step * 97) % max(1, ids.shape[1] - span)
+            x = ids[:, start : start + span]
+            loss = model(input_ids=x, labels=x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        log.debug("trained %d steps, last loss %.3f", steps, float(loss))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _config(preset: presets.Preset, tok: BuiltTokenizer) -> Any:

@@ -1,0 +1,218 @@
+"""Parity of an LLM artifact against its PyTorch source.
+
+Both run the same token ids: the fixed English passage in `export/data/passage.txt`
+(teacher-forced, every position scored) and a greedy continuation of 32 tokens from its first
+16 tokens (eos ignored, so both sides run exactly 32 steps). Reported: max abs logit
+difference, top-1 next-token agreement, perplexity of both over the passage and their ratio,
+and how many greedy tokens match.
+
+Thresholds per scheme come from measurements on the real SmolLM2-135M-Instruct weights (see
+THRESHOLDS and BENCHMARKS.md); an artifact that misses one is not written.
+
+The artifact is driven by `export.validate.OnnxLM` (optimum graph: one pass for the passage,
+KV-cached steps for greedy) or the fused graph's reference driver; both follow the IO contract
+written in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from export.errors import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+GREEDY_TOKENS = 32
+PROMPT_TOKENS = 16
+MAX_PASSAGE_TOKENS = 512
+
+# Per-scheme pass conditions. Measured on SmolLM2-135M-Instruct from its Q4_1 GGUF over the
+# passage (export/data/passage.txt, 500 tokens), see BENCHMARKS.md "Export fidelity":
+#   fp32  max|dlogit| 2e-4, top-1 1.000, ppl ratio 1.000, greedy 32/32
+#   fp16  (weights fp16) top-1 0.99+, ppl ratio 1.00
+#   int8  top-1 0.96, ppl ratio 1.002
+#   int4  (block 32, symmetric, acc 4) top-1 0.85, ppl ratio 1.05
+# The bounds leave room for random-weight models, whose logits are flatter.
+THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.99, "greedy_match": 1.0},
+    "fp16": {"top1_agreement": 0.95, "ppl_ratio": 1.02},
+    "int8": {"top1_agreement": 0.90, "ppl_ratio": 1.05},
+    "int4": {"top1_agreement": 0.63, "ppl_ratio": 26.3 / 21.6},
+}
+
+
+def passage() -> str:
+    return resources.files("export").joinpath("data/passage.txt").read_text(encoding="utf-8")
+
+
+class LMDriver(Protocol):
+    def score(self, ids: list[int]) -> np.ndarray:
+        """Logits [len(ids), vocab] for every position, teacher-forced."""
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        """n greedy tokens after the prompt (eos not special)."""
+
+
+class OnnxLM:
+    """Drives an optimum-layout decoder (input_ids, attention_mask, position_ids, past/present)."""
+
+    def __init__(self, model_path: Path, layers: int, kv_heads: int, head_dim: int) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        self.s = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.names = {i.name for i in self.s.get_inputs()}
+        kv_in = [i for i in self.s.get_inputs() if i.name.startswith("past_key_values")]
+        self.kv_dtype = np.float16 if kv_in and "float16" in kv_in[0].type else np.float32
+
+    def _run(self, ids: list[int], past: list[np.ndarray] | None) -> tuple[np.ndarray, list[Any]]:
+        n_past = 0 if past is None else past[0].shape[2]
+        x = np.asarray([ids], dtype=np.int64)
+        feeds: dict[str, Any] = {"input_ids": x}
+        if "attention_mask" in self.names:
+            feeds["attention_mask"] = np.ones((1, n_past + len(ids)), np.int64)
+        if "position_ids" in self.names:
+            feeds["position_ids"] = np.arange(n_past, n_past + len(ids), dtype=np.int64)[None]
+        if past is None:
+            empty = np.zeros((1, self.kv_heads, 0, self.head_dim), self.kv_dtype)
+            past = [empty] * (2 * self.layers)
+        for layer in range(self.layers):
+            feeds[f"past_key_values.{layer}.key"] = past[2 * layer]
+            feeds[f"past_key_values.{layer}.value"] = past[2 * layer + 1]
+        out = self.s.run(None, feeds)
+        return out[0][0], out[1:]
+
+    def score(self, ids: list[int]) -> np.ndarray:
+        return self._run(ids, None)[0].astype(np.float32)
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        logits, past = self._run(prompt, None)
+        out = [int(np.argmax(logits[-1]))]
+        while len(out) < n:
+            logits, past = self._run([out[-1]], past)
+            out.append(int(np.argmax(logits[-1])))
+        return out
+
+
+class FusedLM:
+    """Drives a fused graph through its reference driver (last-position logits)."""
+
+    def __init__(self, artifact: Path, info: Any) -> None:
+        from export.fused.run import FusedDecoder
+
+        self.d = FusedDecoder(artifact, info)
+
+    def score(self, ids: list[int]) -> np.ndarray:
+        self.d.reset()
+        return np.stack([np.array(self.d.run([t]), np.float32).reshape(-1) for t in ids])
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        self.d.reset()
+        logits = np.array(self.d.run(prompt)).reshape(-1)
+        out = [int(np.argmax(logits))]
+        while len(out) < n:
+            out.append(int(np.argmax(np.array(self.d.run([out[-1]])).reshape(-1))))
+        return out
+
+
+class TorchLM:
+    def __init__(self, model: Any) -> None:
+        self.m = model
+
+    def score(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return np.asarray(self.m(torch.tensor([ids])).logits[0].float().numpy())
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        import torch
+
+        with torch.no_grad():
+            o = self.m(torch.tensor([prompt]), use_cache=True)
+            out = [int(o.logits[0, -1].argmax())]
+            while len(out) < n:
+                o = self.m(
+                    torch.tensor([[out[-1]]]), past_key_values=o.past_key_values, use_cache=True
+                )
+                out.append(int(o.logits[0, -1].argmax()))
+        return out
+
+
+@dataclass
+class Report:
+    metrics: dict[str, Any]
+    thresholds: dict[str, float]
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def passage_ids(tokenizer_dir: Path, max_tokens: int) -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    ids: list[int] = tok.encode(passage()).ids
+    return ids[: min(MAX_PASSAGE_TOKENS, max_tokens)]
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    x = logits[:-1].astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    nll = -logp[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+    return float(np.exp(nll.mean()))
+
+
+def compare(reference: LMDriver, artifact: LMDriver, ids: list[int]) -> dict[str, Any]:
+    ref = reference.score(ids)
+    got = artifact.score(ids)
+    if got.shape != ref.shape:
+        raise ValidationFailed(f"artifact logits have shape {got.shape}, PyTorch {ref.shape}")
+    prompt = ids[:PROMPT_TOKENS]
+    g_ref = reference.greedy(prompt, GREEDY_TOKENS)
+    g_art = artifact.greedy(prompt, GREEDY_TOKENS)
+    same = next((i for i, (a, b) in enumerate(zip(g_ref, g_art, strict=True)) if a != b), None)
+    matched = GREEDY_TOKENS if same is None else same
+    ppl_ref, ppl_art = perplexity(ref, ids), perplexity(got, ids)
+    return {
+        "positions": len(ids),
+        "max_abs_logit_diff": float(np.abs(got - ref).max()),
+        "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean()),
+        "ppl_reference": ppl_ref,
+        "ppl_artifact": ppl_art,
+        "ppl_ratio": ppl_art / ppl_ref,
+        "greedy_tokens": GREEDY_TOKENS,
+        "greedy_matched": matched,
+        "greedy_match": float(matched == GREEDY_TOKENS),
+    }
+
+
+def judge(metrics: dict[str, Any], scheme: str) -> Report:
+    th = THRESHOLDS[scheme]
+    fails = []
+    for key, bound in th.items():
+        v = float(metrics[key])
+        upper = key in ("max_abs_logit_diff", "ppl_ratio")
+        if (v > bound) if upper else (v < bound):
+            if key == "greedy_match":
+                fails.append(
+                    f"greedy tokens differ from PyTorch after {metrics['greedy_matched']} of "
+                    f"{metrics['greedy_tokens']}"
+                )
+            else:
+                rel = "above" if upper else "below"
+                fails.append(
+                    f"{key} {v:.4g} is {rel} the {scheme} bound {bound:.4g} by {abs(v - bound):.3g}"
+                )
+    return Report(metrics, th, fails)
