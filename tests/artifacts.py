@@ -1,0 +1,126 @@
+"""Cached test artifacts shared by every test file: random-weight models and exported artifacts.
+
+    from tests.artifacts import hf_model, llm_artifact, asr_artifact
+    folder = hf_model("tiny-qwen3")                       # HF folder (config, safetensors, tokenizer)
+    art = llm_artifact("tiny-qwen2", quant="int4")         # artifact folder with manifest.json
+    art = llm_artifact("tiny-qwen3", graph="fused")
+    asr = asr_artifact("tiny-whisper", quant="int8")
+
+Each is built once and cached under `.cache/test-artifacts/` in the repository, keyed on the
+parameters and a hash of the exporter's source (`export/**.py`, `runtime/manifest.py`), so a
+change to the exporter rebuilds. Building happens under an fcntl lock per key (pytest-xdist
+workers wait for each other instead of building twice), into a temporary folder that is renamed
+into place, so a reader never sees half an artifact. Treat the returned folders as read-only:
+copy them (`shutil.copytree`) before modifying anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("OCULA_TEST_ARTIFACTS", ROOT / ".cache" / "test-artifacts"))
+
+
+@cache
+def source_hash() -> str:
+    """Hash of the code that produces artifacts: any change there invalidates the cache."""
+    h = hashlib.sha256()
+    files = sorted((ROOT / "export").rglob("*.py")) + sorted((ROOT / "export").rglob("*.txt"))
+    files.append(ROOT / "runtime" / "manifest.py")
+    for f in files:
+        if "__pycache__" in f.parts:
+            continue
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _locked(key: str) -> Iterator[None]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _cached(kind: str, params: dict[str, object], build: Callable[[Path], None]) -> Path:
+    blob = json.dumps(params, sort_keys=True)
+    key = f"{kind}-{'-'.join(str(v) for v in params.values())}-{source_hash()}-"
+    key += hashlib.sha256(blob.encode()).hexdigest()[:6]
+    final = CACHE / key
+    if final.is_dir():
+        return final
+    with _locked(key):
+        if final.is_dir():
+            return final
+        work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=CACHE))
+        try:
+            out = work / "out"
+            build(out)
+            os.replace(out, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def hf_model(preset: str, seed: int = 0) -> Path:
+    """A random-weight Hugging Face folder (`ocula export random --preset PRESET --seed SEED`)."""
+
+    def build(out: Path) -> None:
+        from export.random import make_random
+
+        make_random(preset, out, seed=seed)
+
+    return _cached("hf", {"preset": preset, "seed": seed}, build)
+
+
+def llm_artifact(
+    preset: str,
+    quant: str = "fp32",
+    graph: str = "optimum",
+    *,
+    block_size: int = 32,
+    max_length: int = 256,
+    seed: int = 0,
+) -> Path:
+    """An LLM artifact folder, exported from `hf_model(preset, seed)` and validated."""
+
+    def build(out: Path) -> None:
+        from export.llm import LlmOptions, export_llm
+
+        opts = LlmOptions(quant=quant, block_size=block_size, max_length=max_length, graph=graph)
+        export_llm(str(hf_model(preset, seed)), out, opts)
+
+    params = {
+        "preset": preset,
+        "quant": quant,
+        "graph": graph,
+        "block": block_size,
+        "max_length": max_length,
+        "seed": seed,
+    }
+    return _cached("llm", params, build)
+
+
+def asr_artifact(preset: str = "tiny-whisper", quant: str = "fp32", seed: int = 0) -> Path:
+    """An ASR artifact folder, exported from `hf_model(preset, seed)` and validated."""
+
+    def build(out: Path) -> None:
+        from export.asr import AsrOptions, export_asr
+
+        export_asr(str(hf_model(preset, seed)), out, AsrOptions(quant=quant))
+
+    return _cached("asr", {"preset": preset, "quant": quant, "seed": seed}, build)
