@@ -131,11 +131,13 @@ def build(target: Path, mirror: str) -> None:
     log.info("running %s", " ".join(cmd))
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+        lines = (done.stdout + done.stderr).strip().splitlines()
         logfile = target / "debootstrap" / "debootstrap.log"
         if logfile.is_file():
-            tail += "\n" + "\n".join(logfile.read_text(errors="replace").splitlines()[-8:])
-        raise Arm64Error(step, f"debootstrap from {mirror} exited {done.returncode}:\n{tail}")
+            lines += logfile.read_text(errors="replace").splitlines()[-4:]
+        errors = [x for x in lines if x.startswith("E:")] or lines[-6:]
+        why = "\n".join(dict.fromkeys(x.strip() for x in errors + lines[-2:]))
+        raise Arm64Error(step, f"debootstrap from {mirror} exited {done.returncode}:\n{why}")
     unpack_base(target)
     for name in CPU_LISTS:
         (target / name).parent.mkdir(parents=True, exist_ok=True)

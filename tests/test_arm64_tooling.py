@@ -1,0 +1,166 @@
+"""The aarch64 emulation tooling on the host: the mirror found in apt's configuration, missing
+tools named by their apt package, failed downloads leaving no cache a later run would trust.
+
+The device subset itself runs under qemu in `make arm64-test`; these tests need neither qemu nor
+debootstrap, except the one that drives a real debootstrap against a dead mirror.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arm64 import rootfs, wheels
+from arm64.cache import build_once, key_of
+from arm64.errors import Arm64Error
+
+ROOT = Path(__file__).resolve().parent.parent
+DEAD_MIRROR = "http://127.0.0.1:9/debian"  # the discard port: nothing listens, refused at once
+
+
+def write_apt(tmp_path: Path, files: dict[str, str]) -> Path:
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    for name, text in files.items():
+        (apt / name).write_text(text)
+    return apt
+
+
+def test_mirror_from_a_deb822_file_skips_disabled_security_and_unknown_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OCULA_DEBIAN_MIRROR", raising=False)
+    apt = write_apt(
+        tmp_path,
+        {
+            "sources.list.d/old.list.disabled-by-farm": "deb http://wrong.example/debian bookworm main\n",
+            "sources.list.d/debian.sources": (
+                "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+                "Types: deb\n# a comment\nURIs: http://sec.example/debian-security\n"
+                "Suites: bookworm-security\nComponents: main\n\n"
+                "Types: deb-src deb\nURIs: http://mirror.example/debian\n"
+                "Suites: bookworm bookworm-updates\nComponents: main\n"
+            ),
+        },
+    )
+    assert rootfs.debian_mirror(apt) == "http://mirror.example/debian"
+
+
+def test_mirror_from_a_one_line_sources_list_with_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OCULA_DEBIAN_MIRROR", raising=False)
+    apt = write_apt(
+        tmp_path,
+        {
+            "sources.list": (
+                "# deb http://commented.example/debian bookworm main\n"
+                "deb-src http://src.example/debian bookworm main\n"
+                "deb http://security.example/debian-security bookworm-security main\n"
+                "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian trixie main\n"
+            )
+        },
+    )
+    # No bookworm entry: the host's main archive serves bookworm too.
+    assert rootfs.debian_mirror(apt) == "http://one.example/debian"
+
+
+def test_this_machines_mirror_is_one_apt_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OCULA_DEBIAN_MIRROR", raising=False)
+    assert rootfs.debian_mirror() in [s.uri for s in rootfs.apt_sources()]
+
+
+def test_no_mirror_says_where_it_looked_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OCULA_DEBIAN_MIRROR", raising=False)
+    with pytest.raises(Arm64Error, match="OCULA_DEBIAN_MIRROR") as e:
+        rootfs.debian_mirror(write_apt(tmp_path, {}))
+    assert str(tmp_path / "apt") in str(e.value) and e.value.step == "find the Debian mirror"
+
+
+def test_missing_tools_are_named_with_their_apt_package(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    done = subprocess.run(
+        [sys.executable, "-m", "arm64", "--cache", str(tmp_path / "cache")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith("arm64: FAILED at step 'check the host tools'"), lines
+    assert "qemu-aarch64-static (apt-get install qemu-user-static)" in lines[-1]
+    assert "debootstrap (apt-get install debootstrap)" in lines[-1]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_failed_build_leaves_nothing_and_the_next_run_rebuilds(tmp_path: Path) -> None:
+    def broken(folder: Path) -> None:
+        (folder / "half.deb").write_bytes(b"\x00" * 100)
+        raise Arm64Error("download", "connection reset")
+
+    with pytest.raises(Arm64Error, match="connection reset"):
+        build_once(tmp_path, "rootfs", "k1", broken)
+    assert list(tmp_path.iterdir()) == []
+
+    built: list[Path] = []
+    folder, reused = build_once(tmp_path, "rootfs", "k1", built.append)
+    assert (folder.name, reused, len(built)) == ("rootfs-k1", False, 1)
+    assert build_once(tmp_path, "rootfs", "k1", built.append) == (folder, True)
+    # A leftover of a run that was killed is never read, and removed by the next build.
+    (tmp_path / ".tmp-rootfs-k2-dead").mkdir()
+    folder2, _ = build_once(tmp_path, "rootfs", "k2", built.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder2.name]
+
+
+def test_cache_keys_follow_the_inputs() -> None:
+    assert key_of({"a": 1, "b": [2]}) == key_of({"b": [2], "a": 1})
+    assert key_of({"pins": ["numpy==2.4.6"]}) != key_of({"pins": ["numpy==2.4.5"]})
+
+
+def test_a_failed_wheel_download_names_the_step_and_leaves_no_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pip with no index and an empty wheel folder: the download fails as it would offline.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-wheels"))
+    (tmp_path / "no-wheels").mkdir()
+    cache = tmp_path / "cache"
+    pins = wheels.pins()
+    with pytest.raises(Arm64Error, match="pip exited") as e:
+        build_once(cache, "site", "k", lambda t: wheels.install(t, pins))
+    assert e.value.step == "download the aarch64 wheels"
+    assert "numpy" in str(e.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_pins_are_the_host_versions_of_the_three_device_dependencies() -> None:
+    import numpy
+    import onnxruntime
+    import tokenizers
+
+    assert wheels.pins() == [
+        f"numpy=={numpy.__version__}",
+        f"onnxruntime=={onnxruntime.__version__}",
+        f"tokenizers=={tokenizers.__version__}",
+    ]
+
+
+def test_a_dead_mirror_fails_the_debootstrap_step_and_leaves_no_cache(tmp_path: Path) -> None:
+    if shutil.which("debootstrap") is None or os.geteuid() != 0:
+        pytest.skip(
+            "needs root and debootstrap (apt-get install debootstrap; `make arm64-test` installs it)"
+        )
+    cache = tmp_path / "cache"
+    with pytest.raises(Arm64Error, match=r"debootstrap from http://127\.0\.0\.1:9/debian") as e:
+        build_once(cache, "rootfs", "k", lambda t: rootfs.build(t, DEAD_MIRROR))
+    assert e.value.step == "debootstrap the arm64 root file system"
+    assert list(cache.iterdir()) == []
