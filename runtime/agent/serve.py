@@ -45,6 +45,10 @@ def start_agent(
     code = str(Path(__file__).resolve().parents[2])
     boot = BootInfo(slot=slot, trial=trial, boot_id=boot_id, code_path=code)
     agent = Agent(store, profile, key, boot)
+    staged, state = store.staged(), store.state()
+    active = store.slot_manifest(state.active) if state.active else None
+    if staged and active and staged.digest == active.digest and state.trial is None:
+        store.clear_staging()  # a confirm cut short before it cleaned up
     if trial:
         boot.health = check_slot(store, slot, inference)
         if not boot.health["ok"]:
