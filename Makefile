@@ -49,7 +49,16 @@ sysdeps:
 demo: $(STAMP) sysdeps
 	$(BIN)/ocula demo
 
-test: $(STAMP) sysdeps
+# labgrid (for labgrid places as PORTs) in its own venv; see hil/labgrid_place.py
+LABGRID_STAMP := .venv-labgrid/.installed
+$(LABGRID_STAMP): pyproject.toml
+	@test -x .venv-labgrid/bin/python || $(PYTHON) -m venv .venv-labgrid
+	.venv-labgrid/bin/python -m pip install -q 'labgrid>=24'
+	@touch $@
+
+labgrid-venv: $(LABGRID_STAMP)
+
+test: $(STAMP) sysdeps $(LABGRID_STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 	# the HIL suites against a simulated board (a short soak; `make hil-soak` runs a long one)
 	$(BIN)/python -m pytest hil/suites --board sim://sim --hil-soak-minutes 0.1 -p no:cacheprovider -q
@@ -85,4 +94,4 @@ clean:
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out
 
 distclean: clean
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .venv-labgrid .cache

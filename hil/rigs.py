@@ -51,6 +51,7 @@ class BoardUnderTest:
         self.evidence = Evidence()
         self.evidence.files["serial log"] = str(self.console.path)
         self.sim: Any = None
+        self.place: Any = None
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme == "sim":
             from hil.sim import SimBoard
@@ -63,6 +64,12 @@ class BoardUnderTest:
             ).start()
             self.port_path = self.sim.port
             self.profile = profiles.find(self.sim.profile)
+        elif parsed.scheme == "labgrid":
+            from hil.labgrid_place import LabgridPlace
+
+            self.place = LabgridPlace(url)
+            self.port_path = self.place.acquire()
+            self.profile = profiles.find(profile or "rpi5")
         else:
             if "://" not in url and not Path(url).exists():
                 raise PortError(
@@ -74,9 +81,9 @@ class BoardUnderTest:
         self.client = LinkClient(self._open, name=url, timeout=timeout)
 
     def _open(self) -> Any:
-        from hil.transport import open_port
+        from hil.ports import open_serial
 
-        return self.console.tap(open_port(self.port_path))
+        return self.console.tap(open_serial(self.port_path, 921600))
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -147,6 +154,8 @@ class BoardUnderTest:
             self.client.close()
         if self.sim is not None:
             self.sim.stop()
+        if self.place is not None:
+            self.place.release()
         self.console.close()
 
 
