@@ -158,7 +158,7 @@ def load_llm(src: Source, work: Path) -> tuple[Any, Path]:
         if src.kind == "gguf":
             assert src.path is not None
             model = AutoModelForCausalLM.from_pretrained(
-                str(src.path.parent), gguf_file=src.path.name, torch_dtype=torch.float32
+                str(src.path.parent), gguf_file=src.path.name, dtype=torch.float32
             )
             tok = AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
             folder = work / "hf"
@@ -168,7 +168,7 @@ def load_llm(src: Source, work: Path) -> tuple[Any, Path]:
                 model.generation_config.save_pretrained(folder)
         else:
             where = str(src.path) if src.path else src.spec
-            model = AutoModelForCausalLM.from_pretrained(where, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
             folder = src.path if src.path else Path(_snapshot(src.spec))
     except ExportError:
         raise

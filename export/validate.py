@@ -198,8 +198,10 @@ def compare(reference: LMDriver, artifact: LMDriver, ids: list[int]) -> dict[str
     }
 
 
-def judge(metrics: dict[str, Any], scheme: str) -> Report:
-    th = THRESHOLDS[scheme]
+def judge(
+    metrics: dict[str, Any], scheme: str, table: dict[str, dict[str, float]] | None = None
+) -> Report:
+    th = (table or THRESHOLDS)[scheme]
     fails = []
     for key, bound in th.items():
         v = float(metrics[key])

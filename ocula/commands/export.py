@@ -52,12 +52,119 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
-    """`export llm` and `export asr`: added once the pipeline module exists."""
-    if importlib.util.find_spec("export.pipeline") is None:
-        return
-    from export import pipeline
+    llm = cmds.add_parser(
+        "llm",
+        parents=[common],
+        help="export a decoder-only LLM (Qwen2, Qwen3, Llama) to a validated artifact",
+        description="SOURCE is a Hugging Face folder, a .gguf file, or a hub id (online only). "
+        "Weight-only MatMulNBits quantization; validation against PyTorch is on by default.",
+    )
+    llm.add_argument("source", metavar="SOURCE")
+    llm.add_argument("--out", required=True, type=Path, metavar="DIR")
+    llm.add_argument("--quant", default="int4", help=f"{' | '.join(QUANTS_LLM)} (default int4)")
+    llm.add_argument("--block-size", type=int, default=32, help="int4/int8 block: 32 | 64 | 128")
+    llm.add_argument("--asymmetric", action="store_true", help="int4/int8 with zero points")
+    llm.add_argument(
+        "--accuracy-level",
+        type=int,
+        default=4,
+        help="MatMulNBits compute: 4 = int8 (CPU), 0 = fp32",
+    )
+    llm.add_argument(
+        "--max-length", type=int, default=2048, help="tokens of context (default 2048)"
+    )
+    llm.add_argument("--graph", default=_default_graph(), help="fused | optimum")
+    _common_model_args(llm)
+    llm.set_defaults(func=_llm)
 
-    pipeline.register_cli(cmds, common, _reporter)
+    asr = cmds.add_parser(
+        "asr",
+        parents=[common],
+        help="export a Whisper-family ASR model to a validated artifact",
+        description="Encoder, decoder with self-attention KV cache, cross-attention K/V once "
+        "per utterance; feature-extraction constants in the manifest.",
+    )
+    asr.add_argument("source", metavar="SOURCE")
+    asr.add_argument("--out", required=True, type=Path, metavar="DIR")
+    asr.add_argument("--quant", default="int8", help=f"{' | '.join(QUANTS_ASR)} (default int8)")
+    _common_model_args(asr)
+    asr.set_defaults(func=_asr)
+
+
+def _default_graph() -> str:
+    return "optimum"
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", metavar="PROFILE", help="check the fit to a board's budget")
+    p.add_argument("--no-validate", action="store_true", help="skip the parity check (not advised)")
+    p.add_argument("--force", action="store_true", help="replace DIR even if it is not an artifact")
+
+
+def _llm(args: argparse.Namespace) -> int:
+    from export.llm import LlmOptions, export_llm
+    from export.steps import Steps
+
+    opts = LlmOptions(
+        quant=args.quant,
+        block_size=args.block_size,
+        symmetric=not args.asymmetric,
+        accuracy_level=args.accuracy_level,
+        max_length=args.max_length,
+        graph=args.graph,
+        validate=not args.no_validate,
+        board=args.board,
+        force=args.force,
+    )
+    steps = Steps(_reporter(args.quiet > 0))
+    t0 = time.perf_counter()
+    m = export_llm(args.source, args.out, opts, steps)
+    _done(args.out, m, steps, time.perf_counter() - t0)
+    return 0
+
+
+def _asr(args: argparse.Namespace) -> int:
+    from export.asr import AsrOptions, export_asr
+    from export.steps import Steps
+
+    opts = AsrOptions(
+        quant=args.quant, validate=not args.no_validate, board=args.board, force=args.force
+    )
+    steps = Steps(_reporter(args.quiet > 0))
+    t0 = time.perf_counter()
+    m = export_asr(args.source, args.out, opts, steps)
+    _done(args.out, m, steps, time.perf_counter() - t0)
+    return 0
+
+
+def _done(out: Path, m: Any, steps: Any, total: float) -> None:
+    mb = m.total_bytes / (1 << 20)
+    quant = ", ".join(
+        f"{role}: {g.quantization.scheme} {g.quantization.ops or ''}".rstrip()
+        for role, g in m.graphs.items()
+    )
+    print(f"wrote {out}: {m.kind} {m.name}, {mb:.1f} MB, {len(m.files)} files")
+    print(f"  quantization  {quant}")
+    if m.validation is not None:
+        x = m.validation.metrics
+        print(
+            f"  validation    {'passed' if m.validation.passed else 'FAILED'}: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in x.items() if k != "failures")
+        )
+    else:
+        print("  validation    skipped (--no-validate)")
+    if "board_fit" in m.extra:
+        f = m.extra["board_fit"]
+        print(
+            f"  board {f['board']}   artifact {f['artifact_mb']}/{f['max_artifact_mb']} MB, "
+            f"memory {f['rss_mb']}/{f['max_rss_mb']} MB"
+        )
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in steps.timings.items())
+    print(f"  timings       {times}; total {total:.1f} s")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _register_packaged(cmds: Any, common: argparse.ArgumentParser) -> None:

@@ -1,0 +1,382 @@
+"""`export_asr`: a Whisper-family model -> a validated ASR artifact folder.
+
+    source -> load (PyTorch fp32) -> encoder.onnx (+ cross K/V) and decoder.onnx (self-attn KV)
+           -> weights -> mel_filters.npy + tokenizer files -> validate vs PyTorch -> manifest
+
+Quantization "pays" differently per graph (measured on the whisper-tiny shape): dynamic int8
+(MatMulInteger) speeds the encoder's large batched MatMuls up 1.2-1.4x, while the one-token
+decoder got slower with it (3.4 -> 5.8 ms per token), because quantizing the activations of a
+single row costs more than it saves. So `int8` means: encoder dynamic int8, decoder weight-only
+8-bit MatMulNBits with the tied embedding stored once (activations stay float). The manifest
+records per graph the operators that really are quantized, counted in the saved graph.
+
+The manifest also carries everything the runtime needs to compute features and prompts
+without transformers: sample rate, n_fft, hop, mel bins, the mel filter bank as a .npy file,
+and the special, language and task token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import asr_graphs, budget, graphquant, source, validate
+from export.errors import ExportError, ExportUsageError, ValidationFailed
+from export.output import atomic_dir, check_target
+from export.steps import Steps
+from runtime.manifest import (
+    AsrInfo,
+    Graph,
+    Manifest,
+    Quantization,
+    Source,
+    TokenizerInfo,
+    Validation,
+    file_entry,
+)
+
+log = logging.getLogger(__name__)
+
+QUANTS = ("int8", "fp16", "fp32")
+GREEDY_TOKENS = 32
+# Measured on tiny-whisper and the whisper-tiny/base shapes (random weights, see
+# BENCHMARKS.md "ASR export"); fp32 must reproduce PyTorch's greedy tokens exactly.
+THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.99, "greedy_match": 1.0},
+    "fp16": {"top1_agreement": 0.95},
+    "int8": {"top1_agreement": 0.85},
+}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+)
+
+
+@dataclass
+class AsrOptions:
+    quant: str = "int8"
+    validate: bool = True
+    board: str | None = None
+    force: bool = False
+
+    def check(self) -> None:
+        if self.quant not in QUANTS:
+            raise ExportUsageError(
+                f"--quant {self.quant}: not available for ASR; choose one of {', '.join(QUANTS)}"
+            )
+
+
+def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = None) -> Manifest:
+    steps = steps or Steps()
+    opts.check()
+    profile = None
+    if opts.board:
+        from board import profiles
+
+        profile = profiles.find(opts.board)
+    check_target(out, opts.force)
+    src = source.resolve(spec, "asr")
+    work = Path(tempfile.mkdtemp(prefix=".ocula-work-", dir=out.resolve().parent))
+    try:
+        with atomic_dir(out, opts.force) as tmp:
+            with steps.run("load"):
+                model, fe, hf_dir = _load(src)
+            n_mels, frames = int(fe.feature_size), int(fe.nb_max_frames)
+            with steps.run("export (encoder + decoder)"):
+                asr_graphs.export(
+                    model, str(work / "encoder.onnx"), str(work / "decoder.onnx"), n_mels, frames
+                )
+            with steps.run(f"weights ({opts.quant})"):
+                graphs, files = _weights(work, tmp, opts.quant)
+            for role, g in graphs.items():
+                q = g.quantization
+                steps.note(
+                    f"{role}: quantized {q.ops or 'none'}, float MatMul {q.float_ops or 'none'}"
+                )
+            np.save(tmp / "mel_filters.npy", np.asarray(fe.mel_filters, np.float32).T.copy())
+            tok_files = _copy(hf_dir, tmp)
+            m = _manifest(src, tmp, model, fe, graphs, files, tok_files, hf_dir)
+            if opts.validate:
+                with steps.run("validate"):
+                    m.validation = _validate(model, fe, tmp, m, opts.quant)
+                x = m.validation.metrics
+                steps.note(
+                    f"validation {'passed' if m.validation.passed else 'FAILED'}: "
+                    f"cross K/V max diff {x['cross_kv_max_abs_diff']:.3g}, "
+                    f"max|dlogit| {x['max_abs_logit_diff']:.3g}, top-1 {x['top1_agreement']:.3f}, "
+                    f"greedy {x['greedy_matched']}/{x['greedy_tokens']}"
+                )
+                if not m.validation.passed:
+                    raise ValidationFailed(
+                        f"{spec}: the {opts.quant} ASR artifact fails validation "
+                        f"({'; '.join(x['failures'])}); nothing was written; try --quant fp32"
+                    )
+            if profile is not None:
+                m.extra["board_fit"] = budget.check(m, profile).as_dict()
+            m.extra["timings_s"] = {k: round(v, 2) for k, v in steps.timings.items()}
+            m.write(tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return m
+
+
+def _load(src: source.Source) -> tuple[Any, Any, Path]:
+    import torch
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    if src.kind == "gguf":
+        raise ExportError(f"{src.spec}: GGUF is supported for LLMs only; give a Whisper folder")
+    where = str(src.path) if src.path else src.spec
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(where, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ExportError(f"{src.spec}: cannot load the model: {source._first_line(e)}") from e
+    hf_dir = src.path if src.path else Path(source._snapshot(src.spec))
+    if (hf_dir / "preprocessor_config.json").is_file():
+        fe = WhisperFeatureExtractor.from_pretrained(str(hf_dir))
+    else:
+        fe = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+    if fe.feature_size != model.config.num_mel_bins:
+        raise ExportError(
+            f"{src.spec}: preprocessor_config.json has {fe.feature_size} mel bins, the model "
+            f"{model.config.num_mel_bins}"
+        )
+    return model.eval(), fe, hf_dir
+
+
+def _weights(work: Path, tmp: Path, quant: str) -> tuple[dict[str, Graph], list[str]]:
+    graphs: dict[str, Graph] = {}
+    files: list[str] = []
+    for role in ("encoder", "decoder"):
+        g = graphquant.load(work / f"{role}.onnx")
+        tied = role == "decoder"
+        q = Quantization(scheme=quant)
+        if quant == "int8" and role == "encoder":
+            g = _dynamic_int8(g, work)
+            q.bits = 8
+        elif quant == "int8":
+            g = graphquant.quantize(g, 8, 32, True, 4, tied)
+            q.bits, q.block_size, q.symmetric, q.accuracy_level = 8, 32, True, 4
+        else:
+            pair = graphquant.find_tied(g, tied)
+            if pair:
+                graphquant.tie_float(g, *pair)
+            if quant == "fp16":
+                graphquant.to_fp16_storage(g)
+                q.weights_dtype = "float16"
+        q.ops, q.float_ops = graphquant.count_ops(g)
+        saved = graphquant.save(g, tmp / f"{role}.onnx")
+        files += saved
+        graphs[role] = Graph(
+            file=f"{role}.onnx",
+            inputs=[i.name for i in g.graph.input],
+            outputs=[o.name for o in g.graph.output],
+            quantization=q,
+            external_data=saved[1:],
+        )
+    return graphs, files
+
+
+def _dynamic_int8(g: Any, work: Path) -> Any:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = work / "enc-f32.onnx", work / "enc-int8.onnx"
+    onnx.save_model(g, str(src))
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul"],
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+    )
+    return graphquant.load(dst)
+
+
+def _copy(hf_dir: Path, tmp: Path) -> list[str]:
+    files = []
+    for name in TOKENIZER_FILES:
+        if (hf_dir / name).is_file():
+            shutil.copy2(hf_dir / name, tmp / name)
+            files.append(name)
+    if "tokenizer.json" not in files:
+        raise ExportError(f"{hf_dir}: no tokenizer.json; the runtime needs a fast tokenizer file")
+    return files
+
+
+def _token_ids(tmp: Path) -> dict[str, int]:
+    tj = json.loads((tmp / "tokenizer.json").read_text())
+    return {t["content"]: int(t["id"]) for t in tj.get("added_tokens", [])}
+
+
+def _manifest(
+    src: source.Source,
+    tmp: Path,
+    model: Any,
+    fe: Any,
+    graphs: dict[str, Graph],
+    files: list[str],
+    tok_files: list[str],
+    hf_dir: Path,
+) -> Manifest:
+    from importlib.metadata import version
+
+    c = model.config
+    gen = model.generation_config
+    ids = _token_ids(tmp)
+    lang = {k.strip("<|>"): int(v) for k, v in (getattr(gen, "lang_to_id", None) or {}).items()}
+    tasks = getattr(gen, "task_to_id", None) or {}
+    nospeech = ids.get("<|nospeech|>", ids.get("<|nocaptions|>"))
+    forced = getattr(gen, "forced_decoder_ids", None) or []
+    asr = AsrInfo(
+        architecture="whisper",
+        encoder_layers=int(c.encoder_layers),
+        decoder_layers=int(c.decoder_layers),
+        encoder_heads=int(c.encoder_attention_heads),
+        decoder_heads=int(c.decoder_attention_heads),
+        d_model=int(c.d_model),
+        head_dim=int(c.d_model) // int(c.decoder_attention_heads),
+        vocab_size=int(c.vocab_size),
+        n_mels=int(fe.feature_size),
+        sample_rate=int(fe.sampling_rate),
+        n_fft=int(fe.n_fft),
+        hop_length=int(fe.hop_length),
+        chunk_length_s=int(fe.chunk_length),
+        n_samples=int(fe.n_samples),
+        n_frames=int(fe.nb_max_frames),
+        mel_filters="mel_filters.npy",
+        max_target_positions=int(c.max_target_positions),
+        decoder_start_token_id=int(c.decoder_start_token_id),
+        eos_token_id=int(c.eos_token_id),
+        pad_token_id=int(c.pad_token_id) if c.pad_token_id is not None else None,
+        sot_token_id=int(c.decoder_start_token_id),
+        transcribe_token_id=tasks.get("transcribe"),
+        translate_token_id=tasks.get("translate"),
+        no_timestamps_token_id=getattr(gen, "no_timestamps_token_id", None),
+        no_speech_token_id=nospeech,
+        language_token_ids=lang,
+        suppress_tokens=list(getattr(gen, "suppress_tokens", None) or []),
+        begin_suppress_tokens=list(getattr(gen, "begin_suppress_tokens", None) or []),
+        decoder_layout="cross-kv-from-encoder",
+        forced_decoder_ids=[list(x) for x in forced],
+        extra={
+            "features": "log-mel: reflect-padded STFT (hann, n_fft, hop), power, mel_filters @ "
+            "power, log10(max(x, 1e-10)), max(x, x.max() - 8), (x + 4) / 4, padded or cut to "
+            "n_samples",
+            "mel_filters_shape": [int(fe.feature_size), int(fe.n_fft) // 2 + 1],
+            "past": "past.{layer}.{kind}",
+            "present": "present.{layer}.{kind}",
+            "cross": "cross.{layer}.{kind}",
+            "kv_shape": [
+                "batch",
+                int(c.decoder_attention_heads),
+                "past",
+                int(c.d_model) // int(c.decoder_attention_heads),
+            ],
+        },
+    )
+    entries = [file_entry(tmp, f, "model" if f.endswith(".onnx") else "weights") for f in files]
+    entries.append(file_entry(tmp, "mel_filters.npy", "mel_filters"))
+    entries += [file_entry(tmp, f, "tokenizer") for f in tok_files]
+    special = {k: v for k, v in _token_ids(tmp).items()}
+    return Manifest(
+        kind="asr",
+        name=src.path.resolve().name if src.path else src.spec,
+        source=Source(id=src.spec, format=src.kind, revision=src.revision),
+        files=entries,
+        graphs=graphs,
+        tokenizer=TokenizerInfo(files=tok_files, special_tokens=special),
+        asr=asr,
+        created_by=f"ocula {version('ocula')}",
+    )
+
+
+def test_audio(sample_rate: int, seconds: float = 3.0) -> np.ndarray:
+    """A fixed, speech-like test signal: gliding harmonics with syllable-rate bursts and noise."""
+    rng = np.random.default_rng(1234)
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    f0 = 140 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2
+    return (0.1 * voice * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _validate(model: Any, fe: Any, tmp: Path, m: Manifest, quant: str) -> Validation:
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    assert m.asr is not None
+    a = m.asr
+    t0 = time.perf_counter()
+    audio = test_audio(a.sample_rate)
+    feats = fe(audio, sampling_rate=a.sample_rate, return_tensors="np").input_features
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    enc = ort.InferenceSession(str(tmp / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(tmp / "decoder.onnx"), so, providers=["CPUExecutionProvider"])
+    cross_names, past_names, _ = asr_graphs.names(a.decoder_layers)
+    ck = enc.run(None, {"input_features": feats})
+    x = torch.from_numpy(feats)
+    with torch.no_grad():
+        ref_ck = [t.numpy() for t in asr_graphs.CrossKV(model)(x)]
+    cross_diff = max(float(np.abs(p - q).max()) for p, q in zip(ck, ref_ck, strict=True))
+    prompt = [a.sot_token_id]
+    if "en" in a.language_token_ids:
+        prompt.append(a.language_token_ids["en"])
+    prompt += [t for t in (a.transcribe_token_id, a.no_timestamps_token_id) if t is not None]
+    n = min(GREEDY_TOKENS, a.max_target_positions - len(prompt))
+    with torch.no_grad():
+        enc_out = model.model.encoder(x)
+        seq = list(prompt)
+        for _ in range(n):
+            lg = model(encoder_outputs=enc_out, decoder_input_ids=torch.tensor([seq])).logits
+            seq.append(int(lg[0, -1].argmax()))
+        ref = (
+            model(encoder_outputs=enc_out, decoder_input_ids=torch.tensor([seq])).logits[0].numpy()
+        )
+    hd = a.d_model // a.decoder_heads
+    empty = {p: np.zeros((1, a.decoder_heads, 0, hd), np.float32) for p in past_names}
+    cross = dict(zip(cross_names, ck, strict=True))
+    got = dec.run(None, {"input_ids": np.array([seq], np.int64), **cross, **empty})[0][0]
+    out = dec.run(None, {"input_ids": np.array([prompt], np.int64), **cross, **empty})
+    greedy = [int(out[0][0, -1].argmax())]
+    while len(greedy) < n:
+        past = dict(zip(past_names, out[1:], strict=True))
+        out = dec.run(None, {"input_ids": np.array([[greedy[-1]]], np.int64), **cross, **past})
+        greedy.append(int(out[0][0, -1].argmax()))
+    ref_greedy = seq[len(prompt) :]
+    diff = next((i for i, (p, q) in enumerate(zip(ref_greedy, greedy, strict=True)) if p != q), n)
+    positions = slice(len(prompt) - 1, None)
+    metrics: dict[str, Any] = {
+        "audio": "export.asr.test_audio (3 s synthetic voice)",
+        "cross_kv_max_abs_diff": cross_diff,
+        "positions": len(seq) - len(prompt) + 1,
+        "max_abs_logit_diff": float(np.abs(got - ref).max()),
+        "top1_agreement": float((got[positions].argmax(-1) == ref[positions].argmax(-1)).mean()),
+        "greedy_tokens": n,
+        "greedy_matched": diff,
+        "greedy_match": float(diff == n),
+    }
+    report = validate.judge(metrics, quant, THRESHOLDS)
+    metrics["failures"] = report.failures
+    return Validation(
+        passed=report.passed,
+        reference=f"transformers {transformers.__version__}, torch {torch.__version__}, float32",
+        metrics=metrics,
+        thresholds=report.thresholds,
+        driver="export.asr (onnxruntime, KV-cached greedy)",
+        seconds=round(time.perf_counter() - t0, 2),
+    )
