@@ -12,7 +12,6 @@ exactly what export wrote (no optimized-graph cache of the host's beside them).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import random
@@ -105,15 +104,50 @@ def vad(work: Path, expect: dict[str, Any]) -> None:
     }
 
 
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+LLM_PRESET = "tiny-qwen2"
+LLM_VARIANTS = [("int4", "fused"), ("int8", "fused"), ("int4", "optimum"), ("int8", "optimum")]
+LLM_PROMPT = "Translate to French: the kitchen lights are on."
+LLM_NEW_TOKENS = 24
+# Greedy for every variant. Seeded sampling (numpy's PCG64 draws the same numbers everywhere)
+# makes each token depend on the whole softmax, not just the argmax: asserted for int8 only,
+# whose logits agree with x86_64 to ~1e-6. int4 weights run through other MatMulNBits kernels on
+# aarch64 (logits differ by ~0.04 on tiny-qwen2), enough to move a draw at temperature 1.
+LLM_SAMPLING: dict[str, dict[str, Any]] = {
+    "greedy": {},
+    "sampled": {"temperature": 1.0, "seed": 1234},
+}
+SAMPLED_QUANTS = ("int8",)
+
+
+def llm(work: Path, expect: dict[str, Any]) -> None:
+    from runtime.engine.llm import GenerationConfig, Llm, SamplingParams
+    from tests.artifacts import llm_artifact
+
+    expect["llm"] = {}
+    for quant, graph in LLM_VARIANTS:
+        name = f"llm-{LLM_PRESET}-{quant}-{graph}"
+        shutil.copytree(llm_artifact(LLM_PRESET, quant=quant, graph=graph), work / name)
+        _record_artifact(work, name, expect)
+        model = Llm.from_artifact(_host_copy(work, name))
+        runs = {}
+        for mode, sampling in LLM_SAMPLING.items():
+            if mode == "sampled" and quant not in SAMPLED_QUANTS:
+                continue
+            config = GenerationConfig(LLM_NEW_TOKENS, SamplingParams(**sampling))
+            gen = model.start(LLM_PROMPT, config)
+            text = "".join(gen)
+            runs[mode] = {"sampling": sampling, "tokens": gen.tokens, "text": text}
+        expect["llm"][name] = {
+            "prompt": LLM_PROMPT,
+            "prompt_ids": gen.prompt_ids,
+            "max_new_tokens": LLM_NEW_TOKENS,
+            "runs": runs,
+        }
 
 
 CHECKS: list[tuple[str, Check]] = [
     ("link frames", link),
     ("board profiles", profiles),
     ("VAD artifact and segments", vad),
+    (f"{LLM_PRESET} int4/int8 artifacts and greedy tokens", llm),
 ]
