@@ -58,6 +58,7 @@ class FileCamera:
         else:
             raise DeviceError(f"camera {self.path}: no such file or folder")
         self._i = 0
+        self._cache: dict[Path, tuple[object, U8]] = {}
 
     def capture(self, now: float) -> U8 | None:
         for _ in range(len(self._files)):
@@ -70,7 +71,7 @@ class FileCamera:
             if not self.path.exists():
                 raise DeviceLost(f"camera {self.path} disappeared")
             try:
-                frame = read_image(f)
+                frame = self._decode(f)
             except ImageError as exc:
                 if not f.exists():
                     raise DeviceLost(f"camera {self.path}: {f.name} disappeared") from exc
@@ -82,6 +83,19 @@ class FileCamera:
         raise DeviceError(
             f"camera {self.path}: none of its {len(self._files)} file(s) is a readable image"
         )
+
+    def _decode(self, f: Path) -> U8:
+        """Decoded once per file version (a looping folder re-reads the same images)."""
+        st = f.stat() if f.exists() else None
+        key = (st.st_mtime_ns, st.st_size) if st else None
+        hit = self._cache.get(f)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        frame = read_image(f)
+        frame.setflags(write=False)  # shared by every capture of this file
+        if len(self._cache) < 32:
+            self._cache[f] = (key, frame)
+        return frame
 
     def close(self) -> None:
         pass

@@ -5,7 +5,7 @@ rectangle (x0, y0, x1, y1) that changed since the last call (None: nothing chang
 backend may skip work). The colour of a monochrome panel (green on the glasses) is the
 backend's business, not the renderer's. Backends:
 - `VirtualDisplay`: writes each changed frame as a PNG (`frame_00012.png`, tinted in the
-  panel's colour), an index `frames.json` (file, time), and on `close()` an animated PNG
+  panel's colour; encoded on a writer thread, off the real-time loop), an index `frames.json` (file, time), and on `close()` an animated PNG
   `preview.png` sampled at `preview_fps` and downscaled (a browser plays it);
 - `FramebufferDisplay` (`runtime.io.fbdev`): /dev/fbN with dirty-rectangle writes.
 `open_display(spec)`: "fb:/dev/fb0" or a folder path for the virtual display.
@@ -17,6 +17,8 @@ import itertools
 import json
 import logging
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -87,6 +89,21 @@ class VirtualDisplay:
         self.index: list[dict[str, object]] = []
         self._preview: list[tuple[float, U8]] = []
         self._t_first: float | None = None
+        # PNG encoding is the host's recording cost, not the panel's: a writer thread does it,
+        # so the real-time loop only copies the frame (as it would blit to a panel)
+        self._queue: queue.Queue[tuple[str, U8] | None] = queue.Queue()
+        self._writer = threading.Thread(
+            target=self._write_loop, name="ocula-display-writer", daemon=True
+        )
+        self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            name, frame = item
+            (self.dir / name).write_bytes(encode_png(tint(frame, self.colour), level=1))
 
     def _quantize(self, frame: U8) -> U8:
         if self.levels >= 256:
@@ -120,6 +137,9 @@ class VirtualDisplay:
             )
 
     def close(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
         (self.dir / "frames.json").write_text(
             json.dumps({"frames": self.index, "shown": self.shown}, indent=1)
         )

@@ -140,41 +140,41 @@ def decode_png(data: bytes, where: str = "<png>") -> U8:
 def _unfilter(rows: U8, bpp: int) -> U8:
     h, n = rows.shape[0], rows.shape[1] - 1
     out = np.zeros((h, n), dtype=np.uint8)
-    prev = np.zeros(n, dtype=np.int32)
+    prev = np.zeros(n, dtype=np.uint8)
     for y in range(h):
         f = int(rows[y, 0])
-        line = rows[y, 1:].astype(np.int32)
+        line = rows[y, 1:]
         if f == 0:
             cur = line
+        elif f == 1:  # Sub: a running sum per channel, vectorized
+            cur = (
+                np.cumsum(line.reshape(-1, bpp).astype(np.uint32), axis=0)
+                .astype(np.uint8)
+                .reshape(-1)
+            )
         elif f == 2:
-            cur = (line + prev) & 0xFF
-        elif f in (1, 3, 4):
+            cur = line + prev  # uint8 arithmetic wraps mod 256
+        elif f in (3, 4):
             cur = _unfilter_seq(line, prev, bpp, f)
         else:
             raise ImageError(f"corrupt PNG: unknown row filter {f}")
         out[y] = cur
-        prev = cur
+        prev = out[y]
     return out
 
 
-def _unfilter_seq(
-    line: npt.NDArray[np.int32], prev: npt.NDArray[np.int32], bpp: int, f: int
-) -> npt.NDArray[np.int32]:
-    """Sub, Average and Paeth depend on the pixel to the left: done per pixel column group."""
-    cur = line.copy()
-    n = len(line)
-    for x in range(0, n, bpp):
-        a = cur[x - bpp : x] if x >= bpp else np.zeros(min(bpp, n - x), dtype=np.int32)
-        seg = slice(x, min(n, x + bpp))
-        b = prev[seg]
-        if f == 1:
-            cur[seg] = (line[seg] + a) & 0xFF
-        elif f == 3:
-            cur[seg] = (line[seg] + (a + b) // 2) & 0xFF
-        else:
-            c = prev[x - bpp : x] if x >= bpp else np.zeros_like(a)
-            p = a + b - c
-            pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-            pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-            cur[seg] = (line[seg] + pred) & 0xFF
-    return cur
+def _unfilter_seq(line: U8, prev: U8, bpp: int, f: int) -> U8:
+    """Average and Paeth depend on the byte to the left: a byte loop on Python ints."""
+    raw, up = line.tolist(), prev.tolist()
+    cur = [0] * len(raw)
+    for i, x in enumerate(raw):
+        a = cur[i - bpp] if i >= bpp else 0
+        b = up[i]
+        if f == 3:
+            cur[i] = (x + ((a + b) >> 1)) & 0xFF
+            continue
+        c = up[i - bpp] if i >= bpp else 0
+        p = a + b - c
+        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+        cur[i] = (x + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+    return np.array(cur, dtype=np.uint8)

@@ -65,6 +65,7 @@ class CaptionScreen:
         self.rows = max(1, (height - 2 * margin) // atlas.line_height)
         self.paras: list[_Para] = []
         self.partial = ""
+        self.partial_stable = 0
         self._wrap_cache: dict[str, list[str]] = {}
         self._top = 0
         self._top_since: float | None = None
@@ -77,7 +78,7 @@ class CaptionScreen:
     def commit(self, text: str, level: int = FINAL) -> None:
         """A new finished paragraph; the partial line is cleared."""
         self.paras.append(_Para(text, level))
-        self.partial = ""
+        self.partial, self.partial_stable = "", 0
         self._trim()
 
     def append(self, text: str) -> None:
@@ -86,8 +87,11 @@ class CaptionScreen:
             self.paras.append(_Para("", FINAL))
         self.paras[-1].text += text
 
-    def set_partial(self, text: str) -> None:
+    def set_partial(self, text: str, stable_chars: int = 0) -> None:
+        """The utterance in progress; its first `stable_chars` characters are committed words
+        (final style), the rest tentative (partial style)."""
         self.partial = text
+        self.partial_stable = stable_chars
 
     def _trim(self) -> None:
         extra = len(self.paras) - self.max_paragraphs
@@ -107,17 +111,22 @@ class CaptionScreen:
             self._wrap_cache[text] = lines
         return lines
 
-    def lines(self) -> list[tuple[str, int]]:
-        out = [(line, p.level) for p in self.paras for line in self._wrap(p.text)]
-        if self.partial:
-            out += [(line, PARTIAL) for line in self._wrap(self.partial)]
+    def lines(self) -> list[tuple[str, int, int]]:
+        """(text, level, characters at full brightness) per line, paragraphs then partial."""
+        out = [(line, p.level, len(line)) for p in self.paras for line in self._wrap(p.text)]
+        cursor = 0
+        for line in self._wrap(self.partial) if self.partial else []:
+            at = self.partial.find(line, cursor)
+            at = cursor if at < 0 else at
+            out.append((line, PARTIAL, max(0, min(len(line), self.partial_stable - at))))
+            cursor = at + len(line)
         return out
 
     def dwell_s(self, line: str) -> float:
         cjk = sum(1 for c in line if is_cjk(c))
         return max(self.min_dwell_s, cjk / self.cjk_cps + (len(line) - cjk) / self.reading_cps)
 
-    def _advance(self, lines: list[tuple[str, int]], now: float) -> None:
+    def _advance(self, lines: list[tuple[str, int, int]], now: float) -> None:
         target = max(0, len(lines) - self.rows)
         if self._top > target:
             self._top, self._top_since = target, now
@@ -151,9 +160,12 @@ class CaptionScreen:
         self._last_key = key
         frame = np.zeros((self.height, self.width), dtype=np.uint8)
         y = self.margin - (self.atlas.line_height - offset if offset else 0)
-        for text, level in visible:
+        for text, level, bright in visible:
             if y + self.atlas.line_height > self.margin // 2:
-                draw_text(frame, self.margin, y, text, self.atlas, level)
+                x = draw_text(
+                    frame, self.margin, y, text[:bright], self.atlas, FINAL if bright else level
+                )
+                draw_text(frame, x, y, text[bright:], self.atlas, level)
             y += self.atlas.line_height
         dirty = _diff_rect(self._frame, frame)
         self._frame = frame

@@ -9,7 +9,9 @@ How it works:
   camera capture at the governor's rate, a memory check) are queued as jobs for the workers.
 - Jobs (`submit`, or `post` to an event task registered with `on`) are iterators of steps: each
   `next()` does one unit of work (one LLM token, one ASR chunk, one OCR pass) and yields its
-  cost in seconds, or None (then the cost is measured). Workers always run the most urgent
+  cost in seconds, or None (then the cost is measured). A step that puts a result on screen
+  appends (histogram, reference time) to `job.marks`; the latency is recorded at the step's
+  end. Workers always run the most urgent
   ready job (highest priority, then earliest deadline, then oldest) for one step, then choose
   again, so a higher-priority job waits at most one step of a lower one. A job's deadline, if
   given, is checked when it finishes (`deadline_miss.<job>`).
@@ -73,6 +75,7 @@ class Task:
     next_due: float = 0.0
     enabled: bool = True
     ticks: int = 0
+    queued: bool = False
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Job:
     steps_done: int = 0
     error: BaseException | None = None
     seq: int = 0
+    #: latencies to record when the current step ends: (histogram name, reference time)
+    marks: list[tuple[str, float]] = field(default_factory=list)
     worst_wait_s: float = 0.0
     _waiting_since: float = 0.0
 
@@ -250,11 +255,16 @@ class Scheduler:
         while task.next_due <= now:
             task.next_due += task.period_s
             self.metrics.inc(f"skipped.{task.name}")
+        if task.queued:  # the last run has not started yet: never queue a task twice
+            self.metrics.inc(f"skipped.{task.name}")
+            return
         task.ticks += 1
+        task.queued = True
 
         def steps() -> Iterator[Step]:
+            task.queued = False
             try:
-                cost = task.fn(now)
+                cost = task.fn(self.clock.now())
             except Exception as exc:
                 self._task_failed(task, exc)
                 return
@@ -279,8 +289,10 @@ class Scheduler:
         try:
             declared = next(job.steps)
         except StopIteration:
+            self._flush_marks(job, now)
             return True, 0.0
         except Exception as exc:
+            job.marks.clear()
             job.error = exc
             self.metrics.inc(f"errors.{job.name}")
             self.trace.instant(
@@ -289,6 +301,7 @@ class Scheduler:
             log.error("%s failed: %s", job.name, exc)
             return True, 0.0
         cost = declared if declared is not None else time.perf_counter() - t0
+        self._flush_marks(job, now + cost)
         job.steps_done += 1
         worker.busy_s += cost
         self.trace.complete(
@@ -303,6 +316,12 @@ class Scheduler:
         if self.meter is not None:
             self.meter.add(now + cost, cost, job.cores)
         return False, cost
+
+    def _flush_marks(self, job: Job, end: float) -> None:
+        """A step's results are out when the step ends: latencies are measured to its end."""
+        for name, t_ref in job.marks:
+            self.metrics.observe(name, end - t_ref)
+        job.marks.clear()
 
     def _finish(self, job: Job, now: float) -> None:
         job.done_at = now

@@ -1,0 +1,250 @@
+"""`captions`: microphone -> VAD -> ASR -> display, with partial results that do not flicker.
+
+Tasks (see `runtime.sched`):
+- real-time, every 10 ms: the audio source's new frames go into the ring (never blocks; an
+  overflow is counted in `audio.dropped_samples`);
+- VAD job every 100 ms (priority VAD): drains the ring, runs Silero in 32 ms frames, keeps the
+  audio of the utterance in progress (bounded to one ASR window);
+- while someone speaks, every `partial_every_s` and only if no ASR job is in flight, a partial
+  ASR job (priority ASR) over the utterance so far; its words go through the `Stabilizer`,
+  committed words in the final style and the rest dimmer;
+- when the VAD confirms the end, the final ASR job for the segment (never skipped), whose text
+  replaces the partial line as a finished paragraph (`on_sentence` hook: translate builds on it).
+
+Latency `speech_end_to_caption_s`: from the moment the speech ended (the capture time of the
+segment's last sample) to the final caption on screen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from runtime.apps.errors import AppUsageError
+from runtime.apps.host import Host
+from runtime.apps.stabilize import Stabilizer
+from runtime.engine.asr import Whisper
+from runtime.engine.vad import SpeechEnd, SpeechStart, Vad, VadParams
+from runtime.io.screen import FINAL
+from runtime.sched.ring import UTTERANCE_S, AudioRing
+from runtime.sched.scheduler import Job, Priority
+
+__all__ = ["Captions"]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+CAPTURE_PERIOD_S = 0.01
+VAD_PERIOD_S = 0.1
+
+
+class Captions:
+    name = "captions"
+    needs: tuple[str, ...] = ("vad", "asr")
+
+    def __init__(self) -> None:
+        self.host: Host | None = None
+        self.utterances = 0
+        self.partials = 0
+        self.finals: list[str] = []
+        self._asr_busy = False
+        self._pending_finals = 0
+        self._speech_start: int | None = None
+        self._buf: list[F32] = []
+        self._buf_start = 0  # sample index of self._buf[0][0]
+        self._seen = 0  # samples pulled from the ring so far
+        self._last_partial = 0.0
+        self._flushed = False
+        self._capture_t0 = 0.0
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def setup(self, host: Host) -> None:
+        self.host = host
+        if host.devices.audio is None:
+            raise AppUsageError(
+                f"app {self.name!r} needs an audio source (--audio FILE.wav or a microphone)"
+            )
+        vad_dir = host.models.need("vad", self.name)
+        asr_dir = host.models.need("asr", self.name)
+        self.source = host.devices.audio
+        self.rate = self.source.rate
+        self.vad = Vad.from_artifact(
+            vad_dir, VadParams(max_speech_s=UTTERANCE_S - 2.0), host.profile
+        )
+        self.asr = Whisper.from_artifact(asr_dir, host.profile)
+        self.stab = Stabilizer(agree=host.options.stable_updates)
+        self.ring = AudioRing.for_profile(host.profile)
+        if self.source.channels != self.ring.channels:
+            self.ring = AudioRing(self.ring.capacity, self.source.channels)
+        for note in getattr(self.source, "notes", []):
+            host.note(note)
+        self._capture_t0 = host.clock.now()
+        host.sched.every(f"{self.name}.capture", CAPTURE_PERIOD_S, self._capture)
+        host.sched.every(
+            f"{self.name}.vad", VAD_PERIOD_S, self._vad_tick, realtime=False, priority=Priority.VAD
+        )
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def _capture(self, now: float) -> None:
+        frames = self.source.read(now)
+        if len(frames):
+            self.ring.write(frames)
+        if self.ring.overflowed:
+            assert self.host is not None
+            self.host.metrics.set_counter("audio.dropped_samples", self.ring.overflowed)
+
+    def _vad_tick(self, now: float) -> None:
+        host = self.host
+        assert host is not None
+        block = self.ring.read()
+        if len(block):
+            mono = block.mean(axis=1).astype(np.float32) / 32768.0
+            self._buf.append(mono)
+            self._seen += len(mono)
+            host.metrics.inc("audio.samples", len(mono))
+            for ev in self.vad.push(mono, self.rate):
+                self._on_event(ev, now)
+        elif self._source_done() and not self._flushed:
+            self._flushed = True
+            for ev in self.vad.flush():
+                self._on_event(ev, now)
+        if (
+            self._speech_start is not None
+            and now - self._last_partial >= host.options.partial_every_s
+            and not self._asr_busy
+        ):
+            self._last_partial = now
+            audio = self._slice(self._speech_start, self._seen)
+            if len(audio) >= self.rate // 2:
+                self._asr_busy = True
+                host.sched.submit(Job(f"{self.name}.asr", self._asr(audio, False), Priority.ASR))
+        self._trim()
+
+    def _source_done(self) -> bool:
+        return bool(getattr(self.source, "finished", False)) and self.ring.available == 0
+
+    def _on_event(self, ev: SpeechStart | SpeechEnd, now: float) -> None:
+        host = self.host
+        assert host is not None
+        if isinstance(ev, SpeechStart):
+            self._speech_start = ev.sample
+            self._last_partial = now
+            host.trace.instant("speech start", "audio", "audio", sample=ev.sample)
+            return
+        self._speech_start = None
+        self.utterances += 1
+        end_t = self._capture_t0 + ev.end / self.rate
+        host.trace.instant("speech end", "audio", "audio", start=ev.start, end=ev.end)
+        audio = self._slice(ev.start, ev.end)
+        self._pending_finals += 1
+        marks: list[tuple[str, float]] = []
+        job = Job(
+            f"{self.name}.asr", self._asr(audio, True, end_t, marks), Priority.ASR, marks=marks
+        )
+        host.sched.submit(job)
+
+    def _slice(self, start: int, end: int) -> F32:
+        if not self._buf:
+            return np.zeros(0, np.float32)
+        whole = np.concatenate(self._buf)
+        self._buf = [whole]
+        a = max(0, start - self._buf_start)
+        b = max(a, end - self._buf_start)
+        return whole[a:b]
+
+    def _trim(self) -> None:
+        """Keep audio from the utterance in progress (or the last second), at most one window."""
+        keep_from = self._speech_start if self._speech_start is not None else self._seen - self.rate
+        keep_from = max(keep_from, self._seen - int(UTTERANCE_S * self.rate))
+        total = sum(len(b) for b in self._buf)
+        if keep_from - self._buf_start > self.rate and total:
+            whole = np.concatenate(self._buf)
+            cut = keep_from - self._buf_start
+            self._buf = [whole[cut:]]
+            self._buf_start += cut
+
+    def _asr(
+        self,
+        audio: F32,
+        final: bool,
+        end_t: float = 0.0,
+        marks: list[tuple[str, float]] | None = None,
+    ) -> Iterator[None]:
+        host = self.host
+        assert host is not None
+        try:
+            if len(audio) < self.rate // 10:
+                text = ""
+            else:
+                job = self.asr.start(audio, task="transcribe", language=host.options.source_lang)
+                while not job.done:
+                    job.step()
+                    yield None
+                text = job.text.strip()
+        finally:
+            if final:
+                self._pending_finals -= 1
+            else:
+                self._asr_busy = False
+        if final:
+            shown = self.stab.final(text)
+            self._publish_final(shown, end_t, marks if marks is not None else [])
+        else:
+            self.partials += 1
+            committed, tentative = self.stab.update(text)
+            if self._speech_start is not None:
+                line = (
+                    f"{committed} {tentative}".strip()
+                    if committed and tentative
+                    else committed or tentative
+                )
+                host.screen.set_partial(line, len(committed))
+        host.metrics.set_counter("captions.retracted_words", self.stab.retracted)
+        host.metrics.set_counter(
+            "captions.retracted_committed_words", self.stab.retracted_committed
+        )
+
+    def _publish_final(self, text: str, end_t: float, marks: list[tuple[str, float]]) -> None:
+        host = self.host
+        assert host is not None
+        self.finals.append(text)
+        host.metrics.inc("captions.words_shown", len(text.split()))
+        if text:
+            host.screen.commit(text, self.caption_level)
+        host.screen.set_partial("")
+        marks.append(("speech_end_to_caption_s", end_t))
+        host.trace.instant("caption", "app", "apps", text=text[:200])
+        self.on_sentence(text, end_t)
+
+    caption_level = FINAL
+
+    def on_sentence(self, text: str, end_t: float) -> None:
+        """A finished utterance's text (a hook for apps built on captions)."""
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return (
+            self._flushed
+            and self._speech_start is None
+            and self._pending_finals == 0
+            and not self._asr_busy
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "utterances": self.utterances,
+            "partial_updates": self.partials,
+            "captions": self.finals,
+            "retracted_words": self.stab.retracted,
+            "retracted_committed_words": self.stab.retracted_committed,
+            "retraction_rate": self.stab.retracted
+            / max(1, self.stab.shown_words + self.stab.retracted),
+        }
