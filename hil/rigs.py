@@ -40,7 +40,14 @@ class Evidence:
 
 
 class BoardUnderTest:
-    def __init__(self, url: str, workdir: Path, profile: str | None = None, timeout: float = 10):
+    def __init__(
+        self,
+        url: str,
+        workdir: Path,
+        profile: str | None = None,
+        timeout: float = 10,
+        cable: Any = None,
+    ):
         from board import profiles
         from board.flash import LinkClient
 
@@ -57,12 +64,14 @@ class BoardUnderTest:
             from hil.sim import SimBoard
 
             query = dict(urllib.parse.parse_qsl(parsed.query))
+            # with a virtual cable the board serves its end (b) and the host opens the other
             self.sim = SimBoard(
                 parsed.netloc,
                 profile=query.get("profile") or profile,
                 base=Path(query["dir"]) if "dir" in query else workdir / "sim",
+                port=cable.b if cable is not None else None,
             ).start()
-            self.port_path = self.sim.port
+            self.port_path = cable.a if cable is not None else self.sim.port
             self.profile = profiles.find(self.sim.profile)
         elif parsed.scheme == "labgrid":
             from hil.labgrid_place import LabgridPlace

@@ -19,7 +19,7 @@ def test_ocula_hil_runs_the_suites_on_a_sim_board(tmp_path: Path) -> None:
     names = {t["nodeid"].split("::")[1]: t for t in tests}
     assert set(names) == {"test_hello", "test_broken_bundle_rolls_back"}
     chain = names["test_broken_bundle_rolls_back"]["chain"]
-    assert chain["health"].startswith("failed: health check failed: llm")
+    assert chain["health"].startswith("failed: health check failed: vision")
     assert (out / "junit.xml").read_text().count("<testcase") == 2
     assert "report:" in r.out
 
@@ -47,3 +47,69 @@ def test_a_missing_port_fails_each_test_with_the_reason(tmp_path: Path) -> None:
 def test_hil_needs_a_port() -> None:
     r = run_ocula("hil")
     assert r.code == 2 and "needs --port PORT" in r.err
+
+
+CUT_MID_SUITE = """
+import pytest
+from hil.cable import Cable
+from hil.rigs import BoardUnderTest
+
+
+@pytest.fixture(scope="module")
+def cabled(tmp_path_factory):
+    cable = Cable(baud=921600)
+    but = BoardUnderTest("sim://cut", tmp_path_factory.mktemp("cut"), "sim", timeout=3, cable=cable)
+    yield but, cable
+    but.close()
+    cable.close()
+
+
+def test_before(cabled, hil_record):
+    assert cabled[0].hello(deadline=30)["board"] == "sim"
+
+
+def test_during_cut(cabled, hil_record):
+    board, cable = cabled
+    cable.cut()
+    try:
+        board.call("info")
+    finally:
+        cable.restore()
+
+
+def test_after(cabled, hil_record):
+    assert cabled[0].hello(deadline=30)["board"] == "sim"
+"""
+
+
+def test_a_cut_mid_suite_fails_that_test_and_the_suite_goes_on(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "test_cut.py").write_text(CUT_MID_SUITE)
+    out = tmp_path / "report"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(tmp_path / "test_cut.py"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--hil-report",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert "1 failed, 2 passed" in r.stdout, r.stdout
+    tests = {
+        t["nodeid"].split("::")[1]: t
+        for t in json.loads((out / "report.json").read_text())["tests"]
+    }
+    cut = tests["test_during_cut"]
+    assert cut["category"] == "link" and "no reply within 3 s" in cut["reason"]
+    assert tests["test_after"]["outcome"] == "passed"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from board import bundle as bundles
@@ -21,13 +20,26 @@ def _identity_onnx(path: Path) -> None:
 
 
 def build(profile: Profile, out: Path, broken: bool = False, key: Path | None = None) -> Path:
-    """A bundle with one tiny ONNX artifact; `broken` makes its model unloadable."""
+    """A bundle with one tiny ONNX artifact (kind "vision"); with `broken` its model is garbage
+    that the manifest vouches for: the bundle is valid, the health check cannot load it."""
+    from runtime.manifest import Graph, Manifest, Quantization, Source, file_entry
+
     art = out.with_suffix(".art")
     art.mkdir(parents=True, exist_ok=True)
     if broken:
-        (art / "model.onnx").write_bytes(b"this is not an ONNX graph")
+        (art / "model.onnx").write_bytes(b"this is not an ONNX graph" * 10)
     else:
         _identity_onnx(art / "model.onnx")
-    (art / "manifest.json").write_text(json.dumps({"kind": "llm", "files": ["model.onnx"]}))
-    bundles.build(profile, out, {"llm": art}, key=key)
+    Manifest(
+        kind="vision",
+        name="hil-probe",
+        source=Source(id="hil-suite", format="random"),
+        files=[file_entry(art, "model.onnx", "model")],
+        graphs={
+            "model": Graph(
+                file="model.onnx", inputs=["x"], outputs=["y"], quantization=Quantization("fp32")
+            )
+        },
+    ).write(art)
+    bundles.build(profile, out, {"vision": art}, key=key)
     return out

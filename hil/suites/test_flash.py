@@ -43,5 +43,5 @@ def test_broken_bundle_rolls_back(board, request, tmp_path):
     if not result.ok and "unsigned" in result.reason:
         pytest.skip(f"the board only takes signed bundles: pass --hil-key ({result.reason})")
     assert not result.ok and result.rolled_back, result
-    assert "llm" in result.reason
+    assert "vision" in result.reason
     assert board.hello(deadline=30)["slot"] == before
