@@ -8,11 +8,11 @@
 
 How it works:
 - features: `mel.LogMel`, constants and filter bank from the manifest;
-- encoder: one run per 30 s window; its output stays an OrtValue and is handed straight on;
-- decoder: the first run (graph `decoder`) takes the prompt tokens and the encoder output and
-  returns the self-attention K/V and the cross-attention K/V; the cross K/V are bound once for
-  the whole window; every further token runs `decoder_with_past` on one token, its self K/V
-  handed back as OrtValues through IO binding (no numpy copies of the cache);
+- encoder: one run per 30 s window; the exported encoder also applies every decoder layer's
+  cross-attention K/V projections (layout "cross-kv-from-encoder"), so cross K/V are computed
+  once per window, come out as OrtValues and stay bound to the decoder for the whole window;
+- decoder: one graph for the prompt (S tokens, empty past) and for every further token (S = 1),
+  its self-attention K/V handed back as OrtValues through IO binding (no numpy copies);
 - prompt: start-of-transcript, language, task (transcribe or translate), no-timestamps, as the
   model's generation config says; without a language, it is detected like transformers does
   (one decoder run on start-of-transcript, argmax over the language tokens);
@@ -22,8 +22,8 @@ How it works:
 - audio longer than one window is cut into windows (at VAD silences when segments are given,
   else every 30 s) and each window is decoded on its own.
 
-Encoders exported with a fixed 3000-frame input (optimum's Whisper export: the positional
-embedding is added over all 1500 positions) always see a full 30 s window; an encoder whose frame
+Encoders exported with a fixed 3000-frame input (Whisper adds its positional embedding over
+all 1500 encoder positions; the export keeps that shape) always see a full 30 s window; an encoder whose frame
 axis is symbolic is given only the frames the audio needs (rounded up to a multiple of 2 for the
 stride-2 convolution), which the manifest's `asr.extra["trim"]` must allow.
 """
@@ -100,7 +100,25 @@ class Whisper:
         self.mel = mel
         self.encoder = sessions["encoder"]
         self.decoder = sessions["decoder"]
-        self.decoder_with_past = sessions["decoder_with_past"]
+        extra = info.extra
+        layers = range(info.decoder_layers)
+        kinds = ("key", "value")
+        self._cross_names = [
+            str(extra.get("cross", "cross.{layer}.{kind}")).format(layer=i, kind=k)
+            for i in layers
+            for k in kinds
+        ]
+        self._past_names = [
+            str(extra.get("past", "past.{layer}.{kind}")).format(layer=i, kind=k)
+            for i in layers
+            for k in kinds
+        ]
+        self._present_names = [
+            str(extra.get("present", "present.{layer}.{kind}")).format(layer=i, kind=k)
+            for i in layers
+            for k in kinds
+        ]
+        self._empty = np.zeros((1, info.decoder_heads, 0, info.head_dim), dtype=np.float32)
         self.tokenizer = load_tokenizer(tokenizer_path)
         enc_in = self.encoder.get_inputs()[0]
         self._features_name = enc_in.name
@@ -124,7 +142,12 @@ class Whisper:
         assert info is not None
         where = str(art.path)
         sessions = {}
-        for role in ("encoder", "decoder", "decoder_with_past"):
+        if info.decoder_layout != "cross-kv-from-encoder":
+            raise ArtifactError(
+                f"{where}: ASR decoder layout {info.decoder_layout!r} is not one this runtime "
+                "drives (cross-kv-from-encoder); re-export with this version of ocula"
+            )
+        for role in ("encoder", "decoder"):
             model, sha = art.graph_file(role)
             sessions[role] = open_session(model, profile, threads=threads, identity=sha)
         try:
@@ -146,16 +169,17 @@ class Whisper:
         return cls(info, sessions, mel, art.file(tok), where, trim=trim)
 
     def _check_io(self) -> None:
-        names = {i.name for i in self.decoder_with_past.get_inputs()}
-        for layer in range(self.info.decoder_layers):
-            for part in ("decoder", "encoder"):
-                for kind in ("key", "value"):
-                    name = f"past_key_values.{layer}.{part}.{kind}"
-                    if name not in names:
-                        raise ArtifactError(
-                            f"{self.where}: decoder_with_past has no input {name!r}; "
-                            "the manifest and the graphs do not belong together (re-export)"
-                        )
+        have = {i.name for i in self.decoder.get_inputs()}
+        outs = {o.name for o in self.encoder.get_outputs()}
+        for name in self._cross_names + self._past_names:
+            if name not in have:
+                raise ArtifactError(
+                    f"{self.where}: the decoder graph has no input {name!r}; the manifest and "
+                    "the graphs do not belong together (re-export)"
+                )
+        missing = [n for n in self._cross_names if n not in outs]
+        if missing:
+            raise ArtifactError(f"{self.where}: the encoder graph has no output {missing[0]!r}")
 
     # -- public ----------------------------------------------------------------------------
 
@@ -311,11 +335,10 @@ class Decoding:
         self._enc: ort.OrtValue | None = None
         self._cross: list[ort.OrtValue] = []
         self._self: list[ort.OrtValue] = []
-        self._binding = asr.decoder_with_past.io_binding()
+        self._binding = asr.decoder.io_binding()
+        self._ids = np.zeros((1, 1), dtype=np.int64)
         self._stream = TextStream(asr.tokenizer)
         self.features_s = self.encoder_s = self.decoder_s = 0.0
-        self._layers = info.decoder_layers
-        self._bound_cross = False
 
     def step(self) -> int | None:
         """One unit of work: the encoder, or one token. Returns the token, if one was made."""
@@ -377,76 +400,52 @@ class Decoding:
         t1 = time.perf_counter()
         binding = asr.encoder.io_binding()
         binding.bind_cpu_input(asr._features_name, feats)
-        binding.bind_output(asr.encoder.get_outputs()[0].name, "cpu")
+        for name in asr._cross_names:
+            binding.bind_output(name, "cpu")
         asr.encoder.run_with_iobinding(binding)
-        self._enc = binding.get_outputs()[0]
+        self._cross = list(binding.get_outputs())
+        self._enc = self._cross[0]
         self.features_s = t1 - t0
         self.encoder_s = time.perf_counter() - t1
+        # The cross K/V stay bound for the whole window; only ids and the self K/V change.
+        b = self._binding
+        for name, value in zip(asr._cross_names, self._cross, strict=True):
+            b.bind_ortvalue_input(name, value)
 
-    def _decoder_run(self, ids: list[int]) -> tuple[F32, list[ort.OrtValue]]:
-        """The first decoder graph on `ids`: logits of the last position, and its presents."""
+    def _run(self, ids: npt.NDArray[np.int64], past: list[ort.OrtValue]) -> F32:
+        """One decoder run on `ids` after `past`; keeps the presents as the next past."""
         asr = self.asr
-        b = asr.decoder.io_binding()
-        b.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
-        assert self._enc is not None
-        b.bind_ortvalue_input("encoder_hidden_states", self._enc)
-        outs = [o.name for o in asr.decoder.get_outputs()]
-        for name in outs:
+        b = self._binding
+        b.bind_cpu_input("input_ids", ids)
+        for name, value in zip(asr._past_names, past, strict=True):
+            b.bind_ortvalue_input(name, value)
+        b.bind_output("logits", "cpu")
+        for name in asr._present_names:
             b.bind_output(name, "cpu")
         asr.decoder.run_with_iobinding(b)
         values = b.get_outputs()
-        logits = values[0].numpy()[0, -1].astype(np.float32)
-        return logits, values[1:]
+        b.clear_binding_outputs()
+        self._self = list(values[1:])
+        logits: F32 = values[0].numpy()[0, -1].astype(np.float32)
+        return logits
+
+    def _empty(self) -> list[ort.OrtValue]:
+        return [ort.OrtValue.ortvalue_from_numpy(self.asr._empty) for _ in self.asr._past_names]
 
     def _first(self) -> int:
         asr = self.asr
         info = asr.info
         lang_id = asr._lang_ids.get(self.language) if self.language else None
         if lang_id is None and asr._lang_ids:
-            logits, _ = self._decoder_run([info.decoder_start_token_id])
+            logits = self._run(np.array([[info.decoder_start_token_id]], np.int64), self._empty())
             ids = np.array(list(asr._lang_ids.values()))
             lang_id = int(ids[np.argmax(logits[ids])])
             self.language = next(k for k, v in asr._lang_ids.items() if v == lang_id)
         self.prompt = asr._prompt(self.task, lang_id)
-        logits, presents = self._decoder_run(self.prompt)
-        names = [o.name for o in asr.decoder.get_outputs()][1:]
-        by_name = dict(zip(names, presents, strict=True))
-        self._self = [
-            by_name[f"present.{i}.decoder.{k}"]
-            for i in range(self._layers)
-            for k in ("key", "value")
-        ]
-        self._cross = [
-            by_name[f"present.{i}.encoder.{k}"]
-            for i in range(self._layers)
-            for k in ("key", "value")
-        ]
+        logits = self._run(np.array([self.prompt], np.int64), self._empty())
         return int(np.argmax(asr._logits_filter(logits, first=True)))
 
     def _next(self, token: int) -> int:
-        asr = self.asr
-        b = self._binding
-        if not self._bound_cross:
-            for i in range(self._layers):
-                for j, k in enumerate(("key", "value")):
-                    b.bind_ortvalue_input(
-                        f"past_key_values.{i}.encoder.{k}", self._cross[2 * i + j]
-                    )
-            self._ids = np.zeros((1, 1), dtype=np.int64)
-            self._ids_value = ort.OrtValue.ortvalue_from_numpy(self._ids)
-            b.bind_ortvalue_input("input_ids", self._ids_value)
-            self._bound_cross = True
         self._ids[0, 0] = token
-        for i in range(self._layers):
-            for j, k in enumerate(("key", "value")):
-                b.bind_ortvalue_input(f"past_key_values.{i}.decoder.{k}", self._self[2 * i + j])
-        b.bind_output("logits", "cpu")
-        for i in range(self._layers):
-            for k in ("key", "value"):
-                b.bind_output(f"present.{i}.decoder.{k}", "cpu")
-        asr.decoder_with_past.run_with_iobinding(b)
-        values = b.get_outputs()
-        b.clear_binding_outputs()
-        self._self = list(values[1:])
-        logits = values[0].numpy()[0, -1].astype(np.float32)
-        return int(np.argmax(asr._logits_filter(logits, first=False)))
+        logits = self._run(self._ids, self._self)
+        return int(np.argmax(self.asr._logits_filter(logits, first=False)))
