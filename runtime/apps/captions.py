@@ -65,12 +65,12 @@ class Captions:
 
     def setup(self, host: Host) -> None:
         self.host = host
+        vad_dir = host.models.need("vad", self.name)
+        asr_dir = host.models.need("asr", self.name)
         if host.devices.audio is None:
             raise AppUsageError(
                 f"app {self.name!r} needs an audio source (--audio FILE.wav or a microphone)"
             )
-        vad_dir = host.models.need("vad", self.name)
-        asr_dir = host.models.need("asr", self.name)
         self.source = host.devices.audio
         self.rate = self.source.rate
         self.vad = Vad.from_artifact(

@@ -138,6 +138,7 @@ class Look:
                 return
             host.screen.commit(f"[{text}]", SOURCE)
             marks.append(("frame_to_text_s", item.t))
+            yield 0.0  # the text is on screen now; the answer comes in the next steps
             messages = [
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"The camera reads: {text}\n{self.question}"},

@@ -76,6 +76,7 @@ class Task:
     enabled: bool = True
     ticks: int = 0
     queued: bool = False
+    phase_s: float = 0.0
 
 
 @dataclass
@@ -172,6 +173,7 @@ class Scheduler:
             period_s if deadline_s is None else deadline_s,
             on_error,
             next_due=self.clock.now() + phase_s,
+            phase_s=phase_s,
         )
         self.tasks[name] = task
         return task
@@ -398,6 +400,9 @@ class Scheduler:
         if self._threads:
             raise SchedUsageError("the scheduler is already running")
         self._stop.clear()
+        now = self.clock.now()
+        for task in self.tasks.values():  # time spent setting up (loading models) is not late
+            task.next_due = now + task.phase_s
         rt = threading.Thread(target=self._rt_loop, name="ocula-realtime", daemon=True)
         self._threads.append(rt)
         for w in self._workers:

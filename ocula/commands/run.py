@@ -1,0 +1,173 @@
+"""`ocula run APP --port local|PORT ...`: run captions, translate or look, and report.
+
+With `--port local` the app runs on this host with file-backed devices: `--audio` a WAV paced in
+real time (or `alsa:DEVICE`), `--camera` an image, a folder of images, `pattern` or
+`v4l2:/dev/videoN`, `--display` a folder for the virtual display's PNG frames and preview (or
+`fb:/dev/fbN`). Models come from `--models DIR`, a folder of artifacts (one subfolder each, as
+`ocula export` writes them). `--virtual` runs the same code in simulated time: as fast as the
+machine computes, with every figure in compute time. At the end it prints the counters, the
+latency percentiles and the energy estimate; `--trace FILE` writes the Chrome trace-event JSON
+(open it in https://ui.perfetto.dev) and `--json` prints the report for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import OculaError, UsageError
+
+APPS = ("captions", "translate", "look")
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run an app (captions | translate | look) on this host or a board",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    add_app_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def add_app_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("app", metavar="APP", choices=APPS, help="captions | translate | look")
+    p.add_argument("--port", required=True, help="'local' (this host) or a board port")
+    p.add_argument(
+        "--models",
+        type=Path,
+        default=Path("artifacts"),
+        help="folder of artifacts (default ./artifacts)",
+    )
+    p.add_argument("--board", default="sim", help="board profile (default sim)")
+    p.add_argument("--audio", help="WAV file, or alsa:DEVICE")
+    p.add_argument("--camera", help="image, folder of images, 'pattern', or v4l2:/dev/videoN")
+    p.add_argument("--display", help="folder for the virtual display, or fb:/dev/fbN")
+    p.add_argument("--trace", type=Path, help="write the Chrome trace-event JSON here")
+    p.add_argument("--duration", type=float, default=60.0, help="stop after S seconds (default 60)")
+    p.add_argument("--source-lang", default="en", help="spoken language (default en)")
+    p.add_argument("--target-lang", default="zh", help="translation language (default zh)")
+    p.add_argument(
+        "--question", help="look: what to ask about the text read (default: translate it)"
+    )
+    p.add_argument("--max-tokens", type=int, default=48, help="LLM tokens per answer (default 48)")
+    p.add_argument("--once", action="store_true", help="look: answer one frame, then stop")
+    p.add_argument(
+        "--virtual", action="store_true", help="simulated time: as fast as compute allows"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.port != "local":
+        raise UsageError(
+            f"--port {args.port}: running apps on a board over the link is not available yet "
+            "(the device agent's 'run' request is not wired); run on this host with --port local"
+        )
+    report, trace = run_local(args)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2, ensure_ascii=False, default=str))
+    else:
+        print_report(report)
+        if trace:
+            print(f"\ntrace: {trace} (open in https://ui.perfetto.dev)")
+    return 0 if report.apps else 1
+
+
+def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """Build the devices and the host from the arguments, run, write the trace."""
+    from board import profiles
+    from ocula.glyphatlas import cached_atlas
+    from runtime.apps import AppOptions, Devices, Host, Models, make_app
+    from runtime.io import open_audio, open_camera, open_display
+    from runtime.io.glyphs import GlyphAtlas
+    from runtime.sched import MonotonicClock, VirtualClock
+
+    if args.duration <= 0 or not math.isfinite(args.duration):
+        raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
+    if not 1 <= args.max_tokens <= 4096:
+        raise UsageError(f"--max-tokens {args.max_tokens}: must be 1 to 4096")
+    profile = profiles.find(args.board)
+    clock = VirtualClock() if args.virtual else MonotonicClock()
+    atlas = GlyphAtlas.load(cached_atlas(28))
+    devices = Devices()
+    try:
+        if args.audio:
+            devices.audio = open_audio(args.audio, profile.audio.rate, clock)
+        if args.camera:
+            devices.camera = open_camera(args.camera)
+        if args.display:
+            d = profile.display
+            devices.display = open_display(
+                args.display, d.width or 480, d.height or 640, d.colour, d.bits
+            )
+    except OculaError:
+        for dev in (devices.audio, devices.camera, devices.display):
+            if dev is not None:
+                dev.close()
+        raise
+    options = AppOptions(
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
+        question=args.question,
+        max_tokens=args.max_tokens,
+        once=args.once,
+    )
+    host = Host(profile, clock, devices, atlas, Models.scan(args.models), options)
+    if not host.add(make_app(args.app)):
+        host.close()
+        raise OculaError(host.failures[args.app])
+    report = host.run(args.duration)
+    trace = None
+    if args.trace:
+        trace = host.trace.write(
+            args.trace, {"board": profile.name, "app": args.app, "virtual": args.virtual}
+        )
+    return report, trace
+
+
+def print_report(report: Any) -> None:
+    m = report.metrics
+    print(f"ran {', '.join(report.apps) or 'no app'} for {report.duration_s:.1f} s")
+    for name, error in report.failures.items():
+        print(f"  {name}: FAILED: {error}")
+    for app, summary in report.app_summaries.items():
+        for key in ("captions", "translations", "read", "answers"):
+            for text in summary.get(key, [])[:6]:
+                print(f"  {app} {key[:-1] if key.endswith('s') else key}: {text[:100]!r}")
+    print("\ncounters")
+    keys = [
+        "audio.dropped_samples",
+        "late.display",
+        "ticks.display",
+        "camera.stale_frames",
+        "captions.retracted_words",
+        "display.scroll_jumps",
+        "display.missing_glyphs",
+        "memory.over_budget",
+        "governor.changes",
+    ]
+    counters = m["counters"]
+    for k in keys + sorted(k for k in counters if k.startswith("errors.")):
+        if k in counters or k in keys[:3]:
+            print(f"  {k:<32} {counters.get(k, 0)}")
+    lat = {k: v for k, v in m["latency_s"].items() if not k.startswith("wait.")}
+    if lat:
+        print("\nlatency (s)                         p50      p90      p99    count")
+        for k, v in lat.items():
+            print(
+                f"  {k:<32} {v['p50']:7.3f}  {v['p90']:7.3f}  {v['p99']:7.3f}  {int(v['count']):6d}"
+            )
+    if report.energy_j:
+        print(
+            f"\nenergy (estimate from the board's power model): {report.total_energy_j:.2f} J total"
+        )
+        for k, v in sorted(report.energy_j.items(), key=lambda kv: -kv[1])[:6]:
+            print(f"  {k:<32} {v:.3f} J")
+    for note in report.notes:
+        print(f"note: {note}")
