@@ -121,7 +121,7 @@ class Look:
             Job("look.ocr", self._read(item, marks), Priority.VISION, marks=marks)
         )
 
-    def _read(self, item: Stamped[U8], marks: list[tuple[str, float]]) -> Iterator[None]:
+    def _read(self, item: Stamped[U8], marks: list[tuple[str, float]]) -> Iterator[float | None]:
         host = self.host
         assert host is not None
         try:
