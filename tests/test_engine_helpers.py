@@ -19,16 +19,26 @@ CACHE = ROOT / ".cache" / "engine-artifacts"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _code_key() -> str:
+# The export code each kind of artifact depends on: a change there rebuilds the artifact.
+CODE = {
+    "hf": ["export/random.py", "export/presets.py", "export/tokenizer.py"],
+    "llm": ["export/llm.py", "export/graphquant.py", "export/fused/*.py"],
+    "asr": ["export/asr.py", "export/asr_graphs.py", "export/graphquant.py"],
+    "vad": ["export/packaged.py"],
+}
+
+
+def _code_key(kind: str) -> str:
     h = hashlib.sha256()
-    for p in sorted((ROOT / "export").rglob("*.py")):
-        h.update(p.read_bytes())
+    for pattern in CODE[kind]:
+        for p in sorted(ROOT.glob(pattern)):
+            h.update(p.read_bytes())
     return h.hexdigest()[:10]
 
 
 def _cached(name: str, build: Callable[[Path], None]) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"{name}-{_code_key()}"
+    out = CACHE / f"{name}-{_code_key(name.split('-')[0])}"
     if (out / "manifest.json").is_file() or (out / "config.json").is_file():
         return out
     with open(CACHE / f".{name}.lock", "w") as lock:
@@ -96,3 +106,12 @@ def asr_artifact(preset: str, quant: str) -> Path:
         export_asr(str(hf_model(preset)), out, AsrOptions(quant=quant, validate=False))
 
     return _cached(f"asr-{preset}-{quant}", build)
+
+
+def vad_artifact() -> Path:
+    def build(out: Path) -> None:
+        from export.packaged import export_packaged
+
+        export_packaged("vad", out)
+
+    return _cached("vad-silero", build)

@@ -1,0 +1,162 @@
+"""The Whisper engine against transformers: features, greedy decoding per task and language,
+long audio in windows, the streaming recognizer, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.engine.asr import Whisper
+from runtime.engine.audio import read_wav
+from runtime.engine.errors import EngineUsageError, InputError
+from runtime.engine.mel import LogMel
+from runtime.engine.stream import StreamingRecognizer
+from runtime.engine.vad import Vad, speech_segments
+from tests.test_engine_helpers import asr_artifact, hf_model, vad_artifact
+
+DATA = Path(__file__).parent / "data"
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return read_wav(DATA / "speech_short.wav", RATE)
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Whisper:
+    return Whisper.from_artifact(asr_artifact("tiny-whisper", "fp32"))
+
+
+def hf_generate(audio: np.ndarray, **kw: object) -> list[int]:
+    import torch
+    import transformers
+
+    folder = hf_model("tiny-whisper")
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+    feats = fe(audio, sampling_rate=RATE, return_tensors="pt").input_features
+    with torch.no_grad():
+        out = model.generate(feats, **kw)
+    ids = out[0].tolist()
+    eos = model.generation_config.eos_token_id
+    return [t for t in ids if t != eos]
+
+
+@pytest.mark.parametrize("kind", ["speech", "noise", "silence", "long"])
+def test_log_mel_matches_transformers(speech: np.ndarray, kind: str) -> None:
+    import transformers
+
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(hf_model("tiny-whisper"))
+    rng = np.random.default_rng(1)
+    audio = {
+        "speech": speech,
+        "noise": (rng.standard_normal(RATE * 5) * 0.1).astype(np.float32),
+        "silence": np.zeros(RATE, np.float32),
+        "long": np.tile(speech, 12)[: RATE * 30],
+    }[kind]
+    ref = fe(audio, sampling_rate=RATE, return_tensors="np").input_features[0]
+    mel = LogMel(fe.mel_filters, fe.n_fft, fe.hop_length, fe.n_samples)
+    ours = mel(audio)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+@pytest.mark.parametrize("language", ["en", "fr", None])
+def test_greedy_equals_transformers_generate(
+    whisper: Whisper, speech: np.ndarray, task: str, language: str | None
+) -> None:
+    r = whisper.transcribe(speech, task=task, language=language)
+    assert r.tokens == hf_generate(speech, task=task, language=language)
+    assert r.language is not None and r.language in whisper.languages
+    assert r.rtf > 0 and r.encoder_s > 0 and r.decoder_tokens >= len(r.tokens)
+
+
+def test_long_audio_is_decoded_in_30s_windows(whisper: Whisper, speech: np.ndarray) -> None:
+    audio = np.concatenate([np.tile(speech, 12)[: RATE * 30], speech])
+    r = whisper.transcribe(audio, language="en")
+    assert [(s["start"], s["end"]) for s in r.segments] == [
+        (0.0, 30.0),
+        (30.0, round(audio.size / RATE, 3)),
+    ]
+    ref = hf_generate(audio[: RATE * 30], language="en") + hf_generate(
+        audio[RATE * 30 :], language="en"
+    )
+    assert r.tokens == ref
+
+
+def test_vad_segments_choose_the_windows(whisper: Whisper) -> None:
+    audio = read_wav(DATA / "speech_padded.wav", RATE)
+    segs = [(s.start, s.end) for s in speech_segments(Vad.from_artifact(vad_artifact()), audio)]
+    assert whisper.windows(audio.size, segs) == [(segs[0][0], segs[-1][1])]
+    long = [(0, RATE * 20), (RATE * 25, RATE * 40), (RATE * 41, RATE * 80)]
+    wins = whisper.windows(RATE * 80, long)
+    assert all(b - a <= RATE * 30 for a, b in wins)
+    assert wins[0] == (0, RATE * 20) and wins[-1][1] == RATE * 80
+
+
+def test_streaming_finals_equal_offline_decoding_of_the_same_segments(whisper: Whisper) -> None:
+    audio = read_wav(DATA / "speech_padded.wav", RATE)
+    truth = json.loads((DATA / "speech_padded.json").read_text())["segments"]
+    rec = StreamingRecognizer(
+        whisper, Vad.from_artifact(vad_artifact()), language="en", partial_every_s=0.5
+    )
+    out = []
+    for i in range(0, audio.size, 512):
+        rec.push(audio[i : i + 512])
+        out += rec.step()
+    rec.finish()
+    while rec.busy:
+        out += rec.step()
+    finals = [t for t in out if t.kind == "final"]
+    assert len(finals) == len(truth)
+    for t, (t0, t1) in zip(finals, truth, strict=True):
+        assert abs(t.start_s - t0) < 0.15 and abs(t.end_s - t1) < 0.15
+        a, b = round(t.start_s * RATE), round(t.end_s * RATE)
+        assert t.tokens == whisper.transcribe(audio[a:b], language="en").tokens
+    assert any(t.kind == "partial" for t in out)
+
+
+def test_one_step_is_one_model_run(whisper: Whisper, speech: np.ndarray) -> None:
+    job = whisper.start(speech, language="en")
+    job.step()
+    assert job.encoder_s > 0 and job.tokens == [] and job.decoder_s == 0
+    job.step()
+    assert len(job.tokens) == 1
+    job.step()
+    assert len(job.tokens) == 2
+
+
+def test_int8_artifact_runs_and_mostly_agrees(speech: np.ndarray) -> None:
+    w = Whisper.from_artifact(asr_artifact("tiny-whisper", "int8"))
+    r = w.transcribe(speech, language="en", max_new_tokens=20)
+    ref = hf_generate(speech, language="en")[:20]
+    assert len(r.tokens) == 20
+    assert r.tokens[:3] == ref[:3]
+
+
+@pytest.mark.parametrize(
+    ("audio", "rate", "match"),
+    [
+        (np.zeros(0, np.float32), RATE, "empty"),
+        (np.full(RATE, np.nan, np.float32), RATE, "NaN"),
+        (np.zeros((RATE, 2), np.float32), RATE, "one channel"),
+        (np.zeros(RATE, np.float32), 8000, "8000 Hz"),
+    ],
+)
+def test_bad_audio(whisper: Whisper, audio: np.ndarray, rate: int, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        whisper.transcribe(audio, rate=rate)
+
+
+def test_bad_task_language_and_window(whisper: Whisper, speech: np.ndarray) -> None:
+    with pytest.raises(EngineUsageError, match="unknown task"):
+        whisper.transcribe(speech, task="summarise")
+    with pytest.raises(EngineUsageError, match="unknown language 'xx'"):
+        whisper.transcribe(speech, language="xx")
+    with pytest.raises(InputError, match="longer than one 30 s window"):
+        whisper.start(np.zeros(RATE * 31, np.float32))
