@@ -8,7 +8,8 @@ decoding runs in about ten kernels per layer. `arch.py` describes what differs p
 `builder.py` writes the files and returns `FusedInfo`, `run.py` is a reference driver.
 
     info = build(model_dir, out_dir, quant="int4", block_size=32, symmetric=True,
-                 accuracy_level=4, max_length=2048)
+                 accuracy_level=4, max_length=2048, embed_quant=None, embed_block_size=None)
+    info.to_dict()   # JSON-ready: files, IO names/shapes, kv layout, feeds, quantized op counts
 
 IO contract (batch size 1; what the runtime must do, every run):
 
@@ -34,9 +35,12 @@ IO contract (batch size 1; what the runtime must do, every run):
   for the last position only.
 
 Quantization: "int4"/"int8" = MatMulNBits weights (block-wise along the input dimension,
-symmetric by default) for every projection and the head, GatherBlockQuantized for the
-embedding; "fp16" stores weights in float16 and computes in float32 (a Cast per weight, folded
-by onnxruntime at load); "fp32" is exact. Activations and the KV cache are float32 always.
+symmetric by default, each block's scale chosen by a small error search) for every projection
+and the head, GatherBlockQuantized for the embedding; `embed_quant="int8"` (and
+`embed_block_size`) keep the embedding table and a tied head at 8 bits while the layers are 4,
+the cheapest fidelity lever measured on SmolLM2 (tests/test_fused_smollm2.py has the table).
+"fp16" stores weights in float16 and computes in float32 (a Cast per weight, folded by
+onnxruntime at load); "fp32" is exact. Activations and the KV cache are float32 always.
 Not supported (refused with `FusedError`): other architectures, sliding-window attention shorter
 than max_length, partial rotary, rope types other than default/linear/llama3/yarn (and dynamic
 within the original context), batch sizes above 1.

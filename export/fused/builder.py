@@ -23,6 +23,7 @@ DATA_FILE = "model.onnx.data"
 # Above this many initializer bytes the weights go to one external data file (protobuf caps a
 # message at 2 GiB; staying well under keeps serialization fast and memory flat).
 EXTERNAL_DATA_BYTES = 1 << 30
+BLOCK_SIZES = (16, 32, 64, 128, 256)
 QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
 
 
@@ -98,6 +99,7 @@ def build(
     accuracy_level: int = 4,
     max_length: int = 2048,
     embed_quant: str | None = None,
+    embed_block_size: int | None = None,
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
@@ -106,8 +108,9 @@ def build(
     """
     if quant not in QUANTS:
         raise FusedError(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
-    if QUANTS[quant] and block_size not in (16, 32, 64, 128, 256):
-        raise FusedError(f"block size {block_size} is not supported; use 16, 32, 64, 128 or 256")
+    for size in (block_size, embed_block_size or block_size):
+        if QUANTS[quant] and size not in BLOCK_SIZES:
+            raise FusedError(f"block size {size} is not supported; use 16, 32, 64, 128 or 256")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise FusedError(f"accuracy level {accuracy_level} is not one of 0-4")
     start = time.perf_counter()
@@ -118,7 +121,7 @@ def build(
         raise FusedError(f"{model_dir}: untied embeddings but no lm_head.weight in the weights")
     if embed_quant not in (None, "int4", "int8"):
         raise FusedError(f"embed_quant must be int4 or int8, got {embed_quant!r}")
-    opts = Options(quant, block_size, symmetric, accuracy_level, embed_quant)
+    opts = Options(quant, block_size, symmetric, accuracy_level, embed_quant, embed_block_size)
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
     )

@@ -47,6 +47,11 @@ class Options:
     symmetric: bool = True
     accuracy_level: int = 4
     embed_quant: str | None = None  # the embedding table (and a tied head); None: as `quant`
+    embed_block_size: int | None = None  # None: as `block_size`
+
+    @property
+    def embed_block(self) -> int:
+        return self.embed_block_size or self.block_size
 
     @property
     def bits(self) -> int:
@@ -236,7 +241,7 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     if not bits:
         w = e.float_weight("embed.weight", table)
         return e.op("Gather", [w, "input_ids"], "embed.lookup", axis=0)[0], _Table(w)
-    q = quantize(table, bits, o.block_size, o.symmetric)
+    q = quantize(table, bits, o.embed_block, o.symmetric)
     kb = q.packed.shape[1]
     packed = e.const("embed.qweight", q.packed)
     # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, so
@@ -252,9 +257,9 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
             zp = e.const("embed.zp", q.zero_points)
     else:
         scales = ""
-    attrs = {"bits": bits, "block_size": o.block_size, "gather_axis": 0, "quantize_axis": 2}
+    attrs = {"bits": bits, "block_size": o.embed_block, "gather_axis": 0, "quantize_axis": 2}
     rows = e.op("GatherBlockQuantized", ins, "embed.lookup", **attrs)[0]
-    width = kb * o.block_size
+    width = kb * o.embed_block
     shape = e.const("embed.shape", np.array([1, -1, width], np.int64))
     flat = e.op("Reshape", [rows, shape], "embed.flat")[0]
     if width != s.hidden:
@@ -278,7 +283,7 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
     o = e.opts
     if s.tied and o.bits:
         ins = [last, table.weight, table.scales, table.zero_points]
-        attrs = {"K": s.hidden, "N": s.vocab, "bits": o.embed_bits, "block_size": o.block_size}
+        attrs = {"K": s.hidden, "N": s.vocab, "bits": o.embed_bits, "block_size": o.embed_block}
         e.op("MatMulNBits", ins, "head.lm", accuracy_level=o.accuracy_level, **attrs)
     elif o.bits:
         e.linear(last, "head.lm", weights("lm_head.weight"), None)

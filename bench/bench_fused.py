@@ -1,0 +1,270 @@
+"""The fused graph against onnxruntime-genai's builder and optimum's graph, on real shapes.
+
+For the `qwen2.5-0.5b` and `qwen3-0.6b` random-weight presets at int4 (block 32, symmetric,
+accuracy level 4), one run records per graph: build time, node count, operator histogram and
+artifact size; then decode speed of each graph under the same plain onnxruntime loop (2 threads,
+IO binding, a 64-token prompt, 128 new tokens, greedy), rounds alternating between graphs,
+medians reported, ratios against optimum's graph and genai's graph.
+
+Loops: the fused graph through `export.fused.run.FusedDecoder` (past and present bound to one
+buffer, updated in place); genai's graph the same way (it also shares the buffer, and takes an
+attention mask instead of seqlens_k); optimum's graph with present outputs allocated by
+onnxruntime and rebound as the next run's past (its layout grows by one row per token).
+
+Run under the shared lock: `flock /tmp/ocula-heavy.lock .venv/bin/python -m bench bench_fused`.
+Models and builds are cached in `.cache/bench-fused/`; delete it to rebuild from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.peers import build_genai_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "bench-fused"
+PRESETS = tuple(os.environ.get("BENCH_FUSED_PRESETS", "qwen2.5-0.5b,qwen3-0.6b").split(","))
+THREADS = 2
+PROMPT_TOKENS = 64
+NEW_TOKENS = 128
+ROUNDS = int(os.environ.get("BENCH_FUSED_ROUNDS", "3"))
+MAX_LENGTH = 512
+
+
+def run(out_dir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "setup": {
+            "threads": THREADS,
+            "prompt_tokens": PROMPT_TOKENS,
+            "new_tokens": NEW_TOKENS,
+            "rounds": ROUNDS,
+            "quant": "int4, block 32, symmetric, accuracy level 4",
+        }
+    }
+    for preset in PRESETS:
+        results[preset] = _preset(preset)
+    return results
+
+
+def _preset(preset: str) -> dict[str, Any]:
+    base = CACHE / preset
+    hf = _random_model(preset, base / "hf")
+    builds = {
+        "fused": _build_fused(hf, base / "fused"),
+        "fused-embed8": _build_fused(hf, base / "fused-embed8", embed_quant="int8"),
+        "genai": _build_genai(hf, base / "genai"),
+        "optimum": _build_optimum(hf, base / "optimum"),
+    }
+    loops = {
+        "fused": _FusedLoop(base / "fused"),
+        "fused-embed8": _FusedLoop(base / "fused-embed8"),
+        "genai": _GenaiLoop(base / "genai"),
+        "optimum": _OptimumLoop(base / "optimum"),
+    }
+    prompt = [int(t) for t in np.random.default_rng(0).integers(100, 5000, PROMPT_TOKENS)]
+    times: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "decode": []} for k in loops}
+    for loop in loops.values():  # warm-up (first-run allocations, prepacking)
+        loop.generate(prompt, 8)
+    for _ in range(ROUNDS):
+        for name, loop in loops.items():
+            _, ttft, decode = loop.generate(prompt, NEW_TOKENS)
+            times[name]["ttft"].append(ttft)
+            times[name]["decode"].append(decode)
+    speed = {}
+    for name, t in times.items():
+        speed[name] = {
+            "ttft_ms": round(1e3 * statistics.median(t["ttft"]), 1),
+            "decode_tok_s": round((NEW_TOKENS - 1) / statistics.median(t["decode"]), 1),
+        }
+    for name in loops:
+        for peer in ("optimum", "genai"):
+            ratio = speed[name]["decode_tok_s"] / speed[peer]["decode_tok_s"]
+            speed[name][f"decode_vs_{peer}"] = round(ratio, 2)
+    return {"builds": builds, "speed": speed}
+
+
+def _random_model(preset: str, hf: Path) -> Path:
+    if not (hf / "config.json").exists():
+        from export.random import make_random
+
+        make_random(preset, hf, seed=0, force=True)
+    return hf
+
+
+def _timed_fresh(out: Path) -> float:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return time.perf_counter()
+
+
+def _build_fused(hf: Path, out: Path, **kw: Any) -> dict[str, Any]:
+    from export.fused import build
+
+    start = _timed_fresh(out)
+    info = build(hf, out, quant="int4", block_size=32, max_length=MAX_LENGTH, **kw)
+    seconds = time.perf_counter() - start
+    (out / "fused-info.json").write_text(__import__("json").dumps(info.to_dict()))
+    return _stats(out / info.onnx_file, seconds)
+
+
+def _build_genai(hf: Path, out: Path) -> dict[str, Any]:
+    start = _timed_fresh(out)
+    build_genai_model(hf, out, "int4")
+    return _stats(out / "model.onnx", time.perf_counter() - start)
+
+
+def _build_optimum(hf: Path, out: Path) -> dict[str, Any]:
+    from export.llm import LlmOptions, export_llm
+
+    start = _timed_fresh(out)
+    shutil.rmtree(out)
+    opts = LlmOptions(quant="int4", graph="optimum", validate=False, max_length=MAX_LENGTH)
+    export_llm(str(hf), out, opts)
+    return _stats(out / "model.onnx", time.perf_counter() - start)
+
+
+def _stats(model_path: Path, seconds: float) -> dict[str, Any]:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    hist = Counter(n.op_type for n in graph.node)
+    onnx_files = [p for p in model_path.parent.iterdir() if p.name.startswith("model.onnx")]
+    return {
+        "build_s": round(seconds, 1),
+        "nodes": len(graph.node),
+        "ops": dict(hist.most_common()),
+        "size_mb": round(sum(p.stat().st_size for p in onnx_files) / 1e6, 1),
+    }
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class _FusedLoop:
+    def __init__(self, folder: Path) -> None:
+        import json
+
+        from export.fused.builder import FusedInfo, KvLayout
+        from export.fused.run import FusedDecoder
+
+        raw = json.loads((folder / "fused-info.json").read_text())
+        raw["kv"] = KvLayout(**raw["kv"])
+        self.d = FusedDecoder(folder, FusedInfo(**raw), threads=THREADS)
+
+    def generate(self, prompt: list[int], n: int) -> tuple[list[int], float, float]:
+        self.d.reset()
+        t0 = time.perf_counter()
+        logits = self.d.run(prompt)
+        t1 = time.perf_counter()
+        out = [int(np.argmax(logits))]
+        while len(out) < n:
+            out.append(int(np.argmax(self.d.run([out[-1]]))))
+        return out, t1 - t0, time.perf_counter() - t1
+
+
+class _GenaiLoop:
+    """genai's graph: shared KV buffer like ours, an attention mask instead of seqlens_k."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort
+
+        self.s = _session(folder / "model.onnx")
+        self.b = self.s.io_binding()
+        self.kv = []
+        for i in self.s.get_inputs():
+            if i.name.startswith("past_key_values"):
+                shape = [1, i.shape[1], MAX_LENGTH, _head_dim(folder)]
+                buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+                self.kv.append(buf)
+                self.b.bind_ortvalue_input(i.name, buf)
+                self.b.bind_ortvalue_output(i.name.replace("past_key_values", "present"), buf)
+        vocab = self.s.get_outputs()[0].shape[-1]
+        self.step_logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, vocab), np.float32))
+
+    def _run(self, ids: list[int], total: int) -> np.ndarray:
+        self.b.bind_cpu_input("input_ids", np.array([ids], np.int64))
+        self.b.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        if len(ids) == 1:
+            self.b.bind_ortvalue_output("logits", self.step_logits)
+            self.s.run_with_iobinding(self.b)
+            return self.step_logits.numpy()[0, -1]
+        self.b.bind_output("logits", "cpu")
+        self.s.run_with_iobinding(self.b)
+        return self.b.get_outputs()[0].numpy()[0, -1]
+
+    def generate(self, prompt: list[int], n: int) -> tuple[list[int], float, float]:
+        t0 = time.perf_counter()
+        logits = self._run(prompt, len(prompt))
+        t1 = time.perf_counter()
+        out = [int(np.argmax(logits))]
+        while len(out) < n:
+            out.append(int(np.argmax(self._run([out[-1]], len(prompt) + len(out)))))
+        return out, t1 - t0, time.perf_counter() - t1
+
+
+def _head_dim(folder: Path) -> int:
+    import json
+
+    return int(
+        json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
+    )
+
+
+class _OptimumLoop:
+    """optimum's graph: past in, present out (one row longer), rebound as the next past."""
+
+    def __init__(self, folder: Path) -> None:
+        import json
+
+        self.s = _session(folder / "model.onnx")
+        llm = json.loads((folder / "manifest.json").read_text())["llm"]
+        self.kv_shape = [1, llm["kv_heads"], 0, llm["head_dim"]]
+        self.inputs = {i.name for i in self.s.get_inputs()}
+        self.past = [i.name for i in self.s.get_inputs() if i.name.startswith("past_key_values")]
+
+    def generate(self, prompt: list[int], n: int) -> tuple[list[int], float, float]:
+        b = self.s.io_binding()
+        empty = np.zeros(self.kv_shape, np.float32)
+        for name in self.past:
+            b.bind_cpu_input(name, empty)
+        for o in self.s.get_outputs():
+            b.bind_output(o.name, "cpu")
+        t0 = time.perf_counter()
+        logits = self._run(b, prompt, 0)
+        t1 = time.perf_counter()
+        out = [int(np.argmax(logits))]
+        while len(out) < n:
+            out.append(int(np.argmax(self._run(b, [out[-1]], len(prompt) + len(out) - 1))))
+        return out, t1 - t0, time.perf_counter() - t1
+
+    def _run(self, b: Any, ids: list[int], past: int) -> np.ndarray:
+        total = past + len(ids)
+        b.bind_cpu_input("input_ids", np.array([ids], np.int64))
+        b.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        if "position_ids" in self.inputs:
+            b.bind_cpu_input("position_ids", np.arange(past, total, dtype=np.int64)[None])
+        self.s.run_with_iobinding(b)
+        outs = b.get_outputs()
+        names = [o.name for o in self.s.get_outputs()]
+        for name, value in zip(names, outs, strict=True):
+            if name.startswith("present"):
+                b.bind_ortvalue_input(name.replace("present", "past_key_values"), value)
+        for name in names:
+            b.bind_output(name, "cpu")
+        logits: np.ndarray = outs[0].numpy()[0, -1]
+        return logits
