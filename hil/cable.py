@@ -41,7 +41,7 @@ import time
 import tty
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hil.errors import HilError
@@ -186,6 +186,17 @@ class Cable:
         """Change the error rates or the latency while the cable runs."""
         with self._lock:
             self._apply(Fault(ber=ber, drop=drop, latency=latency))
+        self._wake()
+
+    def add_faults(self, steps: Iterable[Fault]) -> None:
+        """Add schedule steps; their `at` counts from now, `after_bytes` from the bytes so far."""
+        with self._lock:
+            now = time.monotonic() - self.t0
+            total = sum(d.stats["bytes_in"] for d in self._dirs)
+            for f in steps:
+                at = None if f.at is None else now + f.at
+                after = None if f.after_bytes is None else total + f.after_bytes
+                self.schedule.append(replace(f, at=at, after_bytes=after))
         self._wake()
 
     def stats(self) -> dict[str, dict[str, int]]:

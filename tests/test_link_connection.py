@@ -35,7 +35,7 @@ from runtime.link.errors import LinkUsage
 class Faults:
     ber: float = 0.0  # probability of a flipped bit, per bit
     drop: float = 0.0  # probability of a lost byte
-    garbage: float = 0.0  # probability that a write is followed by junk bytes
+    garbage: float = 0.0  # probability that a burst of frames is followed by junk bytes
     cuts: list[tuple[float, float]] = field(default_factory=list)  # (from, to) dead line
 
 
@@ -48,6 +48,8 @@ class Line:
         self.busy_until = 0.0
 
     def write(self, data: bytes, now: float) -> None:
+        if data and self.faults.garbage and self.rng.random() < self.faults.garbage:
+            data += self.rng.randbytes(self.rng.randrange(1, 40))  # junk after a burst
         for i in range(0, len(data), 128):  # bytes arrive as they come off the line
             self._write(data[i : i + 128], now)
 
@@ -67,8 +69,6 @@ class Line:
                     if rng.random() < f.ber:
                         b ^= 1 << bit
             out.append(b)
-        if f.garbage and rng.random() < f.garbage:
-            out += rng.randbytes(rng.randrange(1, 40))
         self.queue.append((arrive, bytes(out)))
 
     def next_time(self) -> float | None:

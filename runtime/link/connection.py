@@ -28,9 +28,10 @@ RST says "I do not know this session" (the peer restarted) or refuses a hello.
 
 Loss recovery relies on the serial line keeping order: when an ACK shows that a transmission
 arrived, every frame sent before it and still unacknowledged is lost and is sent again at once
-(RACK, exactly, thanks to the echoed attempt). A retransmission timer (RTT-adaptive, backing
-off to at most `BACKOFF_CAP`) covers a tail loss or a cut line: it resends the oldest frame only,
-and the ACK that answers it triggers the rest. Duplicates are acknowledged again and dropped.
+(RACK, exactly, thanks to the echoed attempt). A retransmission timer (RTT-adaptive) covers a
+tail loss or a cut line: it resends the oldest frame only, and the ACK that answers it triggers
+the rest. It backs off (to at most `BACKOFF_CAP`) only once the peer has been silent that long;
+while the peer is heard from, a lost frame on a noisy line is probed for again after one RTO. Duplicates are acknowledged again and dropped.
 
 Either side may start: `connect(now)` (or the first `send`) sends HELLO; a side that receives a
 HELLO of a new session adopts it, dropping the old session's state. Two hellos crossing are
@@ -324,7 +325,10 @@ class Connection:
             if now >= self._timer_base(oldest) + self._timeout():
                 oldest.lost = True
                 self.stats["timeouts"] += 1
-                self._backoff = min(self._backoff * 2, 64)
+                if now - self.last_heard > BACKOFF_CAP:
+                    self._backoff = min(self._backoff * 2, 64)  # the peer went quiet: back off
+                else:
+                    self._backoff = 1  # the peer is alive (a noisy line): probe again soon
         elif self._unsent and self._probe_at >= 0 and now >= self._probe_at + self._timeout():
             self._probe_at = -1.0  # the window is shut: ask the peer for an ACK
             self._control.append(self._ack_frame(FLAG_PROBE))

@@ -201,7 +201,7 @@ class Endpoint:
         while not self._inbox:
             ev = self.conn.next_event()
             if ev is NEED_DATA:
-                return
+                break
             if isinstance(ev, Message):
                 self._inbox.append(ev.data)
             elif isinstance(ev, Connected):
