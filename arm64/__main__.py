@@ -8,6 +8,8 @@ size, import time under emulation) go to stdout and to `CACHE/report.json`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -16,10 +18,11 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from arm64 import reference, rootfs, wheels
+from arm64 import install, reference, rootfs, wheels
 from arm64.cache import build_once, key_of
 from arm64.errors import Arm64Error
 
@@ -45,8 +48,9 @@ def say(text: str) -> None:
 
 
 class Run:
-    def __init__(self, cache: Path, name_filter: str) -> None:
+    def __init__(self, cache: Path, name_filter: str, verbose: bool) -> None:
         self.cache = cache
+        self.verbose = verbose
         self.name_filter = name_filter
         self.work = cache / "run"
         self.report: dict[str, Any] = {}
@@ -100,52 +104,43 @@ class Run:
         return folder
 
     def stage(self, site: Path) -> Path:
-        self.step("stage the device install (runtime/ + aarch64 wheels) and measure it")
+        self.step("stage the device install (runtime/ + aarch64 wheels, lean) and measure it")
         shutil.rmtree(self.work, ignore_errors=True)
         device = self.work / "device"
-        shutil.copytree(
-            ROOT / "runtime", device / "runtime", ignore=shutil.ignore_patterns("__pycache__")
+        install.stage(ROOT / "runtime", site, device)
+        sizes = install.measure(site, device)
+        self.report["install"] = sizes
+        parts = ", ".join(f"{k} {v}" for k, v in sizes["parts_mb"].items())
+        say(
+            f"    device install {sizes['device_total_mb']} MB without models ({parts}); "
+            f"native libraries {sizes['native_libraries_mb']} MB; "
+            f"the wheels as pip installed them {sizes['pip_wheels_mb']} MB"
         )
-        sizes = {"runtime": tree_size(device / "runtime")}
-        for top in sorted(site.iterdir()):
-            if top.is_dir() and not top.name.endswith(".dist-info") and top.name != "bin":
-                sizes[top.name] = tree_size(top)
-        total = tree_size(device / "runtime") + tree_size(site)
-        biggest = sorted(site.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)[-4:]
-        self.report["install"] = {
-            "total_mb": mb(total),
-            "parts_mb": {k: mb(v) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])},
-            "largest_files_mb": {
-                str(p.relative_to(site)): mb(p.stat().st_size) for p in reversed(biggest)
-            },
-        }
-        parts = ", ".join(f"{k} {v} MB" for k, v in self.report["install"]["parts_mb"].items())
-        say(f"    device install: {mb(total)} MB without models ({parts})")
         return device
 
     def host_reference(self) -> None:
         self.step("compute the x86_64 reference on this host")
         t0 = time.perf_counter()
-        expect = reference.prepare(self.work)
+        # Exporters print progress of their own; it belongs to -v, not to the CI log.
+        with contextlib.redirect_stdout(sys.stdout if self.verbose else io.StringIO()):
+            expect = reference.prepare(self.work)
         say(f"    {', '.join(sorted(expect))} ({time.perf_counter() - t0:.0f} s)")
 
-    def qemu(
-        self, fs: Path, device: Path, site: Path, args: list[str]
-    ) -> tuple[list[str], dict[str, str]]:
+    def qemu(self, fs: Path, device: Path, args: list[str]) -> tuple[list[str], dict[str, str]]:
         """The command and environment that run the root file system's python3.11 under qemu.
 
         The host's PYTHON* and OPENBLAS_* variables are left out: they describe this x86_64
         machine (OPENBLAS_CORETYPE names an x86 core), not the device."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "OPENBLAS_"))}
-        env["PYTHONPATH"] = f"{device}:{site}"
+        env["PYTHONPATH"] = f"{device}:{device / 'site'}"
         env["PYTHONNOUSERSITE"] = "1"
         return [QEMU, "-L", str(fs), str(fs / rootfs.PYTHON), *args], env
 
-    def device_tests(self, fs: Path, device: Path, site: Path) -> None:
+    def device_tests(self, fs: Path, device: Path) -> None:
         title = "run the device tests on aarch64 under qemu"
         self.step(title)
         cmd, env = self.qemu(
-            fs, device, site, [str(DEVICE_TESTS / "run.py"), str(self.work), self.name_filter]
+            fs, device, [str(DEVICE_TESTS / "run.py"), str(self.work), self.name_filter]
         )
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -181,14 +176,14 @@ class Run:
             raise Arm64Error(title, f"{last} (see the FAIL lines above)")
         say(f"    {last} in {took:.0f} s")
 
-    def import_time(self, fs: Path, device: Path, site: Path) -> None:
+    def import_time(self, fs: Path, device: Path) -> None:
         title = "measure the import time of runtime under emulation"
         self.step(title)
-        cmd, env = self.qemu(fs, device, site, ["-c", "pass"])
+        cmd, env = self.qemu(fs, device, ["-c", "pass"])
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, capture_output=True)
         start_s = time.perf_counter() - t0
-        cmd, env = self.qemu(fs, device, site, ["-c", IMPORT_PROBE])
+        cmd, env = self.qemu(fs, device, ["-c", IMPORT_PROBE])
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise Arm64Error(
@@ -216,14 +211,6 @@ class Run:
         )
 
 
-def tree_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def mb(n: int) -> float:
-    return round(n / 1e6, 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m arm64", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -237,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each command")
     args = parser.parse_args(argv)
+    # Library warnings (exporters, transformers) would read as this tool's; -v shows them all.
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="arm64: %(message)s"
+        level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s"
     )
-    run = Run(args.cache.resolve(), args.name_filter)
+    if not args.verbose:
+        warnings.simplefilter("ignore")
+    run = Run(args.cache.resolve(), args.name_filter, args.verbose)
     t0 = time.perf_counter()
     try:
         run.tools()
@@ -248,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         site = run.site()
         device = run.stage(site)
         run.host_reference()
-        run.device_tests(fs, device, site)
-        run.import_time(fs, device, site)
+        run.device_tests(fs, device)
+        run.import_time(fs, device)
     except Arm64Error as e:
         say(f"FAILED at {e}")
         return 1

@@ -145,9 +145,42 @@ def llm(work: Path, expect: dict[str, Any]) -> None:
         }
 
 
+ASR_PRESET = "tiny-whisper"
+ASR_WAV = "speech_short.wav"
+ASR_NEW_TOKENS = 24
+
+
+def asr(work: Path, expect: dict[str, Any]) -> None:
+    from arm64.device_tests.asr_probe import transcribe_with_logits
+    from runtime.engine.asr import Whisper
+    from runtime.engine.audio import read_wav
+    from tests.artifacts import asr_artifact
+
+    name = f"asr-{ASR_PRESET}-int8"
+    shutil.copytree(asr_artifact(ASR_PRESET, quant="int8"), work / name)
+    _record_artifact(work, name, expect)
+    (work / "data").mkdir(exist_ok=True)
+    shutil.copy2(DATA / ASR_WAV, work / "data" / ASR_WAV)
+    model = Whisper.from_artifact(_host_copy(work, name))
+    audio = read_wav(DATA / ASR_WAV, model.sample_rate)
+    result, logits = transcribe_with_logits(
+        model, audio, language="en", max_new_tokens=ASR_NEW_TOKENS
+    )
+    expect["asr"] = {
+        "artifact": name,
+        "wav": f"data/{ASR_WAV}",
+        "language": "en",
+        "max_new_tokens": ASR_NEW_TOKENS,
+        "tokens": result.tokens,
+        "text": result.text,
+        "logits": logits,
+    }
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("link frames", link),
     ("board profiles", profiles),
     ("VAD artifact and segments", vad),
     (f"{LLM_PRESET} int4/int8 artifacts and greedy tokens", llm),
+    (f"{ASR_PRESET} int8 artifact and tokens", asr),
 ]

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,30 @@ class Context:
     work: Path  # prepared by the host, read-only for tests
     expect: dict[str, Any]  # the host's results
     tmp: Path  # a fresh empty folder per test
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        """A measured figure worth seeing in the log, printed under the test's line."""
+        self.notes.append(text)
+
+
+def _import_failed(error: BaseException) -> Any:
+    def test(ctx: Context) -> None:
+        raise error
+
+    return test
 
 
 def tests(name_filter: str) -> list[tuple[str, Any]]:
+    """(name, function) of every test; a module that does not import is one failing test."""
     found = []
     for path in sorted(HERE.glob("test_*.py")):
-        module = importlib.import_module(path.stem)
+        try:
+            module = importlib.import_module(path.stem)
+        except Exception as e:
+            if name_filter in path.stem:
+                found.append((f"{path.stem}::<import>", _import_failed(e)))
+            continue
         for name, func in vars(module).items():
             full = f"{path.stem}::{name}"
             if name.startswith("test_") and callable(func) and name_filter in full:
@@ -56,8 +74,9 @@ def main(argv: list[str]) -> int:
     for name, func in tests(argv[2] if len(argv) == 3 else ""):
         tmp = Path(tempfile.mkdtemp(prefix="ocula-device-"))
         start = time.perf_counter()
+        ctx = Context(work, expect, tmp)
         try:
-            func(Context(work, expect, tmp))
+            func(ctx)
         except Exception:
             failed += 1
             took = time.perf_counter() - start
@@ -68,6 +87,8 @@ def main(argv: list[str]) -> int:
             print(f"PASS {name} ({time.perf_counter() - start:.1f}s)", flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        for text in ctx.notes:
+            print(f"    note: {text}", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 1 if failed or not passed else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import platform
 import sys
@@ -45,7 +46,12 @@ def test_nothing_but_stdlib_and_the_device_dependencies_is_loaded(ctx) -> None:
     for m in pkgutil.walk_packages(runtime.__path__, "runtime."):
         importlib.import_module(m.name)
     # sitecustomize: Debian's python3.11 ships one (it only adds its dist-packages paths).
-    allowed = set(sys.stdlib_module_names) | DEVICE_PACKAGES | {"run", "__main__", "sitecustomize"}
-    loaded = {name.split(".")[0] for name in sys.modules}
-    loaded = {n for n in loaded if not n.startswith("test_")}
+    allowed = set(sys.stdlib_module_names) | DEVICE_PACKAGES | {"__main__", "sitecustomize"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    ours = {
+        n
+        for n, m in sys.modules.items()
+        if os.path.dirname(getattr(m, "__file__", None) or "") == here
+    }
+    loaded = {name.split(".")[0] for name in sys.modules} - ours
     assert loaded <= allowed, f"host-only modules loaded: {sorted(loaded - allowed)}"
