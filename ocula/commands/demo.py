@@ -428,7 +428,8 @@ def _summary(
         c = r.metrics["counters"]
         lat = r.metrics["latency_s"]
         key = "speech_end_to_first_translation_s" if name == "translate" else "frame_to_answer_s"
-        fig = f"{lat[key]['p50']:.2f} / {lat[key]['p90']:.2f}" if key in lat else "-"
+        label = "speech end -> translation" if name == "translate" else "frame -> answer"
+        fig = f"{label}: {lat[key]['p50']:.2f} / {lat[key]['p90']:.2f}" if key in lat else "-"
         table.add_row(
             name,
             f"{r.duration_s:.1f}",
@@ -436,11 +437,11 @@ def _summary(
             str(c.get("late.display", 0)),
             str(c.get("camera.stale_frames", 0)),
             str(c.get("captions.retracted_words", 0)),
-            f"{key}: {fig}",
+            fig,
             f"{r.total_energy_j:.2f}",
         )
     print()
-    Console().print(table)
+    Console(width=150).print(table)
     print(
         f"\ntotal {time.perf_counter() - steps.t0:.0f} s; output in {out}"
         + (f"; report {page}" if page else "")

@@ -11,12 +11,14 @@ Tasks (see `runtime.sched`):
 - when the VAD confirms the end, the final ASR job for the segment (never skipped), whose text
   replaces the partial line as a finished paragraph (`on_sentence` hook: translate builds on it).
 
-Latency `speech_end_to_caption_s`: from the moment the speech ended (the capture time of the
-segment's last sample) to the final caption on screen.
+Latency `speech_end_to_caption_s`: from the moment the speech ended (the capture tick that
+brought in the segment's last sample, padding included) to the final caption on screen.
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -59,7 +61,8 @@ class Captions:
         self._seen = 0  # samples pulled from the ring so far
         self._last_partial = 0.0
         self._flushed = False
-        self._capture_t0 = 0.0
+        # (samples in the ring so far, capture time): when each sample arrived, for latencies
+        self._captured: collections.deque[tuple[int, float]] = collections.deque(maxlen=30_000)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -83,7 +86,6 @@ class Captions:
             self.ring = AudioRing(self.ring.capacity, self.source.channels)
         for note in getattr(self.source, "notes", []):
             host.note(note)
-        self._capture_t0 = host.clock.now()
         host.sched.every(f"{self.name}.capture", CAPTURE_PERIOD_S, self._capture)
         host.sched.every(
             f"{self.name}.vad", VAD_PERIOD_S, self._vad_tick, realtime=False, priority=Priority.VAD
@@ -95,6 +97,7 @@ class Captions:
         frames = self.source.read(now)
         if len(frames):
             self.ring.write(frames)
+            self._captured.append((self.ring.written, now))
         if self.ring.overflowed:
             assert self.host is not None
             self.host.metrics.set_counter("audio.dropped_samples", self.ring.overflowed)
@@ -139,7 +142,7 @@ class Captions:
             return
         self._speech_start = None
         self.utterances += 1
-        end_t = self._capture_t0 + ev.end / self.rate
+        end_t = self._sample_time(ev.end)
         host.trace.instant("speech end", "audio", "audio", start=ev.start, end=ev.end)
         audio = self._slice(ev.start, ev.end)
         self._pending_finals += 1
@@ -148,6 +151,14 @@ class Captions:
             f"{self.name}.asr", self._asr(audio, True, end_t, marks), Priority.ASR, marks=marks
         )
         host.sched.submit(job)
+
+    def _sample_time(self, index: int) -> float:
+        """When sample `index` was captured: the capture tick that brought it in."""
+        marks = self._captured
+        i = bisect.bisect_left(marks, (index, float("-inf")))
+        if i >= len(marks):
+            return marks[-1][1] if marks else 0.0
+        return marks[i][1]
 
     def _slice(self, start: int, end: int) -> F32:
         if not self._buf:

@@ -72,6 +72,7 @@ class CaptionScreen:
         self._scroll_from: float | None = None
         self._last_key: object = None
         self._frame: U8 = np.zeros((height, width), dtype=np.uint8)
+        self._line_cache: dict[tuple[str, int, int], U8] = {}
 
     # -- editing (the app) ---------------------------------------------------------------
 
@@ -143,6 +144,21 @@ class CaptionScreen:
             self._top_since = now
             self._scroll_from = now
 
+    def _line_bitmap(self, line: tuple[str, int, int]) -> U8:
+        """One line drawn once and reused while it stays on screen (a render is then copies)."""
+        bitmap = self._line_cache.get(line)
+        if bitmap is None:
+            text, level, bright = line
+            bitmap = _blank(self.atlas.line_height, self.width)
+            x = draw_text(
+                bitmap, self.margin, 0, text[:bright], self.atlas, FINAL if bright else level
+            )
+            draw_text(bitmap, x, 0, text[bright:], self.atlas, level)
+            if len(self._line_cache) >= 256:
+                self._line_cache.pop(next(iter(self._line_cache)))
+            self._line_cache[line] = bitmap
+        return bitmap
+
     def render(self, now: float) -> tuple[U8, Rect | None]:
         lines = self.lines()
         self._advance(lines, now)
@@ -159,17 +175,22 @@ class CaptionScreen:
             return self._frame, None
         self._last_key = key
         frame = np.zeros((self.height, self.width), dtype=np.uint8)
-        y = self.margin - (self.atlas.line_height - offset if offset else 0)
-        for text, level, bright in visible:
-            if y + self.atlas.line_height > self.margin // 2:
-                x = draw_text(
-                    frame, self.margin, y, text[:bright], self.atlas, FINAL if bright else level
-                )
-                draw_text(frame, x, y, text[bright:], self.atlas, level)
-            y += self.atlas.line_height
+        lh = self.atlas.line_height
+        y = self.margin - (lh - offset if offset else 0)
+        for line in visible:
+            if y + lh > self.margin // 2:
+                bitmap = self._line_bitmap(line)
+                y0, y1 = max(0, y), min(self.height, y + lh)
+                if y1 > y0:
+                    frame[y0:y1] = bitmap[y0 - y : y1 - y]
+            y += lh
         dirty = _diff_rect(self._frame, frame)
         self._frame = frame
         return frame, dirty
+
+
+def _blank(h: int, w: int) -> U8:
+    return np.zeros((h, w), dtype=np.uint8)
 
 
 def _diff_rect(a: U8, b: U8) -> Rect | None:
