@@ -55,7 +55,8 @@ class WavSource:
             samples = read_wav(self.path, rate)
         except InputError as exc:
             raise DeviceError(f"audio source {exc}") from exc
-        self._pcm: I16 = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
+        # x * 32768 gives back the exact integers of a 16-bit file (read_wav divides by 32768)
+        self._pcm: I16 = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
         self._t0 = clock.now()
         self._pos = 0
 

@@ -1,0 +1,85 @@
+"""`ocula run`: what a user sees, including every bad input named in the issue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.apps_helpers import models_dir
+from tests.conftest import run_ocula
+
+IMAGES = Path(__file__).parent / "data" / "images"
+TRUTH = json.loads((IMAGES / "images.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    return models_dir(tmp_path_factory.mktemp("cli") / "models", ("llm", "vision"))
+
+
+def test_run_look_locally_prints_counters_and_writes_the_trace(
+    models: Path, tmp_path: Path
+) -> None:
+    r = run_ocula(
+        "run", "look", "--port", "local", "--models", str(models), "--camera", str(IMAGES / "sign_en.png"),
+        "--display", str(tmp_path / "d"), "--trace", str(tmp_path / "t.json"), "--once", "--virtual",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert " / ".join(TRUTH["sign_en.png"]) in r.out
+    assert "late.display" in r.out and "frame_to_answer_s" in r.out and "p90" in r.out
+    trace = json.loads((tmp_path / "t.json").read_text())
+    names = {e["name"] for e in trace["traceEvents"]}
+    assert {"look.ocr", "display", "camera frame"} <= names
+    assert (tmp_path / "d" / "preview.png").is_file()
+
+
+def test_board_ports_are_refused_until_the_agent_runs_apps(models: Path) -> None:
+    r = run_ocula("run", "look", "--port", "/dev/ttyACM7", "--models", str(models))
+    assert r.code == 2 and "--port local" in r.err and "Traceback" not in r.err
+
+
+def test_a_bundle_without_the_model_the_app_needs(models: Path) -> None:
+    wav = str(Path(__file__).parent / "data" / "speech_short.wav")
+    r = run_ocula("run", "captions", "--port", "local", "--models", str(models), "--audio", wav)
+    assert r.code == 1
+    assert "app 'captions' needs a 'vad' model" in r.err and "ocula export vad" in r.err
+
+
+def test_a_display_that_cannot_be_opened(models: Path) -> None:
+    r = run_ocula(
+        "run",
+        "look",
+        "--port",
+        "local",
+        "--models",
+        str(models),
+        "--camera",
+        "pattern",
+        "--display",
+        "fb:/dev/fb9",
+    )
+    assert r.code == 1 and "/dev/fb9" in r.err and "Traceback" not in r.err
+
+
+def test_audio_that_is_not_a_wav(models: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    r = run_ocula(
+        "run", "captions", "--port", "local", "--models", str(models), "--audio", str(bad)
+    )
+    assert r.code == 1 and "notes.wav: not a readable PCM WAV" in r.err
+
+
+def test_a_camera_file_that_is_not_an_image_is_said_and_the_runtime_ends_cleanly(
+    models: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "photo.png"
+    bad.write_text("not an image")
+    r = run_ocula(
+        "run", "look", "--port", "local", "--models", str(models), "--camera", str(bad), "--virtual", "--duration", "3",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert "photo.png: not an image" in r.err
+    assert "camera task stopped" in r.out and "other apps keep running" in r.out
