@@ -77,20 +77,28 @@ def _producer(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
     return None
 
 
-def find_tied(model: onnx.ModelProto, tied: bool) -> tuple[Any, Any] | None:
-    """(embedding Gather node, head MatMul node) when the head reads the embedding table."""
-    if not tied:
-        return None
+def embedding(model: onnx.ModelProto) -> Any | None:
+    """The token-embedding Gather: the one reading the largest 2-D constant table."""
     inits = _inits(model)
     gathers = [
         n
         for n in model.graph.node
         if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2
     ]
-    head = _producer(model, "logits")
-    if head is None or head.op_type != "MatMul" or not gathers:
+    if not gathers:
         return None
-    gather = max(gathers, key=lambda n: int(np.prod(inits[n.input[0]].dims)))
+    return max(gathers, key=lambda n: int(np.prod(inits[n.input[0]].dims)))
+
+
+def find_tied(model: onnx.ModelProto, tied: bool) -> tuple[Any, Any] | None:
+    """(embedding Gather node, head MatMul node) when the head reads the embedding table."""
+    if not tied:
+        return None
+    inits = _inits(model)
+    gather = embedding(model)
+    head = _producer(model, "logits")
+    if head is None or head.op_type != "MatMul" or gather is None:
+        return None
     b = head.input[1]
     table = numpy_helper.to_array(inits[gather.input[0]])
     if b in inits:
@@ -104,6 +112,14 @@ def find_tied(model: onnx.ModelProto, tied: bool) -> tuple[Any, Any] | None:
 
 
 def _remove_unused_initializers(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nobody reads, then the initializers nobody reads."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        _set_nodes(model.graph, [n for n in model.graph.node if n not in dead])
     used = {i for n in model.graph.node for i in n.input}
     used |= {o.name for o in model.graph.output}
     keep = [t for t in model.graph.initializer if t.name in used]
@@ -152,31 +168,32 @@ def quantize(
 
     pair = find_tied(model, tied)
     exclude = [pair[1].name] if pair else []
-    ops = ("MatMul",) if pair else ("MatMul", "Gather")
     config = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=symmetric,
         accuracy_level=accuracy_level,
-        op_types_to_quantize=ops,
-        quant_axes=(("MatMul", 0), ("Gather", 1)),
+        op_types_to_quantize=("MatMul",),
+        quant_axes=(("MatMul", 0),),
         bits=bits,
     )
     q = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
     q.process()
     out: onnx.ModelProto = q.model.model
-    if pair:
-        pair = find_tied(out, True)
-        if pair is None:
-            raise ExportError("the tied head was lost during quantization (a bug in Ocula)")
-        _quantize_tied(out, *pair, bits, block_size, symmetric, accuracy_level, config)
+    pair = find_tied(out, True) if pair else None
+    gather = pair[0] if pair else embedding(out)
+    if tied and pair is None:
+        raise ExportError("the tied head was lost during quantization (a bug in Ocula)")
+    if gather is not None:
+        head = pair[1] if pair else None
+        _quantize_embedding(out, gather, head, bits, block_size, symmetric, accuracy_level, config)
     _ensure_opset(out)
     return out
 
 
-def _quantize_tied(
+def _quantize_embedding(
     model: onnx.ModelProto,
     gather: Any,
-    head: Any,
+    head: Any | None,
     bits: int,
     block_size: int,
     symmetric: bool,
@@ -195,32 +212,34 @@ def _quantize_tied(
     g.initializer.extend(
         [
             numpy_helper.from_array(packed, "embed.qweight"),
-            numpy_helper.from_array(scales.astype(np.float32), "embed.scales"),
             numpy_helper.from_array(scales.astype(np.float32)[..., None], "embed.scales3"),
         ]
     )
-    head_in = [head.input[0], "embed.qweight", "embed.scales"]
     gather_in = ["embed.qweight", gather.input[1], "embed.scales3"]
     if not symmetric:
-        g.initializer.append(numpy_helper.from_array(zp, "embed.zp"))
         per_block = _unpack(zp, bits, kb)[..., None]
         g.initializer.append(numpy_helper.from_array(per_block, "embed.zp3"))
-        head_in.append("embed.zp")
         gather_in.append("embed.zp3")
     nodes = list(g.node)
-    hi, gi = nodes.index(head), nodes.index(gather)
-    new_head = helper.make_node(
-        "MatMulNBits",
-        head_in,
-        list(head.output),
-        name="lm_head.MatMulNBits",
-        domain=MS,
-        K=hidden,
-        N=vocab,
-        bits=bits,
-        block_size=block_size,
-        accuracy_level=accuracy_level,
-    )
+    if head is not None:
+        g.initializer.append(numpy_helper.from_array(scales.astype(np.float32), "embed.scales"))
+        head_in = [head.input[0], "embed.qweight", "embed.scales"]
+        if not symmetric:
+            g.initializer.append(numpy_helper.from_array(zp, "embed.zp"))
+            head_in.append("embed.zp")
+        nodes[nodes.index(head)] = helper.make_node(
+            "MatMulNBits",
+            head_in,
+            list(head.output),
+            name="lm_head.MatMulNBits",
+            domain=MS,
+            K=hidden,
+            N=vocab,
+            bits=bits,
+            block_size=block_size,
+            accuracy_level=accuracy_level,
+        )
+    gi = nodes.index(gather)
     rows = gather.output[0] + ".blocks"
     new_gather = helper.make_node(
         "GatherBlockQuantized",
@@ -249,7 +268,6 @@ def _quantize_tied(
                 name="embed.unpad",
             )
         )
-    nodes[hi] = new_head
     nodes[gi : gi + 1] = extra
     _set_nodes(g, nodes)
     _remove_unused_initializers(model)

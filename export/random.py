@@ -70,7 +70,7 @@ def _train(model: Any, tok: BuiltTokenizer, steps: int) -> None:
             loss.backward()
             opt.step()
         model.eval()
-        log.debug("trained %d steps, last loss %.3f", steps, float(loss))
+        log.debug("trained %d steps, last loss %.3f", steps, float(loss.detach()))
     finally:
         torch.set_num_threads(threads)
 

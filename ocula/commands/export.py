@@ -101,7 +101,26 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace DIR even if it is not an artifact")
 
 
+def _quiet_libraries(verbose: int) -> None:
+    """torch's tracer and transformers warn at length about things that are fine here."""
+    if verbose > 1:
+        return
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "optimum", "torch", "onnxruntime", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def _llm(args: argparse.Namespace) -> int:
+    _quiet_libraries(args.verbose)
     from export.llm import LlmOptions, export_llm
     from export.steps import Steps
 
@@ -124,6 +143,7 @@ def _llm(args: argparse.Namespace) -> int:
 
 
 def _asr(args: argparse.Namespace) -> int:
+    _quiet_libraries(args.verbose)
     from export.asr import AsrOptions, export_asr
     from export.steps import Steps
 
@@ -190,6 +210,7 @@ def _packaged(args: argparse.Namespace) -> int:
 
 
 def _random(args: argparse.Namespace) -> int:
+    _quiet_libraries(args.verbose)
     from export.random import make_random
 
     t0 = time.perf_counter()
@@ -223,9 +244,9 @@ def _reporter(quiet: bool) -> Any:
             st = state.pop(name, None)
             if st is not None:
                 st.stop()
-            console.print(f"  {name}: {seconds:.1f} s", highlight=False)
+            console.print(f"  {name}: {seconds:.1f} s", highlight=False, soft_wrap=True)
         else:
-            console.print(f"  {name}", highlight=False)
+            console.print(f"  {name}", highlight=False, soft_wrap=True)
         sys.stderr.flush()
 
     return report
