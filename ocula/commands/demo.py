@@ -272,7 +272,7 @@ def _run_app(out: Path, models: Path, app: str, duration: float, **devices: Any)
     host = _host(models, out / "display" / app, **devices)
     if not host.add(make_app(app)):
         host.close()
-        raise OculaError(host.failures[app])
+        raise host.errors[app]
     report = host.run(duration)
     trace = host.trace.write(out / f"trace-{app}.json", {"app": app, "board": "sim"})
     print_report(report)

@@ -121,7 +121,7 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
     host = Host(profile, clock, devices, atlas, Models.scan(args.models), options)
     if not host.add(make_app(args.app)):
         host.close()
-        raise OculaError(host.failures[args.app])
+        raise host.errors[args.app]
     report = host.run(args.duration)
     trace = None
     if args.trace:

@@ -121,6 +121,7 @@ class Host:
         )
         self.apps: list[App] = []
         self.failures: dict[str, str] = {}
+        self.errors: dict[str, OculaError] = {}
         self.notes: list[str] = []
         self._memory = MemoryWatch(profile, self.telemetry)
         self._started = clock.now()
@@ -143,6 +144,7 @@ class Host:
             app.setup(self)
         except OculaError as exc:
             self.failures[app.name] = str(exc)
+            self.errors[app.name] = exc
             self.trace.instant("app failed", "error", "apps", app=app.name, error=str(exc))
             log.error("%s cannot run: %s", app.name, exc)
             return False

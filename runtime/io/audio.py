@@ -8,7 +8,8 @@ Backends:
   decoded once: another rate is resampled, several channels are mixed down, and each
   conversion is said in `notes` (and logged); a truncated or non-PCM file is refused clearly.
 - `AlsaSource` (`runtime.io.alsa`): a microphone on a Linux board.
-- `open_audio(spec)`: "wav:PATH" or a path ending in .wav, "alsa:DEVICE".
+- `SilenceSource`: low noise at the clock's pace, for boards without a microphone;
+- `open_audio(spec)`: "wav:PATH" or a path ending in .wav, "alsa:DEVICE", "silence".
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from runtime.engine.errors import InputError
 from runtime.io.errors import DeviceError
 from runtime.sched.clock import Clock
 
-__all__ = ["AudioSource", "WavSource", "open_audio"]
+__all__ = ["AudioSource", "SilenceSource", "WavSource", "open_audio"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,25 @@ class WavSource:
         pass
 
 
+class SilenceSource:
+    """A microphone in a quiet room: low noise at the clock's pace (boards without a mic)."""
+
+    def __init__(self, rate: int, clock: Clock, level: float = 30.0, seed: int = 0) -> None:
+        self.rate, self.channels, self.clock = rate, 1, clock
+        self._t0 = clock.now()
+        self._pos = 0
+        self._rng = np.random.default_rng(seed)
+        self.level = level
+
+    def read(self, now: float) -> I16:
+        n = max(0, int((now - self._t0) * self.rate) - self._pos)
+        self._pos += n
+        return (self._rng.normal(0.0, self.level, (n, 1))).astype(np.int16)
+
+    def close(self) -> None:
+        pass
+
+
 def _inspect(path: Path, rate: int) -> list[str]:
     """Plain words for what `read_wav` will do to this file, read from its header."""
     import wave
@@ -127,6 +147,8 @@ def _data_bytes(path: Path) -> int:
 def open_audio(spec: str, rate: int, clock: Clock, channels: int = 1) -> AudioSource:
     """An audio source from a spec: a .wav path, "wav:PATH" or "alsa:DEVICE"."""
     kind, _, rest = spec.partition(":")
+    if spec == "silence":
+        return SilenceSource(rate, clock)
     if kind == "alsa":
         from runtime.io.alsa import AlsaSource
 

@@ -80,6 +80,19 @@ class GlyphAtlas:
         self.missing_by_script: dict[str, int] = {}
 
     @classmethod
+    def empty(cls, size: int = 28) -> GlyphAtlas:
+        """No glyphs at all: every character shows as a box (and is said). The fallback on a
+        board whose bundle carries no atlas: the display's cadence and layout still run."""
+        meta: dict[str, object] = {
+            "size": size,
+            "line_height": size * 3 // 2,
+            "missing_scripts": ["all"],
+        }
+        return cls(
+            np.zeros(0, np.int32), np.zeros((0, 7), np.int16), np.zeros((1, 1), np.uint8), meta
+        )
+
+    @classmethod
     def load(cls, path: str | Path) -> GlyphAtlas:
         path = Path(path)
         try:

@@ -1,0 +1,111 @@
+"""Run an app on the board itself: what the device agent calls for a `run` request.
+
+    reply = run_on_board(app, seconds, artifacts=slot / "artifacts", profile=profile,
+                         traces=store / "traces", work=store / "apps")
+
+Devices come from the board: the profile's display (a framebuffer when `display.interface` is
+"fbdev", else the virtual display writing PNGs under `work/display`), an ALSA microphone when the
+profile has audio and pyalsaaudio is installed (else a quiet synthetic microphone, said in the
+notes), a V4L2 camera at /dev/video0 when present (else the synthetic pattern camera). The
+glyph atlas is `glyphs.npz` in the artifacts folder when the bundle carries one; without it the
+display shows boxes for every character (and says so). The trace is written to
+`traces/<app>.json` and the reply names it, with the counters and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from runtime.apps import AppOptions, Devices, Host, Models, make_app
+from runtime.errors import OculaError
+from runtime.io.audio import AudioSource, SilenceSource, open_audio
+from runtime.io.camera import Camera, PatternCamera, open_camera
+from runtime.io.display import Display, VirtualDisplay, open_display
+from runtime.io.glyphs import GlyphAtlas
+from runtime.profile import Profile
+from runtime.sched.clock import MonotonicClock
+
+__all__ = ["run_on_board"]
+
+log = logging.getLogger(__name__)
+
+ATLAS = "glyphs.npz"
+
+
+def run_on_board(
+    app: str,
+    seconds: float,
+    *,
+    artifacts: Path,
+    profile: Profile,
+    traces: Path,
+    work: Path,
+    options: AppOptions | None = None,
+) -> dict[str, Any]:
+    clock = MonotonicClock()
+    notes: list[str] = []
+    devices = Devices(
+        audio=_audio(profile, clock, notes),
+        camera=_camera(profile, notes),
+        display=_display(profile, work, notes),
+    )
+    atlas_path = artifacts / ATLAS
+    if atlas_path.is_file():
+        atlas = GlyphAtlas.load(atlas_path)
+    else:
+        atlas = GlyphAtlas.empty()
+        notes.append(
+            f"no {ATLAS} in the bundle: text shows as boxes; bundle a glyph atlas built on the host"
+        )
+    host = Host(profile, clock, devices, atlas, Models.scan(artifacts), options or AppOptions())
+    for n in notes:
+        host.note(n)
+    if not host.add(make_app(app)):
+        host.close()
+        raise host.errors[app]
+    report = host.run(seconds)
+    name = f"{app}.json"
+    host.trace.write(traces / name, {"board": profile.name, "app": app})
+    m = report.metrics
+    return {
+        "trace": name,
+        "seconds": report.duration_s,
+        "counters": m["counters"],
+        "latency_s": {k: v for k, v in m["latency_s"].items() if not k.startswith("wait.")},
+        "notes": report.notes,
+        "energy_j": report.total_energy_j,
+    }
+
+
+def _audio(profile: Profile, clock: MonotonicClock, notes: list[str]) -> AudioSource:
+    try:
+        return open_audio("alsa:default", profile.audio.rate, clock, profile.audio.channels)
+    except OculaError as exc:
+        notes.append(f"no microphone ({exc}); a quiet synthetic microphone stands in")
+        return SilenceSource(profile.audio.rate, clock)
+
+
+def _camera(profile: Profile, notes: list[str]) -> Camera:
+    if Path("/dev/video0").exists():
+        try:
+            return open_camera("v4l2:/dev/video0", profile.camera.width, profile.camera.height)
+        except OculaError as exc:
+            notes.append(f"camera: {exc}")
+    notes.append("no camera: the synthetic pattern camera stands in")
+    return PatternCamera(
+        min(640, profile.camera.width or 640), min(480, profile.camera.height or 480)
+    )
+
+
+def _display(profile: Profile, work: Path, notes: list[str]) -> Display:
+    d = profile.display
+    if d.interface == "fbdev":
+        try:
+            return open_display("fb:/dev/fb0", d.width, d.height, d.colour, d.bits)
+        except OculaError as exc:
+            notes.append(f"display: {exc}; the virtual display stands in")
+    return VirtualDisplay(
+        work / "display", d.width or 480, d.height or 640, d.colour, d.bits, max_png=200
+    )
