@@ -1,7 +1,8 @@
 """HIL rig figures: the fixture firmware under MicroPython's unix port, and power sync.
 
 - sustained sample rate: the highest rate at which the fixture loop (INA226 register reads,
-  framing, the line) misses no sample over a 2 s run, stepping up the rate;
+  framing, the line) misses no sample over a 2 s run, stepping up the rate; strict (each
+  sample read within one period of its slot) and with a 1 ms jitter budget (`start RATE 1000`);
 - fixture link: sample bytes per second reaching the host at 921600 baud over the virtual
   cable (`hil.cable`, when present) and over a bare pty;
 - marker sync error: GPIO markers fitted on half the edges, error on the other half; and
@@ -38,13 +39,13 @@ def _fixture(tmp: Path, **kw: Any) -> tuple[simrig.SimFixture, Fixture]:
     return sim, fx
 
 
-def sustained_rate(tmp: Path, seconds: float = 2.0) -> dict[str, Any]:
+def sustained_rate(tmp: Path, seconds: float = 2.0, max_late: int = 0) -> dict[str, Any]:
     rows = []
     best = 0
     sim, fx = _fixture(tmp)
     try:
         for rate in RATES:
-            fx.start(rate)
+            fx.start(rate, max_late)
             fx.wait_samples(int(rate * seconds), timeout=seconds * 4 + 5)
             st = fx.stop()
             s = fx.samples()
@@ -58,11 +59,13 @@ def sustained_rate(tmp: Path, seconds: float = 2.0) -> dict[str, Any]:
     return {"sustained_hz": best, "steps": rows}
 
 
-def link_throughput(tmp: Path, seconds: float = 3.0) -> dict[str, Any]:
+def link_throughput(
+    tmp: Path, seconds: float = 3.0, rate: int = 22000, max_late: int = 0
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     sim, fx = _fixture(tmp)
     try:
-        fx.start(40000)
+        fx.start(40000, max_late)
         t0, b0 = time.monotonic(), fx.bytes_in
         fx.wait_samples(int(40000 * seconds), timeout=seconds * 10)
         dt, db = time.monotonic() - t0, fx.bytes_in - b0
@@ -75,10 +78,32 @@ def link_throughput(tmp: Path, seconds: float = 3.0) -> dict[str, Any]:
     finally:
         fx.close()
         sim.close()
-    try:
-        import hil.cable  # noqa: F401
-    except ImportError:
-        out["cable_921600"] = "hil.cable not available in this checkout: not measured"
+    from hil.cable import Cable
+
+    with Cable(baud=921600) as cable:
+        sim = simrig.SimFixture(tmp / "cable", device=cable.b)
+        fx = Fixture(open_serial(cable.a, 921600), cable.a)
+        try:
+            fx.hello()
+            sim.rail(1.0)
+            fx.start(rate, max_late)
+            fx.wait_samples(3000)
+            t0, b0, n0 = time.monotonic(), fx.bytes_in, len(fx.samples())
+            fx.wait_samples(n0 + int(rate * 0.9 * seconds), timeout=seconds * 10)
+            dt, db = time.monotonic() - t0, fx.bytes_in - b0
+            n = len(fx.samples()) - n0
+            st = fx.stop()
+        finally:
+            fx.close()
+            sim.close()
+    line = 921600 / 10
+    out["cable_921600"] = {
+        "wire_kBps": round(db / dt / 1000, 1),
+        "sample_kBps": round(n * 4 / dt / 1000, 1),
+        "line_kBps": line / 1000,
+        "sample_share_of_line": round(n * 4 / dt / line, 3),
+        "overruns": st["overruns"],
+    }
     return out
 
 
@@ -163,7 +188,9 @@ def run(out_dir: Path) -> dict[str, Any]:
         tmp = Path(d)
         return {
             "fixture_sustained_rate": sustained_rate(tmp / "a"),
+            "fixture_sustained_rate_1ms_jitter": sustained_rate(tmp / "a2", max_late=1000),
             "fixture_link": link_throughput(tmp / "b"),
+            "fixture_link_1ms_jitter": link_throughput(tmp / "b2", max_late=1000),
             "marker_sync": marker_sync(tmp / "c"),
             "energy_repeatability": energy_repeatability(tmp / "d"),
         }
