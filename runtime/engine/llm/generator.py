@@ -194,6 +194,11 @@ class Llm:
         with them only prefill the rest."""
         self._feed(list(ids), reuse=True)
 
+    def reset(self) -> None:
+        """Forget the KV cache (the next prompt prefills from its first token)."""
+        self._runner.truncate(0)
+        self._cached.clear()
+
     @property
     def cached_tokens(self) -> int:
         return len(self._cached)

@@ -1,0 +1,435 @@
+"""Engines side by side with their peers: LLM decode and first token, ASR, VAD.
+
+Every measurement runs in a fresh process (so peak RSS is the engine's own), with 2 intra-op
+threads, peers alternating round by round; figures are medians over the rounds.
+
+- LLM (qwen2.5-0.5b random weights at int4 and int8, SmolLM2-135M real weights at int4):
+  Ocula's generator on the fused artifact; onnxruntime-genai on a model built by its own builder
+  from the same weights (peer venv, `bench/peers.py`); PyTorch eager fp32 `generate`. A
+  64-token prompt, 128 new tokens (EOS ignored), time to first token, decode tokens/s, Python
+  overhead per token (step time minus time inside `run_with_iobinding`), peak RSS. The roofline:
+  this machine's copy bandwidth (bytes read + written) over the weight bytes read per token.
+- ASR (whisper-tiny and whisper-base random weights, fp32): 5 s and 30 s clips, exactly 50
+  decoded tokens; Ocula's engine, PyTorch eager `generate`, optimum's ORTModelForSpeechSeq2Seq
+  on optimum's own export of the same weights.
+- VAD: microseconds per 32 ms chunk (model run, and the whole `push`).
+
+Models are built once into `.cache/bench-engines/` (delete it to rebuild).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "bench-engines"
+THREADS = 2
+PROMPT = 64
+NEW = 128
+ROUNDS = 3
+ASR_TOKENS = 50
+MAX_LENGTH = 512
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def _hf(preset: str) -> Path:
+    out = CACHE / preset / "hf"
+    if not (out / "config.json").exists():
+        if preset == "smollm2":
+            from tests.test_engine_helpers import hf_model
+
+            return hf_model("smollm2")
+        from export.random import make_random
+
+        make_random(preset, out, seed=0, force=True)
+    return out
+
+
+def _llm(preset: str, quant: str) -> Path:
+    out = CACHE / preset / f"ocula-{quant}"
+    if not (out / "manifest.json").exists():
+        from export.llm import LlmOptions, export_llm
+
+        opts = LlmOptions(
+            quant=quant, graph="fused", validate=False, max_length=MAX_LENGTH, force=True
+        )
+        export_llm(str(_hf(preset)), out, opts)
+    return out
+
+
+def _genai(preset: str, precision: str = "int4") -> Path:
+    out = CACHE / preset / f"genai-{precision}"
+    if not (out / "genai_config.json").exists():
+        from bench.peers import build_genai_model
+
+        build_genai_model(_hf(preset), out, precision)
+    cfg_path = out / "genai_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    opts = cfg["model"]["decoder"].setdefault("session_options", {})
+    if opts.get("intra_op_num_threads") != THREADS:
+        opts["intra_op_num_threads"] = THREADS
+        opts["inter_op_num_threads"] = 1
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def _asr(preset: str) -> Path:
+    out = CACHE / preset / "ocula-fp32"
+    if not (out / "manifest.json").exists():
+        from export.asr import AsrOptions, export_asr
+
+        export_asr(str(_hf(preset)), out, AsrOptions(quant="fp32", validate=False, force=True))
+    return out
+
+
+def _optimum_asr(preset: str) -> Path:
+    out = CACHE / preset / "optimum"
+    if not (out / "encoder_model.onnx").exists():
+        from optimum.exporters.onnx import main_export
+
+        main_export(str(_hf(preset)), output=out, task="automatic-speech-recognition-with-past")
+    return out
+
+
+def _vad() -> Path:
+    out = CACHE / "vad"
+    if not (out / "manifest.json").exists():
+        from export.packaged import export_packaged
+
+        export_packaged("vad", out, force=True)
+    return out
+
+
+# -- workers (each in its own process) ----------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _prompt(vocab: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(0).integers(100, min(vocab, 20000), PROMPT)]
+
+
+def worker_ocula_llm(path: str, reps: int) -> dict[str, Any]:
+    from runtime.engine.llm import GenerationConfig, Llm
+
+    llm = Llm.from_artifact(path, threads=THREADS)
+    llm.eos_ids = frozenset()
+    ids = _prompt(llm.info.vocab_size)
+    out: dict[str, list[float]] = {"ttft": [], "decode": [], "overhead": []}
+    for r in range(reps + 1):
+        llm.reset()
+        n = 8 if r == 0 else NEW
+        gen = llm.start(ids, GenerationConfig(max_new_tokens=n))
+        t0 = time.perf_counter()
+        gen.step()
+        t1 = time.perf_counter()
+        s0 = llm.session_seconds
+        while not gen.done:
+            gen.step()
+        t2 = time.perf_counter()
+        if r:
+            out["ttft"].append(t1 - t0)
+            out["decode"].append((NEW - 1) / (t2 - t1))
+            out["overhead"].append(1 - (llm.session_seconds - s0) / (t2 - t1))
+    return {k: statistics.median(v) for k, v in out.items()} | {"rss_mb": _rss_mb()}
+
+
+GENAI_WORKER = r"""
+import json, resource, statistics, sys, time
+import numpy as np
+import onnxruntime_genai as og
+path, prompt_json, new, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ids = json.loads(prompt_json)
+model = og.Model(path)
+tokenizer = og.Tokenizer(model)  # the text stream is part of the work, as in Ocula's loop
+out = {"ttft": [], "decode": []}
+for r in range(reps + 1):
+    n = 8 if r == 0 else new
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
+    gen = og.Generator(model, params)
+    stream = tokenizer.create_stream()
+    t0 = time.perf_counter()
+    gen.append_tokens(np.array(ids, dtype=np.int32))
+    gen.generate_next_token()
+    stream.decode(gen.get_next_tokens()[0])
+    t1 = time.perf_counter()
+    k = 1
+    while not gen.is_done():
+        gen.generate_next_token()
+        stream.decode(gen.get_next_tokens()[0])
+        k += 1
+    t2 = time.perf_counter()
+    if r:
+        out["ttft"].append(t1 - t0)
+        out["decode"].append((k - 1) / (t2 - t1))
+    del gen
+res = {k: statistics.median(v) for k, v in out.items()}
+res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(res))
+"""
+
+
+def worker_torch_llm(hf: str, reps: int) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    torch.set_num_threads(THREADS)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    ids = torch.tensor([_prompt(model.config.vocab_size)])
+    mask = torch.ones_like(ids)
+    out: dict[str, list[float]] = {"ttft": [], "decode": []}
+
+    def gen(n: int) -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return time.perf_counter() - t0
+
+    gen(4)
+    for _ in range(reps):
+        ttft = gen(1)
+        total = gen(NEW)
+        out["ttft"].append(ttft)
+        out["decode"].append((NEW - 1) / (total - ttft))
+    return {k: statistics.median(v) for k, v in out.items()} | {"rss_mb": _rss_mb()}
+
+
+def _clip(seconds: float) -> np.ndarray:
+    from runtime.engine.audio import read_wav
+
+    speech = read_wav(ROOT / "tests" / "data" / "speech_padded.wav", 16000)
+    return np.tile(speech, 1 + int(seconds * 16000) // speech.size)[: int(seconds * 16000)]
+
+
+def worker_ocula_asr(path: str, seconds: float, reps: int) -> dict[str, Any]:
+    from runtime.engine.asr import Whisper
+
+    w = Whisper.from_artifact(path, threads=THREADS)
+    w.info.eos_token_id = -1  # decode exactly ASR_TOKENS tokens
+    audio = _clip(seconds)
+    res: dict[str, list[float]] = {"total": [], "encoder": [], "features": [], "dec_ms": []}
+    for r in range(reps + 1):
+        t0 = time.perf_counter()
+        job = w.start(audio, language="en", max_new_tokens=ASR_TOKENS)
+        while not job.done:
+            job.step()
+        total = time.perf_counter() - t0
+        if r:
+            res["total"].append(total)
+            res["encoder"].append(job.encoder_s)
+            res["features"].append(job.features_s)
+            res["dec_ms"].append(1000 * job.decoder_s / len(job.tokens))
+    med = {k: statistics.median(v) for k, v in res.items()}
+    return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
+
+
+def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    torch.set_num_threads(THREADS)
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+    if engine == "optimum":
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        so.inter_op_num_threads = 1
+        model: Any = ORTModelForSpeechSeq2Seq.from_pretrained(
+            folder, use_cache=True, session_options=so, provider="CPUExecutionProvider"
+        )
+        encode = model.encoder
+    else:
+        model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+        encode = model.model.encoder
+    audio = _clip(seconds)
+    res: dict[str, list[float]] = {"total": [], "encoder": [], "dec_ms": []}
+    for r in range(reps + 1):
+        t0 = time.perf_counter()
+        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.no_grad():
+            t1 = time.perf_counter()
+            encode(feats)
+            t2 = time.perf_counter()
+            out = model.generate(
+                feats, language="en", max_new_tokens=ASR_TOKENS, min_new_tokens=ASR_TOKENS
+            )
+        total = time.perf_counter() - t0
+        # generate runs the encoder again: decoder time = generate - one encoder pass
+        dec = (time.perf_counter() - t2) - (t2 - t1)
+        if r:
+            res["total"].append(total - (t2 - t1))
+            res["encoder"].append(t2 - t1)
+            res["dec_ms"].append(1000 * dec / min(out.shape[1], ASR_TOKENS))
+    med = {k: statistics.median(v) for k, v in res.items()}
+    return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
+
+
+WORKERS = {
+    "ocula_llm": worker_ocula_llm,
+    "torch_llm": worker_torch_llm,
+    "ocula_asr": worker_ocula_asr,
+    "hf_asr": worker_hf_asr,
+}
+
+
+def _spawn(name: str, *args: Any) -> dict[str, Any]:
+    if name == "genai_llm":
+        from bench.peers import peer_python
+
+        cmd = [str(peer_python()), "-c", GENAI_WORKER, *map(str, args)]
+    else:
+        cmd = [sys.executable, "-m", "bench.bench_engines", name, json.dumps(list(args))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- the suite --------------------------------------------------------------------------------
+
+
+def bandwidth_gbs() -> float:
+    """Copy bandwidth (bytes read + written) of a 512 MB numpy copy, best of 5."""
+    a = np.ones(1 << 26, dtype=np.float64)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best / 1e9
+
+
+def _weight_bytes(artifact: Path) -> int:
+    m = json.loads((artifact / "manifest.json").read_text())
+    return sum(f["size"] for f in m["files"] if f["role"] in ("model", "weights"))
+
+
+def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in rounds), 4) for k in rounds[0]}
+
+
+def bench_llm(preset: str, quant: str, peers: bool, torch_peer: bool) -> dict[str, Any]:
+    art = _llm(preset, quant)
+    runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "genai": [], "torch": []}
+    prompt = json.dumps(
+        _prompt(json.loads((_hf(preset) / "config.json").read_text())["vocab_size"])
+    )
+    genai = _genai(preset) if peers else None
+    for _ in range(ROUNDS):
+        runs["ocula"].append(_spawn("ocula_llm", str(art), 2))
+        if genai is not None:
+            runs["genai"].append(_spawn("genai_llm", genai, prompt, NEW, 2))
+        if torch_peer:
+            runs["torch"].append(_spawn("torch_llm", str(_hf(preset)), 1))
+    res = {k: _median_rounds(v) for k, v in runs.items() if v}
+    o = res["ocula"]
+    o["weight_mb_per_token"] = round(_weight_bytes(art) / 1e6, 1)
+    if "genai" in res:
+        g = res["genai"]
+        o["decode_vs_genai"] = round(o["decode"] / g["decode"], 3)
+        o["ttft_vs_genai"] = round(o["ttft"] / g["ttft"], 3)
+        o["rss_vs_genai"] = round(o["rss_mb"] / g["rss_mb"], 3)
+    if "torch" in res:
+        o["decode_vs_torch"] = round(o["decode"] / res["torch"]["decode"], 2)
+    return res
+
+
+def bench_asr(preset: str) -> dict[str, Any]:
+    art, opt, hf = _asr(preset), _optimum_asr(preset), _hf(preset)
+    out: dict[str, Any] = {}
+    for seconds in (5.0, 30.0):
+        runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "optimum": [], "torch": []}
+        for _ in range(ROUNDS):
+            runs["ocula"].append(_spawn("ocula_asr", str(art), seconds, 2))
+            runs["optimum"].append(_spawn("hf_asr", str(opt), seconds, 1, "optimum"))
+            runs["torch"].append(_spawn("hf_asr", str(hf), seconds, 1, "torch"))
+        res = {k: _median_rounds(v) for k, v in runs.items()}
+        res["ocula"]["rtf_gain_vs_optimum"] = round(res["optimum"]["rtf"] / res["ocula"]["rtf"], 2)
+        res["ocula"]["rtf_gain_vs_torch"] = round(res["torch"]["rtf"] / res["ocula"]["rtf"], 2)
+        out[f"{int(seconds)}s"] = res
+    return out
+
+
+def bench_vad() -> dict[str, Any]:
+    from runtime.engine.audio import read_wav
+    from runtime.engine.vad import Vad
+
+    vad = Vad.from_artifact(_vad())
+    audio = read_wav(ROOT / "tests" / "data" / "speech_padded.wav", 16000)
+    push, run = [], []
+    for _ in range(5):
+        vad.reset()
+        vad.run_seconds, vad.frames = 0.0, 0
+        t0 = time.perf_counter()
+        for i in range(0, audio.size, 512):
+            vad.push(audio[i : i + 512])
+        push.append((time.perf_counter() - t0) / vad.frames * 1e6)
+        run.append(vad.run_seconds / vad.frames * 1e6)
+    return {"us_per_chunk_model": round(min(run), 1), "us_per_chunk_push": round(min(push), 1)}
+
+
+def run(out_dir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    bw = bandwidth_gbs()
+    result: dict[str, Any] = {"threads": THREADS, "bandwidth_gbs": round(bw, 1)}
+    only = set(filter(None, os.environ.get("OCULA_BENCH_ENGINES", "").split(",")))
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    llm_cases = [
+        ("qwen2.5-0.5b", "int4", True, True),
+        ("qwen2.5-0.5b", "int8", False, False),
+        ("smollm2", "int4", True, False),
+    ]
+    for preset, quant, peers, torch_peer in llm_cases:
+        key = f"llm {preset} {quant}"
+        if not want(key):
+            continue
+        r = bench_llm(preset, quant, peers, torch_peer)
+        o = r["ocula"]
+        roof = bw * 1e9 / (o["weight_mb_per_token"] * 1e6)
+        o["roofline_tok_s"] = round(roof, 1)
+        o["roofline_fraction"] = round(o["decode"] / roof, 3)
+        if "genai" in r:
+            r["genai"]["roofline_fraction"] = round(r["genai"]["decode"] / roof, 3)
+        result[key] = r
+    for preset in ("whisper-tiny", "whisper-base"):
+        if want(f"asr {preset}"):
+            result[f"asr {preset}"] = bench_asr(preset)
+    if want("vad"):
+        result["vad"] = bench_vad()
+    return result
+
+
+if __name__ == "__main__":
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps(WORKERS[name](*args)))
