@@ -120,6 +120,7 @@ SAMPLED_QUANTS = ("int8",)
 
 
 def llm(work: Path, expect: dict[str, Any]) -> None:
+    from arm64.device_tests.llm_probe import generate_with_logits
     from runtime.engine.llm import GenerationConfig, Llm, SamplingParams
     from tests.artifacts import llm_artifact
 
@@ -134,9 +135,10 @@ def llm(work: Path, expect: dict[str, Any]) -> None:
             if mode == "sampled" and quant not in SAMPLED_QUANTS:
                 continue
             config = GenerationConfig(LLM_NEW_TOKENS, SamplingParams(**sampling))
-            gen = model.start(LLM_PROMPT, config)
-            text = "".join(gen)
+            gen, text, logits = generate_with_logits(model, LLM_PROMPT, config)
             runs[mode] = {"sampling": sampling, "tokens": gen.tokens, "text": text}
+            if mode == "greedy":
+                runs[mode]["logits"] = logits
         expect["llm"][name] = {
             "prompt": LLM_PROMPT,
             "prompt_ids": gen.prompt_ids,

@@ -1,18 +1,36 @@
-"""Generation on aarch64 equals the x86_64 run, token for token: greedy and seeded sampling."""
+"""Generation on aarch64 equals the x86_64 run: logits within a tolerance per quantization, and
+the tokens equal, greedy and (int8) seeded sampling.
+
+Tolerances: int8 weights run through MatMulNBits with float activations, the same arithmetic on
+both architectures (~1e-6 measured); int4 goes through other kernels on aarch64 (~0.04 measured
+on tiny-qwen2), still far below what moves a greedy decision on these artifacts.
+"""
 
 from __future__ import annotations
 
+from llm_probe import generate_with_logits
+
 from runtime.engine.llm import GenerationConfig, Llm, SamplingParams
 
+LOGIT_TOL = {"int8": 1e-3, "int4": 0.15}
 
-def _generate(ctx, name: str) -> None:
+
+def _generate(ctx, name: str, quant: str) -> None:
     host = ctx.expect["llm"][name]
     model = Llm.from_artifact(ctx.work / name)
     for mode, run in host["runs"].items():
         config = GenerationConfig(host["max_new_tokens"], SamplingParams(**run["sampling"]))
-        gen = model.start(host["prompt"], config)
+        gen, text, logits = generate_with_logits(model, host["prompt"], config)
         assert gen.prompt_ids == host["prompt_ids"], "the tokenizer encodes the prompt differently"
-        text = "".join(gen)
+        if "logits" in run:
+            steps = min(len(logits), len(run["logits"]))
+            diff = max(
+                abs(a - b)
+                for i in range(steps)
+                for a, b in zip(logits[i], run["logits"][i], strict=True)
+            )
+            ctx.note(f"{mode}: max |logit diff| vs x86_64 {diff:.2e} over {steps} steps")
+            assert diff <= LOGIT_TOL[quant], f"{name}: logits differ by {diff:.2e} from x86_64"
         pairs = zip(gen.tokens, run["tokens"], strict=False)
         first = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
         assert gen.tokens == run["tokens"], (
@@ -23,16 +41,16 @@ def _generate(ctx, name: str) -> None:
 
 
 def test_llm_int4_fused_tokens_equal_x86(ctx) -> None:
-    _generate(ctx, "llm-tiny-qwen2-int4-fused")
+    _generate(ctx, "llm-tiny-qwen2-int4-fused", "int4")
 
 
 def test_llm_int8_fused_tokens_equal_x86(ctx) -> None:
-    _generate(ctx, "llm-tiny-qwen2-int8-fused")
+    _generate(ctx, "llm-tiny-qwen2-int8-fused", "int8")
 
 
 def test_llm_int4_optimum_tokens_equal_x86(ctx) -> None:
-    _generate(ctx, "llm-tiny-qwen2-int4-optimum")
+    _generate(ctx, "llm-tiny-qwen2-int4-optimum", "int4")
 
 
 def test_llm_int8_optimum_tokens_equal_x86(ctx) -> None:
-    _generate(ctx, "llm-tiny-qwen2-int8-optimum")
+    _generate(ctx, "llm-tiny-qwen2-int8-optimum", "int8")
