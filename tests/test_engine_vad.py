@@ -176,3 +176,30 @@ def test_unreadable_wav(tmp_path: Path) -> None:
         read_wav(p, RATE)
     with pytest.raises(InputError, match="not found"):
         read_wav(tmp_path / "missing.wav", RATE)
+
+
+def test_ocula_export_vad_and_vision(tmp_path: Path) -> None:
+    from tests.conftest import run_ocula
+
+    r = run_ocula("export", "vad", "--out", str(tmp_path / "vad"))
+    assert r.code == 0, r.err
+    assert load_manifest(tmp_path / "vad").kind == "vad"
+    r = run_ocula("export", "vad", "--out", str(tmp_path / "vad"))
+    assert r.code == 1 and "--force" in r.err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    r = run_ocula("export", "vision", "--out", str(tmp_path / "mine"))
+    assert r.code == 1 and "not an Ocula artifact" in r.err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    r = run_ocula("export", "vision", "--out", str(tmp_path / "ocr"))
+    assert r.code == 0, r.err
+    m = load_manifest(tmp_path / "ocr")
+    assert set(m.graphs) == {"det", "rec", "cls"}
+    lines = (tmp_path / "ocr" / "rec_dict.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    assert m.extra["rec_dict_size"] == len(lines)
+    import onnxruntime as ort
+
+    rec = ort.InferenceSession(
+        str(tmp_path / "ocr" / "rec.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert rec.get_outputs()[0].shape[-1] == len(lines) + 2  # CTC blank + dictionary + space
