@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEVICE_TESTS = Path(__file__).resolve().parent / "device_tests"
 QEMU = "qemu-aarch64-static"
 TOOLS = {QEMU: "qemu-user-static", "debootstrap": "debootstrap", "dpkg-deb": "dpkg", "tar": "tar"}
+DEVICE_TIMEOUT_S = 1200  # the subset takes ~20 s; a hang under emulation must not eat the CI run
 # onnxruntime's cpuinfo reports the empty CPU lists on every import, then falls back.
 CPUINFO_NOISE = re.compile(r"^(Error in cpuinfo:|onnxruntime (cpuid_info )?warning:.*cpuinfo)")
 DEPS_PROBE = """\
@@ -145,38 +147,38 @@ class Run:
     def device_tests(self, fs: Path, device: Path) -> None:
         title = "run the device tests on aarch64 under qemu"
         self.step(title)
-        cmd, env = self.qemu(
-            fs, device, [str(DEVICE_TESTS / "run.py"), str(self.work), self.name_filter]
-        )
+        args = [str(DEVICE_TESTS / "run.py"), str(self.work), self.name_filter]
+        cmd, env = self.qemu(fs, device, args)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        watchdog = threading.Timer(DEVICE_TIMEOUT_S, proc.kill)
+        watchdog.start()
         assert proc.stdout is not None
         hidden = 0
         last = ""
-        for line in proc.stdout:
-            if CPUINFO_NOISE.match(line):
-                hidden += 1
-                continue
-            print(
-                f"    {line.rstrip()}"
-                if not re.match(r"^\d+ passed, \d+ failed$", line.strip())
-                else line.rstrip(),
-                flush=True,
-            )
-            last = line.strip() or last
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                if CPUINFO_NOISE.match(line):
+                    hidden += 1
+                    continue
+                summary = re.fullmatch(r"\d+ passed, \d+ failed", line.strip())
+                print(line.rstrip() if summary else f"    {line.rstrip()}", flush=True)
+                last = line.strip() or last
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
         took = time.perf_counter() - t0
         self.report["device_tests_s"] = round(took, 1)
         if hidden:
-            say(
-                f"    ({hidden} lines of onnxruntime's cpuinfo fallback hidden: the CPU lists are empty under emulation)"
-            )
+            say(f"    ({hidden} lines of onnxruntime's cpuinfo fallback hidden: empty CPU lists)")
+        if took >= DEVICE_TIMEOUT_S:
+            raise Arm64Error(title, f"no result after {DEVICE_TIMEOUT_S} s; stopped (last: {last})")
         if code < 0 or code >= 128:
+            signal = -code if code < 0 else code - 128
             raise Arm64Error(
-                title,
-                f"python3.11 under qemu died with signal {abs(code) % 128} after {took:.0f} s",
+                title, f"python3.11 under qemu died with signal {signal} after {took:.0f} s"
             )
         if code != 0:
             raise Arm64Error(title, f"{last} (see the FAIL lines above)")
@@ -194,7 +196,12 @@ class Run:
                 if not emulated:
                     cmd, env = [sys.executable, *args], dict(os.environ)
                 t0 = time.perf_counter()
-                done = subprocess.run(cmd, env=env, cwd=device, capture_output=True, text=True)
+                try:
+                    done = subprocess.run(
+                        cmd, env=env, cwd=device, capture_output=True, text=True, timeout=300
+                    )
+                except subprocess.TimeoutExpired as e:
+                    raise Arm64Error(title, f"{' '.join(args)[:60]!r}: no result in 300 s") from e
                 wall = time.perf_counter() - t0
                 if done.returncode != 0:
                     last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]

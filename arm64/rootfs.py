@@ -129,7 +129,10 @@ def build(target: Path, mirror: str) -> None:
         f"--include={','.join(PACKAGES)}", SUITE, str(target), mirror,
     ]  # fmt: skip
     log.info("running %s", " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    except subprocess.TimeoutExpired as e:
+        raise Arm64Error(step, f"debootstrap from {mirror} gave no result in 900 s") from e
     if done.returncode != 0:
         lines = (done.stdout + done.stderr).strip().splitlines()
         logfile = target / "debootstrap" / "debootstrap.log"
@@ -137,7 +140,11 @@ def build(target: Path, mirror: str) -> None:
             lines += logfile.read_text(errors="replace").splitlines()[-4:]
         errors = [x for x in lines if x.startswith("E:")] or lines[-6:]
         why = "\n".join(dict.fromkeys(x.strip() for x in errors + lines[-2:]))
-        raise Arm64Error(step, f"debootstrap from {mirror} exited {done.returncode}:\n{why}")
+        raise Arm64Error(
+            step,
+            f"debootstrap from {mirror} exited {done.returncode}:\n{why}\n"
+            "(the mirror comes from /etc/apt/sources.list*; OCULA_DEBIAN_MIRROR=URL picks another)",
+        )
     unpack_base(target)
     for name in CPU_LISTS:
         (target / name).parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,10 @@ def install(target: Path, requirements: list[str]) -> None:
     cmd += ["--python-version", PYTHON_VERSION, "--implementation", "cp"]
     cmd += ["--target", str(target), *requirements]
     log.info("running %s", " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    except subprocess.TimeoutExpired as e:
+        raise Arm64Error("download the aarch64 wheels", "pip gave no result in 900 s") from e
     if done.returncode != 0:
         lines = [x for x in (done.stdout + done.stderr).splitlines() if "WARNING" not in x]
         raise Arm64Error(
