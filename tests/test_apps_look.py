@@ -75,8 +75,10 @@ def test_a_camera_that_disappears_stops_look_and_the_runtime_goes_on(env, tmp_pa
     assert any("disappeared" in n and "other apps keep running" in n for n in report.notes)
     c = report.metrics["counters"]
     assert c["errors.look.capture"] == 1
-    # the display and the governor kept their cadence after the loss
-    assert c["ticks.display"] >= 30 * min(12.0, report.duration_s) - 2
+    # the display and the governor kept running after the loss, to the end of the run
+    for task in ("display", "governor"):
+        last = max(s.end for s in h.trace.spans("realtime") if s.name == task)
+        assert last >= report.duration_s - 1.0
     assert len(report.app_summaries["look"]["read"]) >= 1
 
 

@@ -1,0 +1,33 @@
+"""`ocula demo` end to end: flash to a simulated board, run both apps, write the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.artifacts import asr_artifact, llm_artifact
+from tests.conftest import run_ocula
+
+
+def test_demo_writes_frames_traces_and_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "demo-out"
+    # seed the tiny models (the demo reuses what DIR holds; building them is tested elsewhere)
+    for kind, src in (
+        ("llm", llm_artifact("tiny-qwen2", quant="int4")),
+        ("asr", asr_artifact("tiny-whisper", quant="int8")),
+    ):
+        shutil.copytree(
+            src, out / "artifacts" / kind, ignore=shutil.ignore_patterns(".ocula-cache")
+        )
+    r = run_ocula("demo", "--out", str(out), env={"OCULA_SIM_DIR": str(tmp_path / "sim")})
+    assert r.code == 0, r.err[-2000:]
+    assert "RANDOM WEIGHTS" in r.out and "Qwen/Qwen2.5-0.5B-Instruct" in r.out
+    assert "health check passed" in r.out and "installed on the simulated board" in r.out
+    assert "出口在左边 / 请勿吸烟" in r.out  # look read the bundled sign
+    for app in ("translate", "look"):
+        trace = json.loads((out / f"trace-{app}.json").read_text())
+        assert any(e["ph"] == "X" and e["name"] == "display" for e in trace["traceEvents"])
+        assert (out / "display" / app / "preview.png").is_file()
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64") >= 3 and "speech_end_to_first_translation_s" in page
