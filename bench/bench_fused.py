@@ -17,6 +17,8 @@ Models and builds are cached in `.cache/bench-fused/`; delete it to rebuild from
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import statistics
@@ -29,6 +31,7 @@ import numpy as np
 
 from bench.peers import build_genai_model
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-fused"
 PRESETS = tuple(os.environ.get("BENCH_FUSED_PRESETS", "qwen2.5-0.5b,qwen3-0.6b").split(","))
@@ -57,38 +60,65 @@ def run(out_dir: Path) -> dict[str, Any]:
 def _preset(preset: str) -> dict[str, Any]:
     base = CACHE / preset
     hf = _random_model(preset, base / "hf")
-    builds = {
-        "fused": _build_fused(hf, base / "fused"),
-        "fused-embed8": _build_fused(hf, base / "fused-embed8", embed_quant="int8"),
-        "genai": _build_genai(hf, base / "genai"),
-        "optimum": _build_optimum(hf, base / "optimum"),
+    makers = {
+        "fused": lambda out: _build_fused(hf, out),
+        "fused-embed8": lambda out: _build_fused(hf, out, embed_quant="int8"),
+        "genai": lambda out: _build_genai(hf, out),
+        "optimum": lambda out: _build_optimum(hf, out),
     }
-    loops = {
-        "fused": _FusedLoop(base / "fused"),
-        "fused-embed8": _FusedLoop(base / "fused-embed8"),
-        "genai": _GenaiLoop(base / "genai"),
-        "optimum": _OptimumLoop(base / "optimum"),
+    loop_types = {
+        "fused": _FusedLoop,
+        "fused-embed8": _FusedLoop,
+        "genai": _GenaiLoop,
+        "optimum": _OptimumLoop,
     }
+    builds: dict[str, Any] = {}
+    loops: dict[str, Any] = {}
+    for name, make in makers.items():
+        try:
+            builds[name] = _cached_build(base / name, make)
+            loops[name] = loop_types[name](base / name, hf)
+        except Exception as e:  # a peer that fails to build is reported, not fatal
+            log.exception("%s %s failed", preset, name)
+            builds[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    return {"builds": builds, "speed": _speed(loops)}
+
+
+def _speed(loops: dict[str, Any]) -> dict[str, Any]:
     prompt = [int(t) for t in np.random.default_rng(0).integers(100, 5000, PROMPT_TOKENS)]
     times: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "decode": []} for k in loops}
-    for loop in loops.values():  # warm-up (first-run allocations, prepacking)
-        loop.generate(prompt, 8)
+    first: dict[str, list[int]] = {}
+    for name, loop in loops.items():  # warm-up (first-run allocations, prepacking)
+        first[name] = loop.generate(prompt, 8)[0]
     for _ in range(ROUNDS):
         for name, loop in loops.items():
             _, ttft, decode = loop.generate(prompt, NEW_TOKENS)
             times[name]["ttft"].append(ttft)
             times[name]["decode"].append(decode)
-    speed = {}
+    speed: dict[str, Any] = {}
     for name, t in times.items():
         speed[name] = {
             "ttft_ms": round(1e3 * statistics.median(t["ttft"]), 1),
             "decode_tok_s": round((NEW_TOKENS - 1) / statistics.median(t["decode"]), 1),
+            "first_tokens": first[name],
         }
     for name in loops:
         for peer in ("optimum", "genai"):
-            ratio = speed[name]["decode_tok_s"] / speed[peer]["decode_tok_s"]
-            speed[name][f"decode_vs_{peer}"] = round(ratio, 2)
-    return {"builds": builds, "speed": speed}
+            if peer in speed:
+                ratio = speed[name]["decode_tok_s"] / speed[peer]["decode_tok_s"]
+                speed[name][f"decode_vs_{peer}"] = round(ratio, 2)
+    return speed
+
+
+def _cached_build(out: Path, make: Any) -> dict[str, Any]:
+    """Build once; later runs reuse the build and its recorded stats (delete to rebuild)."""
+    stats_file = out / "bench-stats.json"
+    if stats_file.exists():
+        cached: dict[str, Any] = json.loads(stats_file.read_text())
+        return cached
+    stats: dict[str, Any] = make(out)
+    stats_file.write_text(json.dumps(stats))
+    return stats
 
 
 def _random_model(preset: str, hf: Path) -> Path:
@@ -112,7 +142,7 @@ def _build_fused(hf: Path, out: Path, **kw: Any) -> dict[str, Any]:
     start = _timed_fresh(out)
     info = build(hf, out, quant="int4", block_size=32, max_length=MAX_LENGTH, **kw)
     seconds = time.perf_counter() - start
-    (out / "fused-info.json").write_text(__import__("json").dumps(info.to_dict()))
+    (out / "fused-info.json").write_text(json.dumps(info.to_dict()))
     return _stats(out / info.onnx_file, seconds)
 
 
@@ -123,13 +153,52 @@ def _build_genai(hf: Path, out: Path) -> dict[str, Any]:
 
 
 def _build_optimum(hf: Path, out: Path) -> dict[str, Any]:
+    """optimum's graph through the export's reference path (`--graph optimum --quant int4`).
+
+    When optimum's post-processing cannot serialize the merged model (above 2 GB of fp32
+    weights: qwen3-0.6b), export without it and quantize the same way.
+    """
     from export.llm import LlmOptions, export_llm
 
     start = _timed_fresh(out)
     shutil.rmtree(out)
     opts = LlmOptions(quant="int4", graph="optimum", validate=False, max_length=MAX_LENGTH)
-    export_llm(str(hf), out, opts)
-    return _stats(out / "model.onnx", time.perf_counter() - start)
+    note = ""
+    try:
+        export_llm(str(hf), out, opts)
+    except Exception as e:
+        log.warning("optimum export with post-processing failed (%s); retrying without", e)
+        note = "exported with optimum's no_post_process (post-processing failed above 2 GB)"
+        start = _timed_fresh(out)
+        _optimum_no_post_process(hf, out)
+    stats = _stats(out / "model.onnx", time.perf_counter() - start)
+    if note:
+        stats["note"] = note
+    return stats
+
+
+def _optimum_no_post_process(hf: Path, out: Path) -> None:
+    import tempfile
+
+    import torch
+    from optimum.exporters.onnx import onnx_export_from_model
+    from transformers import AutoModelForCausalLM
+
+    from export import graphquant
+
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
+        onnx_export_from_model(
+            model,
+            Path(work),
+            task="text-generation-with-past",
+            do_validation=False,
+            no_post_process=True,
+        )
+        g = graphquant.load(Path(work) / "model.onnx")
+        tied = bool(model.config.tie_word_embeddings)
+        g = graphquant.quantize(g, 4, 32, True, 4, tied)
+        graphquant.save(g, out / "model.onnx")
 
 
 def _stats(model_path: Path, seconds: float) -> dict[str, Any]:
@@ -156,9 +225,7 @@ def _session(path: Path) -> Any:
 
 
 class _FusedLoop:
-    def __init__(self, folder: Path) -> None:
-        import json
-
+    def __init__(self, folder: Path, hf: Path) -> None:
         from export.fused.builder import FusedInfo, KvLayout
         from export.fused.run import FusedDecoder
 
@@ -180,7 +247,7 @@ class _FusedLoop:
 class _GenaiLoop:
     """genai's graph: shared KV buffer like ours, an attention mask instead of seqlens_k."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, hf: Path) -> None:
         import onnxruntime as ort
 
         self.s = _session(folder / "model.onnx")
@@ -218,8 +285,6 @@ class _GenaiLoop:
 
 
 def _head_dim(folder: Path) -> int:
-    import json
-
     return int(
         json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
     )
@@ -228,12 +293,13 @@ def _head_dim(folder: Path) -> int:
 class _OptimumLoop:
     """optimum's graph: past in, present out (one row longer), rebound as the next past."""
 
-    def __init__(self, folder: Path) -> None:
-        import json
-
+    def __init__(self, folder: Path, hf: Path) -> None:
         self.s = _session(folder / "model.onnx")
-        llm = json.loads((folder / "manifest.json").read_text())["llm"]
-        self.kv_shape = [1, llm["kv_heads"], 0, llm["head_dim"]]
+        past = next(i for i in self.s.get_inputs() if i.name.startswith("past_key_values"))
+        cfg = json.loads((hf / "config.json").read_text())
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        self.kv_shape = [1, cfg["num_key_value_heads"], 0, head_dim]
+        assert past.shape[1] == cfg["num_key_value_heads"]
         self.inputs = {i.name for i in self.s.get_inputs()}
         self.past = [i.name for i in self.s.get_inputs() if i.name.startswith("past_key_values")]
 
