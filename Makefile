@@ -3,6 +3,7 @@
 #   make test   create .venv, install, run the tests
 #   make lint   ruff, mypy (runtime/ strict), import-linter (the dependency rule)
 #   make bench  side-by-side benchmarks against the peers (writes bench/out/)
+#   make arm64-test  the device test subset on aarch64 under qemu (cache in .cache/arm64)
 # A second run skips installation when pyproject.toml and this file are unchanged.
 
 SHELL := /bin/bash
