@@ -79,7 +79,7 @@ class Captions:
         self.vad = Vad.from_artifact(
             vad_dir, VadParams(max_speech_s=UTTERANCE_S - 2.0), host.profile
         )
-        self.asr = Whisper.from_artifact(asr_dir, host.profile)
+        self.asr = Whisper.from_artifact(asr_dir, host.profile, threads=host.inference_threads)
         self.stab = Stabilizer(agree=host.options.stable_updates)
         self.ring = AudioRing.for_profile(host.profile)
         if self.source.channels != self.ring.channels:

@@ -6,7 +6,9 @@
 - the display task on the real-time loop at the panel's refresh rate: `screen.render(now)`,
   then `display.show(frame, dirty)`; frames finished after their refresh slot are counted in
   `late.display`;
-- the governor (1 Hz) and the memory watch (1 Hz).
+- the governor (1 Hz) and the memory watch (1 Hz);
+- `inference_threads`: the thread count apps give their sessions, so that onnxruntime's pool
+  stays off the real-time loop's core (1 on a 2-core host: the loop keeps a core to itself).
 `add(app)` sets an app up; an app that cannot start (a model missing from the bundle, a device
 that cannot be opened) is reported in `failures` and the trace, and the others keep running.
 `run(duration)` runs until `duration` or until every app is finished, then closes the devices
@@ -107,6 +109,10 @@ class Host:
         self.trace = self.telemetry.trace
         self.meter = Meter(self.telemetry.energy)
         plan = None if self.virtual else core_plan(profile)
+        # inference threads stay off the real-time loop's core (where the board has another)
+        full = core_plan(profile)
+        free = set(full.asr + full.llm) - set(full.realtime)
+        self.inference_threads = max(1, len(free) or len(full.llm))
         self.sched = Scheduler(clock, self.telemetry, workers=workers, plan=plan, meter=self.meter)
         self.screen = CaptionScreen(
             profile.display.width or 480, profile.display.height or 640, atlas, self.metrics

@@ -67,8 +67,8 @@ class Look:
         vision_dir = host.models.need("vision", self.name)
         llm_dir = host.models.need("llm", self.name)
         self.camera = host.devices.camera
-        self.ocr = Ocr.from_artifact(vision_dir, host.profile)
-        self.llm = Llm.from_artifact(llm_dir, host.profile)
+        self.ocr = Ocr.from_artifact(vision_dir, host.profile, threads=host.inference_threads)
+        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.inference_threads)
         self.question = (
             host.options.question or f"Translate this into {LANGUAGES[host.options.target_lang]}."
         )

@@ -79,9 +79,13 @@ class Translate(Captions):
         llm_dir = host.models.need("llm", self.name)
         super().setup(host)
         self.system = SYSTEM.format(src=LANGUAGES[o.source_lang], tgt=LANGUAGES[o.target_lang])
-        self.llm = Llm.from_artifact(llm_dir, host.profile)
+        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.inference_threads)
         small = host.models.smaller("llm")
-        self.small = Llm.from_artifact(small, host.profile) if small is not None else None
+        self.small = (
+            Llm.from_artifact(small, host.profile, threads=host.inference_threads)
+            if small is not None
+            else None
+        )
         host.metrics.gauge("memory.kv_tokens", self.llm.max_length)
         for llm in (self.llm, self.small):
             if llm is not None:
