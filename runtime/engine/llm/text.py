@@ -48,16 +48,20 @@ class TextStream:
         self.ids: list[int] = []
         self._prefix = 0  # start of the decode window
         self._read = 0  # tokens whose text has been released
+        self._prev: str | None = ""  # decoded text of ids[_prefix:_read], when known
         self.text = ""
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        prev: str = self._tok.decode(self.ids[self._prefix : self._read])
+        if self._prev is None:
+            self._prev = self._tok.decode(self.ids[self._prefix : self._read])
+        prev = self._prev
         new: str = self._tok.decode(self.ids[self._prefix :])
         if len(new) > len(prev) and not new.endswith("\ufffd"):
             delta = new[len(prev) :]
             self._prefix = self._read
             self._read = len(self.ids)
+            self._prev = None  # the window moved; decoded again on the next push
             self.text += delta
             return delta
         return ""
