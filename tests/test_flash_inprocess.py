@@ -185,3 +185,13 @@ def test_truncated_bundle_is_refused(tmp_path: Path) -> None:
     cut.write_bytes(data[:50])
     with pytest.raises(BoardError, match="truncated"):
         bundles.Bundle.open(cut)
+
+
+def test_llm_artifact_health_check_generates_a_token(tmp_path: Path) -> None:
+    from tests.artifacts import llm_artifact
+
+    llm = llm_artifact("tiny-qwen2", quant="int4")
+    board = InProcessBoard(tmp_path / "board")
+    r = flash(build(tmp_path, "llm", llm=llm), board)
+    assert r.ok, r.reason
+    assert r.health["inference"]["llm"].startswith("llm: generated token")
