@@ -339,6 +339,7 @@ class Decoding:
         self._ids = np.zeros((1, 1), dtype=np.int64)
         self._stream = TextStream(asr.tokenizer)
         self.features_s = self.encoder_s = self.decoder_s = 0.0
+        self.decoder_runs = 0  # tokens decoded, including a final EOS (language detection aside)
 
     def step(self) -> int | None:
         """One unit of work: the encoder, or one token. Returns the token, if one was made."""
@@ -353,6 +354,7 @@ class Decoding:
         else:
             token = self._next(self.tokens[-1] if self.tokens else self.prompt[-1])
         self.decoder_s += time.perf_counter() - t0
+        self.decoder_runs += 1
         if token == self.asr.info.eos_token_id:
             self.done = True
             return token
@@ -388,7 +390,7 @@ class Decoding:
             features_s=self.features_s,
             encoder_s=self.encoder_s,
             decoder_s=self.decoder_s,
-            decoder_tokens=len(self.tokens) + (1 if self.done else 0),
+            decoder_tokens=self.decoder_runs,
         )
 
     # -- internals -------------------------------------------------------------------------
