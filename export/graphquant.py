@@ -159,8 +159,10 @@ def quantize(
     symmetric: bool,
     accuracy_level: int,
     tied: bool,
+    embed_bits: int | None = None,
 ) -> onnx.ModelProto:
-    """Weight-only MatMulNBits for every constant MatMul, and the embedding quantized."""
+    """Weight-only MatMulNBits for every constant MatMul, and the embedding quantized
+    (with `embed_bits`, default `bits`; the tied head follows the table)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -185,7 +187,15 @@ def quantize(
         raise ExportError("the tied head was lost during quantization (a bug in Ocula)")
     if gather is not None:
         head = pair[1] if pair else None
-        _quantize_embedding(out, gather, head, bits, block_size, symmetric, accuracy_level, config)
+        eb = embed_bits or bits
+        if eb != bits:
+            config = DefaultWeightOnlyQuantConfig(
+                block_size=block_size,
+                is_symmetric=symmetric,
+                accuracy_level=accuracy_level,
+                bits=eb,
+            )
+        _quantize_embedding(out, gather, head, eb, block_size, symmetric, accuracy_level, config)
     _ensure_opset(out)
     return out
 

@@ -363,13 +363,10 @@ def _validate(
     assert m.llm is not None
     t0 = time.perf_counter()
     ids = validate.passage_ids(tmp, m.llm.max_length - validate.GREEDY_TOKENS)
-    if info["kind"] == "fused":
-        art: validate.LMDriver = validate.FusedLM(tmp, info["info"])
-        driver = "export.fused.run.FusedDecoder"
-    else:
-        art = validate.OnnxLM(tmp / "model.onnx", m.llm.layers, m.llm.kv_heads, m.llm.head_dim)
-        driver = "export.validate.OnnxLM"
-    metrics = validate.compare(validate.TorchLM(model), art, ids)
+    art = validate.RuntimeLM(tmp, m)
+    eos = frozenset(m.llm.eos_token_ids)
+    metrics = validate.compare(validate.TorchLM(model), art, ids, eos)
+    driver = "runtime.engine.llm (Llm + runner, the device path)"
     report = validate.judge(metrics, opts.quant)
     metrics["failures"] = report.failures
     return Validation(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -111,12 +112,7 @@ def _quiet_libraries(verbose: int) -> None:
     warnings.filterwarnings("ignore")
     for name in ("transformers", "optimum", "torch", "onnxruntime", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _llm(args: argparse.Namespace) -> int:
