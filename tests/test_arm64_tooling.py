@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from arm64 import rootfs, wheels
+from arm64 import install, rootfs, wheels
 from arm64.cache import build_once, key_of
 from arm64.errors import Arm64Error
 
@@ -164,3 +164,43 @@ def test_a_dead_mirror_fails_the_debootstrap_step_and_leaves_no_cache(tmp_path: 
         build_once(cache, "rootfs", "k", lambda t: rootfs.build(t, DEAD_MIRROR))
     assert e.value.step == "debootstrap the arm64 root file system"
     assert list(cache.iterdir()) == []
+
+
+def test_the_lean_device_install_keeps_what_the_runtime_loads(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    files = {
+        "numpy/__init__.py": 10,
+        "numpy/typing/__init__.py": 10,  # imported by runtime modules: kept
+        "numpy/_core/tests/test_x.py": 100_000,
+        "numpy/f2py/__init__.py": 100_000,
+        "numpy.libs/libscipy_openblas64_.so": 500_000,
+        "onnxruntime/capi/onnxruntime_pybind11_state.cpython-311-aarch64-linux-gnu.so": 400_000,
+        "onnxruntime/capi/libonnxruntime.so.1.32.0": 400_000,
+        "onnxruntime/transformers/fusion.py": 100_000,
+        "onnxruntime/__init__.pyi": 100,
+        "tokenizers-0.22.2.dist-info/METADATA": 10,
+        "bin/f2py": 10,
+    }
+    for rel, size in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(b"x" * size)
+    runtime = tmp_path / "runtime"
+    (runtime / "__pycache__").mkdir(parents=True)
+    (runtime / "__init__.py").write_bytes(b"y" * 30)
+    (runtime / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"z" * 999)
+    lean = tmp_path / "device"
+    install.stage(runtime, site, lean)
+    kept = sorted(str(p.relative_to(lean)) for p in lean.rglob("*") if p.is_file())
+    assert kept == [
+        "runtime/__init__.py",
+        "site/numpy.libs/libscipy_openblas64_.so",
+        "site/numpy/__init__.py",
+        "site/numpy/typing/__init__.py",
+        "site/onnxruntime/capi/onnxruntime_pybind11_state.cpython-311-aarch64-linux-gnu.so",
+        "site/tokenizers-0.22.2.dist-info/METADATA",
+    ]
+    sizes = install.measure(site, lean)
+    assert sizes["device_total_mb"] == 0.9  # 500_000 + 400_000 + 70 bytes
+    assert sizes["native_libraries_mb"] == 0.9
+    assert sizes["pip_wheels_mb"] == 1.6
+    assert next(iter(sizes["largest_files_mb"])) == "numpy.libs/libscipy_openblas64_.so"

@@ -54,3 +54,20 @@ def test_llm_int4_optimum_tokens_equal_x86(ctx) -> None:
 
 def test_llm_int8_optimum_tokens_equal_x86(ctx) -> None:
     _generate(ctx, "llm-tiny-qwen2-int8-optimum", "int8")
+
+
+def test_llm_under_the_glasses_profile_gives_the_same_tokens(ctx) -> None:
+    """Sessions configured from a board profile (big cluster, no spinning on battery)."""
+    from runtime.engine.session import session_config
+    from runtime.profile import load_profile
+
+    profile = load_profile(ctx.work / "profiles" / "ar1-ref.toml")
+    config = session_config(profile)
+    assert config.threads >= 1 and not config.spinning, config
+    ctx.note(f"ar1-ref sessions here: {config.threads} threads on CPUs {config.cpus}")
+    name = "llm-tiny-qwen2-int4-fused"
+    host = ctx.expect["llm"][name]
+    model = Llm.from_artifact(ctx.work / name, profile)
+    gen = model.start(host["prompt"], GenerationConfig(host["max_new_tokens"]))
+    "".join(gen)
+    assert gen.tokens == host["runs"]["greedy"]["tokens"]
