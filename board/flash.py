@@ -209,7 +209,7 @@ def _boot(
     """Commit, reboot into the new slot, wait for its health check, confirm or report why not."""
     info, _ = _call(client, "info")
     active = info.get("active")
-    if active and info["slots"][active].get("bundle") == bundle.manifest.digest:
+    if active == result.slot and info["slots"][active].get("bundle") == bundle.manifest.digest:
         # confirmed already (the reply to an earlier confirm was lost in a cut)
         result.ok, result.booted = True, info["booted"]
         result.slot, result.health = active, info.get("health") or result.health

@@ -125,7 +125,7 @@ class SimBoard:
                 start_new_session=True,
                 cwd=self.root,
             )
-        log.info("sim board %s booting (pid %d) on %s", self.name, self.proc.pid, self.port)
+        log.debug("sim board %s booting (pid %d) on %s", self.name, self.proc.pid, self.port)
 
     def power_cut(self) -> None:
         """SIGKILL the ROM and the agent at once, wherever they are."""

@@ -63,6 +63,9 @@ def test_flash_signed_bundle_then_delta_reflash(tmp_path: Path, keypair) -> None
     # unchanged: nothing to send
     again = flash(first, board)
     assert again.already_installed and again.bytes_sent == 0
+    forced = flash(first, board, force=True)  # same bundle into the other slot, nothing re-sent
+    assert forced.ok and forced.booted == "b" and forced.chunks_sent == 0
+    assert flash(first, board, force=True).booted == "a"
     # change the runtime code only: the artifact's chunks come from slot a
     code = tmp_path / "runtime"
     shutil.copytree(bundles.RUNTIME_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))

@@ -34,7 +34,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _flash(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from board.bundle import Bundle
     from board.flash import LinkClient, flash
@@ -43,10 +43,10 @@ def _flash(args: argparse.Namespace) -> int:
     bundle = Bundle.open(args.bundle)
     client = LinkClient(lambda: open_port(args.port, baud=args.baud), name=args.port)
     bar = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description:<8}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
         console=_stderr_console(),
         transient=args.json,
         disable=args.quiet > 0,
@@ -54,9 +54,13 @@ def _flash(args: argparse.Namespace) -> int:
     tasks: dict[str, Any] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
+        if stage == "send":
+            detail = f"{done / 1e6:.2f}/{total / 1e6:.2f} MB"
+        else:
+            detail = f"{done}/{total} files"
         if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=max(total, 1))
-        bar.update(tasks[stage], completed=done, total=max(total, 1))
+            tasks[stage] = bar.add_task(stage, total=max(total, 1), detail=detail)
+        bar.update(tasks[stage], completed=done, total=max(total, 1), detail=detail)
 
     try:
         with bar:
