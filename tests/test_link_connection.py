@@ -182,7 +182,7 @@ def test_a_clean_line_stays_busy_at_921600_baud() -> None:
     assert total / ((sim.now - start) * 92160.0) > 0.95
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     sizes=st.lists(st.integers(0, 6000), min_size=1, max_size=12),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import serial
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -160,3 +161,18 @@ def test_a_silent_peer_times_out_and_abort_unblocks(pty_pair: tuple[int, int]) -
         with pytest.raises(LinkClosed, match="aborted"):
             host.recv(timeout=30)
         timer.join()
+
+
+def test_a_port_without_a_file_descriptor_goes_through_read_and_write() -> None:
+    """loop:// has no fileno (like rfc2217://): the endpoint uses the port's own read/write.
+    On a loopback the endpoint talks to itself: its hello, its data and its acks come back.
+    (loop:// holds 4 KiB and one thread both writes and reads it: messages stay small.)"""
+    port = serial.serial_for_url("loop://", timeout=0.01)
+    try:
+        with Endpoint(port, name="loop") as ep:
+            assert ep.connect(timeout=5).version == 1
+            for n in (1, 200, 700):
+                assert ep.request(b"echo" * n, timeout=5) == b"echo" * n
+            assert ep.flush(timeout=5)
+    finally:
+        port.close()
