@@ -198,3 +198,28 @@ def test_llm_artifact_health_check_generates_a_token(tmp_path: Path) -> None:
     r = flash(build(tmp_path, "llm", llm=llm), board)
     assert r.ok, r.reason
     assert r.health["inference"]["llm"].startswith("llm: generated token")
+
+
+def test_run_an_app_and_fetch_its_trace(tmp_path: Path) -> None:
+    from tests.artifacts import asr_artifact
+
+    board = InProcessBoard(tmp_path / "board")
+    reply, _ = board.call("run", {"app": "captions", "seconds": 0.5})
+    assert not reply["ok"] and reply["kind"] == "MissingModel"  # factory code: no models yet
+    reply, _ = board.call("run", {"app": "../../etc", "seconds": 1})
+    assert not reply["ok"] and "no app" in reply["error"]
+    vad = make_artifact(tmp_path / "vad")
+    out = tmp_path / "apps.bundle"
+    bundles.build(profiles.find("sim"), out, {"vad": vad, "asr": asr_artifact("tiny-whisper")})
+    assert flash(bundles.Bundle.open(out), board).ok
+    reply, _ = board.call("run", {"app": "captions", "seconds": 1.0})
+    assert reply["ok"], reply
+    trace, offset = b"", 0
+    while True:
+        r, blob = board.call("trace", {"name": reply["trace"], "offset": offset})
+        assert r["ok"]
+        trace, offset = trace + blob, offset + len(blob)
+        if offset >= r["size"]:
+            break
+    events = json.loads(trace)["traceEvents"]
+    assert events and all("ph" in e for e in events)

@@ -23,7 +23,6 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from runtime.agent import ed25519
@@ -35,6 +34,7 @@ from runtime.agent.bundlefmt import (
 )
 from runtime.agent.errors import AgentError, BundleRejected, RequestError
 from runtime.agent.store import Store
+from runtime.errors import OculaError
 from runtime.profile import Profile
 
 __all__ = ["PROTOCOL", "Agent", "BootInfo", "check_bundle"]
@@ -46,6 +46,7 @@ AGENT_VERSION = "0.1.0"
 PART = 32 * 1024  # largest blob a request carries
 MAX_HAVE = 512
 MAX_BOOTS = 3
+MAX_RUN_S = 600
 Reply = tuple[dict[str, Any], bytes]
 
 
@@ -160,6 +161,14 @@ class Agent:
             self.counters["errors"] += 1
             self.note(f"{op}: storage error {exc}")
             return {"ok": False, "error": f"storage error: {exc}", "kind": "StoreError"}, b""
+        except OculaError as exc:  # an app, an engine or a model refused: say so, keep serving
+            self.counters["errors"] += 1
+            self.note(f"{op}: {exc}")
+            return {"ok": False, "error": str(exc), "kind": type(exc).__name__}, b""
+        except Exception as exc:  # a bug: log it whole, answer, and keep the board reachable
+            self.counters["errors"] += 1
+            log.exception("request %s failed", op)
+            return {"ok": False, "error": f"internal error in '{op}': {exc!r}"[:500]}, b""
         return {"ok": True, **reply}, data
 
     # identity ---------------------------------------------------------------------------------
@@ -357,10 +366,34 @@ class Agent:
         return {"size": path.stat().st_size, "offset": offset}, data
 
     def op_run(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        """Run an app on this board for `seconds`; the reply names its trace (see `op_trace`)."""
         app = _str(fields, "app", 32)
-        if not app.isidentifier():
-            raise RequestError(f"app name {app!r} must be an identifier")
-        base = Path(self.boot.code_path) if self.boot.code_path else None
-        if base is None or not (base / "runtime" / "apps" / f"{app}.py").is_file():
-            raise RequestError(f"no app {app!r} in the running code of board {self.profile.name}")
-        raise RequestError(f"app {app!r} exists but running apps over the link is not wired yet")
+        seconds = fields.get("seconds", 5.0)
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            raise RequestError("field 'seconds' must be a number")
+        if not 0 < seconds <= MAX_RUN_S:
+            raise RequestError(f"field 'seconds' must be in (0, {MAX_RUN_S}]")
+        from runtime.apps import APPS
+        from runtime.apps.device import run_on_board
+
+        if app not in APPS:
+            raise RequestError(f"no app {app!r}; apps are {', '.join(APPS)}")
+        artifacts = self.store.root / "apps" / "no-artifacts"  # factory code: no models
+        if (
+            self.boot.slot in ("a", "b")
+            and (self.store.slot_dir(self.boot.slot) / "artifacts").is_dir()
+        ):
+            artifacts = self.store.slot_dir(self.boot.slot) / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        traces = self.store.root / "traces"
+        traces.mkdir(exist_ok=True)
+        self.note(f"running {app} for {seconds} s")
+        reply = run_on_board(
+            app,
+            float(seconds),
+            artifacts=artifacts,
+            profile=self.profile,
+            traces=traces,
+            work=self.store.root / "apps",
+        )
+        return reply, b""
