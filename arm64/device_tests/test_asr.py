@@ -3,8 +3,9 @@
 The int8 encoder quantizes its activations at run time (MatMulInteger); aarch64 and x86_64
 kernels round differently, so the decoder's logits differ slightly (~0.1 measured on
 tiny-whisper, whose random weights give flat logits; the int8-vs-fp32 error itself is ~0.2).
-The tokens must be equal; where they part, it must be at a decision that x86_64 itself took by
-less than that tolerance (a near tie), after at least MIN_EQUAL equal tokens.
+The logits of every decision taken on the same prefix must agree within LOGIT_TOL, and the
+tokens must be equal; where they part, it must be at a decision that x86_64 itself took by less
+than that tolerance (a near tie), after which the two runs decode different prefixes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from runtime.engine.asr import Whisper
 from runtime.engine.audio import read_wav
 
 LOGIT_TOL = 0.25
-MIN_EQUAL = 8
 
 
 def test_asr_int8_tokens_equal_x86(ctx) -> None:
@@ -39,7 +39,6 @@ def test_asr_int8_tokens_equal_x86(ctx) -> None:
     assert diff <= LOGIT_TOL, f"logits differ from x86_64 by {diff:.3f} > {LOGIT_TOL}"
     if mine == theirs:
         return
-    assert equal >= MIN_EQUAL, f"tokens part after {equal} < {MIN_EQUAL}:\n  {mine}\n  {theirs}"
     row = host["logits"][equal]
     choice = max(range(len(logits[equal])), key=logits[equal].__getitem__)
     gap = max(row) - row[choice]
