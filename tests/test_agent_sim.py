@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,29 @@ def test_busy_and_missing_ports_say_so(tmp_path: Path) -> None:
         client.close()
         with pytest.raises(PortError, match=r"busy.*held by process \d+"):
             SimBoard("busy", base=tmp_path).start()
+    # a local port held by another process: the error names that process
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from hil.transport import open_port; p = open_port({path!r}); "
+            "print('open', flush=True); input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        with pytest.raises(PortError, match=rf"busy \(held by {holder.pid} "):
+            open_port(path)
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(master)
+        os.close(slave)
     with pytest.raises(PortError, match="no such port"):
         open_port(str(tmp_path / "ttyNOPE"))
     with pytest.raises(PortError, match="protocol 'nope' not known"):
