@@ -144,3 +144,33 @@ def test_frame_flood_and_garbage_leave_the_agent_serving(tmp_path: Path) -> None
             assert client.call("hello")[0]["ok"] and board.running()
         finally:
             client.close()
+
+
+def test_board_sim_command_prints_a_port_that_answers(tmp_path: Path) -> None:
+    import signal
+
+    from tests.conftest import BIN
+
+    env = {**os.environ, "OCULA_SIM_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [str(BIN / "ocula"), "board", "sim", "--profile", "rpi5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/pts/")
+        client = LinkClient(lambda: open_port(port), name=port)
+        try:
+            client.reconnect(30)
+            hello, _ = client.call("hello")
+            assert hello["board"] == "rpi5" and hello["slot"] == "factory"
+        finally:
+            client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert (tmp_path / "rpi5" / "board.toml").is_file()

@@ -93,6 +93,7 @@ def serve(agent: Agent, fd: int) -> int:
     from runtime.agent.wire import endpoint as open_endpoint
 
     endpoint = open_endpoint(fd)
+    agent.link_stats = endpoint.stats
     state = agent.store.state()
     deadline = time.monotonic() + state.deadline_s if agent.boot.trial else None
     while True:

@@ -22,6 +22,7 @@ import resource
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,7 @@ class Agent:
         self._incoming = bytearray()
         self._partial: tuple[str, bytearray] | None = None
         self.counters: dict[str, int] = {"requests": 0, "errors": 0, "chunks_stored": 0}
+        self.link_stats: Callable[[], dict[str, int]] | None = None  # set by the server
 
     def note(self, line: str) -> None:
         self._log_seq += 1
@@ -345,6 +347,7 @@ class Agent:
             if os.path.isdir("/proc/self/fd")
             else -1,
             "counters": dict(self.counters),
+            "link": self.link_stats() if self.link_stats else {},
         }, b""
 
     def op_logs(self, fields: dict[str, Any], blob: bytes) -> Reply:
