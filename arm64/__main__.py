@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,11 @@ class Run:
         self.work = cache / "run"
         self.report: dict[str, Any] = {}
         self.steps = 0
+        self.current = ""
 
     def step(self, title: str) -> None:
         self.steps += 1
+        self.current = title
         say(f"[{self.steps}] {title}")
 
     def tools(self) -> None:
@@ -260,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         run.import_time(fs, device)
     except Arm64Error as e:
         say(f"FAILED at {e}")
+        return 1
+    except Exception:  # a bug in this tool or an unforeseen failure: keep the traceback
+        traceback.print_exc(file=sys.stdout)
+        say(f"FAILED at step '{run.current}': unexpected error (traceback above)")
         return 1
     run.report["total_s"] = round(time.perf_counter() - t0, 1)
     (run.cache / "report.json").write_text(json.dumps(run.report, indent=1))
