@@ -305,3 +305,19 @@ def test_real_threads_run_the_same_tasks() -> None:
     s.run_realtime(30.0, until=lambda: job.done_at is not None and len(ticks) >= 3)
     assert job.done_at is not None and job.steps_done == 3
     assert len(ticks) >= 3
+
+
+def test_worker_pools_keep_speech_off_the_llm_worker() -> None:
+    clock = VirtualClock()
+    tel = Telemetry(clock, profiles.find("ar1-ref"))
+    s = Scheduler(clock, tel, workers=("asr", "llm"))
+    llm = s.submit(Job("llm", _steps(10, 0.5), Priority.LLM, pool="llm"))
+    s.run_for(1.2)
+    asr = s.submit(Job("asr", _steps(3, 0.1), Priority.ASR, pool="asr"))
+    ocr = s.submit(Job("ocr", _steps(1, 0.1), Priority.VISION, pool="vision"))  # no such pool
+    s.run_for(10.0)
+    assert asr.first_step_at == pytest.approx(1.2)  # no wait at all: its own worker
+    assert ocr.first_step_at == pytest.approx(1.5)  # ran on the first worker that was free
+    assert llm.done_at == pytest.approx(5.1)  # yielded once, to the more urgent OCR step
+    tracks = {sp.track for sp in tel.trace.spans("inference") if sp.name == "asr"}
+    assert tracks == {"worker 0"}

@@ -79,7 +79,7 @@ class Captions:
         self.vad = Vad.from_artifact(
             vad_dir, VadParams(max_speech_s=UTTERANCE_S - 2.0), host.profile
         )
-        self.asr = Whisper.from_artifact(asr_dir, host.profile, threads=host.inference_threads)
+        self.asr = Whisper.from_artifact(asr_dir, host.profile, threads=host.threads("asr"))
         self.stab = Stabilizer(agree=host.options.stable_updates)
         self.ring = AudioRing.for_profile(host.profile)
         if self.source.channels != self.ring.channels:
@@ -126,7 +126,9 @@ class Captions:
             audio = self._slice(self._speech_start, self._seen)
             if len(audio) >= self.rate // 2:
                 self._asr_busy = True
-                host.sched.submit(Job(f"{self.name}.asr", self._asr(audio, False), Priority.ASR))
+                host.sched.submit(
+                    Job(f"{self.name}.asr", self._asr(audio, False), Priority.ASR, pool="asr")
+                )
         self._trim()
 
     def _source_done(self) -> bool:
@@ -148,7 +150,11 @@ class Captions:
         self._pending_finals += 1
         marks: list[tuple[str, float]] = []
         job = Job(
-            f"{self.name}.asr", self._asr(audio, True, end_t, marks), Priority.ASR, marks=marks
+            f"{self.name}.asr",
+            self._asr(audio, True, end_t, marks),
+            Priority.ASR,
+            marks=marks,
+            pool="asr",
         )
         host.sched.submit(job)
 

@@ -7,8 +7,9 @@
   then `display.show(frame, dirty)`; frames finished after their refresh slot are counted in
   `late.display`;
 - the governor (1 Hz) and the memory watch (1 Hz);
-- `inference_threads`: the thread count apps give their sessions, so that onnxruntime's pool
-  stays off the real-time loop's core (1 on a 2-core host: the loop keeps a core to itself).
+- `threads(role)`: the thread count apps give their sessions, so that onnxruntime's pool stays
+  off the real-time loop's core (1 on a 2-core host: the loop keeps a core to itself); on a
+  board whose ASR and LLM cores are disjoint (ar1-ref, rpi5) each has a worker of its own.
 `add(app)` sets an app up; an app that cannot start (a model missing from the bundle, a device
 that cannot be opened) is reported in `failures` and the trace, and the others keep running.
 `run(duration)` runs until `duration` or until every app is finished, then closes the devices
@@ -109,11 +110,17 @@ class Host:
         self.trace = self.telemetry.trace
         self.meter = Meter(self.telemetry.energy)
         plan = None if self.virtual else core_plan(profile)
-        # inference threads stay off the real-time loop's core (where the board has another)
-        full = core_plan(profile)
+        # inference threads stay off the real-time loop's core (where the board has another);
+        # where ASR and LLM have cores of their own, each gets its own worker
+        full = self.plan = core_plan(profile)
         free = set(full.asr + full.llm) - set(full.realtime)
         self.inference_threads = max(1, len(free) or len(full.llm))
-        self.sched = Scheduler(clock, self.telemetry, workers=workers, plan=plan, meter=self.meter)
+        split = set(full.asr).isdisjoint(full.llm) and not free & set(full.realtime)
+        split = split and not set(full.asr + full.llm) & set(full.realtime)
+        self.pools: tuple[str, ...] = ("asr", "llm") if split else ("any",) * workers
+        self.sched = Scheduler(
+            clock, self.telemetry, workers=self.pools, plan=plan, meter=self.meter
+        )
         self.screen = CaptionScreen(
             profile.display.width or 480, profile.display.height or 640, atlas, self.metrics
         )
@@ -136,6 +143,10 @@ class Host:
             self.sched.every("display", 1.0 / hz, self._refresh)
         self.sched.every("governor", 1.0, self._govern)
         self.sched.every("memory", 1.0, self._memory.check, realtime=False)
+
+    def threads(self, role: str) -> int:
+        """Session threads for a role: its own cores with worker pools, else the shared ones."""
+        return len(self.plan.for_role(role)) if "any" not in self.pools else self.inference_threads
 
     def _govern(self, now: float) -> None:
         self.governor.update(now)

@@ -6,9 +6,9 @@ Tasks:
   (`camera.stale_frames`). A camera that goes away stops this task with a message; the app
   finishes what it was doing and the other apps keep running;
 - every `look_every_s` (or once, with `once`), the newest frame is read: an OCR job (priority
-  VISION: detection, then one recognition per text box, each a step), the text shown dimmed,
-  then an LLM job (priority LLM) answering `question` about it (default: translate it into the
-  target language), streamed to the display.
+  VISION, in the ASR worker's pool: detection, then one recognition per text box, each a step),
+  the text shown dimmed, then an LLM job (priority LLM, LLM pool) answering `question` about it
+  (default: translate it into the target language), streamed to the display.
 Latencies: `frame_to_text_s` (frame captured -> OCR text on screen) and `frame_to_answer_s`
 (frame captured -> first answer characters on screen).
 """
@@ -50,6 +50,7 @@ class Look:
         self.readings: list[str] = []
         self.answers: list[str] = []
         self._busy = False
+        self._answering = False
         self._camera_lost = False
         self._done = False
         self._capture_task: Task | None = None
@@ -67,8 +68,8 @@ class Look:
         vision_dir = host.models.need("vision", self.name)
         llm_dir = host.models.need("llm", self.name)
         self.camera = host.devices.camera
-        self.ocr = Ocr.from_artifact(vision_dir, host.profile, threads=host.inference_threads)
-        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.inference_threads)
+        self.ocr = Ocr.from_artifact(vision_dir, host.profile, threads=host.threads("asr"))
+        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.threads("llm"))
         self.question = (
             host.options.question or f"Translate this into {LANGUAGES[host.options.target_lang]}."
         )
@@ -109,7 +110,7 @@ class Look:
         self.host.note(f"look: {exc}; the camera task stopped, the other apps keep running")
 
     def _ask(self, now: float) -> None:
-        if self._busy or self._done:
+        if self._busy or self._answering or self._done:
             return
         item = self.slot.take()
         if item is None:
@@ -118,15 +119,17 @@ class Look:
         assert self.host is not None
         marks: list[tuple[str, float]] = []
         self.host.sched.submit(
-            Job("look.ocr", self._read(item, marks), Priority.VISION, marks=marks)
+            Job("look.ocr", self._read(item, marks), Priority.VISION, marks=marks, pool="asr")
         )
 
-    def _read(self, item: Stamped[U8], marks: list[tuple[str, float]]) -> Iterator[float | None]:
+    def _read(self, item: Stamped[U8], marks: list[tuple[str, float]]) -> Iterator[None]:
         host = self.host
         assert host is not None
         try:
             ocr = self.ocr.start(item.value)
-            while ocr.step():
+            more = True
+            while more:
+                more = ocr.step()
                 yield None
             text = " / ".join(t.text for t in ocr.result)
             self.readings.append(text)
@@ -138,7 +141,26 @@ class Look:
                 return
             host.screen.commit(f"[{text}]", SOURCE)
             marks.append(("frame_to_text_s", item.t))
-            yield 0.0  # the text is on screen now; the answer comes in the next steps
+            answer_marks: list[tuple[str, float]] = []
+            self._answering = True
+            host.sched.submit(
+                Job(
+                    "look.llm",
+                    self._answer(text, item, answer_marks),
+                    Priority.LLM,
+                    marks=answer_marks,
+                    pool="llm",
+                )
+            )
+        finally:
+            self._busy = False
+
+    def _answer(
+        self, text: str, item: Stamped[U8], marks: list[tuple[str, float]]
+    ) -> Iterator[None]:
+        host = self.host
+        assert host is not None
+        try:
             messages = [
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"The camera reads: {text}\n{self.question}"},
@@ -167,11 +189,11 @@ class Look:
             if host.options.once:
                 self._done = True
         finally:
-            self._busy = False
+            self._answering = False
 
     @property
     def finished(self) -> bool:
-        return not self._busy and (self._done or self._camera_lost)
+        return not self._busy and not self._answering and (self._done or self._camera_lost)
 
     def summary(self) -> dict[str, Any]:
         return {"read": self.readings, "answers": self.answers, "camera_lost": self._camera_lost}

@@ -79,10 +79,10 @@ class Translate(Captions):
         llm_dir = host.models.need("llm", self.name)
         super().setup(host)
         self.system = SYSTEM.format(src=LANGUAGES[o.source_lang], tgt=LANGUAGES[o.target_lang])
-        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.inference_threads)
+        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.threads("llm"))
         small = host.models.smaller("llm")
         self.small = (
-            Llm.from_artifact(small, host.profile, threads=host.inference_threads)
+            Llm.from_artifact(small, host.profile, threads=host.threads("llm"))
             if small is not None
             else None
         )
@@ -104,7 +104,13 @@ class Translate(Captions):
         self._pending_translations += 1
         marks: list[tuple[str, float]] = []
         host.sched.submit(
-            Job(f"{self.name}.llm", self._translate(text, end_t, marks), Priority.LLM, marks=marks)
+            Job(
+                f"{self.name}.llm",
+                self._translate(text, end_t, marks),
+                Priority.LLM,
+                marks=marks,
+                pool="llm",
+            )
         )
 
     def _translate(self, text: str, end_t: float, marks: list[tuple[str, float]]) -> Iterator[None]:

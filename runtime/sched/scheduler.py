@@ -13,7 +13,9 @@ How it works:
   appends (histogram, reference time) to `job.marks`; the latency is recorded at the step's
   end. Workers always run the most urgent
   ready job (highest priority, then earliest deadline, then oldest) for one step, then choose
-  again, so a higher-priority job waits at most one step of a lower one. A job's deadline, if
+  again, so a higher-priority job waits at most one step of a lower one. Workers may form pools
+  (`workers=("asr", "llm")`, each pinned to its role's CPUs from the core plan): a job runs in
+  its `pool`'s worker, so speech never waits for an LLM step at all. A job's deadline, if
   given, is checked when it finishes (`deadline_miss.<job>`).
 - Errors: a step that raises is logged, traced and counted (`errors.<name>`); that job ends,
   the others keep running. A real-time task that raises is stopped (it would raise again at
@@ -33,7 +35,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -88,6 +90,8 @@ class Job:
     priority: int = Priority.LLM
     deadline: float | None = None
     cores: int = 1
+    #: the worker pool to run in ("asr", "llm", ...); "any" runs wherever a worker is free
+    pool: str = "any"
     on_done: Callable[[Job], None] | None = None
     ready_at: float = 0.0
     first_step_at: float | None = None
@@ -109,6 +113,7 @@ class Job:
 class _Worker:
     index: int
     cpus: tuple[int, ...]
+    pool: str = "any"
     job: Job | None = None
     free_at: float = 0.0
     step_start: float = 0.0
@@ -121,11 +126,12 @@ class Scheduler:
         self,
         clock: Clock,
         telemetry: Telemetry,
-        workers: int = 1,
+        workers: int | Sequence[str] = 1,
         plan: CorePlan | None = None,
         meter: Meter | None = None,
     ) -> None:
-        if workers < 1:
+        pools = ["any"] * workers if isinstance(workers, int) else list(workers)
+        if not pools:
             raise SchedUsageError(f"the scheduler needs at least one worker, got {workers}")
         self.clock = clock
         self.telemetry = telemetry
@@ -137,8 +143,10 @@ class Scheduler:
         self._events: dict[str, tuple[Callable[[Any], Iterable[Step] | None], int, int]] = {}
         self._queue: list[tuple[tuple[int, float, int], Job]] = []
         self._seq = itertools.count()
-        cpus = plan.llm if plan else ()
-        self._workers = [_Worker(i, cpus) for i in range(workers)]
+        self._workers = [
+            _Worker(i, (plan.for_role(pool) if plan else ()), pool) for i, pool in enumerate(pools)
+        ]
+        self._pools = set(pools)
         self._rt_free_at = 0.0
         self._cv = threading.Condition()
         self._stop = threading.Event()
@@ -206,7 +214,7 @@ class Scheduler:
         job.seq = next(self._seq)
         with self._cv:
             heapq.heappush(self._queue, (job.key(), job))
-            self._cv.notify()
+            self._cv.notify_all()
         return job
 
     @property
@@ -274,11 +282,24 @@ class Scheduler:
 
         self.submit(Job(task.name, steps(), task.priority, due + task.deadline_s))
 
-    def _pop(self) -> Job | None:
+    def _eligible(self, job: Job, worker: _Worker) -> bool:
+        """A job runs in its pool's worker; a job of a pool no worker has runs anywhere."""
+        return worker.pool == "any" or job.pool == worker.pool or job.pool not in self._pools
+
+    def _pop(self, worker: _Worker) -> Job | None:
+        """The most urgent job this worker may run (the queue is short: a scan is cheap)."""
         with self._cv:
-            if not self._queue:
+            best = None
+            for i, (key, job) in enumerate(self._queue):
+                if self._eligible(job, worker) and (best is None or key < self._queue[best][0]):
+                    best = i
+            if best is None:
                 return None
-            return heapq.heappop(self._queue)[1]
+            item = self._queue[best]
+            self._queue[best] = self._queue[-1]
+            self._queue.pop()
+            heapq.heapify(self._queue)
+            return item[1]
 
     def _step(self, worker: _Worker, job: Job, now: float) -> tuple[bool, float]:
         """Run one step of `job`; returns (finished, cost)."""
@@ -337,6 +358,7 @@ class Scheduler:
         job._waiting_since = now
         with self._cv:
             heapq.heappush(self._queue, (job.key(), job))
+            self._cv.notify_all()
 
     # -- virtual-time driver -------------------------------------------------------------
 
@@ -384,9 +406,9 @@ class Scheduler:
     def _dispatch_virtual(self, now: float) -> None:
         for w in self._workers:
             while w.job is None:
-                job = self._pop()
+                job = self._pop(w)
                 if job is None:
-                    return
+                    break
                 done, cost = self._step(w, job, now)
                 if done:
                     self._finish(job, now)
@@ -459,11 +481,12 @@ class Scheduler:
             pin_thread(w.cpus, f"worker {w.index}")
         while not self._stop.is_set():
             with self._cv:
-                while not self._queue and not self._stop.is_set():
+                job = self._pop(w)
+                while job is None and not self._stop.is_set():
                     self._cv.wait(0.1)
-                if self._stop.is_set():
+                    job = self._pop(w)
+                if job is None:
                     return
-                job = heapq.heappop(self._queue)[1]
             w.job = job
             done, _ = self._step(w, job, self.clock.now())
             w.job = None
