@@ -105,3 +105,29 @@ def test_frames_that_are_not_images_are_skipped_and_counted(env, tmp_path: Path,
     report = h.run(20.0)
     assert report.app_summaries["look"]["read"] == [" / ".join(TRUTH["label_mixed.png"])]
     assert camera.bad_frames >= 1 and "0-broken.png" in caplog.text
+
+
+def test_on_a_board_with_separate_asr_and_llm_cores_each_has_its_worker(
+    env, tmp_path: Path
+) -> None:
+    from board import profiles
+    from runtime.apps import AppOptions, Host, Models
+
+    models, glyphs = env
+    profile = profiles.find("ar1-ref")
+    h = Host(
+        profile,
+        VirtualClock(),
+        Devices(camera=FileCamera(IMAGES / "sign_en.png")),
+        glyphs,
+        Models.scan(models),
+        AppOptions(once=True),
+    )
+    assert h.pools == ("asr", "llm") and h.threads("asr") == 1 and h.threads("llm") == 1
+    assert h.add(make_app("look"))
+    report = h.run(30.0)
+    assert report.app_summaries["look"]["answers"]
+    tracks = {
+        (s.name, s.track) for s in h.trace.spans("inference") if s.name in ("look.ocr", "look.llm")
+    }
+    assert tracks == {("look.ocr", "worker 0"), ("look.llm", "worker 1")}

@@ -115,8 +115,9 @@ class Host:
         full = self.plan = core_plan(profile)
         free = set(full.asr + full.llm) - set(full.realtime)
         self.inference_threads = max(1, len(free) or len(full.llm))
-        split = set(full.asr).isdisjoint(full.llm) and not free & set(full.realtime)
-        split = split and not set(full.asr + full.llm) & set(full.realtime)
+        split = set(full.asr).isdisjoint(full.llm) and not set(full.asr + full.llm) & set(
+            full.realtime
+        )
         self.pools: tuple[str, ...] = ("asr", "llm") if split else ("any",) * workers
         self.sched = Scheduler(
             clock, self.telemetry, workers=self.pools, plan=plan, meter=self.meter
