@@ -56,6 +56,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="run the offline demo end to end",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)"
