@@ -302,3 +302,16 @@ def test_bad_folders_are_refused(tmp_path):
     weights.unlink()
     with pytest.raises(FusedError, match=r"no \*\.safetensors"):
         build(folder, tmp_path, quant="fp32", max_length=MAX_LENGTH)
+
+
+def test_cache_fills_to_max_length_then_refuses(tmp_path):
+    model, folder = _hf_model("qwen2", tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    decoder = FusedDecoder(out, build(folder, out, quant="fp32", max_length=MAX_LENGTH))
+    tokens = [int(t) for t in np.random.default_rng(1).integers(0, 512, MAX_LENGTH)]
+    decoder.run(tokens[:-2])
+    decoder.run(tokens[-2:-1])
+    np.testing.assert_allclose(decoder.run(tokens[-1:]), _last_logits(model, tokens), atol=1e-4)
+    with pytest.raises(FusedError, match="exceed the graph's max length 64"):
+        decoder.run([1])
