@@ -7,7 +7,8 @@ compute per token and per window is the real one), Silero VAD and PP-OCRv4. Buil
 Runs, each in real time on real threads (MonotonicClock), on the `sim` board profile:
 - `translate` on 60 s of speech (the speech fixtures repeated), display at 30 Hz;
 - `look` on a rendered sign (one frame -> OCR -> answer), five times;
-- both again with a synthetic CPU hog: a process spinning on one core for the whole run.
+- both again with a synthetic CPU hog: a process spinning on CPU 0, the real-time loop's core,
+  for the whole run.
 Peer: a naive loop, the way a single-threaded captioning script runs: capture, VAD, ASR and LLM
 in one thread, the display refreshed between steps, and a capture buffer of 0.5 s (a typical
 ALSA period buffer) that overflows whenever one step blocks longer. Its figures come from the
@@ -96,7 +97,9 @@ def _speech_60s() -> Path:
 
 
 def _hog(stop: Any) -> None:
-    os.sched_setaffinity(0, {1}) if hasattr(os, "sched_setaffinity") else None
+    """Spin on CPU 0: the core the real-time loop is pinned to (the harder case)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
     x = 0
     while not stop.is_set():
         for _ in range(100_000):
