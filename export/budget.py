@@ -37,7 +37,8 @@ class Fit:
         return self.artifact_mb <= self.max_artifact_mb and self.rss_mb <= self.max_rss_mb
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        d = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {**d, "fits": self.fits}
 
 
 def estimate(m: Manifest, profile: Any, max_length: int | None = None) -> Fit:

@@ -33,13 +33,17 @@ GREEDY_TOKENS = 32
 PROMPT_TOKENS = 16
 MAX_PASSAGE_TOKENS = 512
 
-# Per-scheme pass conditions. Measured on SmolLM2-135M-Instruct from its Q4_1 GGUF over the
-# passage (export/data/passage.txt, 500 tokens), see BENCHMARKS.md "Export fidelity":
-#   fp32  max|dlogit| 2e-4, top-1 1.000, ppl ratio 1.000, greedy 32/32
-#   fp16  (weights fp16) top-1 0.99+, ppl ratio 1.00
-#   int8  top-1 0.96, ppl ratio 1.002
-#   int4  (block 32, symmetric, acc 4) top-1 0.85, ppl ratio 1.05
-# The bounds leave room for random-weight models, whose logits are flatter.
+# Per-scheme pass conditions, from SmolLM2-135M-Instruct (weights from its Q4_1 GGUF) over
+# the 512-token passage, optimum graph (BENCHMARKS.md "Export: quantization fidelity"):
+#   fp32                          max|dlogit| 9.5e-05, top-1 1.000, ppl 24.30, greedy 32/32
+#   int8  block 32 sym            top-1 0.969, ppl 24.54 (x1.010)
+#   int4  block 32 sym, 8-bit     top-1 0.695, ppl 27.71 (x1.140)
+#         embedding (the default)
+#   int4  all 4-bit               top-1 0.635, ppl 30.31 (x1.247): fails the ppl bound
+# int4 bounds are the targets set by onnxruntime-genai's int4 on the same model (ppl 26.3 vs
+# 21.6 for fp32: x1.218, top-1 0.63); int8 must stay within 5% of fp32 perplexity; fp16
+# (float16 storage, float32 compute) must be all but exact. Greedy tokens of quantized
+# artifacts are reported, not required: one flipped near-tie changes the rest of the text.
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.99, "greedy_match": 1.0},
     "fp16": {"top1_agreement": 0.95, "ppl_ratio": 1.02},

@@ -111,6 +111,7 @@ class Quantization:
     block_size: int | None = None
     symmetric: bool | None = None
     accuracy_level: int | None = None
+    embed_bits: int | None = None  # bits of the embedding table (and a tied head sharing it)
     ops: dict[str, int] = field(default_factory=dict)
     float_ops: dict[str, int] = field(default_factory=dict)
     weights_dtype: str = "float32"  # dtype of the float weights that remain

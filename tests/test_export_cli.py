@@ -172,7 +172,7 @@ def test_export_llm_end_to_end_with_board(tmp_path: Path) -> None:
     from runtime.manifest import load_manifest
 
     m = load_manifest(out)
-    assert m.extra["board_fit"]["fits"] if "fits" in m.extra["board_fit"] else True
+    assert m.extra["board_fit"]["fits"] is True and m.extra["board_fit"]["board"] == "ar1-ref"
     # a second export replaces the artifact without --force
     r = run_ocula(
         "export", "llm", str(hf_model("tiny-qwen3")), "--out", str(out), "--quant", "fp32",

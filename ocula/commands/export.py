@@ -126,6 +126,7 @@ def _llm(args: argparse.Namespace) -> int:
         symmetric=not args.asymmetric,
         accuracy_level=args.accuracy_level,
         max_length=args.max_length,
+        embed_bits=args.embed_bits,
         graph=args.graph,
         validate=not args.no_validate,
         board=args.board,

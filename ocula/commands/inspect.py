@@ -100,7 +100,7 @@ def _fits(m: Any) -> list[dict[str, Any]]:
     out = []
     for name in profiles.names():
         fit = estimate(m, profiles.find(name))
-        out.append({**fit.as_dict(), "fits": fit.fits})
+        out.append(fit.as_dict())
     return out
 
 
