@@ -133,6 +133,6 @@ class Meter:
         window = self.window_s if window_s is None else window_s
         while self._work and self._work[0][0] < now - max(self.window_s, window):
             self._work.popleft()
-        core_s = sum(w for t, w in self._work if t >= now - window)
+        core_s = sum(w for t, w in self._work if t > now - window)
         base = self.model.baseline_w(self.display_on, self.camera_on)
         return base + self.model.compute_w(core_s / window)
