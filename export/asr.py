@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 
 QUANTS = ("int8", "fp16", "fp32")
 GREEDY_TOKENS = 32
-# Measured on tiny-whisper and the whisper-tiny/base shapes (random weights, see
-# BENCHMARKS.md "ASR export"); fp32 must reproduce PyTorch's greedy tokens exactly.
+# No real Whisper weights are available offline, so these come from tiny-whisper (random
+# weights, the synthetic test audio): fp32 max|dlogit| 7e-06 and greedy 32/32; fp16 top-1
+# 1.000 (max|dlogit| 0.008); int8 top-1 0.970 (max|dlogit| 0.21, cross K/V max diff 0.31).
+# fp32 must reproduce PyTorch's greedy tokens exactly; the quantized bounds leave a margin
+# under what was measured. Users with real checkpoints should expect higher agreement.
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.99, "greedy_match": 1.0},
     "fp16": {"top1_agreement": 0.95},
