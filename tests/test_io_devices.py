@@ -166,7 +166,11 @@ def test_virtual_display_writes_changed_frames_and_a_preview(tmp_path: Path) -> 
     assert index["shown"] == 3
     png = np.asarray(Image.open(tmp_path / "out" / "frame_00002.png"))
     np.testing.assert_array_equal(png, tint(f2, "mono-green"))
-    assert Image.open(tmp_path / "out" / "preview.png").n_frames == 2
+    preview = Image.open(tmp_path / "out" / "preview.png")
+    assert preview.n_frames == 3  # the still (the last frame) and the two animation frames
+    np.testing.assert_array_equal(
+        np.asarray(preview.convert("RGB")), tint(f2[::2, ::2], "mono-green")
+    )
 
 
 def test_display_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
@@ -203,3 +207,14 @@ def test_framebuffer_writes_only_the_dirty_rectangle(tmp_path: Path, bpp: int) -
     else:
         assert list(px[:3]) == [89, 255, 0]  # B, G, R of the glasses' green
     assert (raw[2, : 3 * bytes_pp] == 0xAA).all()
+
+
+def test_apng_still_image_is_what_plain_viewers_show() -> None:
+    frames = [np.full((8, 8, 3), v, np.uint8) for v in (0, 100, 200)]
+    data = encode_apng(frames, [0.1, 0.1, 0.1], still=frames[-1])
+    np.testing.assert_array_equal(decode_png(data), frames[-1])  # the default image
+    anim = Image.open(io.BytesIO(data))
+    # Pillow lists the still image as frame 0 (info "default_image"); browsers skip it
+    assert anim.info.get("default_image") and anim.n_frames == 4
+    anim.seek(1)
+    assert np.asarray(anim.convert("RGB"))[0, 0, 0] == 0

@@ -148,7 +148,9 @@ class VirtualDisplay:
             times = [t for t, _ in frames]
             delays = [b - a for a, b in itertools.pairwise(times)] + [1.0]
             tmp = self.dir / "preview.png.tmp"
-            tmp.write_bytes(encode_apng([tint(f, self.colour) for _, f in frames], delays))
+            tinted = [tint(f, self.colour) for _, f in frames]
+            # a viewer without APNG support shows the last frame: the final state of the screen
+            tmp.write_bytes(encode_apng(tinted, delays, still=tinted[-1]))
             os.replace(tmp, self.dir / "preview.png")
 
 

@@ -55,9 +55,16 @@ def encode_png(img: U8, level: int = 6) -> bytes:
 
 
 def encode_apng(
-    frames: Sequence[U8], delays_s: Sequence[float], loops: int = 0, level: int = 6
+    frames: Sequence[U8],
+    delays_s: Sequence[float],
+    loops: int = 0,
+    level: int = 6,
+    still: U8 | None = None,
 ) -> bytes:
-    """An animated PNG of same-shape frames, each shown for its delay (ms precision)."""
+    """An animated PNG of same-shape frames, each shown for its delay (ms precision).
+
+    `still` is the image a viewer without APNG support shows (default: the first frame); when
+    given, it is not part of the animation."""
     if not frames:
         raise ValueError("an animation needs at least one frame")
     first = _check(frames[0])
@@ -66,6 +73,11 @@ def encode_apng(
         _chunk(b"IHDR", _ihdr(first)),
         _chunk(b"acTL", struct.pack(">II", len(frames), loops)),
     ]
+    if still is not None:
+        still = _check(still)
+        if still.shape != first.shape:
+            raise ValueError(f"the still image has shape {still.shape}, expected {first.shape}")
+        out.append(_chunk(b"IDAT", _idat(still, level)))
     seq = 0
     h, w = first.shape[:2]
     for i, (frame, delay) in enumerate(zip(frames, delays_s, strict=True)):
@@ -76,7 +88,7 @@ def encode_apng(
         out.append(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, ms, 1000, 0, 0)))
         seq += 1
         data = _idat(frame, level)
-        if i == 0:
+        if i == 0 and still is None:
             out.append(_chunk(b"IDAT", data))
         else:
             out.append(_chunk(b"fdAT", struct.pack(">I", seq) + data))
