@@ -74,6 +74,13 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
     llm.add_argument(
         "--max-length", type=int, default=2048, help="tokens of context (default 2048)"
     )
+    llm.add_argument(
+        "--embed-bits",
+        type=int,
+        default=None,
+        help="int4/int8: bits of the embedding table and the tied head that shares it "
+        "(default 8 for int4, 8 for int8)",
+    )
     llm.add_argument("--graph", default=_default_graph(), help="fused | optimum")
     _common_model_args(llm)
     llm.set_defaults(func=_llm)
