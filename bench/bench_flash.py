@@ -95,6 +95,7 @@ def _run(tmp: Path) -> dict[str, Any]:
     clean = fresh[0][1]  # bytes a flash of this bundle sends when nothing goes wrong
     resume = _resume(tmp, base, clean)
     cut_line = _cut_line(tmp, base, clean)
+    throttled = _throttled(tmp)
     seconds = statistics.median(s for s, _ in fresh)
     result: dict[str, Any] = {
         "bundle_bytes": size,
@@ -112,6 +113,7 @@ def _run(tmp: Path) -> dict[str, Any]:
         "code_change_vs_peer": statistics.median(code_only) / size,
         "resume_after_power_cut": resume,
         "resume_after_cut_line": cut_line,
+        "uart_921600": throttled,
     }
     qwen = os.environ.get("OCULA_BENCH_QWEN")
     if qwen:
@@ -164,6 +166,42 @@ def _resume(tmp: Path, base: bundles.Bundle, clean: int) -> dict[str, Any]:
         "resent_bytes": r.bytes_sent - clean,
         "largest_chunk_stored_bytes": max(c.stored for c in base.manifest.chunks),
         "board_up_to_first_put_s": back.get("first", 0) - back.get("up", 0),
+    }
+
+
+def _throttled(tmp: Path, baud: int = 921600) -> dict[str, Any]:
+    """Transfer rate of chunk data over a cable throttled to `baud` 8N1 (line: baud/10 B/s)."""
+    from export.packaged import export_packaged
+    from hil.cable import Cable
+
+    art = tmp / "uart-vad"
+    export_packaged("vad", art)
+    path = tmp / "uart.bundle"
+    bundles.build(profiles.find("sim"), path, {"vad": art})
+    bundle = bundles.Bundle.open(path)
+    marks: list[tuple[float, int]] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "send":
+            marks.append((time.perf_counter(), done))
+
+    with Cable(baud=baud) as cable, SimBoard("uart", base=tmp / "state", port=cable.b):
+        client = LinkClient(lambda: open_port(cable.a), name=cable.a, timeout=30)
+        client.reconnect(30)
+        start = time.perf_counter()
+        r = flash(bundle, client, progress=progress, reboot_timeout=60)
+        client.close()
+    first = start  # the transfer starts with the manifest, before the first chunk part
+    last_t, sent = marks[-1]
+    rate = sent / (last_t - first)
+    return {
+        "ok": r.ok,
+        "bundle_bytes": path.stat().st_size,
+        "chunk_bytes_sent": sent,
+        "transfer_s": last_t - first,
+        "chunk_bytes_per_s": rate,
+        "efficiency_vs_line": rate / (baud / 10),
+        "flash_total_s": r.seconds,
     }
 
 

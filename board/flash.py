@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ __all__ = ["BoardRefused", "Client", "FlashResult", "LinkLost", "flash"]
 
 log = logging.getLogger(__name__)
 HAVE_BATCH = 512
+PIPELINE = 8  # put requests in flight (8 x 32 KiB)
 
 
 class LinkLost(BoardError):
@@ -179,21 +181,36 @@ def _transfer(
     todo = sum(refs[c].stored for c in missing)
     result.chunks_skipped = len(ids) - len(missing) if not result.resumed else result.chunks_skipped
     sent_now = 0
-    for n, cid in enumerate(missing):
-        data = bundle.read_chunk(cid)
-        offset = 0
-        if n == 0 and result.resumed:  # the chunk cut in flight may be partly on the board
-            reply, _ = _call(client, "put", {"id": cid, "offset": 0}, b"")
-            offset = reply["resume"]
-        while offset < len(data):
-            part = data[offset : offset + PART]
-            reply, _ = _call(client, "put", {"id": cid, "offset": offset}, part)
+
+    def parts() -> Iterator[tuple[str, int, bytes]]:
+        """(chunk id, offset, bytes) of every part still to send, read lazily."""
+        for n, cid in enumerate(missing):
+            data = bundle.read_chunk(cid)
+            offset = 0
+            if n == 0 and result.resumed:  # the chunk cut in flight may be partly there
+                reply, _ = _call(client, "put", {"id": cid, "offset": 0}, b"")
+                offset = reply["resume"]
+            yield from ((cid, o, data[o : o + PART]) for o in range(offset, len(data), PART))
+            if not data:
+                yield cid, 0, b""
+
+    pipelined = getattr(client, "pipeline", None)
+    window = PIPELINE if pipelined else 1
+    pending = parts()
+    while batch := list(itertools.islice(pending, window)):
+        calls = [("put", {"id": cid, "offset": o}, part) for cid, o, part in batch]
+        replies = pipelined(calls) if pipelined else [client.call(*calls[0])]
+        for (cid, o, part), (reply, _) in zip(batch, replies, strict=True):
+            if not reply.get("ok"):
+                raise BoardRefused(f"the board refused 'put': {reply.get('error')}")
+            if not reply["stored"] and reply["resume"] != o + len(part):
+                # the board lost the start of this chunk (it restarted): resume properly
+                raise LinkLost(f"chunk {cid[:12]} is out of step on the board; resuming")
             result.bytes_sent += len(part)
             sent_now += len(part)
-            offset = reply["resume"] if not reply["stored"] else len(data)
-            if progress:
-                progress("send", sent_now, todo)
-        result.chunks_sent += 1
+            result.chunks_sent += int(reply["stored"])
+        if progress:
+            progress("send", sent_now, todo)
     while True:
         reply, _ = _call(client, "install", {})
         if progress:
@@ -264,24 +281,41 @@ class LinkClient:
     def call(
         self, op: str, fields: dict[str, Any] | None = None, blob: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
+        return self.pipeline([(op, fields or {}, blob)])[0]
+
+    def pipeline(
+        self, calls: list[tuple[str, dict[str, Any], bytes]]
+    ) -> list[tuple[dict[str, Any], bytes]]:
+        """Send every request before waiting, then return the replies in order: the line stays
+        busy while the board answers (requests are served in the order they are sent)."""
         from runtime.agent import rpc
         from runtime.errors import OculaError
 
-        self._next_id += 1
-        rid = self._next_id
         try:
             if self.endpoint is None:
                 self._connect()
-            request = rpc.encode({"op": op, "_id": rid, **(fields or {})}, blob)
+            ids = []
+            for n, (op, fields, blob) in enumerate(calls):
+                self._next_id += 1
+                ids.append(self._next_id)
+                request = rpc.encode({"op": op, "_id": self._next_id, **fields}, blob)
+                if n < len(calls) - 1:
+                    self.endpoint.send(request, timeout=self.timeout)
+                else:  # the first reply, raising at once if the board restarted meanwhile
+                    payload = self.endpoint.request(request, timeout=self.timeout)
+            replies: dict[int, tuple[dict[str, Any], bytes]] = {}
             deadline = time.monotonic() + self.timeout
-            payload = self.endpoint.request(request, timeout=self.timeout)
             while True:
                 header, data = rpc.decode(payload)
-                if header.get("_id") == rid:
-                    return header, data
-                left = deadline - time.monotonic()  # a late reply to an earlier request
+                if header.get("_id") in ids:  # else a late reply to an earlier request
+                    replies[header["_id"]] = (header, data)
+                    deadline = time.monotonic() + self.timeout
+                if len(replies) == len(ids):
+                    return [replies[i] for i in ids]
+                left = deadline - time.monotonic()
                 payload = self.endpoint.recv(timeout=left) if left > 0 else None
                 if payload is None:
+                    op = calls[len(replies)][0]
                     raise LinkLost(f"{self.name}: no reply to '{op}' within {self.timeout:.0f} s")
         except LinkLost:
             self._drop()

@@ -261,6 +261,9 @@ class Agent:
         ref = self._staged().chunk_map().get(cid)
         if ref is None:
             raise RequestError(f"chunk {cid[:12]} is not in the staged bundle")
+        if ref.stored == 0:  # the chunk of an empty file: nothing to receive
+            self.store.put(ref, b"")
+            return {"stored": True, "resume": 0}, b""
         same = self._partial is not None and self._partial[0] == cid
         if offset == 0 and not blob:  # a probe: where does this chunk resume?
             return {
