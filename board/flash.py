@@ -7,6 +7,9 @@ unit tests. Every step is idempotent on the board, so after a cut line or a rese
 reconnects and runs the sequence again: the manifest is skipped when the board has it staged,
 `have` skips every chunk already stored, and a chunk cut half-way resumes at the offset the
 board reports. Only the chunk in flight is at risk, and only its unsent part is sent again.
+Chunk parts go out PIPELINE at a time (`LinkClient.pipeline`), so the line stays busy while the
+board verifies and stores what arrived; a reply that shows the board out of step (it restarted
+mid-chunk) turns into a resume.
 
 The result says what happened: bytes sent, chunks skipped, the slot booted, the health check,
 and, when the board rolled back, the reason it gave.
