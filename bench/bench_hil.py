@@ -150,7 +150,7 @@ def energy_repeatability(tmp: Path, runs: int = 5, requests: int = 400) -> dict[
 
     per_request = []
     board = BoardUnderTest("sim://bench", tmp / "board")
-    rig = PowerRig(board, tmp / "power", rate_hz=1000)
+    rig = PowerRig(board, tmp / "power", rate_hz=200)  # the sim rail moves every 10 ms
     try:
         board.hello()
         for _ in range(runs):
@@ -167,8 +167,14 @@ def energy_repeatability(tmp: Path, runs: int = 5, requests: int = 400) -> dict[
             w = s.watts[sel] - floor
             coverage = sel.sum() / max(1.0, (t1 - t0) / s.period_us)
             energy = float(w.mean() * (t1 - t0) * 1e-6) if sel.any() else float("nan")
+            truth = rig.rail.energy_j(t0, t1, floor)  # what the simulated rail really drew
             per_request.append(
-                {"mJ": energy / requests * 1e3, "coverage": round(float(coverage), 3)}
+                {
+                    "mJ": energy / requests * 1e3,
+                    "reference_mJ": truth / requests * 1e3,
+                    "error_pct": round((energy / truth - 1) * 100, 2),
+                    "coverage": round(float(coverage), 3),
+                }
             )
     finally:
         rig.close()
@@ -180,6 +186,7 @@ def energy_repeatability(tmp: Path, runs: int = 5, requests: int = 400) -> dict[
         "mean_mJ_per_request": round(mean, 4),
         "spread_pct": round((max(values) - min(values)) / mean * 100, 2),
         "cv_pct": round(statistics.pstdev(values) / mean * 100, 2),
+        "measurement_error_pct_max": max(abs(r["error_pct"]) for r in per_request),
     }
 
 

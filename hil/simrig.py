@@ -10,6 +10,7 @@ what the fixture does to the board's power and reset pins (`pins`, `on_pin`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -197,6 +198,7 @@ class SimRail:
         self.watts = 0.0
         self._stop = threading.Event()
         self._last: tuple[float, float] | None = None
+        self.history: list[tuple[float, float]] = []  # (host us, watts) as commanded
         self._group_leader = -1
         self._rescan = 0.0
         self._members: list[str] = []
@@ -219,10 +221,11 @@ class SimRail:
                     self._members.append(pid)
         total = 0
         for pid in self._members:
-            stat = _stat(pid)
-            if stat and int(stat[2]) == proc.pid:
-                total += int(stat[11]) + int(stat[12])
-        return total / os.sysconf("SC_CLK_TCK")
+            try:  # nanoseconds on a CPU (stat's utime/stime only count 10 ms ticks)
+                total += int(Path("/proc", pid, "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+        return total / 1e9
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -238,6 +241,7 @@ class SimRail:
                 self._last = (now, cpu)
                 p = self.power
                 self.watts = p.idle_w + p.display_w + p.core_active_w * busy
+            self.history.append((time.monotonic_ns() / 1000, self.watts))
             try:
                 self.fixture.rail(self.watts)
             except (OSError, FixtureError):
@@ -252,6 +256,16 @@ class SimRail:
         elif name == "reset" and level == 0:
             board.power_cut()  # type: ignore[attr-defined]
             board.boot()  # type: ignore[attr-defined]
+
+    def energy_j(self, t0_us: float, t1_us: float, floor_w: float = 0.0) -> float:
+        """The energy the rail was told to draw between two host times (the reference)."""
+        e = 0.0
+        steps = [*self.history, (t1_us, 0.0)]
+        for (ta, w), (tb, _) in itertools.pairwise(steps):
+            lo, hi = max(ta, t0_us), min(tb, t1_us)
+            if hi > lo:
+                e += (w - floor_w) * (hi - lo) * 1e-6
+        return e
 
     def close(self) -> None:
         self._stop.set()
