@@ -128,7 +128,8 @@ LOCKS = """
         from hil import inventory
         from hil.errors import InventoryError
         try:
-            inventory.acquire(here / "rig.toml", want=board.url.rsplit("/", 1)[1])
+            mine = [b.name for b in inventory.load(here / "rig.toml") if b.port == board.url]
+            inventory.acquire(here / "rig.toml", want=mine[0])
         except InventoryError as e:
             assert worker_id in str(e)
         else:
@@ -137,15 +138,24 @@ LOCKS = """
 
 
 def test_xdist_workers_each_lock_their_own_board(tmp_path: Path) -> None:
+    import os
+
+    ptys = [os.openpty() for _ in range(2)]  # two ports that exist (nobody opens them here)
+    ports = [os.ttyname(slave) for _, slave in ptys]
     (tmp_path / "rig.toml").write_text(
-        '[[board]]\nname = "b1"\nport = "/dev/b1"\nprofile = "sim"\n'
-        '[[board]]\nname = "b2"\nport = "/dev/b2"\nprofile = "sim"\n'
+        f'[[board]]\nname = "b1"\nport = "{ports[0]}"\nprofile = "sim"\n'
+        f'[[board]]\nname = "b2"\nport = "{ports[1]}"\nprofile = "sim"\n'
     )
     body = textwrap.dedent(LOCKS) + "\n".join(
         f"\ndef test_{i}(board, worker_id):\n    test_holds_one_board(board, worker_id)\n"
         for i in range(2)
     )
-    r = _pytest(tmp_path, body, "-n", "2", "--hil-inventory", str(tmp_path / "rig.toml"))
+    try:
+        r = _pytest(tmp_path, body, "-n", "2", "--hil-inventory", str(tmp_path / "rig.toml"))
+    finally:
+        for fds in ptys:
+            for fd in fds:
+                os.close(fd)
     assert r.returncode == 0, r.stdout + r.stderr
     seen = {p.name: p.read_text() for p in tmp_path.glob("seen-*")}
-    assert len(seen) == 2 and set(seen.values()) == {"/dev/b1", "/dev/b2"}
+    assert len(seen) == 2 and set(seen.values()) == set(ports)
