@@ -279,14 +279,27 @@ def test_a_lost_hello_ack_does_not_reset_the_session() -> None:
     assert sim.b.stats["dropped_messages"] == 0
 
 
-def test_crossing_hellos_settle_on_one_session() -> None:
+def test_crossing_hellos_settle_on_one_session_and_keep_what_was_queued() -> None:
     sim = Sim(a=Connection(session=100), b=Connection(session=200))
     sim.a.connect(0.0)
     sim.b.connect(0.0)
+    sim.a.send(b"from a" * 500)
+    sim.b.send(b"from b")
     sim.run_until(lambda: sim.a.state is State.OPEN and sim.b.state is State.OPEN)
     assert sim.a.session == sim.b.session == 200
-    sim.a.send(b"ping")
-    sim.run_until(lambda: sim.messages("b") == [b"ping"])
+    sim.run_until(lambda: sim.messages("b") and sim.messages("a"))
+    assert sim.messages("b") == [b"from a" * 500]
+    assert sim.messages("a") == [b"from b"]
+    assert sim.a.stats["dropped_messages"] == sim.b.stats["dropped_messages"] == 0
+
+
+def test_a_message_queued_before_the_hello_is_cut_at_the_agreed_frame_size() -> None:
+    sim = Sim(a=Connection(max_payload=4096), b=Connection(max_payload=128))
+    sim.a.connect(0.0)
+    sim.a.send(bytes(range(256)) * 20)
+    sim.run_until(lambda: sim.messages("b"))
+    assert sim.messages("b") == [bytes(range(256)) * 20]
+    assert sim.b.decoder.oversize == 0
 
 
 def test_a_message_over_the_limit_closes_the_link_on_both_sides() -> None:

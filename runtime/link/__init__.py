@@ -1,8 +1,13 @@
 """The link: host and device over one serial line, framed, checked and reliable.
 
-- `framing`: COBS frames with a CRC32 (runs unchanged under MicroPython);
-- `errors`: the link's errors;
-- `connection`: the reliable layer, sans-IO (bytes in, events out, time passed in);
-- `messages`: bounded request/reply messages carried as link payloads;
-- `endpoint`: the thin blocking adapter over a port or a file descriptor.
+- `framing`: COBS frames with a CRC32; `encode(payload)` and `Decoder.feed(bytes)`. Runs
+  unchanged under MicroPython (the rig fixture imports it).
+- `connection`: the reliable layer, sans-IO: hello (version, frame size), sliding window,
+  cumulative and selective acks, retransmission, duplicate suppression, flow control. Bytes in,
+  events out, time passed in.
+- `endpoint`: the thin blocking adapter over a port or a file descriptor: connect, send, recv,
+  request, serve, flush, abort.
+- `messages`: bounded request/reply messages (JSON header + binary blob) with typed field
+  limits, a schema check for the serving side and a client that matches replies to requests.
+- `errors`: `LinkError` and its kinds (timeout, closed, usage).
 """

@@ -205,7 +205,8 @@ class Connection:
     # -- state -----------------------------------------------------------------------------------
     def _reset_session_state(self) -> None:
         # sending
-        self._unsent: deque[tuple[int, bytes]] = deque()  # (flags, piece) not yet numbered
+        self._unsent: deque[bytes] = deque()  # messages not yet (fully) numbered
+        self._cursor = 0  # bytes of the first unsent message already cut into frames
         self._unsent_bytes = 0
         self._inflight: dict[int, _Out] = {}  # seq -> frame, in seq order
         self._snd_nxt = 0
@@ -252,7 +253,7 @@ class Connection:
         return int.from_bytes(os.urandom(2), "little") or 1
 
     def _drop_session(self) -> None:
-        dropped = len(self._held_msgs) + sum(1 for f, _ in self._unsent if not f & FLAG_MORE)
+        dropped = len(self._held_msgs) + len(self._unsent)
         dropped += sum(1 for o in self._inflight.values() if not o.flags & FLAG_MORE)
         self.stats["dropped_messages"] += dropped
         self._events = deque(e for e in self._events if not isinstance(e, Message))
@@ -267,11 +268,8 @@ class Connection:
             )
         if self.state in (State.IDLE, State.CLOSED):
             raise LinkUsage(f"send() on a link that is {self.state.value}; call connect() first")
-        room = self.frame_payload - HEADER.size
         data = bytes(payload)
-        pieces = [data[i : i + room] for i in range(0, len(data), room)] or [b""]
-        for i, piece in enumerate(pieces):
-            self._unsent.append((FLAG_MORE if i < len(pieces) - 1 else 0, piece))
+        self._unsent.append(data)  # cut into frames when sent, at the size agreed by then
         self._unsent_bytes += len(data)
         self.stats["messages_out"] += 1
 
@@ -362,8 +360,7 @@ class Connection:
                 if not self._inflight and self._probe_at < 0:
                     self._probe_at = now
                 break
-            flags, piece = self._unsent.popleft()
-            self._unsent_bytes -= len(piece)
+            flags, piece = self._next_piece()
             o = _Out(self._snd_nxt, flags, piece)
             self._snd_nxt = (self._snd_nxt + 1) & 0xFFFF
             self._inflight[o.seq] = o
@@ -372,6 +369,18 @@ class Connection:
         return bytes(out)
 
     # -- sending helpers ---------------------------------------------------------------------------
+    def _next_piece(self) -> tuple[int, bytes]:
+        message = self._unsent[0]
+        end = self._cursor + self.frame_payload - HEADER.size
+        piece = message[self._cursor : end]
+        self._unsent_bytes -= len(piece)
+        if end < len(message):
+            self._cursor = end
+            return FLAG_MORE, piece
+        self._unsent.popleft()
+        self._cursor = 0
+        return 0, piece
+
     def _header(self, kind: int, flags: int, seq: int, attempt: int) -> bytes:
         self._advertised = self._room()
         edge = (self._rcv_nxt + self._advertised) & 0xFFFF
@@ -484,9 +493,15 @@ class Connection:
         if self.state is State.OPEN and session == self.session:
             self._control.append(self._hello(HELLO_ACK))  # our HELLO_ACK was lost
             return
+        carry = None
+        if self.state is State.CONNECTING and not self._inflight:
+            carry = self._unsent  # queued before any hello was answered: nothing numbered yet
+            self._unsent = deque()
         if not self._move("hello"):
             return
         self._drop_session()
+        if carry:
+            self._unsent, self._unsent_bytes = carry, sum(len(m) for m in carry)
         self.session = session
         self._open(*agreed)
         self._control.append(self._hello(HELLO_ACK))
