@@ -69,3 +69,28 @@ def test_no_server_is_a_clear_error() -> None:
     url = f"rfc2217://127.0.0.1:{free_tcp_port()}"
     with pytest.raises(PortError, match="check that ser2net runs"):
         open_serial(url)
+
+
+def test_a_busy_port_names_its_holder() -> None:
+    import subprocess
+    import sys
+
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    code = (
+        "import serial, sys\n"
+        f"p = serial.Serial({path!r}, exclusive=True)\n"
+        "print('open', flush=True); sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(PortError, match=rf"busy \(held by {holder.pid} "):
+            open_serial(path)
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(master)
+        os.close(slave)
