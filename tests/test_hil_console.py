@@ -48,3 +48,33 @@ def test_every_byte_is_recorded_across_a_board_reset(tmp_path: Path) -> None:
     assert times == sorted(times)
     text = console.render(log.path)
     assert "-> 68 65 6c 6c 6f" in text and "** reset" in text
+
+
+def test_nothing_the_cable_delivers_is_missing_from_the_log_across_a_cut(tmp_path: Path) -> None:
+    from hil.cable import Cable
+
+    log = console.ConsoleLog(tmp_path / "serial.log")
+    sent = bytes(i % 251 for i in range(20000))
+    with Cable(baud=921600) as cable:
+        board = open_serial(cable.b, 921600)
+        host = log.tap(open_serial(cable.a, 921600))
+        try:
+            board.write(sent[:8000])
+            assert cable.wait_bytes("b>a", 4000, timeout=10)
+            cable.cut()  # what is on the wire now is lost, as on a real line
+            log.event("cut")
+            cable.restore()
+            board.write(sent[8000:])
+            done = len(sent)
+            assert cable.wait_for(
+                lambda s: s["b>a"]["bytes_out"] + s["b>a"]["cut_bytes"] >= done, timeout=20
+            )
+            delivered = cable.stats()["b>a"]["bytes_out"]
+            got = _read_n(host, delivered)
+        finally:
+            host.close()
+            board.close()
+    log.close()
+    stats = cable.stats()["b>a"]
+    assert stats["cut_bytes"] > 0 and len(got) == delivered == len(sent) - stats["cut_bytes"]
+    assert console.stream(log.path, console.RX) == got
