@@ -324,3 +324,20 @@ def test_frames_of_another_session_are_dropped() -> None:
     sim.b.receive_data(stale.data_to_send(0.0), sim.now)
     assert sim.b.next_event() is NEED_DATA or sim.messages("b") == []
     assert sim.b.stats["other_session"] == 1
+
+
+def test_a_flood_of_stale_frames_gets_few_resets() -> None:
+    stale = Connection(session=4242)
+    stale.connect(0.0)
+    stale.data_to_send(0.0)
+    stale.state = State.OPEN
+    stale._peer_wnd = 32  # pretend a peer once opened a window of 32 frames
+    for _ in range(500):
+        stale.send(b"old")
+    flood = stale.data_to_send(0.0) * 20  # 20 copies of a window of frames, all at once
+    fresh = Connection()
+    fresh.receive_data(flood, 0.0)
+    resets = framing.Decoder().feed(fresh.data_to_send(0.0))
+    assert fresh.stats["other_session"] == 20 * 32
+    assert len(resets) == 1
+    assert fresh.next_event() is NEED_DATA

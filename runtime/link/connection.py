@@ -200,6 +200,7 @@ class Connection:
         self._hello_at = -1.0
         self._hello_rto = RTO_INITIAL
         self.last_heard = -1.0
+        self._last_rst = (-1, 0.0)
         self._reset_session_state()
 
     # -- state -----------------------------------------------------------------------------------
@@ -455,7 +456,7 @@ class Connection:
         elif session != self.session or self.state is not State.OPEN:
             self.stats["other_session"] += 1
             if kind in (DATA, ACK) and session != self.session:
-                self._control.append(_rst(session, RST_UNKNOWN, b"unknown session"))
+                self._reset_unknown(session, now)
         elif kind == DATA:
             self.last_heard = now
             self._on_ack(ack, wnd, None, b"", now)
@@ -467,6 +468,15 @@ class Connection:
                 self._ack_due = True
         else:
             self.stats["bad_header"] += 1
+
+    def _reset_unknown(self, session: int, now: float) -> None:
+        """Tell the peer its session is unknown; at most once per RTO_MIN per session, so a
+        flood of stale frames is not answered by a flood of resets."""
+        last_session, last_time = self._last_rst
+        if session == last_session and now - last_time < RTO_MIN:
+            return
+        self._last_rst = (session, now)
+        self._control.append(_rst(session, RST_UNKNOWN, b"unknown session"))
 
     def _parse_hello(self, session: int, body: bytes) -> tuple[int, int, int] | None:
         if len(body) < HELLO_BODY.size:
