@@ -159,3 +159,36 @@ def test_xdist_workers_each_lock_their_own_board(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     seen = {p.name: p.read_text() for p in tmp_path.glob("seen-*")}
     assert len(seen) == 2 and set(seen.values()) == set(ports)
+
+
+MARKERS = """
+    import pytest
+
+    @pytest.mark.boards("rpi5")
+    def test_only_rpi5(board):
+        pass
+
+    @pytest.mark.boards("sim")
+    def test_budget_met(board, objectives):
+        objectives.check("power.average_w", 0.5)
+
+    def test_budget_missed(board, objectives):
+        objectives.check("power.burst_w", 99.0)
+"""
+
+
+def test_board_markers_and_profile_objectives(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    r = _pytest(tmp_path, MARKERS, "--board", "sim://sim", "--hil-report", str(out), "-rs")
+    assert "1 failed, 1 passed, 1 skipped" in r.stdout, r.stdout
+    assert "only for boards ['rpi5']; this is sim" in r.stdout
+    assert "objective power.burst_w missed: measured 99 W, target <= 6 W" in r.stdout
+    tests = {
+        t["nodeid"].split("::")[1]: t
+        for t in json.loads((out / "report.json").read_text())["tests"]
+    }
+    met = tests["test_budget_met"]["objectives"][0]
+    assert met["name"] == "power.average_w" and met["target"] == 3.0
+    assert tests["test_budget_missed"]["category"] == "assertion"
+    page = (out / "index.html").read_text()
+    assert 'class="missed"' in page and 'class="met"' in page
