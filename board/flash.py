@@ -5,7 +5,7 @@
 and `reconnect(timeout)`: `LinkClient` over a serial port in practice, the agent in-process in
 unit tests. Every step is idempotent on the board, so after a cut line or a reset the flasher
 reconnects and runs the sequence again: the manifest is skipped when the board has it staged,
-`have` skips every chunk already stored, and a chunk cut half-way resumes at the offset the
+`missing` skips every chunk already stored, and a chunk cut half-way resumes at the offset the
 board reports. Only the chunk in flight is at risk, and only its unsent part is sent again.
 Chunk parts go out PIPELINE at a time (`LinkClient.pipeline`), so the line stays busy while the
 board verifies and stores what arrived; a reply that shows the board out of step (it restarted
@@ -34,7 +34,7 @@ from runtime.agent.service import PART
 __all__ = ["BoardRefused", "Client", "FlashResult", "LinkLost", "flash"]
 
 log = logging.getLogger(__name__)
-HAVE_BATCH = 512
+MISSING_BATCH = 32 * 1024  # chunks per 'missing' request (one reply byte each)
 PIPELINE = 8  # put requests in flight (8 x 32 KiB)
 
 
@@ -175,11 +175,10 @@ def _transfer(
     result.slot = reply["slot"]
     missing = []
     ids = [c.id for c in m.chunks]
-    for i in range(0, len(ids), HAVE_BATCH):
-        batch = ids[i : i + HAVE_BATCH]
-        _, bitmap = _call(client, "have", {}, b"".join(bytes.fromhex(x) for x in batch))
-        result.bytes_sent += 32 * len(batch)
-        missing += [cid for cid, has in zip(batch, bitmap, strict=True) if not has]
+    for i in range(0, len(ids), MISSING_BATCH):
+        batch = ids[i : i + MISSING_BATCH]
+        _, flags = _call(client, "missing", {"start": i, "count": len(batch)})
+        missing += [cid for cid, lacks in zip(batch, flags, strict=True) if lacks]
     refs = m.chunk_map()
     todo = sum(refs[c].stored for c in missing)
     result.chunks_skipped = len(ids) - len(missing) if not result.resumed else result.chunks_skipped

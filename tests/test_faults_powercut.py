@@ -91,6 +91,21 @@ class CutOnce:
         finally:
             timer.join()  # the cut may land after the reply: the next call then times out fast
 
+    def pipeline(self, calls: list[Any]) -> list[Any]:
+        """Pipelined puts count one by one; the cut fires during the batch holding call k."""
+        first = self.n + 1
+        self.n += len(calls)
+        if not first <= self.k <= self.n:
+            return self.client.pipeline(calls)
+        self.cut_op = calls[self.k - first][0]
+        timer = threading.Timer(self.delay, self.board.power_cut)
+        self.client.timeout = 1.5
+        timer.start()
+        try:
+            return self.client.pipeline(calls)
+        finally:
+            timer.join()
+
     def reconnect(self, timeout: float) -> None:
         self.client.timeout = 10.0
         if not self.board.running():

@@ -8,7 +8,7 @@ an error reply naming the field; the agent keeps serving.
 Flash sequence (the host's flasher drives it; every step is idempotent, so a cut or a reset at
 any point resumes by sending the same steps again):
 
-    manifest (parts) -> begin (signature) -> have (batches of ids) -> put (parts of each
+    manifest (parts) -> begin (signature) -> missing (one byte per chunk) -> put (parts of each
     missing chunk) -> install (repeat until done) -> commit -> reboot -> [trial boot, health
     check] -> hello/info -> confirm
 """
@@ -46,6 +46,7 @@ PROTOCOL = 1
 AGENT_VERSION = "0.1.0"
 PART = 32 * 1024  # largest blob a request carries
 MAX_HAVE = 512
+MAX_MISSING = 32 * 1024
 MAX_BOOTS = 3
 MAX_RUN_S = 600
 Reply = tuple[dict[str, Any], bytes]
@@ -252,6 +253,15 @@ class Agent:
             raise RequestError(f"have: up to {MAX_HAVE} raw 32-byte ids")
         ids = [blob[i : i + 32].hex() for i in range(0, len(blob), 32)]
         return {}, bytes(self.store.have(ids))
+
+    def op_missing(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        """Which of the staged bundle's chunks [start, start+count) the board lacks: one byte
+        per chunk (1 = missing), so the host sends no chunk ids at all."""
+        m = self._staged()
+        start = _int(fields, "start", 0, len(m.chunks))
+        count = _int(fields, "count", 0, MAX_MISSING)
+        ids = [c.id for c in m.chunks[start : start + count]]
+        return {"total": len(m.chunks)}, bytes(not has for has in self.store.have(ids))
 
     def op_put(self, fields: dict[str, Any], blob: bytes) -> Reply:
         cid = _str(fields, "id", 64)
