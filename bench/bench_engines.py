@@ -273,7 +273,10 @@ def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[s
         feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
         with torch.no_grad():
             t1 = time.perf_counter()
-            encode(feats)
+            if engine == "optimum":
+                encode(feats, attention_mask=torch.ones(feats.shape[:1] + feats.shape[2:]))
+            else:
+                encode(feats)
             t2 = time.perf_counter()
             out = model.generate(
                 feats, language="en", max_new_tokens=ASR_TOKENS, min_new_tokens=ASR_TOKENS
