@@ -50,11 +50,15 @@ class LogMel:
         x[:take] = audio[:take]
         half = self.n_fft // 2
         padded = np.pad(x, (half, half), mode="reflect")
-        view = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop]
+        # Frames that lie wholly in the zero padding have zero power, so their log-mel is the
+        # floor exactly: only the frames that touch the audio are transformed.
+        live = min(frames + 1, (take + half) // self.hop + 2) if take else 0
+        view = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop][:live]
         spec = np.fft.rfft(view * self.window, axis=-1)
-        power = spec.real**2 + spec.imag**2  # [frames + 1, bins]
-        mel = self.filters @ power.T  # [n_mels, frames + 1]
-        log = np.log10(np.maximum(mel, 1e-10))[:, :-1]
+        power = spec.real**2 + spec.imag**2  # [live, bins]
+        log = np.full((self.n_mels, frames + 1), -10.0)  # log10 of the 1e-10 floor
+        log[:, :live] = np.log10(np.maximum(self.filters @ power.T, 1e-10))
+        log = log[:, :-1]
         log = np.maximum(log, log.max() - 8.0)
         out: F32 = ((log + 4.0) / 4.0).astype(np.float32)
         return out
