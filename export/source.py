@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 LLM_ARCHITECTURES = ("qwen2", "qwen3", "llama")
 ASR_ARCHITECTURES = ("whisper",)
 GGUF_MAGIC = b"GGUF"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
@@ -61,7 +63,7 @@ def resolve(spec: str, want: str) -> Source:
             )
         arch = _gguf_architecture(p)
         src = Source(spec, "gguf", p, arch, {}, sha256=_sha256(p))
-    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not p.suffix:
+    elif HUB_ID.fullmatch(spec) and not spec.endswith((".gguf", ".safetensors", ".json")):
         src = _hub(spec)
     else:
         raise ExportError(f"{spec}: no such file or folder")
@@ -135,7 +137,22 @@ def _sha256(p: Path) -> str:
     return h.hexdigest()
 
 
+def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _hub(spec: str) -> Source:
+    if not _online():
+        raise ExportError(
+            f"{spec}: no such file or folder here, and the hub (huggingface.co) is not "
+            "reachable to fetch it as a hub id; give a local folder or .gguf file"
+        )
     try:
         from huggingface_hub import hf_hub_download
 
