@@ -117,16 +117,50 @@ def _run(tmp: Path) -> dict[str, Any]:
     }
     qwen = os.environ.get("OCULA_BENCH_QWEN")
     if qwen:
-        qpath = tmp / "qwen.bundle"
-        bundles.build(sim, qpath, {"llm": Path(qwen)})
-        qb = bundles.Bundle.open(qpath)
-        with SimBoard("qwen", base=tmp / "state") as board:
-            t = time.perf_counter()
-            r = _flash(board, qb)
-            result["qwen_int4_bundle_bytes"] = qpath.stat().st_size
-            result["qwen_int4_flash_s"] = time.perf_counter() - t
-            result["qwen_int4_health"] = r.health
+        result["qwen2.5-0.5b_int4"] = _qwen(tmp, Path(qwen), code)
     return result
+
+
+def _qwen(tmp: Path, artifact: Path, code: Path) -> dict[str, Any]:
+    """Flash a bundle with the qwen2.5-0.5b int4 artifact, then one with only code changed."""
+    sim = profiles.find("sim")
+    path, changed = tmp / "qwen.bundle", tmp / "qwen-code.bundle"
+    t = time.perf_counter()
+    bundles.build(sim, path, {"llm": artifact})
+    build_s = time.perf_counter() - t
+    bundles.build(sim, changed, {"llm": artifact}, runtime_dir=code)
+    qb, qc = bundles.Bundle.open(path), bundles.Bundle.open(changed)
+    marks: list[float] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "send" and done >= total:
+            marks.append(time.perf_counter())
+
+    with SimBoard("qwen", base=tmp / "state") as board:
+        client = LinkClient(lambda: open_port(board.port), name=board.port, timeout=120)
+        try:
+            client.reconnect(30)
+            t = time.perf_counter()
+            r = flash(qb, client, progress=progress, reboot_timeout=300)
+            transfer_s = marks[0] - t if marks else None
+            r2 = flash(qc, client, reboot_timeout=300)
+        finally:
+            client.close()
+    size = path.stat().st_size
+    return {
+        "ok": r.ok and r2.ok,
+        "bundle_bytes": size,
+        "chunks": len(qb.manifest.chunks),
+        "manifest_bytes": len(qb.manifest.raw),
+        "build_s": build_s,
+        "flash_s": r.seconds,
+        "transfer_s": transfer_s,
+        "transfer_mb_s": size / transfer_s / 1e6 if transfer_s else None,
+        "health": r.health,
+        "code_change_bytes_sent": r2.bytes_sent,
+        "code_change_fraction": r2.bytes_sent / size,
+        "code_change_flash_s": r2.seconds,
+    }
 
 
 def _resume(tmp: Path, base: bundles.Bundle, clean: int) -> dict[str, Any]:

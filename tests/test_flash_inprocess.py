@@ -223,3 +223,29 @@ def test_run_an_app_and_fetch_its_trace(tmp_path: Path) -> None:
             break
     events = json.loads(trace)["traceEvents"]
     assert events and all("ph" in e for e in events)
+
+
+def test_install_of_a_large_file_resumes_chunk_by_chunk(tmp_path: Path) -> None:
+    """Installing spreads one big file over several requests; a cut between them resumes."""
+    vad = make_artifact(tmp_path / "vad", extra_mb=1.5)
+    b = build(tmp_path, "big", vad=vad)
+    board = InProcessBoard(tmp_path / "board")
+    for off in range(0, len(b.manifest.raw), 32768):
+        board.call("manifest", {"offset": off}, b.manifest.raw[off : off + 32768])
+    assert board.call("begin", {"sha256": b.manifest.digest})[0]["ok"]
+    for c in b.manifest.chunks:
+        data = b.read_chunk(c.id)
+        for off in range(0, max(len(data), 1), 32768):
+            board.call("put", {"id": c.id, "offset": off}, data[off : off + 32768])
+    steps = []
+    while True:
+        reply, _ = board.call("install", {"budget": 300_000})
+        assert reply["ok"], reply
+        steps.append(reply["files"])
+        if len(steps) == 3:
+            board.agent = board.power_on()  # a power cut between two install requests
+        if reply["done"]:
+            break
+    padding = next(f for f in b.manifest.files if f.path.endswith("padding.bin"))
+    assert len(steps) > padding.size // 300_000  # the 1.5 MB file took several requests
+    assert Store(board.root).verify_slot("a") == []

@@ -261,8 +261,11 @@ class Store:
             if written >= budget_bytes:
                 break
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._write_file(target, f.sha256, [sizes[c] for c in f.chunks], sources)
-            written += f.size
+            refs = [sizes[c] for c in f.chunks]
+            complete, n = self._write_file(target, f.sha256, refs, sources, budget_bytes - written)
+            written += n
+            if not complete:
+                break
             done += 1
         if done < len(m.files):
             return {"done": False, "slot": slot, "files": done, "total": len(m.files)}
@@ -272,21 +275,51 @@ class Store:
         return {"done": True, "slot": slot, "files": done, "total": len(m.files)}
 
     def _write_file(
-        self, target: Path, sha: str, refs: list[ChunkRef], sources: dict[str, tuple[Path, int]]
-    ) -> None:
+        self,
+        target: Path,
+        sha: str,
+        refs: list[ChunkRef],
+        sources: dict[str, tuple[Path, int]],
+        budget: int,
+    ) -> tuple[bool, int]:
+        """Append whole chunks to `target`'s .part file, up to `budget` bytes (at least one
+        chunk); when the file is whole and its sha256 matches, rename it into place.
+
+        Returns (complete, bytes written). A .part left by an earlier call (or a power cut) is
+        continued from its last whole chunk; a torn one fails the final hash and starts over.
+        """
         tmp = target.with_name(f".{target.name}.part")
-        digest = hashlib.sha256()
-        with open(tmp, "wb") as out:
-            for ref in refs:
-                data = self._read_chunk(ref, sources)
-                digest.update(data)
-                out.write(data)
+        have = tmp.stat().st_size if tmp.exists() else 0
+        offset, start = 0, 0
+        for ref in refs:  # continue after the last chunk that is wholly in the .part file
+            if offset + ref.size > have:
+                break
+            offset += ref.size
+            start += 1
+        written = 0
+        with open(tmp, "r+b" if tmp.exists() else "wb") as out:
+            out.truncate(offset)
+            out.seek(offset)
+            for ref in refs[start:]:
+                out.write(self._read_chunk(ref, sources))
+                written += ref.size
+                if written >= budget:
+                    break
             out.flush()
             os.fsync(out.fileno())
+        if written < sum(r.size for r in refs[start:]):
+            return False, written  # more of this file in the next call
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
         if digest.hexdigest() != sha:
             tmp.unlink()
-            raise StoreError(f"{target.name}: assembled file does not match its sha256")
+            if start == 0:
+                raise StoreError(f"{target.name}: assembled file does not match its sha256")
+            return False, written  # torn by a power cut before this call: write it again
         os.replace(tmp, target)
+        return True, written
 
     def verify_slot(self, slot: str) -> list[str]:
         """Files of a complete slot whose content no longer matches the manifest."""
