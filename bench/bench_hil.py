@@ -172,7 +172,7 @@ def energy_repeatability(tmp: Path, runs: int = 5, requests: int = 400) -> dict[
                 {
                     "mJ": energy / requests * 1e3,
                     "reference_mJ": truth / requests * 1e3,
-                    "error_pct": round((energy / truth - 1) * 100, 2),
+                    "error_pct": round((energy / truth - 1) * 100, 2) if truth > 0 else None,
                     "coverage": round(float(coverage), 3),
                 }
             )
@@ -186,7 +186,9 @@ def energy_repeatability(tmp: Path, runs: int = 5, requests: int = 400) -> dict[
         "mean_mJ_per_request": round(mean, 4),
         "spread_pct": round((max(values) - min(values)) / mean * 100, 2),
         "cv_pct": round(statistics.pstdev(values) / mean * 100, 2),
-        "measurement_error_pct_max": max(abs(r["error_pct"]) for r in per_request),
+        "measurement_error_pct_max": max(
+            (abs(r["error_pct"]) for r in per_request if r["error_pct"] is not None), default=None
+        ),
     }
 
 

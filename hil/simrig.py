@@ -197,7 +197,7 @@ class SimRail:
         self.interval = interval
         self.watts = 0.0
         self._stop = threading.Event()
-        self._last: tuple[float, float] | None = None
+        self._last: tuple[float, dict[str, float]] | None = None
         self.history: list[tuple[float, float]] = []  # (host us, watts) as commanded
         self._group_leader = -1
         self._rescan = 0.0
@@ -206,8 +206,8 @@ class SimRail:
         self._thread = threading.Thread(target=self._run, name="simrail", daemon=True)
         self._thread.start()
 
-    def _group_cpu(self) -> float | None:
-        """CPU seconds of the board's process group (members rescanned every half second)."""
+    def _group_cpu(self) -> dict[str, float] | None:
+        """CPU seconds per process of the board's group (members rescanned every 0.5 s)."""
         proc = getattr(self.board, "proc", None)
         if proc is None or proc.poll() is not None:
             return None
@@ -219,13 +219,13 @@ class SimRail:
                 stat = _stat(pid)
                 if stat and int(stat[2]) == proc.pid:
                     self._members.append(pid)
-        total = 0
+        cpu = {}
         for pid in self._members:
             try:  # nanoseconds on a CPU (stat's utime/stime only count 10 ms ticks)
-                total += int(Path("/proc", pid, "schedstat").read_text().split()[0])
+                cpu[pid] = int(Path("/proc", pid, "schedstat").read_text().split()[0]) / 1e9
             except (OSError, ValueError, IndexError):
                 continue
-        return total / 1e9
+        return cpu
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -237,7 +237,11 @@ class SimRail:
             else:
                 busy = 0.0
                 if self._last is not None:
-                    busy = max(0.0, (cpu - self._last[1]) / max(1e-6, now - self._last[0]))
+                    # only processes seen last time count: a newly found one brings its
+                    # whole past CPU time, which is not load of this interval
+                    prev_t, prev = self._last
+                    used = sum(max(0.0, c - prev[k]) for k, c in cpu.items() if k in prev)
+                    busy = min(float(os.cpu_count() or 1), used / max(1e-6, now - prev_t))
                 self._last = (now, cpu)
                 p = self.power
                 self.watts = p.idle_w + p.display_w + p.core_active_w * busy
