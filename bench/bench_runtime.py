@@ -136,7 +136,7 @@ def _run(app: str, models: Path, out: Path, hog: bool) -> dict[str, Any]:
     try:
         if not host.add(make_app(app)):
             raise RuntimeError(host.failures)
-        report = host.run(SECONDS + 15 if app == "translate" else 22.0)
+        report = host.run(SECONDS + 60 if app == "translate" else 22.0)
     finally:
         if proc:
             stop.set()

@@ -5,9 +5,10 @@ Tasks (see `runtime.sched`):
   overflow is counted in `audio.dropped_samples`);
 - VAD job every 100 ms (priority VAD): drains the ring, runs Silero in 32 ms frames, keeps the
   audio of the utterance in progress (bounded to one ASR window);
-- while someone speaks, every `partial_every_s` and only if no ASR job is in flight, a partial
-  ASR job (priority ASR) over the utterance so far; its words go through the `Stabilizer`,
-  committed words in the final style and the rest dimmer;
+- while someone speaks, every `partial_every_s` (at least twice the last partial's cost) and
+  only if no ASR job is in flight or waiting, a partial ASR job over the utterance so far, at a
+  priority below the LLM's (a preview must not starve finals or translations); its words go
+  through the `Stabilizer`, committed words in the final style and the rest dimmer;
 - when the VAD confirms the end, the final ASR job for the segment (never skipped), whose text
   replaces the partial line as a finished paragraph (`on_sentence` hook: translate builds on it).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 CAPTURE_PERIOD_S = 0.01
+PARTIAL_PRIORITY = Priority.LLM - 1
 VAD_PERIOD_S = 0.1
 
 
@@ -60,6 +63,7 @@ class Captions:
         self._buf_start = 0  # sample index of self._buf[0][0]
         self._seen = 0  # samples pulled from the ring so far
         self._last_partial = 0.0
+        self._partial_cost = 0.0
         self._flushed = False
         # (samples in the ring so far, capture time): when each sample arrived, for latencies
         self._captured: collections.deque[tuple[int, float]] = collections.deque(maxlen=30_000)
@@ -117,17 +121,27 @@ class Captions:
             self._flushed = True
             for ev in self.vad.flush():
                 self._on_event(ev, now)
+        # a partial re-decodes the utterance so far: never more often than twice its own cost,
+        # never while a final is waiting, and below the LLM (a partial is a preview; finals
+        # and translations are the product)
+        every = max(host.options.partial_every_s, 2.0 * self._partial_cost)
         if (
             self._speech_start is not None
-            and now - self._last_partial >= host.options.partial_every_s
+            and now - self._last_partial >= every
             and not self._asr_busy
+            and self._pending_finals == 0
         ):
             self._last_partial = now
             audio = self._slice(self._speech_start, self._seen)
             if len(audio) >= self.rate // 2:
                 self._asr_busy = True
                 host.sched.submit(
-                    Job(f"{self.name}.asr", self._asr(audio, False), Priority.ASR, pool="asr")
+                    Job(
+                        f"{self.name}.asr.partial",
+                        self._asr(audio, False),
+                        PARTIAL_PRIORITY,
+                        pool="asr",
+                    )
                 )
         self._trim()
 
@@ -195,13 +209,16 @@ class Captions:
     ) -> Iterator[None]:
         host = self.host
         assert host is not None
+        spent = 0.0
         try:
             if len(audio) < self.rate // 10:
                 text = ""
             else:
                 job = self.asr.start(audio, task="transcribe", language=host.options.source_lang)
                 while not job.done:
+                    t0 = time.perf_counter()
                     job.step()
+                    spent += time.perf_counter() - t0
                     yield None
                 text = job.text.strip()
         finally:
@@ -209,6 +226,7 @@ class Captions:
                 self._pending_finals -= 1
             else:
                 self._asr_busy = False
+                self._partial_cost = spent
         if final:
             shown = self.stab.final(text)
             self._publish_final(shown, end_t, marks if marks is not None else [])
