@@ -36,6 +36,7 @@ class Faults:
     ber: float = 0.0  # probability of a flipped bit, per bit
     drop: float = 0.0  # probability of a lost byte
     garbage: float = 0.0  # probability that a burst of frames is followed by junk bytes
+    dup: float = 0.0  # probability that a write arrives twice (not a UART fault: a stress)
     cuts: list[tuple[float, float]] = field(default_factory=list)  # (from, to) dead line
 
 
@@ -50,6 +51,8 @@ class Line:
     def write(self, data: bytes, now: float) -> None:
         if data and self.faults.garbage and self.rng.random() < self.faults.garbage:
             data += self.rng.randbytes(self.rng.randrange(1, 40))  # junk after a burst
+        if data and self.faults.dup and self.rng.random() < self.faults.dup:
+            data += data
         for i in range(0, len(data), 128):  # bytes arrive as they come off the line
             self._write(data[i : i + 128], now)
 
@@ -189,6 +192,7 @@ def test_a_clean_line_stays_busy_at_921600_baud() -> None:
     ber=st.sampled_from([0.0, 1e-5, 1e-4, 2e-4]),
     drop=st.sampled_from([0.0, 1e-4, 1e-3]),
     garbage=st.sampled_from([0.0, 0.05, 0.3]),
+    dup=st.sampled_from([0.0, 0.2]),
     cut=st.one_of(st.none(), st.tuples(st.floats(0.01, 2.0), st.floats(0.01, 3.0))),
 )
 def test_a_faulty_line_delivers_every_message_once_in_order_uncorrupted(
@@ -197,10 +201,11 @@ def test_a_faulty_line_delivers_every_message_once_in_order_uncorrupted(
     ber: float,
     drop: float,
     garbage: float,
+    dup: float,
     cut: tuple[float, float] | None,
 ) -> None:
     cuts = [(cut[0], cut[0] + cut[1])] if cut else []
-    sim = Sim(seed, Faults(ber=ber, drop=drop, garbage=garbage, cuts=cuts))
+    sim = Sim(seed, Faults(ber=ber, drop=drop, garbage=garbage, dup=dup, cuts=cuts))
     rng = random.Random(seed)
     open_pair(sim)
     sent_a = [rng.randbytes(n) for n in sizes]
