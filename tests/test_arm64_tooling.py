@@ -204,3 +204,28 @@ def test_the_lean_device_install_keeps_what_the_runtime_loads(tmp_path: Path) ->
     assert sizes["native_libraries_mb"] == 0.9
     assert sizes["pip_wheels_mb"] == 1.6
     assert next(iter(sizes["largest_files_mb"])) == "numpy.libs/libscipy_openblas64_.so"
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_token_parity_accepts_equal_runs_and_parting_at_a_near_tie_only() -> None:
+    from arm64.device_tests.parity import check_tokens
+
+    x86 = [[0.0, 1.0, 0.99], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]  # step 0: 1 beats 2 by 0.01
+    tokens = [1, 0, 2]
+    check_tokens(Notes(), "same", tokens, x86, tokens, x86, tol=0.05)
+    arm = [[0.0, 0.98, 0.995], [0.0, 0.0, 5.0]]  # within 0.02 at step 0, then another prefix
+    ctx = Notes()
+    check_tokens(ctx, "tie", [2, 2], arm, tokens, x86, tol=0.05)
+    assert "tokens part at 0, a near tie" in ctx.notes[-1]
+    with pytest.raises(AssertionError, match=r"logits differ from x86_64 by 2\.00e-02 > 0\.01"):
+        check_tokens(Notes(), "tight", [2, 2], arm, tokens, x86, tol=0.01)
+    far = [[0.0, 1.0, 0.9], [0.0, 0.0, 0.0]]
+    with pytest.raises(AssertionError, match="at token 0 aarch64 chose 2"):
+        check_tokens(Notes(), "far", [2, 0], far, tokens, [[0.0, 1.0, 0.5], x86[1]], tol=0.45)
