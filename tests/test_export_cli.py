@@ -192,3 +192,14 @@ def test_export_random_cli_is_deterministic(tmp_path: Path) -> None:
         assert r.code == 0, r.err
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+
+
+def test_truncated_real_gguf(tmp_path: Path) -> None:
+    from export.fidelity import smollm2_gguf
+
+    cut = tmp_path / "cut.gguf"
+    with open(smollm2_gguf(), "rb") as f:
+        cut.write_bytes(f.read(50_000_000))
+    line = _one_line_error(run_ocula("export", "llm", str(cut), "--out", str(tmp_path / "a")))
+    assert "corrupt or truncated GGUF" in line
+    assert not (tmp_path / "a").exists()
