@@ -94,6 +94,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("Ocula demo (offline)\n")
     print(DISCLAIMER + "\n")
     steps = _Steps()
+    steps.run("0. this machine and the boards", _environment)
     arts = steps.run(
         "1. build, export and quantize tiny models", _models, out / "artifacts", args.fresh
     )
@@ -111,6 +112,28 @@ def _demo(args: argparse.Namespace) -> int:
     page = steps.run("5. report", _write_report, out, reports, steps.rows)
     _summary(reports, steps, out, page)
     return 0 if reports else 1
+
+
+# -- 0. environment ------------------------------------------------------------------------
+
+
+def _environment() -> None:
+    import platform
+
+    from board import profiles
+    from ocula.envcheck import run_checks
+
+    missing = []
+    for c in run_checks():
+        print(f"   {c.name:<22} {c.role:<24} {c.found or 'MISSING -> ' + c.fix}")
+        if not c.found:
+            missing.append(c.name)
+    print(f"   ({platform.system()} {platform.machine()}; {len(missing)} missing)")
+    for name in profiles.names():
+        p = profiles.find(name)
+        print(
+            f"   board {p.name:<8} {p.cpu.total_cores} cores, {p.memory.ram_mb} MB RAM: {p.board.description}"
+        )
 
 
 # -- 1. models -----------------------------------------------------------------------------
