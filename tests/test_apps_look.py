@@ -131,3 +131,16 @@ def test_on_a_board_with_separate_asr_and_llm_cores_each_has_its_worker(
         (s.name, s.track) for s in h.trace.spans("inference") if s.name in ("look.ocr", "look.llm")
     }
     assert tracks == {("look.ocr", "worker 0"), ("look.llm", "worker 1")}
+
+
+def test_the_governor_lowers_the_camera_rate_and_says_so(env) -> None:
+    models, glyphs = env
+    h = host(models, Devices(camera=FileCamera(IMAGES / "sign_en.png")), glyphs)
+    look = make_app("look")
+    assert h.add(look)
+    fps = h.profile.camera.fps
+    assert look._capture_task.period_s == pytest.approx(1 / fps)
+    h.governor._set(1, 0.0, "average 4.00 W > budget 3.00 W", down=True)
+    assert look._capture_task.period_s == pytest.approx(2 / fps)
+    event = h.trace.instants("governor")[-1]["args"]
+    assert event["action"] == "camera rate lowered" and "budget" in event["reason"]
