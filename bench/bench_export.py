@@ -65,7 +65,8 @@ def shapes(out_dir: Path) -> list[dict[str, Any]]:
             t = time.perf_counter()
             make_random(preset, src, force=True)
             print(f"{preset}: random model in {time.perf_counter() - t:.0f} s", flush=True)
-        graphs = ("optimum",) if kind == "asr" else ("optimum", "fused")
+        # the fused graph's own timings are in bench_fused
+        graphs = ("optimum",)
         for graph in graphs:
             for quant in quants:
                 art = out_dir / "export-artifacts" / f"{preset}-{graph}-{quant}"
@@ -79,6 +80,83 @@ def shapes(out_dir: Path) -> list[dict[str, Any]]:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 subprocess.run(["rm", "-rf", str(art)], check=False)
+    return rows
+
+
+def head_speed(
+    out_dir: Path, preset: str = "qwen2.5-0.5b", rounds: int = 3, tokens: int = 48
+) -> list[dict[str, Any]]:
+    """Decode tokens/s of qwen2.5-0.5b int4 through the runtime engine with the tied table /
+    head at 4 bits, at 8 bits (the default), and left in float (a plain quantizer run)."""
+    import statistics
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from optimum.exporters.onnx import onnx_export_from_model
+    from transformers import AutoModelForCausalLM
+
+    from export import graphquant
+    from runtime.engine.llm import GenerationConfig, Llm
+    from runtime.engine.llm.runners import make_runner
+    from runtime.engine.session import open_session
+
+    src = out_dir / "export-models" / preset
+    work = out_dir / "export-head"
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+    model = AutoModelForCausalLM.from_pretrained(src)
+    onnx_export_from_model(
+        model, work / "onnx", task="text-generation-with-past", do_validation=False
+    )
+    del model
+    # a manifest of the same model, for the runtime's LLM facts
+    from export.llm import LlmOptions, export_llm
+
+    ref = export_llm(str(src), work / "art", LlmOptions(quant="int4", validate=False))
+    info = ref.llm
+    assert info is not None
+    variants = {
+        "table+head 4-bit": dict(embed_bits=4),
+        "table+head 8-bit (default)": dict(embed_bits=8),
+        "head float (plain quantizer)": dict(float_head=True),
+    }
+    engines = {}
+    sizes = {}
+    for name, kw in variants.items():
+        g = graphquant.load(work / "onnx" / "model.onnx")
+        g = graphquant.quantize(g, 4, 32, True, 4, True, **kw)
+        d = work / f"variant{len(sizes)}"
+        d.mkdir(parents=True)
+        files = graphquant.save(g, d / "model.onnx")
+        sizes[name] = sum((d / f).stat().st_size for f in files) / 2**20
+        del g
+        session = open_session(d / "model.onnx", None, threads=2, cache=False, pin=False)
+        runner = make_runner(session, info, str(d))
+        engines[name] = Llm(info, runner, work / "art" / "tokenizer.json", None, str(d))
+    prompt = list(range(100, 132))
+    speeds: dict[str, list[float]] = {n: [] for n in engines}
+    for _ in range(rounds):
+        for name, llm in engines.items():
+            llm.reset()
+            gen = llm.start(prompt, GenerationConfig(max_new_tokens=tokens))
+            gen.step()
+            t0 = time.perf_counter()
+            n = 0
+            while not gen.done and gen.step() is not None:
+                n += 1
+            speeds[name].append(n / (time.perf_counter() - t0))
+    base = statistics.median(speeds["table+head 8-bit (default)"])
+    rows = [
+        {
+            "variant": n,
+            "size_mb": round(sizes[n], 1),
+            "tok_s": round(statistics.median(v), 1),
+            "vs_default": round(statistics.median(v) / base, 3),
+        }
+        for n, v in speeds.items()
+    ]
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    subprocess.run(["rm", "-rf", str(work)], check=False)
     return rows
 
 
@@ -110,4 +188,5 @@ def run(out_dir: Path) -> dict[str, Any]:
         result["fidelity_smollm2"] = fidelity()
     if which in ("all", "shapes"):
         result["shapes"] = shapes(out_dir)
+        result["head_speed"] = head_speed(out_dir)
     return result

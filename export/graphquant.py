@@ -160,6 +160,7 @@ def quantize(
     accuracy_level: int,
     tied: bool,
     embed_bits: int | None = None,
+    float_head: bool = False,
 ) -> onnx.ModelProto:
     """Weight-only MatMulNBits for every constant MatMul, and the embedding quantized
     (with `embed_bits`, default `bits`; the tied head follows the table)."""
@@ -170,6 +171,10 @@ def quantize(
 
     pair = find_tied(model, tied)
     exclude = [pair[1].name] if pair else []
+    if float_head:
+        # what a plain quantizer run leaves: the head (and table) in float; for comparison only
+        head = _producer(model, "logits")
+        exclude = [head.name] if head is not None else []
     config = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=symmetric,
@@ -182,6 +187,11 @@ def quantize(
     q.process()
     out: onnx.ModelProto = q.model.model
     pair = find_tied(out, True) if pair else None
+    if float_head:
+        if pair:
+            tie_float(out, *pair)
+        _ensure_opset(out)
+        return out
     gather = pair[0] if pair else embedding(out)
     if tied and pair is None:
         raise ExportError("the tied head was lost during quantization (a bug in Ocula)")

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -73,7 +74,19 @@ def _cached(kind: str, params: dict[str, object], build: Callable[[Path], None])
             os.replace(out, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        _prune()
     return final
+
+
+def _prune(max_age_s: float = 3600) -> None:
+    """Remove entries built by an older exporter (another source hash), once they are an hour
+    old, so the cache does not grow with every edit of export/."""
+    now = time.time()
+    for d in CACHE.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and f"-{source_hash()}-" not in d.name:
+            with contextlib.suppress(OSError):
+                if now - d.stat().st_mtime > max_age_s:
+                    shutil.rmtree(d, ignore_errors=True)
 
 
 def hf_model(preset: str, seed: int = 0) -> Path:
