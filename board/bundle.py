@@ -55,9 +55,12 @@ def _files(folder: Path, prefix: str, code_only: bool = False) -> list[tuple[str
     out = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
+        parts = rel.split("/")
+        if "__pycache__" in parts or any(p.startswith(".") for p in parts):
+            continue  # caches and hidden files (an engine's .ocula-cache) are not the artifact
         if path.is_symlink():
             raise BoardError(f"{path}: symbolic links are not packed; copy the file instead")
-        if not path.is_file() or "__pycache__" in rel.split("/") or path.name.startswith("."):
+        if not path.is_file():
             continue
         if code_only and path.suffix not in (".py", ".json", ".toml", ".txt"):
             continue

@@ -24,9 +24,16 @@ import subprocess
 import sys
 import tty
 from pathlib import Path
+from typing import Any
 
 from board import profiles
 from hil.errors import PortError
+from runtime.agent import rpc
+from runtime.agent.boot import choose_slot
+from runtime.agent.health import InferenceCheck
+from runtime.agent.serve import handle_payload, start_agent
+from runtime.agent.service import Agent
+from runtime.agent.store import Store
 
 __all__ = ["SimBoard", "sim_root", "state_dir"]
 
@@ -164,40 +171,36 @@ class SimBoard:
 class InProcessBoard:
     """A board whose agent runs in this process: the same store, ROM logic and requests as a
     sim board, without a port (for fast tests of the flash logic). `call` goes through the
-    agent's message codec; a reboot request runs the ROM's slot choice again."""
+    agent's message codec; a reboot request runs the ROM's slot choice again, and
+    `power_on()` does what a power cycle does."""
 
     def __init__(
-        self, root: Path, profile: str = "sim", key: bytes | None = None, inference: object = None
+        self,
+        root: Path,
+        profile: str = "sim",
+        key: bytes | None = None,
+        inference: InferenceCheck | None = None,
     ) -> None:
-        from runtime.agent import boot, serve
-
-        self._boot, self._serve = boot, serve
         self.root = root
         self.inference = inference
         SimBoard(root.name, profile=profile, base=root.parent, key=key).provision()
         self.agent = self.power_on()
         self.cut_after: int | None = None  # raise LinkLost after this many more calls
 
-    def power_on(self):  # -> Agent
-        from runtime.agent.store import Store
-
+    def power_on(self) -> Agent:
         store = Store(self.root)
         for _ in range(10):
-            slot, trial = self._boot.choose_slot(store)
-            agent = self._serve.start_agent(
-                self.root,
-                slot,
-                trial,
-                store.state().boot_count,
-                self.inference,  # type: ignore[arg-type]
-            )
+            slot, trial = choose_slot(store)
+            boot_id = store.state().boot_count
+            agent = start_agent(self.root, slot, trial, boot_id, self.inference)
             if agent is not None:
                 return agent
-        raise RuntimeError("no slot boots")  # pragma: no cover
+        raise PortError(f"{self.root}: no slot boots (ten boots in a row failed)")
 
-    def call(self, op: str, fields: dict | None = None, blob: bytes = b""):
+    def call(
+        self, op: str, fields: dict[str, Any] | None = None, blob: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
         from board.flash import LinkLost
-        from runtime.agent import rpc
 
         if self.cut_after is not None:
             if self.cut_after <= 0:
@@ -205,7 +208,7 @@ class InProcessBoard:
                 raise LinkLost("line cut (test)")
             self.cut_after -= 1
         payload = rpc.encode({"op": op, "_id": 1, **(fields or {})}, blob)
-        reply = rpc.decode(self._serve.handle_payload(self.agent, payload))
+        reply = rpc.decode(handle_payload(self.agent, payload))
         if self.agent.reboot_requested:
             self.agent = self.power_on()
         return reply
