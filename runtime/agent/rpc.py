@@ -2,25 +2,24 @@
 
     u16 header length | header (JSON object, at most MAX_HEADER bytes) | blob (the rest)
 
-The header of a request holds "op" and the request's fields, of a reply "ok" and the reply's
-fields; the blob carries binary data (a chunk part, a signature, a bitmap). Decoding is bounded
-and never evaluates anything: JSON objects with string keys only, a header size limit, a blob
-size limit, and any failure becomes RpcError.
+The codec is the link's (`runtime.link.messages`): bounded before it parses, JSON objects only,
+no NaN/Infinity, no duplicate keys, no deep nesting, never evaluated. The header of a request
+holds "op", "_id" and the request's fields; of a reply, "ok", the same "_id" and the reply's
+fields. The blob carries binary data (a chunk part, a signature, a bitmap), at most MAX_BLOB
+bytes here. Every failure is RpcError, which the agent answers with an error reply.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from typing import Any
 
 from runtime.agent.errors import RequestError
+from runtime.link import messages
 
 __all__ = ["MAX_BLOB", "MAX_HEADER", "RpcError", "decode", "encode"]
 
-MAX_HEADER = 8192
+MAX_HEADER = messages.MAX_HEADER
 MAX_BLOB = 64 * 1024
-_LEN = struct.Struct(">H")
 
 
 class RpcError(RequestError):
@@ -28,24 +27,14 @@ class RpcError(RequestError):
 
 
 def encode(header: dict[str, Any], blob: bytes = b"") -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
-    if len(head) > MAX_HEADER or len(blob) > MAX_BLOB:
-        raise RpcError(f"message too large: header {len(head)} B, blob {len(blob)} B")
-    return _LEN.pack(len(head)) + head + blob
+    try:
+        return messages.encode(header, blob, max_blob=MAX_BLOB)
+    except (messages.MessageError, ValueError) as exc:
+        raise RpcError(f"message too large or not encodable: {exc}") from exc
 
 
 def decode(payload: bytes) -> tuple[dict[str, Any], bytes]:
-    if len(payload) < 2:
-        raise RpcError("message shorter than its header length")
-    (n,) = _LEN.unpack_from(payload)
-    if n > MAX_HEADER or 2 + n > len(payload):
-        raise RpcError(f"message header of {n} bytes does not fit (limit {MAX_HEADER})")
-    if len(payload) - 2 - n > MAX_BLOB:
-        raise RpcError(f"message blob over the {MAX_BLOB}-byte limit")
     try:
-        header = json.loads(payload[2 : 2 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RpcError(f"message header is not JSON: {str(exc)[:80]}") from exc
-    if not isinstance(header, dict):
-        raise RpcError("message header is not a JSON object")
-    return header, bytes(payload[2 + n :])
+        return messages.decode(payload, max_blob=MAX_BLOB)
+    except messages.MessageError as exc:
+        raise RpcError(str(exc)) from exc
