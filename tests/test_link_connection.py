@@ -110,7 +110,10 @@ class Sim:
     def step(self) -> None:
         for name, conn, line in (("a", self.a, self.ab), ("b", self.b, self.ba)):
             conn.poll(self.now)
-            line.write(conn.data_to_send(self.now), self.now)
+            has_output = conn.has_output
+            out = conn.data_to_send(self.now)
+            assert bool(out) == has_output  # what an adapter relies on before it waits
+            line.write(out, self.now)
             if self.reading[name]:
                 while (ev := conn.next_event()) is not NEED_DATA:
                     self.got[name].append(ev)

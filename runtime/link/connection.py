@@ -284,6 +284,17 @@ class Connection:
         """True when everything sent has been acknowledged and nothing waits to go out."""
         return not self._unsent and not self._inflight and not self._control
 
+    @property
+    def has_output(self) -> bool:
+        """True when data_to_send() would return something now (call it before waiting)."""
+        if self._control or (self.state is State.CONNECTING and self._hello_at < 0):
+            return True
+        if self.state is not State.OPEN:
+            return False
+        if self._ack_due or any(o.lost for o in self._inflight.values()):
+            return True
+        return bool(self._unsent) and _diff(self._snd_nxt, self._peer_ack) < self._peer_wnd
+
     def next_event(self) -> Event:
         if not self._events:
             return NEED_DATA
@@ -307,7 +318,7 @@ class Connection:
             oldest = self._oldest_unacked()
             if oldest is not None:
                 times.append(self._timer_base(oldest) + self._timeout())
-            elif self._unsent and self._probe_at >= 0:
+            elif not self._inflight and self._unsent and self._probe_at >= 0:
                 times.append(self._probe_at + self._timeout())
         return min(times) if times else None
 
@@ -328,7 +339,9 @@ class Connection:
                     self._backoff = min(self._backoff * 2, 64)  # the peer went quiet: back off
                 else:
                     self._backoff = 1  # the peer is alive (a noisy line): probe again soon
-        elif self._unsent and self._probe_at >= 0 and now >= self._probe_at + self._timeout():
+        elif self._inflight or not self._unsent or self._probe_at < 0:
+            pass
+        elif now >= self._probe_at + self._timeout():
             self._probe_at = -1.0  # the window is shut: ask the peer for an ACK
             self._control.append(self._ack_frame(FLAG_PROBE))
 
@@ -417,9 +430,13 @@ class Connection:
         return framing.encode(self._header(DATA, o.flags, o.seq, len(o.tx) - 1) + o.data)
 
     def _oldest_unacked(self) -> _Out | None:
+        """The frame the retransmission timer runs for; None while a frame already waits to
+        be sent again (the port is busy: firing more timers would only pile up resends)."""
         best = None
         for o in self._inflight.values():
-            if not o.lost and (best is None or o.sent_at[-1] < best.sent_at[-1]):
+            if o.lost:
+                return None
+            if best is None or o.sent_at[-1] < best.sent_at[-1]:
                 best = o
         return best
 

@@ -231,8 +231,9 @@ class Endpoint:
         while True:
             now = self.clock()
             conn.poll(now)
-            if len(self._out) < 2 * conn.frame_payload:
+            while len(self._out) < 2 * conn.frame_payload and conn.has_output:
                 self._out += conn.data_to_send(now, limit=4 * conn.frame_payload)
+                self._write_some()
             if self._out:
                 self._write_some()
             self._events(raise_closed)
