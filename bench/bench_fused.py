@@ -3,8 +3,8 @@
 For the `qwen2.5-0.5b` and `qwen3-0.6b` random-weight presets at int4 (block 32, symmetric,
 accuracy level 4), one run records per graph: build time, node count, operator histogram and
 artifact size; then decode speed of each graph under the same plain onnxruntime loop (2 threads,
-IO binding, a 64-token prompt, 128 new tokens, greedy), rounds alternating between graphs,
-medians reported, ratios against optimum's graph and genai's graph.
+IO binding, a 64-token prompt, 128 new tokens, greedy), the graphs advancing in lockstep one
+token each in turn, medians of per-token times, ratios against optimum's and genai's graph.
 
 Loops: the fused graph through `export.fused.run.FusedDecoder` (past and present bound to one
 buffer, updated in place); genai's graph the same way (it also shares the buffer, and takes an
@@ -53,7 +53,10 @@ def run(out_dir: Path) -> dict[str, Any]:
         }
     }
     for preset in PRESETS:
+        load_before = os.getloadavg()[0]
         results[preset] = _preset(preset)
+        # the machine is shared: a load above its 2 cores slows every graph, not the ratios
+        results[preset]["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     return results
 
 
@@ -85,21 +88,33 @@ def _preset(preset: str) -> dict[str, Any]:
 
 
 def _speed(loops: dict[str, Any]) -> dict[str, Any]:
+    """Graphs advance in lockstep, one token each in turn, so a burst of load from other
+    processes on this shared machine hits all of them alike; medians of per-token times."""
     prompt = [int(t) for t in np.random.default_rng(0).integers(100, 5000, PROMPT_TOKENS)]
-    times: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "decode": []} for k in loops}
+    ttft: dict[str, list[float]] = {k: [] for k in loops}
+    step: dict[str, list[float]] = {k: [] for k in loops}
     first: dict[str, list[int]] = {}
-    for name, loop in loops.items():  # warm-up (first-run allocations, prepacking)
-        first[name] = loop.generate(prompt, 8)[0]
-    for _ in range(ROUNDS):
+    for r in range(ROUNDS + 1):  # round 0 warms up (first-run allocations, prepacking)
+        last: dict[str, int] = {}
         for name, loop in loops.items():
-            _, ttft, decode = loop.generate(prompt, NEW_TOKENS)
-            times[name]["ttft"].append(ttft)
-            times[name]["decode"].append(decode)
+            t0 = time.perf_counter()
+            last[name] = int(np.argmax(loop.prefill(prompt)))
+            if r:
+                ttft[name].append(time.perf_counter() - t0)
+        tokens = {name: [t] for name, t in last.items()}
+        for _ in range(NEW_TOKENS - 1):
+            for name, loop in loops.items():
+                t0 = time.perf_counter()
+                last[name] = int(np.argmax(loop.step(last[name])))
+                if r:
+                    step[name].append(time.perf_counter() - t0)
+                tokens[name].append(last[name])
+        first = {name: t[:8] for name, t in tokens.items()}
     speed: dict[str, Any] = {}
-    for name, t in times.items():
+    for name in loops:
         speed[name] = {
-            "ttft_ms": round(1e3 * statistics.median(t["ttft"]), 1),
-            "decode_tok_s": round((NEW_TOKENS - 1) / statistics.median(t["decode"]), 1),
+            "ttft_ms": round(1e3 * statistics.median(ttft[name]), 1),
+            "decode_tok_s": round(1 / statistics.median(step[name]), 1),
             "first_tokens": first[name],
         }
     for name in loops:
@@ -233,15 +248,12 @@ class _FusedLoop:
         raw["kv"] = KvLayout(**raw["kv"])
         self.d = FusedDecoder(folder, FusedInfo(**raw), threads=THREADS)
 
-    def generate(self, prompt: list[int], n: int) -> tuple[list[int], float, float]:
+    def prefill(self, prompt: list[int]) -> np.ndarray:
         self.d.reset()
-        t0 = time.perf_counter()
-        logits = self.d.run(prompt)
-        t1 = time.perf_counter()
-        out = [int(np.argmax(logits))]
-        while len(out) < n:
-            out.append(int(np.argmax(self.d.run([out[-1]]))))
-        return out, t1 - t0, time.perf_counter() - t1
+        return self.d.run(prompt)
+
+    def step(self, token: int) -> np.ndarray:
+        return self.d.run([token])
 
 
 class _GenaiLoop:
@@ -262,26 +274,25 @@ class _GenaiLoop:
                 self.b.bind_ortvalue_output(i.name.replace("past_key_values", "present"), buf)
         vocab = self.s.get_outputs()[0].shape[-1]
         self.step_logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, vocab), np.float32))
+        self.total = 0
 
-    def _run(self, ids: list[int], total: int) -> np.ndarray:
-        self.b.bind_cpu_input("input_ids", np.array([ids], np.int64))
-        self.b.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        if len(ids) == 1:
-            self.b.bind_ortvalue_output("logits", self.step_logits)
-            self.s.run_with_iobinding(self.b)
-            return self.step_logits.numpy()[0, -1]
+    def prefill(self, prompt: list[int]) -> np.ndarray:
+        self.total = len(prompt)
+        self.b.bind_cpu_input("input_ids", np.array([prompt], np.int64))
+        self.b.bind_cpu_input("attention_mask", np.ones((1, self.total), np.int64))
         self.b.bind_output("logits", "cpu")
         self.s.run_with_iobinding(self.b)
-        return self.b.get_outputs()[0].numpy()[0, -1]
+        logits: np.ndarray = self.b.get_outputs()[0].numpy()[0, -1]
+        self.b.bind_ortvalue_output("logits", self.step_logits)
+        return logits
 
-    def generate(self, prompt: list[int], n: int) -> tuple[list[int], float, float]:
-        t0 = time.perf_counter()
-        logits = self._run(prompt, len(prompt))
-        t1 = time.perf_counter()
-        out = [int(np.argmax(logits))]
-        while len(out) < n:
-            out.append(int(np.argmax(self._run([out[-1]], len(prompt) + len(out)))))
-        return out, t1 - t0, time.perf_counter() - t1
+    def step(self, token: int) -> np.ndarray:
+        self.total += 1
+        self.b.bind_cpu_input("input_ids", np.array([[token]], np.int64))
+        self.b.bind_cpu_input("attention_mask", np.ones((1, self.total), np.int64))
+        self.s.run_with_iobinding(self.b)
+        logits: np.ndarray = self.step_logits.numpy()[0, -1]
+        return logits
 
 
 def _head_dim(folder: Path) -> int:
@@ -295,42 +306,38 @@ class _OptimumLoop:
 
     def __init__(self, folder: Path, hf: Path) -> None:
         self.s = _session(folder / "model.onnx")
-        past = next(i for i in self.s.get_inputs() if i.name.startswith("past_key_values"))
         cfg = json.loads((hf / "config.json").read_text())
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         self.kv_shape = [1, cfg["num_key_value_heads"], 0, head_dim]
-        assert past.shape[1] == cfg["num_key_value_heads"]
         self.inputs = {i.name for i in self.s.get_inputs()}
         self.past = [i.name for i in self.s.get_inputs() if i.name.startswith("past_key_values")]
+        self.outputs = [o.name for o in self.s.get_outputs()]
+        self.total = 0
 
-    def generate(self, prompt: list[int], n: int) -> tuple[list[int], float, float]:
-        b = self.s.io_binding()
+    def prefill(self, prompt: list[int]) -> np.ndarray:
+        self.b = self.s.io_binding()
         empty = np.zeros(self.kv_shape, np.float32)
         for name in self.past:
-            b.bind_cpu_input(name, empty)
-        for o in self.s.get_outputs():
-            b.bind_output(o.name, "cpu")
-        t0 = time.perf_counter()
-        logits = self._run(b, prompt, 0)
-        t1 = time.perf_counter()
-        out = [int(np.argmax(logits))]
-        while len(out) < n:
-            out.append(int(np.argmax(self._run(b, [out[-1]], len(prompt) + len(out) - 1))))
-        return out, t1 - t0, time.perf_counter() - t1
+            self.b.bind_cpu_input(name, empty)
+        self.total = 0
+        return self._run(prompt)
 
-    def _run(self, b: Any, ids: list[int], past: int) -> np.ndarray:
-        total = past + len(ids)
+    def step(self, token: int) -> np.ndarray:
+        return self._run([token])
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        past, self.total = self.total, self.total + len(ids)
+        b = self.b
         b.bind_cpu_input("input_ids", np.array([ids], np.int64))
-        b.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        b.bind_cpu_input("attention_mask", np.ones((1, self.total), np.int64))
         if "position_ids" in self.inputs:
-            b.bind_cpu_input("position_ids", np.arange(past, total, dtype=np.int64)[None])
+            b.bind_cpu_input("position_ids", np.arange(past, self.total, dtype=np.int64)[None])
+        for name in self.outputs:
+            b.bind_output(name, "cpu")
         self.s.run_with_iobinding(b)
         outs = b.get_outputs()
-        names = [o.name for o in self.s.get_outputs()]
-        for name, value in zip(names, outs, strict=True):
+        for name, value in zip(self.outputs, outs, strict=True):
             if name.startswith("present"):
                 b.bind_ortvalue_input(name.replace("present", "past_key_values"), value)
-        for name in names:
-            b.bind_output(name, "cpu")
         logits: np.ndarray = outs[0].numpy()[0, -1]
         return logits
