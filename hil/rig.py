@@ -147,9 +147,11 @@ class Fixture:
         return self.info
 
     def start(self, rate_hz: int, max_late_us: int = 0) -> None:
-        """Starts sampling; `max_late_us` is the jitter budget (default: one period, strict)."""
+        """Starts a stream (samples and markers start afresh); `max_late_us` is the jitter
+        budget (default: one period, strict)."""
         with self._lock:
             self._frames.clear()
+            self._markers.clear()
             self._count = 0
         self.command(f"start {int(rate_hz)} {int(max_late_us)}")
 
