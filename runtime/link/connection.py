@@ -10,28 +10,16 @@ Bytes in, events out, time passed in; no port, no thread, no clock inside (like 
     ev = conn.next_event()                # Connected | Message | Closed | NEED_DATA
     conn.next_deadline()                  # when poll() has work next (for select's timeout)
 
-Each frame's payload (see `framing`) starts with an 11-byte header, little-endian:
-
-    ver<<4|type u8, flags u8, session u16, seq u16, ack u16, wnd u16, attempt u8
-
-`session` names one connection: a hello picks it at random and frames of other sessions are
-dropped (a stale frame from before a restart can never be taken for a new one). `ack` is
-cumulative (every seq before it arrived), `wnd` how many frames from `ack` on the sender of the
-frame can still take (flow control: a slow reader closes its window and the peer stops).
-Sequence numbers are 16-bit and wrap.
-
-Frame types: HELLO / HELLO_ACK carry (min version, max version, max payload, window) and agree
-on the version (the highest both speak) and the frame size (the smaller); DATA carries a piece
-of a message (flag MORE: the message goes on in the next seq); ACK echoes the (seq, attempt) of
-the last DATA frame that arrived, plus a bitmap of frames received past `ack` (selective ack);
-RST says "I do not know this session" (the peer restarted) or refuses a hello.
+The frame format (header, types, hello, acks, resets) is in `wire`. Every frame carries the
+session, the cumulative ack and the receive window; DATA frames carry a piece of one message.
 
 Loss recovery relies on the serial line keeping order: when an ACK shows that a transmission
 arrived, every frame sent before it and still unacknowledged is lost and is sent again at once
 (RACK, exactly, thanks to the echoed attempt). A retransmission timer (RTT-adaptive) covers a
 tail loss or a cut line: it resends the oldest frame only, and the ACK that answers it triggers
 the rest. It backs off (to at most `BACKOFF_CAP`) only once the peer has been silent that long;
-while the peer is heard from, a lost frame on a noisy line is probed for again after one RTO. Duplicates are acknowledged again and dropped.
+while the peer is heard from, a lost frame on a noisy line is probed for again after one RTO.
+Duplicates are acknowledged again and dropped.
 
 Either side may start: `connect(now)` (or the first `send`) sends HELLO; a side that receives a
 HELLO of a new session adopts it, dropping the old session's state. Two hellos crossing are
@@ -42,12 +30,31 @@ from __future__ import annotations
 
 import enum
 import os
-import struct
 from collections import deque
 from dataclasses import dataclass
 
 from runtime.link import framing
 from runtime.link.errors import LinkUsage
+from runtime.link.wire import (
+    ACK,
+    DATA,
+    FLAG_MORE,
+    FLAG_PROBE,
+    HEADER,
+    HELLO,
+    HELLO_ACK,
+    HELLO_BODY,
+    MIN_FRAME,
+    MIN_VERSION,
+    PROTOCOL_VERSION,
+    RST,
+    RST_PROTOCOL,
+    RST_UNKNOWN,
+    RST_VERSION,
+    rst_frame,
+    rst_reason,
+)
+from runtime.link.wire import seq_diff as _diff
 
 __all__ = [
     "NEED_DATA",
@@ -60,17 +67,6 @@ __all__ = [
     "State",
 ]
 
-PROTOCOL_VERSION = 1
-MIN_VERSION = 1
-
-HELLO, HELLO_ACK, DATA, ACK, RST = 1, 2, 3, 4, 5
-FLAG_MORE = 0x01  # DATA: the message continues in the next frame
-FLAG_PROBE = 0x02  # ACK: answer with an ACK (window probe)
-RST_UNKNOWN, RST_VERSION, RST_PROTOCOL = 1, 2, 3
-
-HEADER = struct.Struct("<BBHHHHB")
-HELLO_BODY = struct.Struct("<BBHH")
-MIN_FRAME = 64  # smallest max_payload a hello may ask for
 DEFAULT_MAX_PAYLOAD = 1024
 DEFAULT_WINDOW = 32
 MAX_WINDOW = 1024  # well under half the 16-bit sequence space
@@ -134,11 +130,6 @@ class _NeedData:
 
 NEED_DATA = _NeedData()
 Event = Connected | Message | Closed | _NeedData
-
-
-def _diff(a: int, b: int) -> int:
-    """a - b on the 16-bit sequence circle."""
-    return ((a - b + 0x8000) & 0xFFFF) - 0x8000
 
 
 class _Out:
@@ -467,7 +458,7 @@ class Connection:
             self._on_hello_ack(session, body, wnd, now)
         elif kind == RST:
             if session == self.session and self.state in (State.OPEN, State.CONNECTING):
-                self._close("rst", _rst_reason(body))
+                self._close("rst", rst_reason(body))
             else:
                 self.stats["ignored"] += 1
         elif session != self.session or self.state is not State.OPEN:
@@ -493,7 +484,7 @@ class Connection:
         if session == last_session and now - last_time < RTO_MIN:
             return
         self._last_rst = (session, now)
-        self._control.append(_rst(session, RST_UNKNOWN, b"unknown session"))
+        self._control.append(rst_frame(session, RST_UNKNOWN, b"unknown session"))
 
     def _parse_hello(self, session: int, body: bytes) -> tuple[int, int, int] | None:
         if len(body) < HELLO_BODY.size:
@@ -503,10 +494,10 @@ class Connection:
         version = min(hi, PROTOCOL_VERSION)
         if version < max(lo, MIN_VERSION):
             text = f"versions {lo}-{hi} offered, this side speaks {MIN_VERSION}-{PROTOCOL_VERSION}"
-            self._control.append(_rst(session, RST_VERSION, text.encode()))
+            self._control.append(rst_frame(session, RST_VERSION, text.encode()))
             return None
         if max_payload < MIN_FRAME or not 1 <= window <= MAX_WINDOW:
-            self._control.append(_rst(session, RST_PROTOCOL, b"hello out of range"))
+            self._control.append(rst_frame(session, RST_PROTOCOL, b"hello out of range"))
             return None
         return version, min(max_payload, self.max_payload), window
 
@@ -631,19 +622,5 @@ class Connection:
                 self.stats["messages_in"] += 1
 
     def _protocol_error(self, reason: str) -> None:
-        self._control.append(_rst(self.session, RST_PROTOCOL, reason.encode()[:200]))
+        self._control.append(rst_frame(self.session, RST_PROTOCOL, reason.encode()[:200]))
         self._close("fail", reason)
-
-
-def _rst(session: int, code: int, text: bytes) -> bytes:
-    return HEADER.pack(PROTOCOL_VERSION << 4 | RST, 0, session, 0, 0, 0, 0) + bytes([code]) + text
-
-
-def _rst_reason(body: bytes) -> str:
-    code = body[0] if body else 0
-    text = bytes(body[1:201]).decode("utf-8", "replace")
-    if code == RST_UNKNOWN:
-        return "the peer does not know this link session (it restarted); connect again"
-    if code == RST_VERSION:
-        return f"the peer refused the protocol version ({text}); update one side"
-    return f"the peer reset the link: {text or 'no reason given'}"
