@@ -349,3 +349,42 @@ def test_a_flood_of_stale_frames_gets_few_resets() -> None:
     assert fresh.stats["other_session"] == 20 * 32
     assert len(resets) == 1
     assert fresh.next_event() is NEED_DATA
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frames=st.lists(
+        st.tuples(
+            st.integers(0, 255),  # ver/type
+            st.integers(0, 255),  # flags
+            st.sampled_from(["ours", "other"]),
+            st.integers(0, 0xFFFF),  # seq
+            st.integers(0, 0xFFFF),  # ack
+            st.integers(0, 0xFFFF),  # wnd
+            st.integers(0, 255),  # attempt
+            st.binary(max_size=300),
+        ),
+        max_size=30,
+    )
+)
+def test_a_hostile_peer_with_valid_crcs_cannot_make_it_raise_or_grow(
+    frames: list[tuple[int, int, str, int, int, int, int, bytes]],
+) -> None:
+    """Frames that pass the CRC but carry any header: the connection drops, resets or closes,
+    never raises, and keeps its buffers within the window."""
+    sim = Sim()
+    open_pair(sim)
+    sim.b.send(b"pending" * 300)
+    sim.b.data_to_send(sim.now)
+    for vt, flags, whose, seq, ack, wnd, attempt, body in frames:
+        session = sim.b.session if whose == "ours" else sim.b.session ^ 0x00FF
+        payload = HEADER.pack(vt, flags, session, seq, ack, wnd, attempt) + body
+        sim.b.receive_data(framing.encode(payload), sim.now)
+        sim.b.poll(sim.now + 1.0)
+        sim.b.data_to_send(sim.now + 1.0)
+        while sim.b.next_event() is not NEED_DATA:
+            pass
+    b = sim.b
+    assert len(b._ooo) <= b.window
+    assert b._partial_size <= b.max_message
+    assert len(b._inflight) <= 1024
