@@ -1,6 +1,7 @@
 """App latency objectives from the board profile: run each app on the board over the link,
 fetch its trace, and hold its display cadence and stage latencies to the profile's targets.
-A board whose agent cannot run an app says why, and the test is skipped with that reason."""
+A board whose agent cannot run an app, or whose bundle lacks the app's models (pass --bundle),
+says why, and the test is skipped with that reason."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def _run(board, app: str, seconds: float) -> dict:
     except LinkFailure as e:
         if "not wired" in str(e) or "no app" in str(e):
             pytest.skip(f"the board cannot run {app}: {e}")
+        if "needs a" in str(e) and "rebuild the bundle" in str(e):
+            pytest.skip(f"flash a bundle with {app}'s models (--bundle FILE): {e}")
         raise
     name = reply.get("trace") or f"{app}.json"
     data, offset = bytearray(), 0
