@@ -13,7 +13,8 @@ One thread drives an endpoint. Waiting is one `select` on the port and an abort 
 nearest of the caller's deadline and the connection's next timer; nothing sleeps. Ports with a
 file descriptor are read and written with os.read/os.write on it, non-blocking, so a peer that
 stops reading can never block a write past the deadline. Objects without one (rfc2217://,
-loop://) are read through their own `read` with the port's timeout and written with `write`.
+loop://) are read through their own `read` and written with `write`: open them with a short
+read timeout (0.05 s, as `hil.transport.open_port` does) and a write timeout.
 
 Which side speaks first does not matter: the side that sends first says hello; a side that
 only answers (the agent) just waits in recv() or serve(). When the peer restarts, its reply
