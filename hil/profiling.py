@@ -87,6 +87,12 @@ def _requests_workload(board: BoardUnderTest, seconds: float) -> tuple[dict[str,
 def _app_workload(
     board: BoardUnderTest, app: str, seconds: float
 ) -> tuple[dict[str, Any], list[float]]:
+    """Runs `app` on the board and fetches its trace, shifted onto the board's monotonic clock.
+
+    The trace's times count from its own start. When the trace says where that is
+    (otherData.origin_monotonic_s) it is used; otherwise the start is estimated as the reply's
+    arrival minus the run's duration, and the report says the alignment is estimated.
+    """
     try:
         reply = board.call("run", app=app, seconds=seconds)
     except HilError as e:
@@ -94,6 +100,7 @@ def _app_workload(
             f"{board.url}: the board did not run app {app!r} ({e}); "
             f"profile the agent itself with --app {BUILTIN[0]}"
         ) from e
+    arrived_us = time.monotonic_ns() / 1000
     name = reply.get("trace") or f"{app}.json"
     data, offset = bytearray(), 0
     while True:
@@ -105,7 +112,23 @@ def _app_workload(
         if not blob or offset >= r["size"]:
             break
     trace = json.loads(bytes(data))
-    return trace, []
+    other = trace.setdefault("otherData", {})
+    if "origin_monotonic_s" in other:
+        origin_us = float(other["origin_monotonic_s"]) * 1e6
+        other["alignment"] = "trace origin on the board's monotonic clock"
+    else:
+        origin_us = arrived_us - float(reply.get("seconds", seconds)) * 1e6
+        other["alignment"] = "estimated: reply arrival minus run duration"
+    for ev in trace.get("traceEvents", []):
+        if "ts" in ev:
+            ev["ts"] = float(ev["ts"]) + origin_us
+    latencies = [
+        v * 1e3
+        for vals in reply.get("latency_s", {}).values()
+        if isinstance(vals, list)
+        for v in vals
+    ]
+    return trace, latencies
 
 
 def profile(
