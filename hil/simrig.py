@@ -149,7 +149,7 @@ class SimFixture:
     def edge(self) -> float:
         """Raises the marker line; returns the host's monotonic time of the edge, in us."""
         t = time.monotonic_ns() / 1000
-        self._send(b"E")
+        self._send(b"E %d" % time.time_ns())
         return t
 
     def wait_pins(self, changes: int, timeout: float = 5.0) -> list[tuple[str, int]]:
