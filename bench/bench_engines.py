@@ -408,28 +408,37 @@ def run(out_dir: Path) -> dict[str, Any]:
     def want(name: str) -> bool:
         return not only or name in only
 
-    llm_cases = [
-        ("qwen2.5-0.5b", "int4", True, True),
-        ("qwen2.5-0.5b", "int8", False, False),
-        ("smollm2", "int4", True, False),
+    def save() -> None:  # partial results survive an interrupted run
+        (out_dir / "bench_engines.partial.json").write_text(json.dumps(result, indent=2))
+
+    cases = [
+        "llm qwen2.5-0.5b int4",
+        "asr whisper-tiny",
+        "vad",
+        "llm smollm2 int4",
+        "llm qwen2.5-0.5b int8",
+        "asr whisper-base",
     ]
-    for preset, quant, peers, torch_peer in llm_cases:
-        key = f"llm {preset} {quant}"
+    for key in cases:
         if not want(key):
             continue
-        r = bench_llm(preset, quant, peers, torch_peer)
-        o = r["ocula"]
-        roof = bw * 1e9 / (o["weight_mb_per_token"] * 1e6)
-        o["roofline_tok_s"] = round(roof, 1)
-        o["roofline_fraction"] = round(o["decode"] / roof, 3)
-        if "genai" in r:
-            r["genai"]["roofline_fraction"] = round(r["genai"]["decode"] / roof, 3)
-        result[key] = r
-    for preset in ("whisper-tiny", "whisper-base"):
-        if want(f"asr {preset}"):
-            result[f"asr {preset}"] = bench_asr(preset)
-    if want("vad"):
-        result["vad"] = bench_vad()
+        kind, *rest = key.split()
+        if kind == "llm":
+            name, quant = rest
+            peers = quant == "int4"
+            r = bench_llm(name, quant, peers, torch_peer=name == "qwen2.5-0.5b" and peers)
+            o = r["ocula"]
+            roof = bw * 1e9 / (o["weight_mb_per_token"] * 1e6)
+            o["roofline_tok_s"] = round(roof, 1)
+            o["roofline_fraction"] = round(o["decode"] / roof, 3)
+            if "genai" in r:
+                r["genai"]["roofline_fraction"] = round(r["genai"]["decode"] / roof, 3)
+            result[key] = r
+        elif kind == "asr":
+            result[key] = bench_asr(rest[0])
+        else:
+            result[key] = bench_vad()
+        save()
     return result
 
 
