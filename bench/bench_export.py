@@ -59,7 +59,10 @@ def shapes(out_dir: Path) -> list[dict[str, Any]]:
 
     models = out_dir / "export-models"
     rows = []
+    only = os.environ.get("OCULA_BENCH_EXPORT_PRESETS")
     for preset, (kind, quants) in SHAPES.items():
+        if only and preset not in only.split(","):
+            continue
         src = models / preset
         if not (src / "config.json").is_file():
             t = time.perf_counter()
