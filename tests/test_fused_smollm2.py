@@ -11,7 +11,8 @@ Measured here (fp32 ppl 24.30 on the passage; ratio = artifact ppl / fp32 ppl):
     fused int4 block 32 sym (int4 embedding)   ppl 31.43  ratio 1.293  top-1 0.693
     fused int4 block 32 sym, int8 embedding    ppl 29.65  ratio 1.220  top-1 0.736
     fused int4 block 16 sym                    ppl 29.27  ratio 1.204  top-1 0.691
-    fused int4 block 32 asym, int8 embedding   ppl 27.93  ratio 1.149  top-1 0.746
+    fused int4 block 32 asym                   ppl 30.51  ratio 1.255  top-1 0.703
+    fused int4 block 32 asym, int8 embedding   ppl 27.91  ratio 1.148  top-1 0.748
     fused int8 block 32 sym                    ppl 24.61  ratio 1.013  top-1 0.957
     onnxruntime-genai int4 (its builder, same weights, same passage)
                                                ppl 30.52  ratio 1.256  top-1 0.648
