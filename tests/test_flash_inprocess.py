@@ -210,8 +210,15 @@ def test_run_an_app_and_fetch_its_trace(tmp_path: Path) -> None:
     assert not reply["ok"] and "no app" in reply["error"]
     vad = make_artifact(tmp_path / "vad")
     out = tmp_path / "apps.bundle"
-    bundles.build(profiles.find("sim"), out, {"vad": vad, "asr": asr_artifact("tiny-whisper")})
-    assert flash(bundles.Bundle.open(out), board).ok
+    vision = export_packaged("vision", tmp_path / "vision")
+    arts = {"vad": vad, "asr": asr_artifact("tiny-whisper"), "vision": vision}
+    bundles.build(profiles.find("sim"), out, arts)
+    r = flash(bundles.Bundle.open(out), board)
+    assert r.ok, r.reason
+    checks = r.health["inference"]  # one real inference per artifact, through the engines
+    assert checks["asr"].startswith("asr: 1 s of silence ->")
+    assert checks["vision"].startswith("vision: blank image -> 0 boxes")
+    assert checks["vad"].startswith("vad: p(speech) of silence")
     reply, _ = board.call("run", {"app": "captions", "seconds": 1.0})
     assert reply["ok"], reply
     trace, offset = b"", 0

@@ -5,9 +5,9 @@ in its bundle manifest; each artifact passes a short inference. The inference st
 pluggable (`check_slot(..., inference=)`); by default it is
 `runtime.engine.selftest.check(kind, folder) -> str` when the booted code has that module, else
 `engine_check`: the artifact's manifest must load (runtime.manifest), then the VAD scores one
-frame of silence and the LLM generates one token through the engines; kinds without a check
-here load every ONNX graph into an onnxruntime session (which parses and checks it) and say
-"loaded", not "inferred".
+frame of silence, the ASR transcribes one second of silence, the OCR reads a blank image and the
+LLM generates one token, through the engines; a kind without a check here loads every ONNX graph
+into an onnxruntime session (which parses and checks it) and says "loaded", not "inferred".
 """
 
 from __future__ import annotations
@@ -60,6 +60,21 @@ def engine_check(kind: str, folder: Path) -> str:
         llm = Llm.from_artifact(folder, verify=False)
         token = llm.start("Hello", GenerationConfig(max_new_tokens=1)).step()
         return f"llm: generated token {token} in {time.perf_counter() - start:.2f} s"
+    if kind == "asr":
+        import numpy as np
+
+        from runtime.engine.asr import Whisper
+
+        asr = Whisper.from_artifact(folder, verify=False)
+        text = asr.transcribe(np.zeros(16000, np.float32), rate=16000, max_new_tokens=4).text
+        return f"asr: 1 s of silence -> {len(text)} chars in {time.perf_counter() - start:.2f} s"
+    if kind == "vision":
+        import numpy as np
+
+        from runtime.engine.vision import Ocr
+
+        boxes = Ocr.from_artifact(folder).read(np.full((64, 64, 3), 255, np.uint8))
+        return f"vision: blank image -> {len(boxes)} boxes in {time.perf_counter() - start:.2f} s"
     return _load_onnx(kind, folder)
 
 
