@@ -31,7 +31,15 @@ from board.bundle import Bundle
 from board.errors import BoardError
 from runtime.agent.service import PART
 
-__all__ = ["BoardRefused", "Client", "FlashResult", "LinkLost", "flash"]
+__all__ = [
+    "BoardRefused",
+    "Client",
+    "FlashResult",
+    "LinkClient",
+    "LinkLost",
+    "PortUnavailable",
+    "flash",
+]
 
 log = logging.getLogger(__name__)
 MISSING_BATCH = 32 * 1024  # chunks per 'missing' request (one reply byte each)
@@ -40,6 +48,11 @@ PIPELINE = 8  # put requests in flight (8 x 32 KiB)
 
 class LinkLost(BoardError):
     """The line to the board was cut or the board stopped answering; the flash can resume."""
+
+
+class PortUnavailable(LinkLost):
+    """The port could not be opened at all (missing, busy, no permission) before the board
+    ever answered: a wrong PORT, so it is reported at once, not retried."""
 
 
 class BoardRefused(BoardError):
@@ -119,6 +132,8 @@ def flash(
             if stage == "boot":
                 _boot(bundle, client, result, deadline_s, reboot_timeout)
                 break
+        except PortUnavailable:
+            raise
         except LinkLost as exc:
             failures += 1
             result.resumed += 1
@@ -272,12 +287,18 @@ class LinkClient:
         self.endpoint: Any = None
         self._next_id = 0
         self._wire = 0
+        self.answered = False  # the board has answered at least once through this client
 
     def _connect(self) -> None:
         from runtime.agent.wire import endpoint
 
         if self.port is None:
-            self.port = self.opener()
+            try:
+                self.port = self.opener()
+            except Exception as exc:
+                if not self.answered:  # a wrong or busy port: say so now, do not retry
+                    raise PortUnavailable(str(exc)) from exc
+                raise  # after a reboot a USB port may be gone for a moment: retry
         self.endpoint = endpoint(self.port)
 
     def call(
@@ -311,6 +332,7 @@ class LinkClient:
                 header, data = rpc.decode(payload)
                 if header.get("_id") in ids:  # else a late reply to an earlier request
                     replies[header["_id"]] = (header, data)
+                    self.answered = True
                     deadline = time.monotonic() + self.timeout
                 if len(replies) == len(ids):
                     return [replies[i] for i in ids]
@@ -326,7 +348,8 @@ class LinkClient:
             if isinstance(exc, BoardError):
                 raise
             self._drop()
-            raise LinkLost(f"{self.name}: {exc}") from exc
+            text = str(exc)
+            raise LinkLost(text if text.startswith(self.name) else f"{self.name}: {text}") from exc
         except Exception as exc:  # pyserial's SerialException is not an OSError subclass
             if type(exc).__name__ not in ("SerialException", "SerialTimeoutException"):
                 raise
@@ -361,6 +384,8 @@ class LinkClient:
                     self._drop()
                     self.call("hello")
                     return
+                except PortUnavailable:
+                    raise
                 except (LinkLost, OSError) as exc:
                     last = exc
                     if self.port is None:

@@ -63,6 +63,8 @@ def test_sim_url_keeps_its_flash_between_commands(tmp_path: Path, ocula) -> None
     again = json.loads(r.out)
     assert again["already_installed"] and again["bytes_sent"] == 0
     assert again["chunks_skipped"] == again["chunks_total"]
+    r = ocula("flash", str(path), "--port", str(tmp_path / "ttyNOPE"), env=env, timeout=60)
+    assert r.code == 1 and "no such port" in r.err and "Traceback" not in r.err
     unsigned = _bundle(tmp_path, "three")
     r = ocula("flash", str(unsigned), "--port", port, env=env, timeout=120)
     assert r.code == 1 and "refuses unsigned" in r.err and "Traceback" not in r.err
