@@ -217,6 +217,7 @@ def _flash(out: Path, arts: Path) -> Path | None:
     key = out / "demo.key"
     if not key.is_file():
         _ocula("keygen", str(key))
+        shutil.rmtree(out / "sim", ignore_errors=True)  # a board provisioned with an older key
     bundle = out / "demo.bundle"
     kinds = [
         a
