@@ -207,23 +207,20 @@ class SimRail:
         self._thread.start()
 
     def _group_cpu(self) -> dict[str, float] | None:
-        """CPU seconds per process of the board's group (members rescanned every 0.5 s)."""
+        """CPU seconds per process of the board (its process tree, re-read every 0.1 s)."""
         proc = getattr(self.board, "proc", None)
         if proc is None or proc.poll() is not None:
             return None
         now = time.monotonic()
         if proc.pid != self._group_leader or now > self._rescan:
-            self._group_leader, self._rescan = proc.pid, now + 0.5
-            self._members = []
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                stat = _stat(pid)
-                if stat and int(stat[2]) == proc.pid:
-                    self._members.append(pid)
+            self._group_leader, self._rescan = proc.pid, now + 0.1
+            self._members = _descendants(str(proc.pid))
         cpu = {}
         for pid in self._members:
-            try:  # nanoseconds on a CPU (stat's utime/stime only count 10 ms ticks)
-                cpu[pid] = int(Path("/proc", pid, "schedstat").read_text().split()[0]) / 1e9
-            except (OSError, ValueError, IndexError):
+            try:  # ns on a CPU, summed over the threads (stat's utime counts 10 ms ticks)
+                tasks = Path("/proc", pid, "task").iterdir()
+                cpu[pid] = sum(_ns_on_cpu(t) for t in tasks) / 1e9
+            except OSError:
                 continue
         return cpu
 
@@ -276,9 +273,22 @@ class SimRail:
         self._thread.join(timeout=2)
 
 
-def _stat(pid: str) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state is [0], pgrp [2])."""
+def _ns_on_cpu(task: Path) -> int:
     try:
-        return Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
+        return int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _descendants(pid: str) -> list[str]:
+    """`pid` and every process below it (through /proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path("/proc", p, "task").iterdir():
+                todo += (task / "children").read_text().split()
+        except OSError:
+            continue
+    return out
