@@ -85,8 +85,12 @@ def test_verbosity_flags_are_accepted_everywhere(ocula):
     assert ocula("board", "list", "-vv").code == 0
 
 
-def test_demo_says_what_it_does(ocula):
-    r = ocula("demo")
+def test_demo_from_nothing_says_what_it_does(ocula, tmp_path):
+    out = tmp_path / "demo-out"
+    r = ocula("demo", "--out", str(out), env={"OCULA_SIM_DIR": str(tmp_path / "sim")})
     assert r.code == 0, r.err
     assert "Ocula demo (offline)" in r.out
-    assert "onnxruntime" in r.out and "rpi5" in r.out
+    assert "RANDOM WEIGHTS" in r.out
+    assert "onnxruntime" in r.out and "board rpi5" in r.out
+    assert "health check passed" in r.out
+    assert (out / "report.html").is_file()
