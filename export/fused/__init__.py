@@ -35,7 +35,7 @@ IO contract (batch size 1; what the runtime must do, every run):
   for the last position only.
 
 Quantization: "int4"/"int8" = MatMulNBits weights (block-wise along the input dimension,
-symmetric by default, each block's scale chosen by a small error search) for every projection
+symmetric by default, optional per-block error search) for every projection
 and the head, GatherBlockQuantized for the embedding; `embed_quant="int8"` (and
 `embed_block_size`) keep the embedding table and a tied head at 8 bits while the layers are 4,
 the cheapest fidelity lever measured on SmolLM2 (tests/test_fused_smollm2.py has the table).

@@ -100,6 +100,7 @@ def build(
     max_length: int = 2048,
     embed_quant: str | None = None,
     embed_block_size: int | None = None,
+    scale_search: bool = False,
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
@@ -121,7 +122,9 @@ def build(
         raise FusedError(f"{model_dir}: untied embeddings but no lm_head.weight in the weights")
     if embed_quant not in (None, "int4", "int8"):
         raise FusedError(f"embed_quant must be int4 or int8, got {embed_quant!r}")
-    opts = Options(quant, block_size, symmetric, accuracy_level, embed_quant, embed_block_size)
+    opts = Options(
+        quant, block_size, symmetric, accuracy_level, embed_quant, embed_block_size, scale_search
+    )
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
     )

@@ -48,6 +48,7 @@ class Options:
     accuracy_level: int = 4
     embed_quant: str | None = None  # the embedding table (and a tied head); None: as `quant`
     embed_block_size: int | None = None  # None: as `block_size`
+    scale_search: bool = False  # see quant.quantize: less weight error, worse perplexity
 
     @property
     def embed_block(self) -> int:
@@ -104,7 +105,7 @@ class _Emitter:
         n, k = w.shape
         o = self.opts
         if o.bits:
-            q = quantize(w, o.bits, o.block_size, o.symmetric)
+            q = quantize(w, o.bits, o.block_size, o.symmetric, o.scale_search)
             ins = [
                 x,
                 self.const(name + ".qweight", q.packed),
@@ -241,7 +242,7 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     if not bits:
         w = e.float_weight("embed.weight", table)
         return e.op("Gather", [w, "input_ids"], "embed.lookup", axis=0)[0], _Table(w)
-    q = quantize(table, bits, o.embed_block, o.symmetric)
+    q = quantize(table, bits, o.embed_block, o.symmetric, o.scale_search)
     kb = q.packed.shape[1]
     packed = e.const("embed.qweight", q.packed)
     # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, so
