@@ -67,6 +67,8 @@ def _inspect(args: argparse.Namespace) -> int:
             detail.append(f"block {q.block_size}")
         if q.symmetric is not None:
             detail.append("symmetric" if q.symmetric else "asymmetric")
+        if q.embed_bits:
+            detail.append(f"embedding table {q.embed_bits}-bit")
         if q.accuracy_level is not None:
             detail.append(f"accuracy level {q.accuracy_level}")
         ops = ", ".join(f"{k} x{v}" for k, v in q.ops.items()) or "none"
