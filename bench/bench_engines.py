@@ -115,9 +115,12 @@ def _vad() -> Path:
 
 
 def _rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process (VmHWM: ru_maxrss would start at the parent's RSS, which Linux
+    carries across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _prompt(vocab: int) -> list[int]:
@@ -150,7 +153,7 @@ def worker_ocula_llm(path: str, reps: int) -> dict[str, Any]:
 
 
 GENAI_WORKER = r"""
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 import numpy as np
 import onnxruntime_genai as og
 path, prompt_json, new, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -180,7 +183,9 @@ for r in range(reps + 1):
         out["decode"].append((k - 1) / (t2 - t1))
     del gen
 res = {k: statistics.median(v) for k, v in out.items()}
-res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+res["rss_mb"] = next(
+    int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")
+)
 print(json.dumps(res))
 """
 
