@@ -62,7 +62,7 @@ class LlmOptions:
     # `quant` otherwise. On SmolLM2 an 8-bit table took int4 perplexity from x1.247 of fp32 to
     # x1.140 and top-1 agreement from 0.635 to 0.695, for 14% more bytes (BENCHMARKS.md).
     embed_bits: int | None = None
-    graph: str = "optimum"
+    graph: str = "fused"
     validate: bool = True
     board: str | None = None
     force: bool = False

@@ -167,7 +167,7 @@ def test_export_llm_end_to_end_with_board(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.code == 0, r.err
     assert "validation    passed" in r.out and "board ar1-ref" in r.out and "timings" in r.out
-    for step in ("load", "export", "weights (int4)", "validate"):
+    for step in ("load", "export (fused, int4)", "validate"):  # fused is the default graph
         assert step in r.err
     from runtime.manifest import load_manifest
 
