@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 class V4l2Camera:
     def __init__(self, device: str, width: int, height: int) -> None:
+        self.device = device
+        if not Path(device).exists():
+            raise DeviceError(
+                f"camera {device}: no such device; list cameras with 'v4l2-ctl --list-devices'"
+            )
         try:
             from linuxpy.video.device import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
                 Device,
@@ -36,11 +41,6 @@ class V4l2Camera:
                 "V4L2 capture needs linuxpy on the board: pip install linuxpy "
                 "(or use image files: --camera DIR)"
             ) from exc
-        self.device = device
-        if not Path(device).exists():
-            raise DeviceError(
-                f"camera {device}: no such device; list cameras with 'v4l2-ctl --list-devices'"
-            )
         try:
             self._dev: Any = Device(device)
             self._dev.open()
