@@ -1,4 +1,4 @@
-"""Engines side by side with their peers: LLM decode and first token, ASR, VAD.
+"""Engines side by side with their peers: LLM decode and first token, VAD (ASR: `bench_asr`).
 
 Every measurement runs in a fresh process (so peak RSS is the engine's own), with 2 intra-op
 threads, peers alternating round by round; figures are medians over the rounds.
@@ -9,9 +9,6 @@ threads, peers alternating round by round; figures are medians over the rounds.
   64-token prompt, 128 new tokens (EOS ignored), time to first token, decode tokens/s, Python
   overhead per token (step time minus time inside `run_with_iobinding`), peak RSS. The roofline:
   this machine's copy bandwidth (bytes read + written) over the weight bytes read per token.
-- ASR (whisper-tiny and whisper-base random weights, fp32): 5 s and 30 s clips, exactly 50
-  decoded tokens; Ocula's engine, PyTorch eager `generate`, optimum's ORTModelForSpeechSeq2Seq
-  on optimum's own export of the same weights.
 - VAD: microseconds per 32 ms chunk (model run, and the whole `push`).
 
 Models are built once into `.cache/bench-engines/` (delete it to rebuild).
@@ -36,7 +33,6 @@ THREADS = 2
 PROMPT = 64
 NEW = 128
 ROUNDS = 3
-ASR_TOKENS = 50
 MAX_LENGTH = 512
 
 
@@ -81,24 +77,6 @@ def _genai(preset: str, precision: str = "int4") -> Path:
         opts["intra_op_num_threads"] = THREADS
         opts["inter_op_num_threads"] = 1
         cfg_path.write_text(json.dumps(cfg, indent=2))
-    return out
-
-
-def _asr(preset: str) -> Path:
-    out = CACHE / preset / "ocula-fp32"
-    if not (out / "manifest.json").exists():
-        from export.asr import AsrOptions, export_asr
-
-        export_asr(str(_hf(preset)), out, AsrOptions(quant="fp32", validate=False, force=True))
-    return out
-
-
-def _optimum_asr(preset: str) -> Path:
-    out = CACHE / preset / "optimum"
-    if not (out / "encoder_model.onnx").exists():
-        from optimum.exporters.onnx import main_export
-
-        main_export(str(_hf(preset)), output=out, task="automatic-speech-recognition-with-past")
     return out
 
 
@@ -222,86 +200,9 @@ def worker_torch_llm(hf: str, reps: int) -> dict[str, Any]:
     return {k: statistics.median(v) for k, v in out.items()} | {"rss_mb": _rss_mb()}
 
 
-def _clip(seconds: float) -> np.ndarray:
-    from runtime.engine.audio import read_wav
-
-    speech = read_wav(ROOT / "tests" / "data" / "speech_padded.wav", 16000)
-    return np.tile(speech, 1 + int(seconds * 16000) // speech.size)[: int(seconds * 16000)]
-
-
-def worker_ocula_asr(path: str, seconds: float, reps: int) -> dict[str, Any]:
-    from runtime.engine.asr import Whisper
-
-    w = Whisper.from_artifact(path, threads=THREADS)
-    w.info.eos_token_id = -1  # decode exactly ASR_TOKENS tokens
-    audio = _clip(seconds)
-    res: dict[str, list[float]] = {"total": [], "encoder": [], "features": [], "dec_ms": []}
-    for r in range(reps + 1):
-        t0 = time.perf_counter()
-        job = w.start(audio, language="en", max_new_tokens=ASR_TOKENS)
-        while not job.done:
-            job.step()
-        total = time.perf_counter() - t0
-        if r:
-            res["total"].append(total)
-            res["encoder"].append(job.encoder_s)
-            res["features"].append(job.features_s)
-            res["dec_ms"].append(1000 * job.decoder_s / len(job.tokens))
-    med = {k: statistics.median(v) for k, v in res.items()}
-    return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
-
-
-def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[str, Any]:
-    import torch
-    import transformers
-
-    torch.set_num_threads(THREADS)
-    fe = transformers.WhisperFeatureExtractor.from_pretrained(folder)
-    if engine == "optimum":
-        import onnxruntime as ort
-        from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = THREADS
-        so.inter_op_num_threads = 1
-        model: Any = ORTModelForSpeechSeq2Seq.from_pretrained(
-            folder, use_cache=True, session_options=so, provider="CPUExecutionProvider"
-        )
-        encode = model.encoder
-    else:
-        model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
-        encode = model.model.encoder
-    audio = _clip(seconds)
-    res: dict[str, list[float]] = {"total": [], "encoder": [], "dec_ms": []}
-    for r in range(reps + 1):
-        t0 = time.perf_counter()
-        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
-        with torch.no_grad():
-            t1 = time.perf_counter()
-            if engine == "optimum":
-                encode(feats, attention_mask=torch.ones(feats.shape[:1] + feats.shape[2:]))
-            else:
-                encode(feats)
-            t2 = time.perf_counter()
-            out = model.generate(
-                feats, language="en", max_new_tokens=ASR_TOKENS, min_new_tokens=ASR_TOKENS
-            )
-        total = time.perf_counter() - t0
-        # generate runs the encoder again: decoder time = generate - one encoder pass
-        dec = (time.perf_counter() - t2) - (t2 - t1)
-        if r:
-            res["total"].append(total - (t2 - t1))
-            res["encoder"].append(t2 - t1)
-            res["dec_ms"].append(1000 * dec / min(out.shape[1], ASR_TOKENS))
-    med = {k: statistics.median(v) for k, v in res.items()}
-    return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
-
-
 WORKERS = {
     "ocula_llm": worker_ocula_llm,
     "torch_llm": worker_torch_llm,
-    "ocula_asr": worker_ocula_asr,
-    "hf_asr": worker_hf_asr,
 }
 
 
@@ -370,22 +271,6 @@ def bench_llm(preset: str, quant: str, peers: bool, torch_peer: bool) -> dict[st
     return res
 
 
-def bench_asr(preset: str) -> dict[str, Any]:
-    art, opt, hf = _asr(preset), _optimum_asr(preset), _hf(preset)
-    out: dict[str, Any] = {}
-    for seconds in (5.0, 30.0):
-        runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "optimum": [], "torch": []}
-        for _ in range(ROUNDS):
-            runs["ocula"].append(_spawn("ocula_asr", str(art), seconds, 2))
-            runs["optimum"].append(_spawn("hf_asr", str(opt), seconds, 1, "optimum"))
-            runs["torch"].append(_spawn("hf_asr", str(hf), seconds, 1, "torch"))
-        res = {k: _median_rounds(v) for k, v in runs.items()}
-        res["ocula"]["rtf_gain_vs_optimum"] = round(res["optimum"]["rtf"] / res["ocula"]["rtf"], 2)
-        res["ocula"]["rtf_gain_vs_torch"] = round(res["torch"]["rtf"] / res["ocula"]["rtf"], 2)
-        out[f"{int(seconds)}s"] = res
-    return out
-
-
 def bench_vad() -> dict[str, Any]:
     from runtime.engine.audio import read_wav
     from runtime.engine.vad import Vad
@@ -418,11 +303,9 @@ def run(out_dir: Path) -> dict[str, Any]:
 
     cases = [
         "llm qwen2.5-0.5b int4",
-        "asr whisper-tiny",
         "vad",
         "llm smollm2 int4",
         "llm qwen2.5-0.5b int8",
-        "asr whisper-base",
     ]
     for key in cases:
         if not want(key):
@@ -439,8 +322,6 @@ def run(out_dir: Path) -> dict[str, Any]:
             if "genai" in r:
                 r["genai"]["roofline_fraction"] = round(r["genai"]["decode"] / roof, 3)
             result[key] = r
-        elif kind == "asr":
-            result[key] = bench_asr(rest[0])
         else:
             result[key] = bench_vad()
         save()

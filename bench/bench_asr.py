@@ -1,0 +1,172 @@
+"""ASR side by side with its peers: Ocula's Whisper engine, optimum, PyTorch.
+
+whisper-tiny and whisper-base random weights at fp32, 5 s and 30 s clips, exactly 50 decoded
+tokens: Ocula's engine, PyTorch eager `generate`, optimum's ORTModelForSpeechSeq2Seq on
+optimum's own export of the same weights. Every measurement runs in a fresh process with 2
+intra-op threads, peers alternating round by round; figures are medians over the rounds.
+
+Models are built once into `.cache/bench-engines/` (shared with `bench_engines`; delete it to
+rebuild).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.bench_engines import CACHE, ROOT, ROUNDS, THREADS, _hf, _median_rounds, _rss_mb
+
+ASR_TOKENS = 50
+
+
+def _asr(preset: str) -> Path:
+    out = CACHE / preset / "ocula-fp32"
+    if not (out / "manifest.json").exists():
+        from export.asr import AsrOptions, export_asr
+
+        export_asr(str(_hf(preset)), out, AsrOptions(quant="fp32", validate=False, force=True))
+    return out
+
+
+def _optimum_asr(preset: str) -> Path:
+    out = CACHE / preset / "optimum"
+    if not (out / "encoder_model.onnx").exists():
+        from optimum.exporters.onnx import main_export
+
+        main_export(str(_hf(preset)), output=out, task="automatic-speech-recognition-with-past")
+    return out
+
+
+def _clip(seconds: float) -> np.ndarray:
+    from runtime.engine.audio import read_wav
+
+    speech = read_wav(ROOT / "tests" / "data" / "speech_padded.wav", 16000)
+    return np.tile(speech, 1 + int(seconds * 16000) // speech.size)[: int(seconds * 16000)]
+
+
+# -- workers (each in its own process) ----------------------------------------------------------
+
+
+def worker_ocula_asr(path: str, seconds: float, reps: int) -> dict[str, Any]:
+    from runtime.engine.asr import Whisper
+
+    w = Whisper.from_artifact(path, threads=THREADS)
+    w.info.eos_token_id = -1  # decode exactly ASR_TOKENS tokens
+    audio = _clip(seconds)
+    res: dict[str, list[float]] = {"total": [], "encoder": [], "features": [], "dec_ms": []}
+    for r in range(reps + 1):
+        t0 = time.perf_counter()
+        job = w.start(audio, language="en", max_new_tokens=ASR_TOKENS)
+        while not job.done:
+            job.step()
+        total = time.perf_counter() - t0
+        if r:
+            res["total"].append(total)
+            res["encoder"].append(job.encoder_s)
+            res["features"].append(job.features_s)
+            res["dec_ms"].append(1000 * job.decoder_s / len(job.tokens))
+    med = {k: statistics.median(v) for k, v in res.items()}
+    return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
+
+
+def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    torch.set_num_threads(THREADS)
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+    if engine == "optimum":
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        so.inter_op_num_threads = 1
+        model: Any = ORTModelForSpeechSeq2Seq.from_pretrained(
+            folder, use_cache=True, session_options=so, provider="CPUExecutionProvider"
+        )
+        encode = model.encoder
+    else:
+        model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+        encode = model.model.encoder
+    audio = _clip(seconds)
+    res: dict[str, list[float]] = {"total": [], "encoder": [], "dec_ms": []}
+    for r in range(reps + 1):
+        t0 = time.perf_counter()
+        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.no_grad():
+            t1 = time.perf_counter()
+            if engine == "optimum":
+                encode(feats, attention_mask=torch.ones(feats.shape[:1] + feats.shape[2:]))
+            else:
+                encode(feats)
+            t2 = time.perf_counter()
+            out = model.generate(
+                feats, language="en", max_new_tokens=ASR_TOKENS, min_new_tokens=ASR_TOKENS
+            )
+        total = time.perf_counter() - t0
+        # generate runs the encoder again: decoder time = generate - one encoder pass
+        dec = (time.perf_counter() - t2) - (t2 - t1)
+        if r:
+            res["total"].append(total - (t2 - t1))
+            res["encoder"].append(t2 - t1)
+            res["dec_ms"].append(1000 * dec / min(out.shape[1], ASR_TOKENS))
+    med = {k: statistics.median(v) for k, v in res.items()}
+    return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
+
+
+WORKERS = {"ocula_asr": worker_ocula_asr, "hf_asr": worker_hf_asr}
+
+
+def _spawn(name: str, *args: Any) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.bench_asr", name, json.dumps(list(args))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- the suite --------------------------------------------------------------------------------
+
+
+def bench_asr(preset: str) -> dict[str, Any]:
+    art, opt, hf = _asr(preset), _optimum_asr(preset), _hf(preset)
+    out: dict[str, Any] = {}
+    for seconds in (5.0, 30.0):
+        runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "optimum": [], "torch": []}
+        for _ in range(ROUNDS):
+            runs["ocula"].append(_spawn("ocula_asr", str(art), seconds, 2))
+            runs["optimum"].append(_spawn("hf_asr", str(opt), seconds, 1, "optimum"))
+            runs["torch"].append(_spawn("hf_asr", str(hf), seconds, 1, "torch"))
+        res = {k: _median_rounds(v) for k, v in runs.items()}
+        res["ocula"]["rtf_gain_vs_optimum"] = round(res["optimum"]["rtf"] / res["ocula"]["rtf"], 2)
+        res["ocula"]["rtf_gain_vs_torch"] = round(res["torch"]["rtf"] / res["ocula"]["rtf"], 2)
+        out[f"{int(seconds)}s"] = res
+    return out
+
+
+def run(out_dir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    result: dict[str, Any] = {"threads": THREADS, "tokens": ASR_TOKENS}
+    only = set(filter(None, os.environ.get("OCULA_BENCH_ASR", "").split(",")))
+    for preset in ("whisper-tiny", "whisper-base"):
+        if only and preset not in only:
+            continue
+        result[preset] = bench_asr(preset)
+        (out_dir / "bench_asr.partial.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps(WORKERS[name](*args)))
