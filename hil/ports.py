@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hil.errors import PortError
-
 
 def holders(path: str) -> list[str]:
     """'pid (command)' of the processes that have `path` open, where /proc lets us see."""
@@ -40,15 +38,4 @@ def open_serial(url: str, baud: int = 115200, timeout: float = 0.05) -> Any:
     """An open pyserial port for `url` (read timeout `timeout`); see `hil.transport.open_port`."""
     from hil.transport import open_port
 
-    if url.startswith("rfc2217://"):
-        # pyserial's RFC 2217 client refuses any write_timeout (NotImplementedError), and a
-        # TCP socket does not block the way a pty does, so it is opened without one.
-        import serial
-
-        try:
-            return serial.serial_for_url(url, baudrate=baud, timeout=timeout)
-        except (serial.SerialException, OSError, ValueError) as e:
-            raise PortError(
-                f"{url}: cannot connect ({e}); check that ser2net runs on that host and port"
-            ) from e
     return open_port(url, baud=baud, timeout=timeout)

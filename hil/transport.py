@@ -3,8 +3,10 @@
 `open_port(url)` registers Ocula's URL handlers (`sim://`) with pyserial, then opens the port
 with the settings the link needs: a short read timeout (the link waits on its own deadline),
 a write timeout (a pty blocks after ~8 KiB when nobody reads), and exclusive access to local
-devices. Errors say which port, why, and what to do; a busy local port names the process that
-holds it when /proc shows it.
+devices. `rfc2217://` ports get no write timeout: pyserial's RFC 2217 client refuses one
+(NotImplementedError when the port is configured), and a TCP socket's send buffer does not
+block the way a pty's does. Errors say which port, why, and what to do; a busy local port names
+the process that holds it when /proc shows it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def open_port(url: str, baud: int = 921600, timeout: float = 0.05, write_timeout
             f"{url}: no such port; check the cable and 'ls /dev/ttyACM* /dev/ttyUSB*', "
             "or use sim://sim for a simulated board"
         )
-    kwargs: dict[str, Any] = {"baudrate": baud, "timeout": timeout, "write_timeout": write_timeout}
+    remote = url.startswith("rfc2217://")
+    kwargs: dict[str, Any] = {"baudrate": baud, "timeout": timeout}
+    if not remote:
+        kwargs["write_timeout"] = write_timeout
     if local:
         kwargs["exclusive"] = True
     try:
@@ -48,6 +53,10 @@ def open_port(url: str, baud: int = 921600, timeout: float = 0.05, write_timeout
     except ValueError as exc:
         raise PortError(f"{url}: {exc}; PORT is a device path, sim://NAME or rfc2217://") from exc
     except (serial.SerialException, OSError) as exc:
+        if remote:
+            raise PortError(
+                f"{url}: cannot connect ({exc}); check that ser2net runs on that host and port"
+            ) from exc
         code = getattr(exc, "errno", None)
         if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(exc).lower():
             from hil.ports import holders

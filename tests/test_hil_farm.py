@@ -94,3 +94,28 @@ def test_a_busy_port_names_its_holder() -> None:
         holder.wait()
         os.close(master)
         os.close(slave)
+
+
+def test_flash_a_sim_board_over_rfc2217(tmp_path: Path) -> None:
+    """The flasher's own opener (`open_port`, as `ocula flash --port rfc2217://...` uses it)
+    reaches a board that ser2net serves: hello, a chunked transfer, reboot into the new slot."""
+    from board import profiles
+    from board.bundle import Bundle
+    from board.flash import LinkClient, flash
+    from hil.sim import SimBoard
+    from hil.suites import bundles
+    from hil.transport import open_port
+
+    path = bundles.build(profiles.find("sim"), tmp_path / "probe.bundle")
+    with SimBoard("remote", base=tmp_path) as board, Ser2net(board.port) as srv:
+        client = LinkClient(lambda: open_port(srv.url), name=srv.url)
+        try:
+            client.reconnect(30)
+            hello, _ = client.call("hello")
+            assert hello["slot"] == "factory"
+            result = flash(Bundle.open(path), client, reboot_timeout=30)
+            assert result.ok and result.booted == "a" and result.bytes_sent > 0
+            info, _ = client.call("info")
+            assert info["active"] == "a"
+        finally:
+            client.close()
