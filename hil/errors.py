@@ -2,7 +2,8 @@
 
 The split follows failure triage: an error's class says which part of the rig failed, so a
 report can tell "the board is broken" (flash, boot hang, assertion) from "the rig is broken"
-(link, power), and only the latter may be retried.
+(link, power), and only the latter may be retried. The category is set once on the four
+triage classes; the specific errors below them inherit it.
 """
 
 from __future__ import annotations
@@ -27,22 +28,19 @@ class HilError(OculaError):
     category = "hil"
 
 
-class PortError(HilError):
-    """A serial port does not exist, is busy, or cannot be opened."""
-
-    category = "link"
-
-
+# -- the rig (infrastructure: may be retried when asked) ---------------------------------------
 class LinkFailure(HilError):
     """The line to a board or fixture broke, timed out or carried garbage."""
 
     category = "link"
 
 
-class FixtureError(HilError):
-    """The rig fixture is missing, runs other firmware, or has no sensor."""
+class PortError(LinkFailure):
+    """A serial port does not exist, is busy, or cannot be opened."""
 
-    category = "power"
+
+class InventoryError(LinkFailure):
+    """A board inventory file is unreadable or names no free board."""
 
 
 class PowerFailure(HilError):
@@ -51,6 +49,11 @@ class PowerFailure(HilError):
     category = "power"
 
 
+class FixtureError(PowerFailure):
+    """The rig fixture is missing, runs other firmware, or has no sensor."""
+
+
+# -- the board under test ----------------------------------------------------------------------
 class FlashFailure(HilError):
     """A bundle did not flash, verify or boot into the expected slot."""
 
@@ -61,9 +64,3 @@ class BootHang(HilError):
     """A board did not answer hello within the deadline after power-up or reset."""
 
     category = "boot"
-
-
-class InventoryError(HilError):
-    """A board inventory file is unreadable or names no free board."""
-
-    category = "link"

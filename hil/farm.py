@@ -13,6 +13,8 @@ port accepts connections; stopping it frees the device again.
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import shutil
 import socket
 import subprocess
@@ -63,19 +65,33 @@ class Ser2net:
         self._wait_listening(10.0)
 
     def _wait_listening(self, timeout: float) -> None:
+        """Until ser2net's TCP port accepts a connection, or ser2net exits, or the deadline.
+
+        A port that starts listening raises no event this process can wait on, so connecting
+        is retried; between tries the wait blocks on ser2net's stderr pipe, which wakes at once
+        with what it complains about, and with EOF when it exits.
+        """
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        said = bytearray()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise PortError(
-                    f"ser2net exited at once serving {self.device}: {err.strip()[:300]}"
-                )
+        while (left := deadline - time.monotonic()) > 0:
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), 0.2),
+                socket.create_connection((self.host, self.port), min(0.2, left)),
             ):
                 return
-            time.sleep(0.05)
+            ready, _, _ = select.select([fd], [], [], min(0.05, max(0.0, left)))
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
+            said += chunk
+            if not chunk:  # EOF: ser2net has exited
+                self.proc.wait(timeout=5)
+                raise PortError(
+                    f"ser2net exited at once serving {self.device}: "
+                    f"{said.decode(errors='replace').strip()[:300]}"
+                )
         self.close()
         raise PortError(f"ser2net did not listen on {self.host}:{self.port} within {timeout:g} s")
 

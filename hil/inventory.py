@@ -11,17 +11,19 @@ An inventory is a TOML file listing the rig's boards:
 
 A board is taken with an exclusive `flock` on `<inventory>.locks/<name>.lock`. The kernel drops
 the lock the moment its holder exits, however it exits (a crashed or SIGKILLed pytest-xdist
-worker included), so a waiting worker gets the board within its polling interval; the lock
-file records who holds it (pid, host, worker, since) so that "no free board" can say who has
-them. Workers on several hosts share boards by putting the inventory on a filesystem with
+worker included). The lock file records who holds it (pid, host, worker, since), so "no free
+board" can say who has them, and a waiting worker on the same host waits on the holders'
+pidfds: it wakes the moment a holder dies, not at its next retry. Workers on several hosts share boards by putting the inventory on a filesystem with
 working flock (local disk, NFSv4).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import select
 import socket
 import time
 import tomllib
@@ -147,10 +149,41 @@ def acquire(
             lease = _try(b, lock_dir, worker)
             if lease:
                 return lease
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             held = "; ".join(f"{b.name}: {holder(b, lock_dir)}" for b in boards)
             raise InventoryError(
                 f"{path}: no free board after {wait:g} s (all {len(boards)} held: {held}); "
                 "add boards to the inventory or run fewer workers (-n)"
             )
-        time.sleep(poll)
+        _wait_for_a_holder(boards, lock_dir, min(poll, left))
+
+
+def _wait_for_a_holder(boards: list[Board], lock_dir: Path, timeout: float) -> None:
+    """Blocks until a holder on this host exits (its pidfd becomes readable) or `timeout`.
+
+    A holder that releases its board without exiting (or one on another host) raises no event
+    any fd here can see (flock has no "released" notification short of a blocking flock, which
+    takes no deadline and waits on one board only), so the caller retries every `timeout`.
+    """
+    fds = []
+    for b in boards:
+        pid = _holder_pid(b, lock_dir)
+        if pid is not None:
+            with contextlib.suppress(OSError):  # gone already, or pidfds not allowed here
+                fds.append(os.pidfd_open(pid))
+    try:
+        select.select(fds, [], [], timeout)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _holder_pid(board: Board, lock_dir: Path) -> int | None:
+    try:
+        info = json.loads((lock_dir / f"{board.name}.lock").read_text() or "{}")
+    except (OSError, ValueError):
+        return None
+    pid = info.get("pid")
+    same_host = info.get("host") == socket.gethostname()
+    return pid if isinstance(pid, int) and pid > 0 and same_host else None

@@ -94,3 +94,39 @@ def test_missing_inventory_and_unmatched_want(tmp_path: Path) -> None:
         inventory.acquire(_inv(tmp_path), want="gpu")
     with inventory.acquire(_inv(tmp_path), want="camera") as lease:
         assert lease.board.name == "sim-b"
+
+
+def test_a_waiting_worker_wakes_when_the_holder_dies(tmp_path: Path) -> None:
+    """The waiter's retry interval is a minute; it takes the board when the holder is killed,
+    long before that (it waits on the holder's pidfd)."""
+    import threading
+
+    inv = _inv(tmp_path, INV.split("[[board]]")[0] + "[[board]]" + INV.split("[[board]]")[1])
+    code = (
+        "import sys; from pathlib import Path; from hil import inventory\n"
+        f"lease = inventory.acquire(Path({str(inv)!r}), 'victim')\n"
+        "print(lease.board.name, flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    got: list[inventory.Lease] = []
+    waiting = threading.Thread(
+        target=lambda: got.append(inventory.acquire(inv, "gw1", wait=120, poll=60))
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "sim-a"
+        waiting.start()
+        waiting.join(timeout=1.0)  # it has found the board held and waits
+        assert waiting.is_alive() and not got
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        waiting.join(timeout=30)
+        assert got and got[0].board.name == "sim-a", "the waiter slept through the holder's death"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        waiting.join()
+        for lease in got:
+            lease.release()
