@@ -76,6 +76,10 @@ def profile_objectives(profile: Any) -> dict[str, tuple[float, str, str]]:
     }
     if p.display.refresh_hz > 0:
         out["display.frame_ms"] = (1000.0 / p.display.refresh_hz, "ms", "max")
+    if p.camera.fps > 0:
+        out["camera.frame_ms"] = (1000.0 / p.camera.fps, "ms", "max")
+    if p.audio.rate > 0:
+        out["audio.dropped_samples"] = (0.0, "samples", "max")  # audio is never dropped
     return out
 
 

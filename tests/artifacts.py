@@ -5,6 +5,7 @@
     art = llm_artifact("tiny-qwen2", quant="int4")         # artifact folder with manifest.json
     art = llm_artifact("tiny-qwen3", graph="fused")
     asr = asr_artifact("tiny-whisper", quant="int8")
+    bundle, pub = apps_bundle("sim")                        # signed, every app's tiny models
 
 Each is built once and cached under `.cache/test-artifacts/` in the repository, keyed on the
 parameters and a hash of the exporter's source (`export/**.py`, `runtime/manifest.py`), so a
@@ -137,3 +138,47 @@ def asr_artifact(preset: str = "tiny-whisper", quant: str = "fp32", seed: int = 
         export_asr(str(hf_model(preset, seed)), out, AsrOptions(quant=quant))
 
     return _cached("asr", {"preset": preset, "quant": quant, "seed": seed}, build)
+
+
+def packaged_artifact(kind: str) -> Path:
+    """The Silero VAD ("vad") or PP-OCR ("vision") artifact (`ocula export vad|vision`)."""
+
+    def build(out: Path) -> None:
+        from export.packaged import export_packaged
+
+        export_packaged(kind, out)
+
+    return _cached("packaged", {"kind": kind}, build)
+
+
+def apps_bundle(profile: str = "sim") -> tuple[Path, Path]:
+    """(bundle, public key): a signed bundle with every app's models (tiny-qwen2 int4,
+    tiny-whisper int8, Silero VAD, PP-OCR), for the HIL suites' app latency objectives.
+    Keyed on the runtime's code too: the bundle carries it, so a runtime edit rebuilds."""
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "runtime").rglob("*.py")):
+        if "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(ROOT)).encode() + f.read_bytes())
+    arts = {
+        "llm": llm_artifact("tiny-qwen2", quant="int4"),
+        "asr": asr_artifact("tiny-whisper", quant="int8"),
+        "vad": packaged_artifact("vad"),
+        "vision": packaged_artifact("vision"),
+    }
+
+    def build(out: Path) -> None:
+        from board import bundle, keys, profiles
+
+        for old in CACHE.glob("bundle-apps-*"):  # one per runtime edit: keep the last hour's
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 3600:
+                    shutil.rmtree(old, ignore_errors=True)
+        out.mkdir()
+        private, _ = keys.generate(out / "key")
+        bundle.build(profiles.find(profile), out / "apps.bundle", arts, key=private)
+
+    for name in sorted(f.name for f in arts.values()):
+        h.update(name.encode())
+    params = {"profile": profile, "inputs": h.hexdigest()[:12]}
+    folder = _cached("bundle-apps", params, build)
+    return folder / "apps.bundle", folder / "key.pub"
