@@ -19,7 +19,6 @@ and returns a `Report`.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -189,14 +188,7 @@ class Host:
                     while self.clock.now() < end and not self.idle:
                         self.sched.run_for(min(0.5, end - self.clock.now()))
                 else:
-                    # hand the GIL over every 1 ms (not 5): the real-time loop waits less
-                    # behind Python code on a worker thread
-                    switch = sys.getswitchinterval()
-                    sys.setswitchinterval(0.001)
-                    try:
-                        self.sched.run_realtime(duration, until=lambda: self.idle)
-                    finally:
-                        sys.setswitchinterval(switch)
+                    self.sched.run_realtime(duration, until=lambda: self.idle)
         finally:
             self.close()
         return self.report(self.clock.now() - start)
@@ -218,6 +210,9 @@ class Host:
             scripts = ", ".join(f"{k} ({v} chars)" for k, v in missing.items())
             self.note(f"the display had no glyphs for: {scripts}; they were shown as boxes")
         self.metrics.set_counter("display.missing_glyphs", self.screen.atlas.missing)
+        unrecorded = getattr(self.devices.display, "dropped", None)
+        if isinstance(unrecorded, int):
+            self.metrics.set_counter("display.unrecorded_frames", unrecorded)
         return Report(
             duration_s=duration,
             apps=[a.name for a in self.apps],

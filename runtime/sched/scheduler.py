@@ -4,8 +4,13 @@ How it works:
 - Periodic tasks (`every`) run at a fixed period. Real-time ones (audio capture, display
   refresh) run on the real-time loop, a thread of their own pinned away from inference; they
   must be short (copy samples, blit a frame). A tick that finishes later than its deadline
-  (default: one period after it was due) is counted in `late.<task>`; ticks skipped because
-  the loop fell more than a period behind are counted too. Non-real-time periodic tasks (a
+  (default: one period after it was due) is counted once in `late.<task>`; slots whose
+  deadline passed before the loop got to them are skipped and counted in `skipped.<task>`
+  (a frame missed its refresh either way: late + skipped are the deadline misses). While the
+  threads run, the interpreter hands the GIL over every `RT_SWITCH_INTERVAL_S`: every numpy
+  call or write in a tick releases the GIL, and each time the loop takes it back it waits up
+  to the switch interval behind a worker running Python code (the default 5 ms, times the
+  dozens of such calls in a render, made frames tens of milliseconds late). Non-real-time periodic tasks (a
   camera capture at the governor's rate, a memory check) are queued as jobs for the workers.
 - Jobs (`submit`, or `post` to an event task registered with `on`) are iterators of steps: each
   `next()` does one unit of work (one LLM token, one ASR chunk, one OCR pass) and yields its
@@ -33,6 +38,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,11 +52,13 @@ from runtime.sched.errors import SchedUsageError
 from runtime.telemetry import Telemetry
 from runtime.telemetry.energy import Meter
 
-__all__ = ["Job", "Priority", "Scheduler", "Task"]
+__all__ = ["RT_SWITCH_INTERVAL_S", "Job", "Priority", "Scheduler", "Task"]
 
 log = logging.getLogger(__name__)
 
 Step = float | None
+#: the GIL switch interval while the threads run (the interpreter's default is 5 ms)
+RT_SWITCH_INTERVAL_S = 1e-4
 
 
 class Priority(IntEnum):
@@ -129,6 +137,7 @@ class Scheduler:
         workers: int | Sequence[str] = 1,
         plan: CorePlan | None = None,
         meter: Meter | None = None,
+        switch_interval_s: float | None = RT_SWITCH_INTERVAL_S,
     ) -> None:
         pools = ["any"] * workers if isinstance(workers, int) else list(workers)
         if not pools:
@@ -152,6 +161,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.rt_busy_s = 0.0
+        self.switch_interval_s = switch_interval_s
+        self._saved_switch: float | None = None
 
     # -- declaring work ------------------------------------------------------------------
 
@@ -224,7 +235,12 @@ class Scheduler:
     # -- shared logic --------------------------------------------------------------------
 
     def _tick(self, task: Task, now: float) -> float:
-        """Run one real-time tick due at `task.next_due`; returns its cost in seconds."""
+        """Run one real-time tick due at `task.next_due`; returns its cost in seconds.
+
+        The tick's output is out at its end: it is late if that is after its deadline (`due +
+        deadline_s`), counted once in `late.<task>`. Slots whose deadline passed while this
+        tick ran are never run (a stale frame is worth nothing): `skipped.<task>`. The time
+        from due to done goes into the `tick_delay.<task>` histogram."""
         due = task.next_due
         t0 = time.perf_counter()
         try:
@@ -238,6 +254,7 @@ class Scheduler:
         if finish > due + task.deadline_s:
             self.metrics.inc(f"late.{task.name}")
         self.metrics.inc(f"ticks.{task.name}")
+        self.metrics.observe(f"tick_delay.{task.name}", finish - due)
         self.trace.complete(
             task.name, now, finish, "realtime", "realtime", due_ms=round((now - due) * 1e3, 3)
         )
@@ -247,7 +264,6 @@ class Scheduler:
             task.next_due += task.period_s
             missed += 1
         if missed:
-            self.metrics.inc(f"late.{task.name}", missed)
             self.metrics.inc(f"skipped.{task.name}", missed)
         return cost
 
@@ -422,6 +438,9 @@ class Scheduler:
         if self._threads:
             raise SchedUsageError("the scheduler is already running")
         self._stop.clear()
+        if self.switch_interval_s is not None:
+            self._saved_switch = sys.getswitchinterval()
+            sys.setswitchinterval(self.switch_interval_s)
         now = self.clock.now()
         for task in self.tasks.values():  # time spent setting up (loading models) is not late
             task.next_due = now + task.phase_s
@@ -444,6 +463,9 @@ class Scheduler:
         for th in self._threads:
             th.join(timeout)
         self._threads.clear()
+        if self._saved_switch is not None:
+            sys.setswitchinterval(self._saved_switch)
+            self._saved_switch = None
 
     def run_realtime(self, duration: float, until: Callable[[], bool] | None = None) -> None:
         """Run on real threads for `duration` seconds or until `until()` is true."""
