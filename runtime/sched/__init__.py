@@ -13,7 +13,7 @@ from __future__ import annotations
 from runtime.sched.clock import Clock, MonotonicClock, VirtualClock
 from runtime.sched.cores import CorePlan, core_plan
 from runtime.sched.errors import BudgetError, SchedError, SchedUsageError
-from runtime.sched.governor import Governor, Policy, ThermalModel
+from runtime.sched.governor import Backlog, Governor, Policy, ThermalModel
 from runtime.sched.memory import MemoryWatch, kv_cache_len
 from runtime.sched.ring import AudioRing, ring_seconds
 from runtime.sched.scheduler import Job, Priority, Scheduler, Task
@@ -21,6 +21,7 @@ from runtime.sched.slot import LatestSlot, Stamped
 
 __all__ = [
     "AudioRing",
+    "Backlog",
     "BudgetError",
     "Clock",
     "CorePlan",

@@ -14,9 +14,21 @@ under budget (below `recover_ratio` of both budgets and `margin_c` under the lim
 `recover_s`, it climbs back one rung. Audio capture and the display are never on the ladder:
 the governor degrades models, never audio.
 
-Every change is a trace instant on the "governor" track naming the action and the reason with
-the figures, and `on_change` listeners get the new `Policy` (the app lowers its camera task's
-rate, caps its generator, swaps a tier or pauses translation).
+A second ladder watches the work waiting, not the watts: an app that queues work (translate's
+sentences) registers a `backlog` source, and when more than `max_pending` items wait or the
+oldest has waited more than `max_age_s` (the CPU is shared with something else, or the model
+is too slow for the speaker), the governor moves down
+
+    0 normal -> 1 LLM tokens capped -> 2 skip to the newest sentence -> 3 smaller model tier
+             -> 4 translation paused
+
+at most once per `hold_s`, and climbs back one rung after `backlog_recover_s` with nothing
+waiting. The policy is the stronger of the two ladders on each knob.
+
+Every change is a trace instant on the "governor" track naming the ladder, the action and the
+reason with the figures, and `on_change` listeners get the new `Policy` (the app lowers its
+camera task's rate, caps its generator, skips stale sentences, swaps a tier or pauses
+translation).
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from runtime.profile import Profile
 from runtime.telemetry import Telemetry
 from runtime.telemetry.energy import Meter
 
-__all__ = ["LADDER", "Governor", "Policy", "ThermalModel"]
+__all__ = ["BACKLOG_LADDER", "LADDER", "Backlog", "Governor", "Policy", "ThermalModel"]
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +54,36 @@ LADDER = (
     "smaller model tier",
     "translation paused",
 )
+BACKLOG_LADDER = (
+    "normal",
+    "LLM tokens capped",
+    "skipping to the newest sentence",
+    "smaller model tier",
+    "translation paused",
+)
+SMALL_TIER_RUNG = 3
 
 
 @dataclass(frozen=True)
 class Policy:
+    #: rung on the power/thermal ladder
     level: int
     camera_fps: float
     max_tokens: int
     tier: str
     translation_paused: bool
+    #: rung on the backlog ladder
+    backlog_level: int = 0
+    #: translate only the newest waiting sentence; drop the older ones
+    latest_only: bool = False
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Work waiting for the LLM: how many items, and how long the oldest has waited (s)."""
+
+    pending: int
+    oldest_s: float
 
 
 class ThermalModel:
@@ -105,6 +138,9 @@ class Governor:
         recover_ratio: float = 0.8,
         margin_c: float = 2.0,
         burst_window_s: float = 1.0,
+        max_pending: int = 2,
+        max_age_s: float = 8.0,
+        backlog_recover_s: float = 5.0,
     ) -> None:
         self.power = profile.power
         self.limit_c = profile.thermal.limit_c
@@ -119,14 +155,30 @@ class Governor:
         self.recover_ratio = recover_ratio
         self.margin_c = margin_c
         self.burst_window_s = burst_window_s
+        self.max_pending = max_pending
+        self.max_age_s = max_age_s
+        self.backlog_recover_s = backlog_recover_s
         self._changed_at = float("-inf")
         self._calm_since: float | None = None
+        self._backlog_changed_at = float("-inf")
+        self._backlog_calm_since: float | None = None
+        self._backlog_sources: list[Callable[[float], Backlog]] = []
         self.listeners: list[Callable[[Policy], None]] = []
 
     def on_change(self, fn: Callable[[Policy], None]) -> None:
         self.listeners.append(fn)
 
+    def watch_backlog(self, source: Callable[[float], Backlog]) -> None:
+        """Also govern by `source(now)`: the work an app has waiting."""
+        self._backlog_sources.append(source)
+
     def update(self, now: float) -> Policy:
+        self._update_power(now)
+        if self._backlog_sources:
+            self._update_backlog(now)
+        return self.policy
+
+    def _update_power(self, now: float) -> None:
         avg = self.meter.average_w(now)
         burst = self.meter.average_w(now, self.burst_window_s)
         temp = self.thermal.update(now, burst)
@@ -168,37 +220,106 @@ class Governor:
                 self._calm_since = now
         else:
             self._calm_since = None
-        return self.policy
+
+    def _update_backlog(self, now: float) -> None:
+        items = [source(now) for source in self._backlog_sources]
+        pending = sum(b.pending for b in items)
+        oldest = max((b.oldest_s for b in items), default=0.0)
+        self.telemetry.trace.counter("backlog", pending=pending, oldest_s=round(oldest, 3))
+        self.telemetry.metrics.gauge("backlog.pending", pending)
+        reasons = []
+        if pending > self.max_pending:
+            reasons.append(f"{pending} waiting > {self.max_pending}")
+        if oldest > self.max_age_s:
+            reasons.append(f"oldest waited {oldest:.1f} s > {self.max_age_s:.1f} s")
+        level = self.policy.backlog_level
+        if reasons:
+            self._backlog_calm_since = None
+            if level < len(BACKLOG_LADDER) - 1 and now - self._backlog_changed_at >= self.hold_s:
+                self._set_backlog(level + 1, now, "backlog: " + "; ".join(reasons), down=True)
+        elif pending == 0:
+            if self._backlog_calm_since is None:
+                self._backlog_calm_since = now
+            if (
+                level > 0
+                and now - self._backlog_calm_since >= self.backlog_recover_s
+                and now - self._backlog_changed_at >= self.hold_s
+            ):
+                self._set_backlog(
+                    level - 1,
+                    now,
+                    f"nothing waiting for {self.backlog_recover_s:.0f} s",
+                    down=False,
+                )
+                self._backlog_calm_since = now
+        else:
+            self._backlog_calm_since = None
 
     def _set(self, level: int, now: float, reason: str, down: bool) -> None:
-        if level == 3 and not self.small_tier:
-            self.telemetry.trace.instant(
-                "governor",
-                "governor",
-                "governor",
-                action="no smaller tier bundled; skipped",
-                level=3,
-            )
-            level = 4 if down else 2
-        self.policy = self._policy(level)
+        """Move the power/thermal ladder to `level`."""
+        was = self.policy.level
+        level = self._skip_tier(level, down, "power")
         self._changed_at = now
-        action = LADDER[level] if down else f"restored: {LADDER[level + 1]} lifted"
-        self.telemetry.metrics.inc("governor.changes")
-        self.telemetry.metrics.gauge("governor.level", level)
+        self._announce("power", LADDER, was, level, reason)
+        self._apply(level, self.policy.backlog_level)
+
+    def _set_backlog(self, level: int, now: float, reason: str, down: bool) -> None:
+        """Move the backlog ladder to `level`."""
+        was = self.policy.backlog_level
+        level = self._skip_tier(level, down, "backlog")
+        self._backlog_changed_at = now
+        self._announce("backlog", BACKLOG_LADDER, was, level, reason)
+        self._apply(self.policy.level, level)
+
+    def _skip_tier(self, level: int, down: bool, ladder: str) -> int:
+        if level != SMALL_TIER_RUNG or self.small_tier:
+            return level
+        if not down:
+            return level - 1
         self.telemetry.trace.instant(
-            "governor", "governor", "governor", action=action, level=level, reason=reason
+            "governor",
+            "governor",
+            "governor",
+            action="no smaller tier bundled; skipped",
+            level=SMALL_TIER_RUNG,
+            ladder=ladder,
         )
-        log.info("governor: %s (%s)", action, reason)
+        return level + 1
+
+    def _announce(
+        self, ladder: str, names: tuple[str, ...], was: int, level: int, reason: str
+    ) -> None:
+        action = names[level] if level > was else f"restored: {names[was]} lifted"
+        self.telemetry.metrics.inc("governor.changes")
+        self.telemetry.metrics.gauge(f"governor.{ladder}_level", level)
+        self.telemetry.trace.instant(
+            "governor",
+            "governor",
+            "governor",
+            action=action,
+            level=level,
+            ladder=ladder,
+            reason=reason,
+        )
+        log.info("governor (%s): %s (%s)", ladder, action, reason)
+
+    def _apply(self, level: int, backlog_level: int) -> None:
+        self.policy = self._policy(level, backlog_level)
         for fn in self.listeners:
             fn(self.policy)
 
-    def _policy(self, level: int) -> Policy:
+    def _policy(self, level: int, backlog_level: int = 0) -> Policy:
         b = self.base
+        tier_rung = level >= SMALL_TIER_RUNG or backlog_level >= SMALL_TIER_RUNG
         return dataclasses.replace(
             b,
             level=level,
+            backlog_level=backlog_level,
             camera_fps=b.camera_fps / 2 if level >= 1 else b.camera_fps,
-            max_tokens=max(8, b.max_tokens // 2) if level >= 2 else b.max_tokens,
-            tier="small" if level >= 3 and self.small_tier else "default",
-            translation_paused=level >= 4,
+            max_tokens=(
+                max(8, b.max_tokens // 2) if level >= 2 or backlog_level >= 1 else b.max_tokens
+            ),
+            tier="small" if tier_rung and self.small_tier else "default",
+            translation_paused=level >= 4 or backlog_level >= 4,
+            latest_only=backlog_level >= 2,
         )
