@@ -130,3 +130,52 @@ def test_governor_pausing_translation_keeps_captions(env, tmp_path: Path) -> Non
     assert report.app_summaries["translate"]["translations"] == []
     assert report.metrics["counters"]["translate.skipped"] == len(SEGMENTS)
     assert report.app_summaries["translate"]["utterances"] == len(SEGMENTS)
+
+
+def _hogged_run(env, tmp_path: Path, shed: bool):
+    """Translate 8 sentences while, for the first 20 s, a job above the LLM's priority takes
+    the whole inference worker (a CPU hog in virtual time); captions outrank it."""
+    models, glyphs = env
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    wav = tmp_path / "long.wav"
+    audio = np.tile(read_wav(SPEECH, 16000), 4)
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    clock = VirtualClock()
+    h = host(models, Devices(audio=WavSource(wav, 16000, clock)), glyphs, clock)
+    if not shed:
+        h.governor.max_pending, h.governor.max_age_s = 1000, 1e9
+    assert h.add(make_app("translate"))
+    h.sched.every("hog", 0.5, lambda now: 0.5 if now < 20.0 else 0.0, realtime=False, priority=15)
+    return h, h.run(90.0)
+
+
+def test_a_translation_backlog_is_shed_to_the_newest_sentence_and_said(env, tmp_path: Path) -> None:
+    h, report = _hogged_run(env, tmp_path / "shed", shed=True)
+    _, plain = _hogged_run(env, tmp_path / "plain", shed=False)
+    s, c = report.app_summaries["translate"], report.metrics["counters"]
+    sentences = 2 * len(SEGMENTS) * 2
+    assert s["utterances"] == plain.app_summaries["translate"]["utterances"] == sentences
+    # every sentence is either translated or skipped, and the skips are counted and said
+    assert len(s["translations"]) + c.get("translate.skipped", 0) + s["skipped_backlog"] == (
+        sentences
+    )
+    assert s["skipped_backlog"] >= 2 and c["translate.skipped_backlog"] == s["skipped_backlog"]
+    assert h.trace.instants("skipped to the newest sentence")
+    backlog = [e["args"] for e in h.trace.instants("governor") if e["args"]["ladder"] == "backlog"]
+    assert [e["action"] for e in backlog][:2] == [
+        "LLM tokens capped",
+        "skipping to the newest sentence",
+    ]
+    assert "waited" in backlog[0]["reason"] or "waiting" in backlog[0]["reason"]
+    # it recovers once the hog is gone, and the later sentences are translated in full
+    assert backlog[-1]["action"].startswith("restored") and h.governor.policy.backlog_level == 0
+    # what reaches the display is fresh: without shedding, the oldest sentences come out
+    # after the whole backlog
+    lat = report.metrics["latency_s"]["speech_end_to_first_translation_s"]
+    lat_plain = plain.metrics["latency_s"]["speech_end_to_first_translation_s"]
+    assert len(plain.app_summaries["translate"]["translations"]) == sentences
+    assert lat["max"] < lat_plain["max"] - 3.0

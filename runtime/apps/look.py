@@ -24,10 +24,11 @@ import numpy.typing as npt
 
 from runtime.apps.errors import AppUsageError
 from runtime.apps.host import Host
+from runtime.apps.stream import stream_to_screen
 from runtime.apps.translate import LANGUAGES
 from runtime.engine.llm import GenerationConfig, Llm
 from runtime.engine.vision import Ocr
-from runtime.io.screen import FINAL, SOURCE
+from runtime.io.screen import SOURCE
 from runtime.sched.governor import Policy
 from runtime.sched.scheduler import Job, Priority, Task
 from runtime.sched.slot import LatestSlot, Stamped
@@ -170,20 +171,9 @@ class Look:
             gen = self.llm.start(
                 ids, GenerationConfig(max_new_tokens=policy.max_tokens, truncate=True)
             )
-            host.screen.commit("", FINAL)
-            first = True
-            while not gen.done:
-                gen.step()
-                delta = gen.take_text()
-                if delta:
-                    host.screen.append(delta)
-                    if first:
-                        first = False
-                        marks.append(("frame_to_answer_s", item.t))
-                yield None
-            tail = gen.take_text()
-            if tail:
-                host.screen.append(tail)
+            yield from stream_to_screen(
+                host.screen, gen, lambda: marks.append(("frame_to_answer_s", item.t))
+            )
             self.answers.append(gen.text)
             host.metrics.inc("look.answers")
             if host.options.once:

@@ -7,23 +7,31 @@ the longest common prefix between turns, so each sentence only prefills its own 
 trace's `translate` spans carry `prompt_tokens` and `reused_tokens` to show it).
 
 Tokens stream to the display as they come (the source caption dimmer, the translation at full
-brightness). The governor's policy applies per sentence: `max_tokens` caps the answer, tier
-"small" switches to the smaller LLM if the bundle has one, and `translation_paused` skips the
-LLM (the caption still shows; `translate.skipped` counts it).
+brightness). Sentences wait in the app's own queue and one LLM job runs at a time, so the
+queue is the backlog the governor watches (`Backlog`: sentences waiting, age of the oldest
+from its end of speech). The governor's policy applies per sentence: `max_tokens` caps the
+answer, `latest_only` drops every waiting sentence but the newest (`translate.skipped_backlog`
+counts them; the trace says which), tier "small" switches to the smaller LLM if the bundle
+has one, and `translation_paused` skips the LLM (the caption still shows;
+`translate.skipped` counts it).
 Latency `speech_end_to_first_translation_s`: from the end of speech to the first translated
 characters on the display.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 from runtime.apps.captions import Captions
 from runtime.apps.host import Host
+from runtime.apps.stream import stream_to_screen
 from runtime.engine.llm import GenerationConfig, Llm
-from runtime.io.screen import FINAL, SOURCE
+from runtime.io.screen import SOURCE
+from runtime.sched.governor import Backlog, Policy
 from runtime.sched.scheduler import Job, Priority
 
 __all__ = ["LANGUAGES", "Translate", "chat_prefix"]
@@ -65,7 +73,10 @@ class Translate(Captions):
         self.translations: list[str] = []
         self.reused: list[int] = []
         self.prompt_tokens: list[int] = []
-        self._pending_translations = 0
+        self.skipped_backlog = 0
+        self._waiting: collections.deque[tuple[str, float]] = collections.deque()
+        self._lock = threading.Lock()
+        self._llm_busy = False
 
     def setup(self, host: Host) -> None:
         o = host.options
@@ -91,6 +102,13 @@ class Translate(Captions):
             if llm is not None:
                 self.prefix = chat_prefix(llm, self.system)
                 llm.prefill(self.prefix)
+        host.governor.watch_backlog(self.backlog)
+        host.governor.on_change(self._shed)
+
+    def backlog(self, now: float) -> Backlog:
+        with self._lock:
+            oldest = now - self._waiting[0][1] if self._waiting else 0.0
+            return Backlog(len(self._waiting), max(0.0, oldest))
 
     def on_sentence(self, text: str, end_t: float) -> None:
         host = self.host
@@ -101,7 +119,53 @@ class Translate(Captions):
             host.metrics.inc("translate.skipped")
             host.trace.instant("translation paused", "governor", "apps", text=text[:100])
             return
-        self._pending_translations += 1
+        with self._lock:
+            self._waiting.append((text, end_t))
+        self._next()
+
+    def _shed(self, policy: Policy) -> None:
+        """Drop waiting sentences the policy no longer wants translated, and say so."""
+        host = self.host
+        assert host is not None
+        with self._lock:
+            if policy.translation_paused:
+                dropped, self._waiting = [t for t, _ in self._waiting], collections.deque()
+            else:
+                dropped = []
+                while policy.latest_only and len(self._waiting) > 1:
+                    dropped.append(self._waiting.popleft()[0])
+        if not dropped:
+            return
+        if policy.translation_paused:
+            host.metrics.inc("translate.skipped", len(dropped))
+            host.trace.instant("translation paused", "governor", "apps", sentences=len(dropped))
+        else:
+            self._skipped_stale(dropped)
+
+    def _skipped_stale(self, dropped: list[str]) -> None:
+        host = self.host
+        assert host is not None
+        with self._lock:
+            self.skipped_backlog += len(dropped)
+        host.metrics.inc("translate.skipped_backlog", len(dropped))
+        host.trace.instant(
+            "skipped to the newest sentence",
+            "governor",
+            "apps",
+            skipped=len(dropped),
+            first=dropped[0][:100],
+        )
+
+    def _next(self) -> None:
+        """Start translating the next waiting sentence, unless one is being translated."""
+        host = self.host
+        assert host is not None
+        self._shed(host.governor.policy)
+        with self._lock:
+            if self._llm_busy or not self._waiting:
+                return
+            text, end_t = self._waiting.popleft()
+            self._llm_busy = True
         marks: list[tuple[str, float]] = []
         host.sched.submit(
             Job(
@@ -118,28 +182,30 @@ class Translate(Captions):
         assert host is not None
         try:
             policy = host.governor.policy
+            # the job may have waited for the worker: a sentence the policy now drops is not
+            # translated (a newer one waits, or translation is paused)
+            if policy.translation_paused:
+                host.metrics.inc("translate.skipped")
+                host.trace.instant("translation paused", "governor", "apps", text=text[:100])
+                return
+            with self._lock:
+                stale = policy.latest_only and bool(self._waiting)
+            if stale:
+                self._skipped_stale([text])
+                return
             llm = self.small if policy.tier == "small" and self.small is not None else self.llm
             prompt = llm.chat(
                 [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
             )
             ids = llm.encode_chat(prompt)
             gen = llm.start(ids, GenerationConfig(max_new_tokens=policy.max_tokens, truncate=True))
-            host.screen.commit("", FINAL)
-            first = True
-            while not gen.done:
-                gen.step()
-                delta = gen.take_text()
-                if delta:
-                    host.screen.append(delta)
-                    if first:
-                        first = False
-                        marks.append(("speech_end_to_first_translation_s", end_t))
-                        self.reused.append(gen.reused_tokens)
-                        self.prompt_tokens.append(len(ids))
-                yield None
-            tail = gen.take_text()
-            if tail:
-                host.screen.append(tail)
+
+            def first() -> None:
+                marks.append(("speech_end_to_first_translation_s", end_t))
+                self.reused.append(gen.reused_tokens)
+                self.prompt_tokens.append(len(ids))
+
+            yield from stream_to_screen(host.screen, gen, first)
             self.translations.append(gen.text)
             host.trace.instant(
                 "translated",
@@ -150,14 +216,19 @@ class Translate(Captions):
                 tokens=len(gen.tokens),
                 finish=gen.finish_reason or "",
                 tier=policy.tier,
+                max_tokens=policy.max_tokens,
             )
             host.metrics.inc("translate.sentences")
         finally:
-            self._pending_translations -= 1
+            with self._lock:
+                self._llm_busy = False
+            self._next()
 
     @property
     def finished(self) -> bool:
-        return super().finished and self._pending_translations == 0
+        with self._lock:
+            idle = not self._llm_busy and not self._waiting
+        return super().finished and idle
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -165,4 +236,5 @@ class Translate(Captions):
             "translations": self.translations,
             "prompt_tokens": self.prompt_tokens,
             "reused_prefix_tokens": self.reused,
+            "skipped_backlog": self.skipped_backlog,
         }

@@ -1,0 +1,36 @@
+"""Streaming an LLM answer onto the display: what translate and look share.
+
+`stream_to_screen(screen, gen, on_first)` opens a new paragraph in the final style, then steps
+the generator one token per scheduler step, appending each piece of decoded text as it comes;
+`on_first()` is called once, in the step that put the first characters on screen (the apps
+record their "to first characters" latency there). The caller owns the loop: this is a
+generator of steps, used as `yield from stream_to_screen(...)` inside a job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from runtime.engine.llm import Generation
+from runtime.io.screen import FINAL, CaptionScreen
+
+__all__ = ["stream_to_screen"]
+
+
+def stream_to_screen(
+    screen: CaptionScreen, gen: Generation, on_first: Callable[[], None]
+) -> Iterator[None]:
+    screen.commit("", FINAL)
+    first = True
+    while not gen.done:
+        gen.step()
+        delta = gen.take_text()
+        if delta:
+            screen.append(delta)
+            if first:
+                first = False
+                on_first()
+        yield None
+    tail = gen.take_text()
+    if tail:
+        screen.append(tail)
