@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import wave
 from pathlib import Path
@@ -171,6 +172,32 @@ def test_virtual_display_writes_changed_frames_and_a_preview(tmp_path: Path) -> 
     np.testing.assert_array_equal(
         np.asarray(preview.convert("RGB")), tint(f2[::2, ::2], "mono-green")
     )
+
+
+def test_a_recorder_that_falls_behind_drops_frames_and_counts_them(tmp_path: Path) -> None:
+    """`show` never waits for the recording: with the writer stuck (its first PNG is a FIFO
+    nobody reads yet), frames past the bounded queue are dropped and counted."""
+    out = tmp_path / "out"
+    d = VirtualDisplay(out, 40, 30, queue_frames=2)
+    os.mkfifo(out / "frame_00001.png")
+    for i in range(10):
+        f = np.full((30, 40), i * 20, np.uint8)
+        d.show(f, (0, 0, 40, 30), i * 0.1)
+    assert d.changed == 10 and d.dropped >= 7  # the stuck frame plus two queued at most
+    with open(out / "frame_00001.png", "rb") as fifo:  # the writer goes on
+        first = decode_png(fifo.read())
+    d.close()
+    np.testing.assert_array_equal(first, tint(np.zeros((30, 40), np.uint8), "mono-green"))
+    index = json.loads((out / "frames.json").read_text())
+    assert index["dropped"] == d.dropped
+    assert len(index["frames"]) == d.changed - d.dropped
+    written = [int(x["file"][6:11]) for x in index["frames"]]
+    assert written[0] == 1 and written == sorted(written)
+    # what was written is what was shown (frame 1, the FIFO, was read above)
+    for x in index["frames"][1:]:
+        n = int(x["file"][6:11])
+        png = np.asarray(Image.open(out / x["file"]))
+        assert png[0, 0, 1] == tint(np.full((1, 1), (n - 1) * 20, np.uint8), "mono-green")[0, 0, 1]
 
 
 def test_display_that_cannot_be_opened_says_why(tmp_path: Path) -> None:

@@ -4,15 +4,19 @@
 rectangle (x0, y0, x1, y1) that changed since the last call (None: nothing changed; the
 backend may skip work). The colour of a monochrome panel (green on the glasses) is the
 backend's business, not the renderer's. Backends:
-- `VirtualDisplay`: writes each changed frame as a PNG (`frame_00012.png`, tinted in the
-  panel's colour; encoded on a writer thread, off the real-time loop), an index `frames.json` (file, time), and on `close()` an animated PNG
-  `preview.png` sampled at `preview_fps` and downscaled (a browser plays it);
+- `VirtualDisplay`: records each changed frame as a PNG (`frame_00012.png`, tinted in the
+  panel's colour), an index `frames.json` (file, time), and on `close()` an animated PNG
+  `preview.png` sampled at `preview_fps` and downscaled (a browser plays it). All of it runs
+  on a writer thread fed by a bounded queue: `show` costs one frame copy on the real-time
+  loop; frames the writer cannot keep up with are dropped from the recording and counted
+  (`dropped`), never queued without bound;
 - `FramebufferDisplay` (`runtime.io.fbdev`): /dev/fbN with dirty-rectangle writes.
 `open_display(spec)`: "fb:/dev/fb0" or a folder path for the virtual display.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -66,6 +70,7 @@ class VirtualDisplay:
         preview_fps: float = 10.0,
         preview_scale: int = 2,
         max_png: int = 2000,
+        queue_frames: int = 8,
     ) -> None:
         self.dir = Path(out_dir)
         try:
@@ -85,13 +90,16 @@ class VirtualDisplay:
         self.max_png = max_png
         self.shown = 0
         self.changed = 0
+        #: changed frames the recorder could not keep up with (not written, not in the preview)
+        self.dropped = 0
         self.last: U8 = np.zeros((height, width), dtype=np.uint8)
         self.index: list[dict[str, object]] = []
-        self._preview: list[tuple[float, U8]] = []
+        self._preview: collections.deque[tuple[float, U8]] = collections.deque(maxlen=600)
         self._t_first: float | None = None
-        # PNG encoding is the host's recording cost, not the panel's: a writer thread does it,
-        # so the real-time loop only copies the frame (as it would blit to a panel)
-        self._queue: queue.Queue[tuple[str, U8] | None] = queue.Queue()
+        # Recording is the host's cost, not the panel's: quantizing, tinting, PNG encoding and
+        # writing happen on a writer thread, so `show` (on the real-time loop) only copies the
+        # frame into a bounded queue; a frame that finds the queue full is dropped and counted
+        self._queue: queue.Queue[tuple[int, float, Rect, U8] | None] = queue.Queue(queue_frames)
         self._writer = threading.Thread(
             target=self._write_loop, name="ocula-display-writer", daemon=True
         )
@@ -102,8 +110,19 @@ class VirtualDisplay:
             item = self._queue.get()
             if item is None:
                 return
-            name, frame = item
-            (self.dir / name).write_bytes(encode_png(tint(frame, self.colour), level=1))
+            n, t, dirty, frame = item
+            frame = self._quantize(frame)
+            self.last = frame
+            if n <= self.max_png:
+                name = f"frame_{n:05d}.png"
+                (self.dir / name).write_bytes(encode_png(tint(frame, self.colour), level=1))
+                self.index.append({"file": name, "t": round(t, 4), "dirty": list(dirty)})
+            s = self.preview_scale
+            small = frame[::s, ::s].copy()
+            if not self._preview or t - self._preview[-1][0] >= 1.0 / self.preview_fps:
+                self._preview.append((t, small))
+            else:
+                self._preview[-1] = (self._preview[-1][0], small)
 
     def _quantize(self, frame: U8) -> U8:
         if self.levels >= 256:
@@ -118,33 +137,23 @@ class VirtualDisplay:
             dirty = dirty or (0, 0, self.width, self.height)
         if dirty is None:
             return
-        frame = self._quantize(frame)
-        self.last = frame.copy()
         self.changed += 1
-        if self.changed <= self.max_png:
-            name = f"frame_{self.changed:05d}.png"
-            (self.dir / name).write_bytes(encode_png(tint(frame, self.colour), level=1))
-            self.index.append(
-                {"file": name, "t": round(t - self._t_first, 4), "dirty": list(dirty)}
-            )
-        if not self._preview or t - self._preview[-1][0] >= 1.0 / self.preview_fps:
-            s = self.preview_scale
-            self._preview.append((t, frame[::s, ::s].copy()))
-        else:
-            self._preview[-1] = (
-                self._preview[-1][0],
-                frame[:: self.preview_scale, :: self.preview_scale].copy(),
-            )
+        try:
+            self._queue.put_nowait((self.changed, t - self._t_first, dirty, frame.copy()))
+        except queue.Full:
+            self.dropped += 1
 
     def close(self) -> None:
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join()
         (self.dir / "frames.json").write_text(
-            json.dumps({"frames": self.index, "shown": self.shown}, indent=1)
+            json.dumps(
+                {"frames": self.index, "shown": self.shown, "dropped": self.dropped}, indent=1
+            )
         )
         if self._preview:
-            frames = self._preview[-600:]
+            frames = list(self._preview)
             times = [t for t, _ in frames]
             delays = [b - a for a, b in itertools.pairwise(times)] + [1.0]
             tmp = self.dir / "preview.png.tmp"

@@ -76,6 +76,7 @@ class GlyphAtlas:
         self._index = {int(c): i for i, c in enumerate(codepoints)}
         self._boxes = boxes.astype(np.int32)
         self._cache: dict[str, Glyph] = {}
+        self._shaded: dict[tuple[str, int], U8] = {}
         self.missing = 0
         self.missing_by_script: dict[str, int] = {}
 
@@ -121,6 +122,21 @@ class GlyphAtlas:
             g = Glyph(self.bitmap[y : y + h, x : x + w], left, top, adv)
         self._cache[ch] = g
         return g
+
+    def shaded(self, ch: str, level: int) -> U8:
+        """The glyph's coverage scaled to grey `level` (255: as drawn), computed once: drawing
+        a line is then one numpy call per glyph (each call may hand the GIL over)."""
+        if level == 255:
+            return self.glyph(ch).bitmap
+        key = (ch, level)
+        bitmap = self._shaded.get(key)
+        if bitmap is None:
+            src = self.glyph(ch).bitmap
+            bitmap = (src.astype(np.uint16) * level // 255).astype(np.uint8)
+            if len(self._shaded) >= 8192:
+                self._shaded.clear()
+            self._shaded[key] = bitmap
+        return bitmap
 
     def advance(self, ch: str) -> int:
         return self.glyph(ch).advance

@@ -109,7 +109,6 @@ def wrap(text: str, width: int, measure: Callable[[str], int]) -> list[str]:
 def draw_text(canvas: U8, x: int, y: int, text: str, atlas: GlyphAtlas, level: int = 255) -> int:
     """Draw `text` with its line top at y; returns the x after the last glyph."""
     h, w = canvas.shape
-    scale = level / 255.0
     for ch in text:
         g = atlas.glyph(ch)
         gh, gw = g.bitmap.shape
@@ -117,9 +116,7 @@ def draw_text(canvas: U8, x: int, y: int, text: str, atlas: GlyphAtlas, level: i
         cx0, cy0 = max(0, x0), max(0, y0)
         cx1, cy1 = min(w, x0 + gw), min(h, y0 + gh)
         if cx1 > cx0 and cy1 > cy0:
-            src = g.bitmap[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-            if level != 255:
-                src = (src.astype(np.float32) * scale).astype(np.uint8)
+            src = atlas.shaded(ch, level)[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
             region = canvas[cy0:cy1, cx0:cx1]
             np.maximum(region, src, out=region)
         x += g.advance
