@@ -15,17 +15,29 @@ ALSA period buffer) that overflows whenever one step blocks longer. Its figures 
 same step costs, measured in the same run (the Ocula run's trace), replayed through the naive
 loop's timing rules, so both see the same work.
 
-Reported: display deadline misses at 30 Hz, audio samples dropped, speech end -> first
-translated characters p50/p90, camera frame -> answer p50, and the real-time loop's CPU share
-(its busy time over the run's length).
+Reported: display deadline misses at 30 Hz (late frames + skipped slots), audio samples
+dropped, speech end -> first translated characters p50/p90, camera frame -> answer p50, and
+the real-time loop's CPU share (its busy time over the run's length).
+
+Where a late frame's time goes (`probe`): every real-time tick is timed by wall clock, by the
+thread's CPU time (`time.thread_time`) and by its run-queue delay (`/proc/thread-self/
+schedstat`, time runnable but not on a CPU). Wall - CPU - run queue is time blocked: on a
+real-time tick, that is waiting to take the GIL back (the tick's own file writes are off the
+loop). The wake-up (due -> the tick starts) is split the same way. For ticks that waited
+more than 2 ms, the other threads' Python stacks are sampled at the tick's end, which names
+the code that held the GIL. One more run, `translate` at the interpreter's default switch
+interval (5 ms), is the control for the loop's 0.1 ms.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import multiprocessing as mp
 import os
+import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -41,6 +53,7 @@ SPEECH = [
 ]
 IMAGE = ROOT / "tests" / "data" / "images" / "sign_en.png"
 SECONDS = 60.0
+LOOK_SECONDS = 22.0
 RING_S = 0.5  # the naive peer's capture buffer
 
 log = logging.getLogger(__name__)
@@ -96,6 +109,114 @@ def _speech_60s() -> Path:
     return out
 
 
+SCHEDSTAT = Path("/proc/thread-self/schedstat")
+LATE_BINS_MS = [0, 1, 2, 5, 10, 20, 33.3, 50, 100, 1e9]
+
+
+def _runq_s() -> float:
+    """This thread's total time runnable but waiting for a CPU (Linux schedstat), seconds."""
+    try:
+        return int(SCHEDSTAT.read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _ours(filename: str) -> bool:
+    return filename.startswith(str(ROOT)) and "/.venv/" not in filename
+
+
+class _Probe:
+    """Times each real-time tick: wall, thread CPU, run-queue delay; samples GIL holders."""
+
+    def __init__(self, sched: Any, display: str) -> None:
+        self.sched = sched
+        self.display = display
+        self.ticks: list[dict[str, float]] = []
+        self.holders: collections.Counter[str] = collections.Counter()
+        self._last_runq = 0.0
+        for task in sched.tasks.values():
+            if task.realtime:
+                task.fn = self._wrap(task)
+
+    def _wrap(self, task: Any) -> Any:
+        fn = task.fn
+
+        def timed(now: float) -> Any:
+            due = task.next_due
+            rq0 = _runq_s()
+            c0 = time.thread_time()
+            t0 = time.perf_counter()
+            out = fn(now)
+            t1 = time.perf_counter()
+            cpu = time.thread_time() - c0
+            rq1 = _runq_s()
+            if task.name == self.display:
+                wall, runq = t1 - t0, rq1 - rq0
+                wait = max(0.0, wall - cpu - runq)
+                wake_runq = rq0 - self._last_runq if self._last_runq else 0.0
+                self.ticks.append(
+                    {
+                        "late_s": t1 - due,
+                        "wake_s": now - due,
+                        "wake_runq_s": wake_runq,
+                        "wall_s": wall,
+                        "cpu_s": cpu,
+                        "runq_s": runq,
+                        "wait_s": wait,
+                    }
+                )
+                if wait > 0.002:
+                    self._sample()
+            self._last_runq = rq1
+            return out
+
+        return timed
+
+    def _sample(self) -> None:
+        """Where each other thread is: its innermost frame and, if that is in a library, the
+        innermost frame of this repository's code that called it."""
+        me = threading.get_ident()
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            name = names.get(ident, "?")
+            if ident == me or name == "MainThread":
+                continue
+            inner = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
+            f: Any = frame
+            while f is not None and not _ours(f.f_code.co_filename):
+                f = f.f_back
+            own = "" if f is None else f"{Path(f.f_code.co_filename).name}:{f.f_lineno}"
+            where = inner if f is frame or not own else f"{own} -> {inner}"
+            self.holders[f"{name.rstrip('0123456789-')}: {where}"] += 1
+
+    def summary(self, period: float) -> dict[str, Any]:
+        if not self.ticks:
+            return {}
+        cols = {k: np.array([t[k] for t in self.ticks]) for k in self.ticks[0]}
+        late = cols["late_s"] > period
+        ms = {k: v * 1e3 for k, v in cols.items()}
+
+        def pct(v: Any) -> list[float]:
+            return [round(float(x), 2) for x in np.percentile(v, [50, 90, 99, 100])]
+
+        hist = np.histogram(ms["late_s"], LATE_BINS_MS)[0]
+        out: dict[str, Any] = {
+            "switch_interval_s": sys.getswitchinterval(),
+            "ticks": len(self.ticks),
+            "done_after_due_ms_histogram": {
+                f"{a:g}-{b:g}" if b < 1e8 else f">{a:g}": int(n)
+                for a, b, n in zip(LATE_BINS_MS, LATE_BINS_MS[1:], hist, strict=False)
+            },
+            "p50_p90_p99_max_ms": {k: pct(v) for k, v in ms.items()},
+        }
+        if late.any():
+            out["late_frames_sum_ms"] = {
+                k: round(float(v[late].sum()), 1) for k, v in ms.items() if k != "late_s"
+            }
+        out["gil_holders_when_the_loop_waited"] = dict(self.holders.most_common(12))
+        return out
+
+
 def _hog(stop: Any) -> None:
     """Spin on CPU 0: the core the real-time loop is pinned to (the harder case)."""
     if hasattr(os, "sched_setaffinity"):
@@ -106,7 +227,9 @@ def _hog(stop: Any) -> None:
             x += 1
 
 
-def _run(app: str, models: Path, out: Path, hog: bool) -> dict[str, Any]:
+def _run(
+    app: str, models: Path, out: Path, hog: bool, switch_s: float | None = None
+) -> dict[str, Any]:
     from board import profiles
     from ocula.glyphatlas import cached_atlas
     from runtime.apps import AppOptions, Devices, Host, Models, make_app
@@ -129,6 +252,9 @@ def _run(app: str, models: Path, out: Path, hog: bool) -> dict[str, Any]:
     host = Host(
         profile, clock, devices, GlyphAtlas.load(cached_atlas(28)), Models.scan(models), opts
     )
+    if switch_s is not None:
+        host.sched.switch_interval_s = switch_s
+    tag = f"{app}-{'hog' if hog else 'idle'}" + (f"-switch{switch_s * 1e3:g}ms" if switch_s else "")
     stop = mp.Event()
     proc = mp.Process(target=_hog, args=(stop,), daemon=True) if hog else None
     if proc:
@@ -136,24 +262,36 @@ def _run(app: str, models: Path, out: Path, hog: bool) -> dict[str, Any]:
     try:
         if not host.add(make_app(app)):
             raise RuntimeError(host.failures)
-        report = host.run(SECONDS + 60 if app == "translate" else 22.0)
+        probe = _Probe(host.sched, "display")
+        report = host.run(SECONDS + 60 if app == "translate" else LOOK_SECONDS)
     finally:
         if proc:
             stop.set()
             proc.join(5)
-    host.trace.write(out / f"trace-{app}-{'hog' if hog else 'idle'}.json")
+    host.trace.write(out / f"trace-{tag}.json")
     c, lat = report.metrics["counters"], report.metrics["latency_s"]
     spans = host.trace.spans()
     rt_busy = sum(s.dur for s in spans if s.cat == "realtime")
     res = {
         "app": app,
         "hog": hog,
+        "run": tag,
         "seconds": round(report.duration_s, 2),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "display_ticks": c.get("ticks.display", 0),
         "display_late": c.get("late.display", 0),
+        "display_skipped": c.get("skipped.display", 0),
+        "display_unrecorded_frames": c.get("display.unrecorded_frames", 0),
         "audio_dropped_samples": c.get("audio.dropped_samples", 0),
         "rt_cpu_share": round(rt_busy / max(1e-9, report.duration_s), 4),
         "latency_s": {k: v for k, v in lat.items() if not k.startswith("wait.")},
+        "translate_skipped_backlog": c.get("translate.skipped_backlog", 0),
+        "translate_skipped": c.get("translate.skipped", 0),
+        "governor": [
+            {"t": round(e["ts"] / 1e6, 1), **e.get("args", {})}
+            for e in host.trace.instants("governor")
+        ],
+        "probe": probe.summary(1 / 30),
     }
     res["naive_peer"] = _naive(spans, report.duration_s)
     return res
@@ -196,12 +334,17 @@ def run(out_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     models = _models()
     results = []
+    load = os.getloadavg()
     for hog in (False, True):
         for app in ("translate", "look"):
             log.info("running %s%s", app, " with a CPU hog" if hog else "")
             results.append(_run(app, models, out, hog))
+    log.info("running translate at the interpreter's default GIL switch interval")
+    results.append(_run("translate", models, out, False, switch_s=0.005))
     summary = {
         "suite": "runtime",
+        "load_avg_at_start": [round(x, 2) for x in load],
+        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
         "results": results,
         "build_and_run_s": round(time.perf_counter() - t0, 1),
     }
