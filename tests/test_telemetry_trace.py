@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
 from board import profiles
-from runtime.sched import VirtualClock
+from runtime.sched import MonotonicClock, VirtualClock
 from runtime.telemetry import Telemetry
 from runtime.telemetry.energy import Meter
 from runtime.telemetry.metrics import Histogram
@@ -36,6 +37,23 @@ def test_trace_events_follow_the_chrome_format(tmp_path) -> None:
     meta = [e for e in data["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"]
     assert {"worker 0", "audio"} <= {m["args"]["name"] for m in meta}
     assert all(isinstance(e["ts"], float | int) for e in data["traceEvents"] if e["ph"] != "M")
+    assert "origin_monotonic_s" not in data["otherData"]  # virtual time is on no machine clock
+
+
+def test_a_real_clock_trace_says_where_zero_is_on_the_monotonic_clock(tmp_path) -> None:
+    """Another process (the HIL power capture) reads time.monotonic(); an event at trace time
+    ts lies at origin_monotonic_s + ts on that clock."""
+    before = time.monotonic()
+    clock = MonotonicClock()
+    tel = Telemetry(clock, profiles.find("sim"))
+    after = time.monotonic()
+    mark = time.monotonic()
+    tel.trace.complete("mark", clock.now(), clock.now())
+    data = json.loads(tel.trace.write(tmp_path / "t.json").read_text())
+    origin = data["otherData"]["origin_monotonic_s"]
+    assert before - 1e-5 <= origin <= after + 1e-5
+    ts = next(e["ts"] for e in data["traceEvents"] if e["name"] == "mark") / 1e6
+    assert origin + ts == pytest.approx(mark, abs=2e-3)
 
 
 def test_a_long_run_keeps_memory_bounded() -> None:

@@ -48,6 +48,11 @@ class MonotonicClock:
     def wake(self) -> None:
         self._event.set()
 
+    def to_monotonic(self, t: float) -> float:
+        """`t` on this clock as `time.monotonic()` seconds, the clock other processes on the
+        machine read (the HIL power capture aligns traces with it)."""
+        return t - time.perf_counter() + time.monotonic()
+
 
 class VirtualClock:
     """Time that moves only when told. `sleep_until` jumps there (single-threaded use)."""

@@ -7,7 +7,9 @@ in the file, named once with a metadata event, so capture, inference workers and
 each get their own row. `counter(name, values)` adds a counter track (`ph: "C"`), e.g. power.
 
 The file format is the "JSON object" form: {"traceEvents": [...], "displayTimeUnit": "ms",
-"otherData": {...}}. Each span's `args` carry what the stage did (tokens, frame number, ...).
+"otherData": {...}}. With a real clock, `otherData.origin_monotonic_s` is the machine's
+`time.monotonic()` at trace zero, so a tool that recorded something else on that clock (the
+HIL power capture) puts both on one timeline; a virtual clock's trace has none. Each span's `args` carry what the stage did (tokens, frame number, ...).
 `max_events` bounds memory on a long run; events past it are counted in `dropped`, not stored.
 
 Readers (reports, power profiling) use `spans()`, which returns `Span` records in seconds.
@@ -52,6 +54,10 @@ class Trace:
     def __init__(self, clock: Clock, max_events: int = 200_000) -> None:
         self.clock = clock
         self.origin = clock.now()
+        to_monotonic = getattr(clock, "to_monotonic", None)
+        self.origin_monotonic: float | None = (
+            float(to_monotonic(self.origin)) if callable(to_monotonic) else None
+        )
         self.max_events = max_events
         self.dropped = 0
         self._events: list[dict[str, Any]] = []
@@ -173,6 +179,8 @@ class Trace:
     def to_json(self, other: dict[str, Any] | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {"traceEvents": self.events(), "displayTimeUnit": "ms"}
         data["otherData"] = {"dropped_events": self.dropped, **(other or {})}
+        if self.origin_monotonic is not None:
+            data["otherData"]["origin_monotonic_s"] = round(self.origin_monotonic, 6)
         return data
 
     def write(self, path: str | Path, other: dict[str, Any] | None = None) -> Path:
