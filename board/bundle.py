@@ -1,8 +1,9 @@
 """Build, sign and read bundles (the format is `runtime.agent.bundlefmt`).
 
 `build` packs the runtime code (the `runtime/` package, Python files only), the artifacts
-(each a folder with its manifest.json, stored under `artifacts/<kind>/`) and the board profile
-(`profile.toml`) into one file. Files are cut into CHUNK_SIZE pieces named by the sha256 of
+(each a folder with its manifest.json, stored under `artifacts/<kind>/`), the display's glyph
+atlas (`artifacts/glyphs.npz`, rendered on the host by `ocula.glyphatlas`: the board has no
+font rasterizer) and the board profile (`profile.toml`) into one file. Files are cut into CHUNK_SIZE pieces named by the sha256 of
 their raw bytes; a piece is stored zlib-compressed when that saves at least 3% (ONNX weights,
 int4 ones especially, barely compress; code and JSON do). The same inputs give the same bytes,
 so a rebuilt, unchanged bundle has the same manifest and a board already holding it skips
@@ -37,6 +38,7 @@ from runtime.agent.bundlefmt import (
     parse_manifest,
 )
 from runtime.agent.errors import BundleRejected
+from runtime.io.glyphs import BUNDLE_NAME as GLYPHS
 from runtime.profile import Profile
 
 __all__ = ["Bundle", "build", "estimate_rss_mb"]
@@ -92,6 +94,20 @@ def _check_artifact(kind: str, folder: Path) -> None:
         )
 
 
+def _check_glyphs(path: Path) -> None:
+    """The file is a glyph atlas the board's runtime can load."""
+    from runtime.errors import OculaError
+    from runtime.io.glyphs import GlyphAtlas
+
+    try:
+        GlyphAtlas.load(path)
+    except OculaError as exc:
+        raise BoardError(
+            f"{exc} (given as the bundle's glyph atlas; build one with "
+            "ocula.glyphatlas.cached_atlas())"
+        ) from exc
+
+
 def build(
     profile: Profile,
     out: Path,
@@ -100,8 +116,11 @@ def build(
     version: str | None = None,
     runtime_dir: Path = RUNTIME_DIR,
     progress: Any = None,
+    glyphs: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the bundle to `out`; return a summary (sizes, chunks, digest, signed)."""
+    """Write the bundle to `out`; return a summary (sizes, chunks, digest, signed).
+
+    `glyphs`: the display's glyph atlas (.npz); without one the board's display shows boxes."""
     entries: list[tuple[str, Path]] = _files(runtime_dir, "runtime", code_only=True)
     for kind, folder in sorted(artifacts.items()):
         if kind not in KINDS:
@@ -111,6 +130,9 @@ def build(
             raise BoardError(f"{folder}: no such artifact folder (given as --{kind})")
         _check_artifact(kind, folder)
         entries += _files(folder, f"artifacts/{kind}")
+    if glyphs is not None:
+        _check_glyphs(Path(glyphs))
+        entries.append((f"artifacts/{GLYPHS}", Path(glyphs)))
     chunks: dict[str, tuple[int, str, bytes]] = {}
     files: list[dict[str, Any]] = []
     artifact_bytes = 0
@@ -164,6 +186,7 @@ def build(
         "artifact_bytes": artifact_bytes,
         "rss_mb": manifest.rss_mb,
         "signed": bool(signature),
+        "glyphs": glyphs is not None,
     }
 
 

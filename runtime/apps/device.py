@@ -7,8 +7,9 @@ Devices come from the board: the profile's display (a framebuffer when `display.
 "fbdev", else the virtual display writing PNGs under `work/display`), an ALSA microphone when the
 profile has audio and pyalsaaudio is installed (else a quiet synthetic microphone, said in the
 notes), a V4L2 camera at /dev/video0 when present (else the synthetic pattern camera). The
-glyph atlas is `glyphs.npz` in the artifacts folder when the bundle carries one; without it the
-display shows boxes for every character (and says so). The trace is written to
+glyph atlas is `glyphs.npz` in the artifacts folder, which the bundle carries (the board has no
+font rasterizer: the host renders the glyphs); without it, or with a broken one, the display
+shows boxes for every character (and says so). The trace is written to
 `traces/<app>.json` and the reply names it, with the counters and latency percentiles.
 """
 
@@ -23,15 +24,13 @@ from runtime.errors import OculaError
 from runtime.io.audio import AudioSource, SilenceSource, open_audio
 from runtime.io.camera import Camera, PatternCamera, open_camera
 from runtime.io.display import Display, VirtualDisplay, open_display
-from runtime.io.glyphs import GlyphAtlas
+from runtime.io.glyphs import BUNDLE_NAME, GlyphAtlas
 from runtime.profile import Profile
 from runtime.sched.clock import MonotonicClock
 
-__all__ = ["run_on_board"]
+__all__ = ["board_atlas", "run_on_board"]
 
 log = logging.getLogger(__name__)
-
-ATLAS = "glyphs.npz"
 
 
 def run_on_board(
@@ -51,14 +50,7 @@ def run_on_board(
         camera=_camera(profile, notes),
         display=_display(profile, work, notes),
     )
-    atlas_path = artifacts / ATLAS
-    if atlas_path.is_file():
-        atlas = GlyphAtlas.load(atlas_path)
-    else:
-        atlas = GlyphAtlas.empty()
-        notes.append(
-            f"no {ATLAS} in the bundle: text shows as boxes; bundle a glyph atlas built on the host"
-        )
+    atlas = board_atlas(artifacts, notes)
     host = Host(profile, clock, devices, atlas, Models.scan(artifacts), options or AppOptions())
     for n in notes:
         host.note(n)
@@ -77,6 +69,22 @@ def run_on_board(
         "notes": report.notes,
         "energy_j": report.total_energy_j,
     }
+
+
+def board_atlas(artifacts: Path, notes: list[str]) -> GlyphAtlas:
+    """The bundle's glyph atlas (`artifacts/glyphs.npz`), or boxes for every character, said."""
+    path = artifacts / BUNDLE_NAME
+    if path.is_file():
+        try:
+            return GlyphAtlas.load(path)
+        except OculaError as exc:
+            notes.append(f"{exc}; text shows as boxes")
+            return GlyphAtlas.empty()
+    notes.append(
+        f"no {BUNDLE_NAME} in the bundle: text shows as boxes; build the bundle with a glyph "
+        "atlas (board.bundle.build(..., glyphs=ocula.glyphatlas.cached_atlas()))"
+    )
+    return GlyphAtlas.empty()
 
 
 def _audio(profile: Profile, clock: MonotonicClock, notes: list[str]) -> AudioSource:

@@ -10,6 +10,8 @@ punctuation, ASCII and Latin-1 fit in about 2 MB.
 Format (`.npz`): `codepoints` int32 (n,), `boxes` int16 (n, 7) = atlas x, y, w, h, left, top,
 advance (top measured down from the line's top), `bitmap` uint8 (H, W) coverage, `meta` a JSON
 string: size, line_height, fonts, and `missing_scripts` (scripts the host had no font for).
+A bundle carries it as `artifacts/glyphs.npz` (`BUNDLE_NAME`), where the board's runtime
+looks for it (`runtime.apps.device`).
 
 A character the atlas lacks is drawn as a box (a "tofu"), counted in `missing`, and said once
 per script in the log with the fix: the text stays readable where it can and the gap is visible.
@@ -28,11 +30,13 @@ import numpy.typing as npt
 
 from runtime.io.errors import IoError
 
-__all__ = ["Glyph", "GlyphAtlas", "is_wide", "script_of"]
+__all__ = ["BUNDLE_NAME", "Glyph", "GlyphAtlas", "is_wide", "script_of"]
 
 log = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
+#: the atlas's file name in a bundle's (and an installed slot's) `artifacts/` folder
+BUNDLE_NAME = "glyphs.npz"
 
 
 @dataclass(frozen=True)
