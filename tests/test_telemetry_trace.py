@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -103,3 +104,26 @@ def test_meter_averages_over_its_window() -> None:
     assert m.average_w(30.0) == pytest.approx(
         p.idle_w + p.display_w
     )  # old work has left the window
+
+
+def test_meter_is_safe_to_feed_from_workers_while_the_governor_reads() -> None:
+    tel, _ = _tel()
+    meter = Meter(tel.energy, window_s=1e9)
+    for i in range(100_000):
+        meter.add(float(i), 0.001)
+    stop = threading.Event()
+
+    def feed() -> None:
+        t = 1e5
+        while not stop.is_set():
+            t += 1.0
+            meter.add(t, 0.001)
+
+    worker = threading.Thread(target=feed)
+    worker.start()
+    try:
+        readings = [meter.average_w(2e5) for _ in range(30)]
+    finally:
+        stop.set()
+        worker.join()
+    assert readings == sorted(readings)  # more work recorded, never less

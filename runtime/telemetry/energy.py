@@ -19,6 +19,7 @@ average watts over a sliding window.
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -122,17 +123,21 @@ class Meter:
         self.model = model
         self.window_s = window_s
         self._work: collections.deque[tuple[float, float]] = collections.deque()
+        # workers add while the governor (on the real-time loop) sums: one lock for both
+        self._lock = threading.Lock()
         self.camera_on = False
         self.display_on = True
 
     def add(self, t_end: float, busy_s: float, cores: float = 1.0) -> None:
         """Record `busy_s` seconds of compute on `cores` cores, finished at `t_end`."""
-        self._work.append((t_end, busy_s * cores))
+        with self._lock:
+            self._work.append((t_end, busy_s * cores))
 
     def average_w(self, now: float, window_s: float | None = None) -> float:
         window = self.window_s if window_s is None else window_s
-        while self._work and self._work[0][0] < now - max(self.window_s, window):
-            self._work.popleft()
-        core_s = sum(w for t, w in self._work if t > now - window)
+        with self._lock:
+            while self._work and self._work[0][0] < now - max(self.window_s, window):
+                self._work.popleft()
+            core_s = sum(w for t, w in self._work if t > now - window)
         base = self.model.baseline_w(self.display_on, self.camera_on)
         return base + self.model.compute_w(core_s / window)
