@@ -95,6 +95,7 @@ class Fixture:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._count = 0
+        self._t_end = -1  # unwrapped tick just past the last sample received
         self._stop = threading.Event()
         self.bytes_in = 0
         self.error: BaseException | None = None
@@ -153,6 +154,7 @@ class Fixture:
             self._frames.clear()
             self._markers.clear()
             self._count = 0
+            self._t_end = -1
         self.command(f"start {int(rate_hz)} {int(max_late_us)}")
 
     def stop(self) -> dict[str, int]:
@@ -212,6 +214,15 @@ class Fixture:
                 )
             return self._count
 
+    def wait_until(self, t_us: int, timeout: float = 10.0) -> None:
+        """Blocks until samples up to fixture time `t_us` (unwrapped) have arrived."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self._t_end > t_us, timeout):
+                raise LinkFailure(
+                    f"{self.name}: no samples past fixture time {t_us} us within {timeout:g} s"
+                    f" (last at {self._t_end})"
+                )
+
     def wait_markers(self, n: int, timeout: float = 10.0) -> list[Marker]:
         with self._arrived:
             if not self._arrived.wait_for(lambda: len(self._markers) >= n, timeout):
@@ -260,8 +271,10 @@ class Fixture:
             _, seq, t0, period, count = _HDR.unpack_from(payload)
             raw = payload[_HDR.size : _HDR.size + 4 * count]
             with self._arrived:
-                self._frames.append((seq, self._unwrap(t0), period, raw))
+                t = self._unwrap(t0)
+                self._frames.append((seq, t, period, raw))
                 self._count += count
+                self._t_end = t + period * count
                 self._arrived.notify_all()
         elif kind == b"M" and len(payload) >= _MARK.size:
             _, tick, source, ident = _MARK.unpack_from(payload)

