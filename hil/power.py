@@ -29,7 +29,18 @@ from hil.errors import PowerFailure
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClockFit", "Gap", "Samples", "SpanEnergy", "analyse", "fit_clock", "fit_pings"]
+__all__ = [
+    "ClockFit",
+    "Gap",
+    "MarkerPairs",
+    "Samples",
+    "SpanEnergy",
+    "analyse",
+    "fit_clock",
+    "fit_pings",
+    "fit_trace_markers",
+    "pair_markers",
+]
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,24 @@ class Samples:
             for i in jumps
         ]
         return out
+
+    def energy_between(self, t0_us: float, t1_us: float, floor_w: float = 0.0) -> float:
+        """Energy (J) above `floor_w` between two times on this clock: each sample's power
+        holds from its time to the next sample's, and the samples at either end count for
+        the part of their hold inside [t0, t1] (no rounding to whole samples). NaN when the
+        samples do not cover [t0, t1] or a gap falls inside it: never filled in."""
+        n = len(self)
+        if n < 2 or t1_us <= t0_us:
+            return float("nan")
+        t = self.t_us.astype(np.float64)
+        ends = np.append(t[1:], t[-1] + (t[-1] - t[-2]))
+        if t0_us < t[0] or t1_us > ends[-1]:
+            return float("nan")
+        i0, i1 = np.searchsorted(t, [t0_us, t1_us], side="right")
+        if np.any(np.diff(self.seq[max(0, i0 - 1) : i1]) != 1):
+            return float("nan")
+        held = np.clip(t1_us, t, ends) - np.clip(t0_us, t, ends)
+        return float(np.sum((self.watts - floor_w) * held) * 1e-6)
 
     def mapped(self, fit: ClockFit) -> Samples:
         """The same samples with times on the board's clock."""
@@ -209,13 +238,98 @@ def spans(trace: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
 
 
 def trace_markers(trace: dict[str, Any] | list[Any]) -> list[tuple[float, int]]:
-    """(ts us, id) of the marker instant events a board logs when it raises its marker line."""
+    """(ts us, seq) of the marker instant events a board logs when it raises its marker line
+    (name "marker..."; the sequence number in args "seq" or "id", else the event's order)."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    return [
-        (float(ev["ts"]), int(ev.get("args", {}).get("id", i)))
-        for i, ev in enumerate(events)
-        if ev.get("ph") in ("i", "I", "R") and str(ev.get("name", "")).startswith("marker")
-    ]
+    out = []
+    for i, ev in enumerate(events):
+        if ev.get("ph") in ("i", "I", "R") and str(ev.get("name", "")).startswith("marker"):
+            args = ev.get("args") or {}
+            out.append((float(ev["ts"]), int(args.get("seq", args.get("id", i)))))
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class MarkerPairs:
+    """GPIO edges the fixture stamped, paired with the marker events of the board's trace."""
+
+    fixture_us: list[float]
+    board_us: list[float]
+    seqs: list[int]  # the board's sequence number of each pair
+    unmatched_seqs: list[int]  # logged by the board, no edge seen (a missed edge)
+    unmatched_edges: list[float]  # seen by the fixture, not in the trace (a glitch)
+
+
+def pair_markers(
+    edges_us: Any, markers: list[tuple[float, int]], tolerance_us: float | None = None
+) -> MarkerPairs:
+    """Pairs fixture edges with trace markers (`trace_markers`) on two unsynchronised clocks.
+
+    Either side may lack some: an edge the fixture missed, a glitch the board never logged.
+    Every (edge, marker) among the first few of each is tried as an anchor (offset only);
+    the anchor under which most markers find an edge within `tolerance_us` wins (ties: the
+    smaller residual), then a line fitted through its pairs re-pairs everything, which takes
+    out the drift. The tolerance defaults to a quarter of the shortest interval between the
+    board's markers, so a marker's nearest edge is never its neighbour's.
+    """
+    f = np.sort(np.asarray(edges_us, dtype=np.float64))
+    b = np.array([t for t, _ in markers], dtype=np.float64)
+    seq = [s for _, s in markers]
+    if f.size == 0 or b.size == 0:
+        raise PowerFailure(
+            f"cannot pair markers: {f.size} fixture edges and {b.size} trace markers; the board "
+            "must raise its marker line (wired to the fixture's marker pin) and log each edge"
+        )
+    tol = tolerance_us or (float(np.min(np.diff(b))) / 4 if b.size > 1 else 1e6)
+
+    def match(to_board: Any, tol: float) -> tuple[list[int], list[int], float]:
+        mapped = to_board(f)
+        fi, bi, err = [], [], 0.0
+        for j, t in enumerate(b):
+            k = int(np.argmin(np.abs(mapped - t)))
+            d = abs(float(mapped[k]) - t)
+            if d <= tol and k not in fi:
+                fi.append(k)
+                bi.append(j)
+                err += d
+        return fi, bi, err
+
+    best: tuple[int, float, list[int], list[int]] | None = None
+    for i in range(min(8, f.size)):
+        for j in range(min(8, b.size)):
+            off = b[j] - f[i]
+            fi, bi, err = match(lambda x, off=off: x + off, tol)
+            if best is None or (len(fi), -err) > (best[0], -best[1]):
+                best = (len(fi), err, fi, bi)
+    assert best is not None
+    fi, bi = best[2], best[3]
+    if len(fi) >= 2:
+        fit = fit_clock(f[fi], b[bi], method="trace markers")
+        fi, bi, _ = match(fit.to_board, tol)
+    order = np.argsort(bi)
+    fi = [fi[k] for k in order]
+    bi = [bi[k] for k in order]
+    return MarkerPairs(
+        fixture_us=[float(f[k]) for k in fi],
+        board_us=[float(b[k]) for k in bi],
+        seqs=[seq[k] for k in bi],
+        unmatched_seqs=[seq[k] for k in range(b.size) if k not in set(bi)],
+        unmatched_edges=[float(f[k]) for k in range(f.size) if k not in set(fi)],
+    )
+
+
+def fit_trace_markers(edges_us: Any, trace: dict[str, Any] | list[Any]) -> ClockFit:
+    """Clock fit from the fixture's GPIO edges paired with the board trace's marker events;
+    edges or markers left unpaired are logged by sequence number."""
+    pairs = pair_markers(edges_us, trace_markers(trace))
+    if pairs.unmatched_seqs or pairs.unmatched_edges:
+        log.warning(
+            "marker pairing: board markers %s have no edge at the fixture; %d fixture edges "
+            "are not in the trace",
+            pairs.unmatched_seqs,
+            len(pairs.unmatched_edges),
+        )
+    return fit_clock(pairs.fixture_us, pairs.board_us, method="gpio markers paired by trace seq")
 
 
 def energy_by_span(samples: Samples, span_list: list[dict[str, Any]]) -> dict[str, SpanEnergy]:

@@ -150,6 +150,11 @@ def profile(
                 trace, latencies = _requests_workload(board, seconds)
             else:
                 trace, latencies = _app_workload(board, app, seconds)
+        edges = [m.t_us for m in cap.markers if m.source == "gpio"]
+        if edges and pw.trace_markers(trace):
+            # the board logged its marker edges in the trace: pair them with what the
+            # fixture stamped (the rig's own start/end edges stay unpaired)
+            cap.refit(pw.fit_trace_markers(edges, trace))
         assert cap.fit is not None
         result = pw.analyse(
             cap.samples, trace, cap.fit, out, title=f"{app} on {board.profile.name}"

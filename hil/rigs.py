@@ -30,6 +30,8 @@ from hil.power import ClockFit, Samples, fit_clock, fit_pings
 
 log = logging.getLogger(__name__)
 
+SIM_WIRING_DELAY_US = 40_000  # > the sim rail's 10 ms interval plus its wake-up jitter
+
 
 @dataclass
 class Evidence:
@@ -189,7 +191,9 @@ class PowerRig:
             from hil.ports import open_serial
             from hil.simrig import SimFixture, SimRail
 
-            self.sim_fixture = SimFixture(workdir, clock_offset_us=2.5e8, drift_ppm=40.0)
+            self.sim_fixture = SimFixture(
+                workdir, clock_offset_us=2.5e8, drift_ppm=40.0, delay_us=SIM_WIRING_DELAY_US
+            )
             self.fixture = Fixture(open_serial(self.sim_fixture.port, 921600), "sim-fixture")
             self.rail = SimRail(self.sim_fixture, board.sim, board.profile)
         else:
@@ -201,30 +205,36 @@ class PowerRig:
     def _edge(self) -> float | None:
         """Raises the marker line; the board-clock time of the edge, when the rig knows it."""
         if self.sim_fixture is not None:
-            return self.sim_fixture.edge()  # the sim board's clock is this host's monotonic
+            # the rail closes its interval at the edge, so the edge and the rail's power
+            # steps share boundaries; the sim board's clock is this host's monotonic
+            at = self.rail.mark() if self.rail is not None else None
+            return float(self.sim_fixture.edge(at))
         return None
 
     @contextlib.contextmanager
     def capture(self, edges: int = 3) -> Iterator[Capture]:
+        """Samples while the caller works. `edges` marker edges before and after the work pin
+        the samples to the board's clock; the last edge before and the first after bound
+        the work (`Capture.window_us`, `Capture.energy_j()` integrates exactly between them)."""
         cap = Capture()
         self.fixture.start(self.rate_hz)
         self.fixture.wait_samples(max(2, self.rate_hz // 50))
         board_t: list[float] = []
         try:
-            for _ in range(edges):
-                t = self._edge()
-                if t is not None:
-                    board_t.append(t)
+            board_t += self._edges(edges)
             pings = [self.fixture.ping(i) for i in range(8)]
             yield cap
-            for _ in range(edges):
-                t = self._edge()
-                if t is not None:
-                    board_t.append(t)
+            after = self._edges(edges)
+            if board_t and after:
+                cap.window_us = (board_t[-1], after[0])
+            board_t += after
             pings += [self.fixture.ping(i) for i in range(8)]
-        finally:
             if board_t:
-                self.fixture.wait_markers(len(board_t), timeout=5)
+                # an edge reaches the fixture stamped with the rig's wiring delay: the samples
+                # up to the last one must be in before stopping
+                last = self.fixture.wait_markers(len(board_t), timeout=5)[-1]
+                self.fixture.wait_until(last.t_us + 2 * (1_000_000 // self.rate_hz), timeout=5)
+        finally:
             self.fixture.stop()
         samples = self.fixture.samples()
         if len(samples) == 0:
@@ -235,7 +245,11 @@ class PowerRig:
         else:
             cap.fit = fit_pings(pings)
         cap.samples = samples
+        cap.markers = self.fixture.markers()
         cap.on_board = samples.mapped(cap.fit)
+
+    def _edges(self, n: int) -> list[float]:
+        return [t for t in (self._edge() for _ in range(n)) if t is not None]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -251,16 +265,24 @@ class Capture:
     samples: Samples = field(default_factory=Samples.empty)
     on_board: Samples = field(default_factory=Samples.empty)
     fit: ClockFit | None = None
+    window_us: tuple[float, float] | None = None
+    markers: list[Any] = field(default_factory=list)  # hil.rig.Marker, as the fixture sent them
+
+    def refit(self, fit: ClockFit) -> None:
+        """Puts the samples on the board's clock with another fit (e.g. from trace markers)."""
+        self.fit = fit
+        self.on_board = self.samples.mapped(fit)
 
     def mean_w(self) -> float:
         return float(self.samples.watts.mean()) if len(self.samples) else float("nan")
 
-    def energy_j(self, t0_us: float | None = None, t1_us: float | None = None) -> float:
-        s = self.on_board
-        if len(s) == 0:
-            return float("nan")
-        t = s.t_us
-        sel = (t >= (t0_us if t0_us is not None else t[0])) & (
-            t < (t1_us if t1_us is not None else t[-1] + 1)
-        )
-        return float(s.watts[sel].sum() * s.period_us * 1e-6)
+    def energy_j(
+        self, t0_us: float | None = None, t1_us: float | None = None, floor_w: float = 0.0
+    ) -> float:
+        """Energy above `floor_w` between two board times (default: the capture's work
+        window, between its paired markers), integrated exactly (`Samples.energy_between`)."""
+        if t0_us is None or t1_us is None:
+            if self.window_us is None:
+                raise PowerFailure("no work window: this rig raised no marker edges")
+            t0_us, t1_us = self.window_us
+        return self.on_board.energy_between(t0_us, t1_us, floor_w)

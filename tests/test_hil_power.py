@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,64 @@ def test_analyse_writes_csv_plot_trace_and_summary(tmp_path: Path) -> None:
     assert counters and counters[0]["name"] == "power" and "W" in counters[0]["args"]
     assert rep["spans"]["infer"]["count"] == 1
     assert rep["clock"]["offset_us"] == pytest.approx(2_000_000)
+
+
+def test_energy_between_counts_the_fractions_of_the_edge_samples() -> None:
+    # 1 W then 3 W, 100 us samples: [5_000, 5_500) at 1 W, [5_500, 6_000) at 3 W
+    s = _samples(np.array([1.0] * 5 + [3.0] * 5))
+    assert s.energy_between(5_050, 5_950) == pytest.approx((450 * 1 + 450 * 3) * 1e-6)
+    assert s.energy_between(5_530, 5_570, floor_w=0.5) == pytest.approx(40 * 2.5e-6)
+    assert np.isnan(s.energy_between(4_900, 5_500))  # before the first sample: not covered
+    holed = power.Samples(
+        s.t_us[[0, 1, 2, 6, 7]], s.volts[:5], s.amps[:5], s.seq[[0, 1, 2, 6, 7]], 100
+    )
+    assert np.isnan(holed.energy_between(5_100, 5_700))  # a gap inside: never filled in
+    assert holed.energy_between(5_000, 5_200) == pytest.approx(200e-6)
+
+
+def test_fixture_edges_pair_with_the_boards_trace_markers(tmp_path: Path) -> None:
+    """The real fixture (MicroPython, its clock 0.75e9 us off and 60 ppm fast) stamps edges
+    the board raised at irregular moments; the board's trace logs each with its seq. One edge
+    never reaches the fixture and one glitch the board never logged does: pairing by the
+    trace's seq drops both and maps fixture time onto the board's clock."""
+    from hil import simrig
+    from hil.ports import open_serial
+    from hil.rig import Fixture
+
+    sim = simrig.SimFixture(tmp_path, clock_offset_us=7.5e8, drift_ppm=60.0)
+    assert sim.port is not None
+    events: list[dict] = []
+    board_t: dict[int, float] = {}
+    with sim, Fixture(open_serial(sim.port, 921600), sim.port) as fx:
+        fx.hello()
+        fx.start(5000, 1000)
+        seen = 0
+        for seq in range(12):
+            fx.wait_samples(fx.wait_samples(1) + 200 + 173 * (seq % 4))  # irregular spacing
+            if seq == 5:  # the board logs it, the wire loses it
+                t = time.monotonic_ns() / 1000
+            else:
+                t = sim.edge()
+                seen += 1
+                fx.wait_markers(seen)
+            board_t[seq] = t
+            events.append({"name": "marker", "ph": "i", "ts": t, "args": {"seq": seq}})
+            if seq == 8:  # a glitch on the line: an edge the board never logged
+                fx.wait_samples(fx.wait_samples(1) + 100)
+                sim.edge()
+                seen += 1
+                fx.wait_markers(seen)
+        fx.stop()
+        edges = [m.t_us for m in fx.markers() if m.source == "gpio"]
+    pairs = power.pair_markers(edges, power.trace_markers({"traceEvents": events}))
+    assert pairs.seqs == [s for s in range(12) if s != 5]
+    assert pairs.unmatched_seqs == [5] and len(pairs.unmatched_edges) == 1
+    fit = power.fit_trace_markers(edges, {"traceEvents": events})
+    err = np.abs(fit.to_board(np.array(pairs.fixture_us)) - np.array(pairs.board_us))
+    assert err.max() < 200  # one sample period at 5 kHz
+    assert fit.offset_us == pytest.approx(board_t[0] - pairs.fixture_us[0], abs=200)
+
+
+def test_pairing_without_edges_says_what_to_wire() -> None:
+    with pytest.raises(PowerFailure, match="marker line"):
+        power.pair_markers([], [(1.0, 0)])
