@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from board.bundle import Bundle
+from board.flash import LinkClient, flash
+from board.keys import load_public_raw
+from hil.sim import SimBoard
+from hil.transport import open_port
 from tests.apps_helpers import models_dir
+from tests.artifacts import apps_bundle
 from tests.conftest import run_ocula
 
 IMAGES = Path(__file__).parent / "data" / "images"
@@ -35,9 +41,53 @@ def test_run_look_locally_prints_counters_and_writes_the_trace(
     assert (tmp_path / "d" / "preview.png").is_file()
 
 
-def test_board_ports_are_refused_until_the_agent_runs_apps(models: Path) -> None:
+def test_host_devices_are_refused_for_a_board_and_a_missing_port_is_named(
+    models: Path, tmp_path: Path
+) -> None:
     r = run_ocula("run", "look", "--port", "/dev/ttyACM7", "--models", str(models))
-    assert r.code == 2 and "--port local" in r.err and "Traceback" not in r.err
+    assert r.code == 2 and "--models" in r.err and "--port local" in r.err
+    assert "Traceback" not in r.err
+    r = run_ocula("run", "look", "--port", str(tmp_path / "ttyNOPE"), "--duration", "1")
+    assert r.code == 1 and "ttyNOPE" in r.err and "Traceback" not in r.err
+
+
+def test_run_on_a_sim_board_over_a_pty(tmp_path: Path) -> None:
+    """The board's agent runs the app with its installed models; the host prints the board's
+    counters and percentiles and fetches its trace."""
+    bundle, pub = apps_bundle("sim")
+    with SimBoard("runner", base=tmp_path, key=load_public_raw(pub)) as board:
+        # the factory image has no models: the board says which one the app needs
+        r = run_ocula("run", "look", "--port", board.port, "--duration", "2", timeout=120)
+        assert r.code == 1 and "did not run look" in r.err and "needs a 'vision' model" in r.err
+        assert "Traceback" not in r.err
+        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        try:
+            client.reconnect(30)
+            assert flash(Bundle.open(bundle), client, reboot_timeout=60).ok
+        finally:
+            client.close()
+        trace_file = tmp_path / "board-trace.json"
+        r = run_ocula(
+            "run", "look", "--port", board.port, "--duration", "3", "--once",
+            "--trace", str(trace_file), "--json", timeout=180,
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        report = json.loads(r.out)
+        counters = report["metrics"]["counters"]
+        assert counters["ticks.display"] >= 1
+        assert "tick_delay.display" in report["metrics"]["latency_s"]
+        assert any("ran on board sim" in n for n in report["notes"])
+        assert any("synthetic pattern camera" in n for n in report["notes"])
+        trace = json.loads(trace_file.read_text())
+        assert trace["otherData"]["app"] == "look" and trace["otherData"]["origin_monotonic_s"] > 0
+        spans = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+        assert sum(e["name"] == "display" for e in spans) == counters["ticks.display"]
+        # the options travel with the request: the board's app refuses a language it lacks
+        r = run_ocula(
+            "run", "look", "--port", board.port, "--target-lang", "xx", "--duration", "1",
+            timeout=120,
+        )  # fmt: skip
+        assert r.code == 1 and "language 'xx' is not known" in r.err
 
 
 def test_a_bundle_without_the_model_the_app_needs(models: Path) -> None:

@@ -1,5 +1,9 @@
 """`ocula run APP --port local|PORT ...`: run captions, translate or look, and report.
 
+With a board's port (a serial device, `sim://NAME`, `rfc2217://HOST:PORT`) the board's agent
+runs the app on its own devices with the models of its installed bundle: this host sends the
+`run` request with the app options (languages, tokens, question), waits for the run to end and
+prints the board's counters and latency percentiles; `--trace FILE` fetches the board's trace.
 With `--port local` the app runs on this host with file-backed devices: `--audio` a WAV paced in
 real time (or `alsa:DEVICE`), `--camera` an image, a folder of images, `pattern` or
 `v4l2:/dev/videoN`, `--display` a folder for the virtual display's PNG frames and preview (or
@@ -41,8 +45,7 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         type=Path,
-        default=Path("artifacts"),
-        help="folder of artifacts (default ./artifacts)",
+        help="folder of artifacts (default ./artifacts; --port local only)",
     )
     p.add_argument("--board", default="sim", help="board profile (default sim)")
     p.add_argument("--audio", help="WAV file, or alsa:DEVICE")
@@ -64,12 +67,11 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.port != "local":
-        raise UsageError(
-            f"--port {args.port}: running apps on a board over the link is not available yet "
-            "(the device agent's 'run' request is not wired); run on this host with --port local"
-        )
-    report, trace = run_local(args)
+    _check_common(args)
+    if args.port == "local":
+        report, trace = run_local(args)
+    else:
+        report, trace = run_board(args)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2, ensure_ascii=False, default=str))
     else:
@@ -77,6 +79,86 @@ def _run(args: argparse.Namespace) -> int:
         if trace:
             print(f"\ntrace: {trace} (open in https://ui.perfetto.dev)")
     return 0 if report.apps else 1
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    if args.duration <= 0 or not math.isfinite(args.duration):
+        raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
+    if not 1 <= args.max_tokens <= 4096:
+        raise UsageError(f"--max-tokens {args.max_tokens}: must be 1 to 4096")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "source_lang": args.source_lang,
+        "target_lang": args.target_lang,
+        "max_tokens": args.max_tokens,
+        "once": args.once,
+    }
+    if args.question:
+        options["question"] = args.question
+    return options
+
+
+def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """Run the app on the board at `args.port` over the link; fetch its trace if asked."""
+    from board.flash import LinkClient
+    from hil.transport import open_port
+    from runtime.apps import Report
+
+    host_only = [
+        f"--{name}"
+        for name in ("audio", "camera", "display", "models")
+        if getattr(args, name) is not None
+    ] + (["--virtual"] if args.virtual else [])
+    if host_only:
+        raise UsageError(
+            f"{', '.join(host_only)}: a board runs the app on its own devices with the models "
+            f"of its installed bundle; drop {'it' if len(host_only) == 1 else 'them'}, or run "
+            "on this host with --port local"
+        )
+    client = LinkClient(lambda: open_port(args.port), name=args.port, timeout=args.duration + 120)
+    try:
+        hello, _ = client.call("hello")
+        board = hello.get("board", "?")
+        reply, _ = client.call(
+            "run", {"app": args.app, "seconds": args.duration, "options": _options(args)}
+        )
+        if not reply.get("ok"):
+            raise OculaError(
+                f"{args.port}: board {board} did not run {args.app}: {reply.get('error')}"
+            )
+        trace = _fetch_trace(client, args, reply["trace"], board) if args.trace else None
+    finally:
+        client.close()
+    metrics = {"counters": reply.get("counters", {}), "latency_s": reply.get("latency_s", {})}
+    report = Report(
+        duration_s=float(reply.get("seconds", 0.0)),
+        apps=[args.app],
+        failures=dict(reply.get("failures", {})),
+        notes=[f"ran on board {board} at {args.port}", *reply.get("notes", [])],
+        metrics=metrics,
+        energy_j={},
+        total_energy_j=float(reply.get("energy_j", 0.0)),
+        app_summaries={args.app: reply.get("summary", {})},
+    )
+    return report, trace
+
+
+def _fetch_trace(client: Any, args: argparse.Namespace, name: str, board: str) -> Path:
+    data, offset = bytearray(), 0
+    while True:
+        r, blob = client.call("trace", {"name": name, "offset": offset})
+        if not r.get("ok"):
+            raise OculaError(f"{args.port}: board {board} has no trace {name!r}: {r.get('error')}")
+        data += blob
+        offset += len(blob)
+        if not blob or offset >= r["size"]:
+            break
+    path: Path = args.trace
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
 
 
 def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
@@ -88,10 +170,6 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
     from runtime.io.glyphs import GlyphAtlas
     from runtime.sched import MonotonicClock, VirtualClock
 
-    if args.duration <= 0 or not math.isfinite(args.duration):
-        raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
-    if not 1 <= args.max_tokens <= 4096:
-        raise UsageError(f"--max-tokens {args.max_tokens}: must be 1 to 4096")
     profile = profiles.find(args.board)
     clock = VirtualClock() if args.virtual else MonotonicClock()
     atlas = GlyphAtlas.load(cached_atlas(28))
@@ -118,7 +196,8 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
         max_tokens=args.max_tokens,
         once=args.once,
     )
-    host = Host(profile, clock, devices, atlas, Models.scan(args.models), options)
+    models = Models.scan(args.models or Path("artifacts"))
+    host = Host(profile, clock, devices, atlas, models, options)
     if not host.add(make_app(args.app)):
         host.close()
         raise host.errors[args.app]

@@ -382,7 +382,8 @@ class Agent:
         return {"size": path.stat().st_size, "offset": offset}, data
 
     def op_run(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        """Run an app on this board for `seconds`; the reply names its trace (see `op_trace`)."""
+        """Run an app on this board for `seconds` with `options` (AppOptions fields); the reply
+        has its counters and latency percentiles and names its trace (see `op_trace`)."""
         app = _str(fields, "app", 32)
         seconds = fields.get("seconds", 5.0)
         if not isinstance(seconds, int | float) or isinstance(seconds, bool):
@@ -390,10 +391,14 @@ class Agent:
         if not 0 < seconds <= MAX_RUN_S:
             raise RequestError(f"field 'seconds' must be in (0, {MAX_RUN_S}]")
         from runtime.apps import APPS
-        from runtime.apps.device import run_on_board
+        from runtime.apps.device import app_options, run_on_board
 
         if app not in APPS:
             raise RequestError(f"no app {app!r}; apps are {', '.join(APPS)}")
+        try:
+            options = app_options(fields.get("options", {}))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
         artifacts = self.store.root / "apps" / "no-artifacts"  # factory code: no models
         if (
             self.boot.slot in ("a", "b")
@@ -411,5 +416,6 @@ class Agent:
             profile=self.profile,
             traces=traces,
             work=self.store.root / "apps",
+            options=options,
         )
         return reply, b""

@@ -28,7 +28,7 @@ from runtime.io.glyphs import BUNDLE_NAME, GlyphAtlas
 from runtime.profile import Profile
 from runtime.sched.clock import MonotonicClock
 
-__all__ = ["board_atlas", "run_on_board"]
+__all__ = ["app_options", "board_atlas", "run_on_board"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,44 @@ def run_on_board(
         "latency_s": {k: v for k, v in m["latency_s"].items() if not k.startswith("wait.")},
         "notes": report.notes,
         "energy_j": report.total_energy_j,
+        "failures": report.failures,
+        "summary": report.app_summaries.get(app, {}),
     }
+
+
+#: AppOptions a `run` request may set, with their types and limits
+OPTION_LIMITS: dict[str, tuple[type, int]] = {
+    "source_lang": (str, 8),
+    "target_lang": (str, 8),
+    "question": (str, 500),
+    "max_tokens": (int, 4096),
+    "partial_every_s": (float, 60),
+    "stable_updates": (int, 10),
+    "look_every_s": (float, 600),
+    "once": (bool, 1),
+}
+
+
+def app_options(raw: object) -> AppOptions:
+    """AppOptions from a request's `options` object; ValueError names a bad field."""
+    if not isinstance(raw, dict):
+        raise ValueError("field 'options' must be an object of app options")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in OPTION_LIMITS:
+            raise ValueError(
+                f"unknown app option {str(name)[:40]!r}; known: {', '.join(OPTION_LIMITS)}"
+            )
+        kind, limit = OPTION_LIMITS[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"app option {name!r} must be a {kind.__name__}")
+        size = len(value) if isinstance(value, str) else value
+        if isinstance(size, int | float) and not isinstance(size, bool) and not 0 < size <= limit:
+            raise ValueError(f"app option {name!r} must be in (0, {limit}]")
+        values[name] = value
+    return AppOptions(**values)
 
 
 def board_atlas(artifacts: Path, notes: list[str]) -> GlyphAtlas:
