@@ -28,8 +28,11 @@ ASR_TOKENS = 50
 
 
 def _asr(preset: str) -> Path:
+    from export.asr import DECODER_LAYOUT
+
     out = CACHE / preset / "ocula-fp32"
-    if not (out / "manifest.json").exists():
+    man = out / "manifest.json"
+    if not man.exists() or json.loads(man.read_text())["asr"]["decoder_layout"] != DECODER_LAYOUT:
         from export.asr import AsrOptions, export_asr
 
         export_asr(str(_hf(preset)), out, AsrOptions(quant="fp32", validate=False, force=True))
@@ -55,13 +58,14 @@ def _clip(seconds: float) -> np.ndarray:
 # -- workers (each in its own process) ----------------------------------------------------------
 
 
-def worker_ocula_asr(path: str, seconds: float, reps: int) -> dict[str, Any]:
+def worker_ocula_asr(path: str, seconds: float, reps: int, trim: bool) -> dict[str, Any]:
     from runtime.engine.asr import Whisper
 
-    w = Whisper.from_artifact(path, threads=THREADS)
+    w = Whisper.from_artifact(path, threads=THREADS, trim=trim)
     w.info.eos_token_id = -1  # decode exactly ASR_TOKENS tokens
     audio = _clip(seconds)
-    res: dict[str, list[float]] = {"total": [], "encoder": [], "features": [], "dec_ms": []}
+    keys = ("total", "encoder", "features", "dec_ms", "overhead")
+    res: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(reps + 1):
         t0 = time.perf_counter()
         job = w.start(audio, language="en", max_new_tokens=ASR_TOKENS)
@@ -73,8 +77,49 @@ def worker_ocula_asr(path: str, seconds: float, reps: int) -> dict[str, Any]:
             res["encoder"].append(job.encoder_s)
             res["features"].append(job.features_s)
             res["dec_ms"].append(1000 * job.decoder_s / len(job.tokens))
+            # Python's share of a one-token step (the first token, with the prompt, aside).
+            steps = job.decoder_s - job.first_s
+            res["overhead"].append(1 - job.session_s / steps)
     med = {k: statistics.median(v) for k, v in res.items()}
     return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
+
+
+def worker_trim_agreement(hf: str, path: str, seconds: list[float]) -> dict[str, Any]:
+    """Greedy tokens (up to ASR_TOKENS, EOS honoured) of trimmed and padded encoding, each
+    against transformers' `generate` on the padded input, for clips of the given lengths."""
+    import torch
+    import transformers
+
+    from runtime.engine.asr import Whisper
+
+    torch.set_num_threads(THREADS)
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(hf).eval()
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(hf)
+    padded = Whisper.from_artifact(path, threads=THREADS)
+    trimmed = Whisper.from_artifact(path, threads=THREADS, trim=True)
+    eos = model.generation_config.eos_token_id
+    out: dict[str, Any] = {}
+    for s in seconds:
+        audio = _clip(s)
+        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.no_grad():
+            ids = model.generate(feats, language="en", max_new_tokens=ASR_TOKENS)[0].tolist()
+        prompt = len(padded._prompt("transcribe", padded._lang_ids["en"]))
+        ref = [t for t in ids[prompt:] if t != eos]
+        row: dict[str, float] = {"reference_tokens": len(ref)}
+        for name, w in (("padded", padded), ("trimmed", trimmed)):
+            got = w.transcribe(audio, language="en", max_new_tokens=ASR_TOKENS).tokens
+            same = next(
+                (i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b),
+                min(len(got), len(ref)),
+            )
+            row[f"{name}_equal"] = float(got == ref)
+            row[f"{name}_common_prefix"] = same
+            row[f"{name}_positionwise"] = round(
+                sum(a == b for a, b in zip(got, ref, strict=False)) / max(len(ref), len(got), 1), 3
+            )
+        out[f"{s:g}s"] = row
+    return out
 
 
 def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[str, Any]:
@@ -123,7 +168,11 @@ def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[s
     return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
 
 
-WORKERS = {"ocula_asr": worker_ocula_asr, "hf_asr": worker_hf_asr}
+WORKERS = {
+    "ocula_asr": worker_ocula_asr,
+    "hf_asr": worker_hf_asr,
+    "trim_agreement": worker_trim_agreement,
+}
 
 
 def _spawn(name: str, *args: Any) -> dict[str, Any]:
@@ -143,15 +192,28 @@ def bench_asr(preset: str) -> dict[str, Any]:
     art, opt, hf = _asr(preset), _optimum_asr(preset), _hf(preset)
     out: dict[str, Any] = {}
     for seconds in (5.0, 30.0):
-        runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "optimum": [], "torch": []}
+        engines = (
+            ["ocula", "ocula_trim", "optimum", "torch"]
+            if seconds < 30
+            else ["ocula", "optimum", "torch"]
+        )
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
         for _ in range(ROUNDS):
-            runs["ocula"].append(_spawn("ocula_asr", str(art), seconds, 2))
-            runs["optimum"].append(_spawn("hf_asr", str(opt), seconds, 1, "optimum"))
-            runs["torch"].append(_spawn("hf_asr", str(hf), seconds, 1, "torch"))
+            for k in engines:
+                if k.startswith("ocula"):
+                    runs[k].append(_spawn("ocula_asr", str(art), seconds, 2, k == "ocula_trim"))
+                else:
+                    folder = opt if k == "optimum" else hf
+                    runs[k].append(_spawn("hf_asr", str(folder), seconds, 1, k))
         res = {k: _median_rounds(v) for k, v in runs.items()}
-        res["ocula"]["rtf_gain_vs_optimum"] = round(res["optimum"]["rtf"] / res["ocula"]["rtf"], 2)
-        res["ocula"]["rtf_gain_vs_torch"] = round(res["torch"]["rtf"] / res["ocula"]["rtf"], 2)
+        for k in (k for k in engines if k.startswith("ocula")):
+            o = res[k]
+            o["rtf_gain_vs_optimum"] = round(res["optimum"]["rtf"] / o["rtf"], 2)
+            o["rtf_gain_vs_torch"] = round(res["torch"]["rtf"] / o["rtf"], 2)
+            o["encoder_vs_optimum"] = round(res["optimum"]["encoder"] / o["encoder"], 2)
+            o["dec_ms_vs_optimum"] = round(res["optimum"]["dec_ms"] / o["dec_ms"], 2)
         out[f"{int(seconds)}s"] = res
+    out["trim_agreement"] = _spawn("trim_agreement", str(hf), str(art), [2.0, 5.0, 10.0, 20.0])
     return out
 
 

@@ -76,6 +76,51 @@ def test_greedy_equals_transformers_generate(
     assert r.rtf > 0 and r.encoder_s > 0 and r.decoder_tokens >= len(r.tokens)
 
 
+def hf_generate_trimmed(audio: np.ndarray, frames: int, **kw: object) -> list[int]:
+    """transformers' `generate` on the encoder states of `frames` feature frames only (the
+    features of the audio padded to frames * hop samples, the positional table sliced)."""
+    import torch
+    import transformers
+    from transformers.modeling_outputs import BaseModelOutput
+
+    folder = hf_model("tiny-whisper")
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+    feats = fe(
+        audio, sampling_rate=RATE, max_length=frames * fe.hop_length, return_tensors="pt"
+    ).input_features
+    assert feats.shape[-1] == frames
+    e = model.model.encoder
+    with torch.no_grad():
+        x = torch.nn.functional.gelu(e.conv1(feats))
+        x = torch.nn.functional.gelu(e.conv2(x)).permute(0, 2, 1)
+        x = x + e.embed_positions.weight[: x.shape[1]]
+        for layer in e.layers:
+            x = layer(x, None, layer_head_mask=None)[0]
+        states = BaseModelOutput(last_hidden_state=e.layer_norm(x))
+        out = model.generate(encoder_outputs=states, **kw)
+    eos = model.generation_config.eos_token_id
+    return [t for t in out[0].tolist() if t != eos]
+
+
+def test_trimmed_encoding_equals_transformers_on_the_same_frames(speech: np.ndarray) -> None:
+    """trim=True encodes only the frames the audio needs (an even count); the tokens equal
+    transformers' `generate` on the encoder states of exactly those frames."""
+    w = Whisper.from_artifact(asr_artifact("tiny-whisper", "fp32"), trim=True)
+    assert w.trim
+    for n in (speech.size, speech.size - 100, RATE // 2 + 80):
+        audio = speech[:n]
+        frames = w._frames(n)
+        assert frames % 2 == 0 and frames * w.info.hop_length >= n
+        assert frames < w.info.n_frames
+        job = w.start(audio, language="en")
+        job.step()
+        assert job._cross_positions == frames // 2
+        while not job.done:
+            job.step()
+        assert job.tokens == hf_generate_trimmed(audio, frames, language="en")
+
+
 def test_long_audio_is_decoded_in_30s_windows(whisper: Whisper, speech: np.ndarray) -> None:
     audio = np.concatenate([np.tile(speech, 12)[: RATE * 30], speech])
     r = whisper.transcribe(audio, language="en")

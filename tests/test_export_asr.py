@@ -27,11 +27,11 @@ def test_int8_quantizes_what_pays_and_records_it() -> None:
     assert m.asr is not None
     enc, dec = m.graphs["encoder"].quantization, m.graphs["decoder"].quantization
     layers_enc, layers_dec = m.asr.encoder_layers, m.asr.decoder_layers
-    # encoder: q, k, v, o, fc1, fc2 per layer and the cross K/V of every decoder layer
-    assert enc.ops["MatMulInteger"] == 6 * layers_enc + 2 * layers_dec
+    # encoder: q, k, v, o, fc1, fc2 per layer and one MatMul for all layers' cross K/V
+    assert enc.ops["MatMulInteger"] == 6 * layers_enc + 1
     assert enc.float_ops == {}
-    # decoder: self q, k, v, o + cross q, o + fc1, fc2 per layer, and the tied head
-    assert dec.ops == {"MatMulNBits": 8 * layers_dec + 1, "GatherBlockQuantized": 1}
+    # decoder: self q/k/v (packed), o + cross q, o + fc1, fc2 per layer, and the tied head
+    assert dec.ops == {"MatMulNBits": 6 * layers_dec + 1, "GatherBlockQuantized": 1}
     assert dec.float_ops == {}
 
 
@@ -60,11 +60,13 @@ def test_feature_constants_match_transformers() -> None:
 
 
 def test_decoder_with_cache_matches_transformers_step_by_step() -> None:
-    """Drive the two graphs with the manifest's names only; compare with the PyTorch model."""
+    """Drive the two graphs with the manifest's names and K/V layout only (one buffer per layer
+    and kind bound as past and present); compare with the PyTorch model at every step."""
     art = asr_artifact("tiny-whisper", "fp32")
     m = load_manifest(art)
     a = m.asr
     assert a is not None
+    assert a.decoder_layout == "cross-kv-shared-buffer"
     model = WhisperForConditionalGeneration.from_pretrained(hf_model("tiny-whisper")).eval()
     feats = np.random.default_rng(0).standard_normal((1, a.n_mels, a.n_frames)).astype(np.float32)
     enc = ort.InferenceSession(str(art / m.graphs["encoder"].file))
@@ -72,23 +74,61 @@ def test_decoder_with_cache_matches_transformers_step_by_step() -> None:
     cross = dict(
         zip(m.graphs["encoder"].outputs, enc.run(None, {"input_features": feats}), strict=True)
     )
-    hd = a.d_model // a.decoder_heads
-    past_names = [n for n in m.graphs["decoder"].inputs if n.startswith("past.")]
-    past = {n: np.zeros((1, a.decoder_heads, 0, hd), np.float32) for n in past_names}
+    b = dec.io_binding()
+    for name, value in cross.items():
+        b.bind_cpu_input(name, value)
+    for past in (n for n in m.graphs["decoder"].inputs if n.startswith("past.")):
+        buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(a.extra["kv_shape"], np.float32))
+        b.bind_ortvalue_input(past, buf)
+        b.bind_ortvalue_output(past.replace("past.", "present."), buf)
+    b.bind_output("logits", "cpu")
     seq = [
         a.sot_token_id,
         a.language_token_ids["en"],
         a.transcribe_token_id,
         a.no_timestamps_token_id,
     ]
-    feed = list(seq)
+    feed, done = list(seq), 0
     for _ in range(6):
-        out = dec.run(None, {"input_ids": np.array([feed], np.int64), **cross, **past})
-        past = {p: v for p, v in zip(past_names, out[1:], strict=True)}
+        s = len(feed)
+        b.bind_cpu_input("input_ids", np.array([feed], np.int64))
+        b.bind_cpu_input("position_ids", np.arange(done, done + s, dtype=np.int64)[None])
+        b.bind_cpu_input("seqlens_k", np.array([done + s - 1], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.array(done + s, np.int32))
+        dec.run_with_iobinding(b)
+        logits = b.get_outputs()[-1].numpy()
+        assert logits.shape == (1, 1, a.vocab_size)  # the last position only
         with torch.no_grad():
             ref = model(
                 input_features=torch.from_numpy(feats), decoder_input_ids=torch.tensor([seq])
             )
-        np.testing.assert_allclose(out[0][0, -1], ref.logits[0, -1].numpy(), atol=1e-3)
-        seq.append(int(out[0][0, -1].argmax()))
+        np.testing.assert_allclose(logits[0, -1], ref.logits[0, -1].numpy(), atol=1e-3)
+        done += s
+        seq.append(int(logits[0, -1].argmax()))
         feed = [seq[-1]]
+
+
+def test_encoder_takes_fewer_frames() -> None:
+    """The frame axis is symbolic: 10 s of features give 500 positions of cross K/V, equal to
+    PyTorch's encoder run on the same frames with its positional table sliced alike."""
+    art = asr_artifact("tiny-whisper", "fp32")
+    m = load_manifest(art)
+    a = m.asr
+    assert a is not None and a.extra["trim"] is True
+    model = WhisperForConditionalGeneration.from_pretrained(hf_model("tiny-whisper")).eval()
+    feats = np.random.default_rng(0).standard_normal((1, a.n_mels, 1000)).astype(np.float32)
+    enc = ort.InferenceSession(str(art / m.graphs["encoder"].file))
+    key = enc.run(None, {"input_features": feats})[0]
+    e = model.model.encoder
+    with torch.no_grad():
+        x = torch.nn.functional.gelu(e.conv1(torch.from_numpy(feats)))
+        x = torch.nn.functional.gelu(e.conv2(x)).permute(0, 2, 1)
+        x = x + e.embed_positions.weight[: x.shape[1]]
+        for layer in e.layers:
+            x = layer(x, None, layer_head_mask=None)[0]
+        h = e.layer_norm(x)
+        k = model.model.decoder.layers[0].encoder_attn.k_proj(h)
+    heads = a.decoder_heads
+    ref = k.view(1, 500, heads, -1).transpose(1, 2).numpy()
+    assert key.shape == ref.shape == (1, heads, 500, a.head_dim)
+    np.testing.assert_allclose(key, ref, atol=1e-4)

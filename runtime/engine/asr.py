@@ -8,11 +8,15 @@
 
 How it works:
 - features: `mel.LogMel`, constants and filter bank from the manifest;
-- encoder: one run per 30 s window; the exported encoder also applies every decoder layer's
-  cross-attention K/V projections (layout "cross-kv-from-encoder"), so cross K/V are computed
-  once per window, come out as OrtValues and stay bound to the decoder for the whole window;
-- decoder: one graph for the prompt (S tokens, empty past) and for every further token (S = 1),
-  its self-attention K/V handed back as OrtValues through IO binding (no numpy copies);
+- encoder: one run per window; the exported encoder also applies every decoder layer's
+  cross-attention K/V projections, so cross K/V are computed once per window, come out as
+  OrtValues and stay bound to the decoder for the whole window;
+- decoder (layout "cross-kv-shared-buffer"): one graph for the prompt (S tokens) and every
+  further token (S = 1); its self-attention K/V live in one buffer per layer and kind, of the
+  model's maximum target length, bound as both past and present, so the graph appends in
+  place. Every buffer the loop touches (ids, positions, lengths, K/V, logits) is allocated
+  when the window starts and bound once; a token costs one `run_with_iobinding`, an in-place
+  write of four small integers and an argmax over the last position's logits;
 - prompt: start-of-transcript, language, task (transcribe or translate), no-timestamps, as the
   model's generation config says; without a language, it is detected like transformers does
   (one decoder run on start-of-transcript, argmax over the language tokens);
@@ -22,10 +26,13 @@ How it works:
 - audio longer than one window is cut into windows (at VAD silences when segments are given,
   else every 30 s) and each window is decoded on its own.
 
-Encoders exported with a fixed 3000-frame input (Whisper adds its positional embedding over
-all 1500 encoder positions; the export keeps that shape) always see a full 30 s window; an encoder whose frame
-axis is symbolic is given only the frames the audio needs (rounded up to a multiple of 2 for the
-stride-2 convolution), which the manifest's `asr.extra["trim"]` must allow.
+Trimming: Whisper was trained on 30 s windows, and transformers always pads to one, so by
+default the encoder sees a full window (the output then equals transformers' `generate`). With
+`trim=True` (and an encoder whose frame axis is symbolic, which the manifest's
+`asr.extra["trim"]` says) short audio is encoded from only the frames it needs, rounded up to an
+even count for the stride-2 convolution: the encoder's work shrinks with the audio, and so does
+the cross-attention of every token, at some cost in agreement with the padded result (the
+model never saw short windows; BENCHMARKS.md has the measurement).
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 TASKS = ("transcribe", "translate")
+LAYOUT = "cross-kv-shared-buffer"
+FEEDS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
 
 
 @dataclass
@@ -118,7 +127,8 @@ class Whisper:
             for i in layers
             for k in kinds
         ]
-        self._empty = np.zeros((1, info.decoder_heads, 0, info.head_dim), dtype=np.float32)
+        self._kv_shape = (1, info.decoder_heads, info.max_target_positions, info.head_dim)
+        self._kv_free: list[list[ort.OrtValue]] = []  # K/V buffer sets of finished windows
         self.tokenizer = load_tokenizer(tokenizer_path)
         enc_in = self.encoder.get_inputs()[0]
         self._features_name = enc_in.name
@@ -136,16 +146,19 @@ class Whisper:
         *,
         threads: int | None = None,
         verify: bool = True,
+        trim: bool = False,
     ) -> Whisper:
+        """`trim=True` encodes short audio without padding it to a full window, where the
+        artifact allows it (see the module's notes: faster, not equal to transformers)."""
         art = open_artifact(path, "asr", verify=verify)
         info = art.manifest.asr
         assert info is not None
         where = str(art.path)
         sessions = {}
-        if info.decoder_layout != "cross-kv-from-encoder":
+        if info.decoder_layout != LAYOUT:
             raise ArtifactError(
                 f"{where}: ASR decoder layout {info.decoder_layout!r} is not one this runtime "
-                "drives (cross-kv-from-encoder); re-export with this version of ocula"
+                f"drives ({LAYOUT}); re-export with this version of ocula"
             )
         for role in ("encoder", "decoder"):
             model, sha = art.graph_file(role)
@@ -165,13 +178,15 @@ class Whisper:
         )
         if tok is None:
             raise ArtifactError(f"{where}: the manifest lists no tokenizer.json; re-export")
-        trim = bool(info.extra.get("trim", False))
+        if trim and not info.extra.get("trim", False):
+            log.info("%s: this artifact's encoder takes full windows only; not trimming", where)
+        trim = trim and bool(info.extra.get("trim", False))
         return cls(info, sessions, mel, art.file(tok), where, trim=trim)
 
     def _check_io(self) -> None:
         have = {i.name for i in self.decoder.get_inputs()}
         outs = {o.name for o in self.encoder.get_outputs()}
-        for name in self._cross_names + self._past_names:
+        for name in [*FEEDS, *self._cross_names, *self._past_names]:
             if name not in have:
                 raise ArtifactError(
                     f"{self.where}: the decoder graph has no input {name!r}; the manifest and "
@@ -332,31 +347,56 @@ class Decoding:
         self.tokens: list[int] = []
         self.prompt: list[int] = []
         self.done = False
-        self._enc: ort.OrtValue | None = None
-        self._cross: list[ort.OrtValue] = []
-        self._self: list[ort.OrtValue] = []
+        self._encoded = False
+        self._cross_positions = 0  # encoder positions this window's cross K/V cover
+        self._past = 0  # positions in the K/V buffers
         self._binding = asr.decoder.io_binding()
-        self._ids = np.zeros((1, 1), dtype=np.int64)
+        self._kv = asr._kv_free.pop() if asr._kv_free else self._new_kv()
+        # The one-token feeds, bound once and rewritten in place every step.
+        self._ids = np.zeros((1, 1), np.int64)
+        self._pos = np.zeros((1, 1), np.int64)
+        self._seqlens = np.zeros(1, np.int32)
+        self._total = np.zeros((), np.int32)
+        self._logits = np.zeros((1, 1, info.vocab_size), np.float32)
+        self._step_feeds = [
+            ort.OrtValue.ortvalue_from_numpy(a)
+            for a in (self._ids, self._pos, self._seqlens, self._total)
+        ]
+        b = self._binding
+        for past, present, value in zip(asr._past_names, asr._present_names, self._kv, strict=True):
+            b.bind_ortvalue_input(past, value)
+            b.bind_ortvalue_output(present, value)
+        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
         self._stream = TextStream(asr.tokenizer)
         self.features_s = self.encoder_s = self.decoder_s = 0.0
+        self.session_s = 0.0  # time inside the decoder's run for one-token steps
+        self.first_s = 0.0  # the first decoder step: the prompt (and language detection)
         self.decoder_runs = 0  # tokens decoded, including a final EOS (language detection aside)
+
+    def _new_kv(self) -> list[ort.OrtValue]:
+        shape = self.asr._kv_shape
+        return [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+            for _ in self.asr._past_names
+        ]
 
     def step(self) -> int | None:
         """One unit of work: the encoder, or one token. Returns the token, if one was made."""
         if self.done:
             return None
-        if self._enc is None:
+        if not self._encoded:
             self._encode()
             return None
         t0 = time.perf_counter()
         if not self.prompt:
             token = self._first()
+            self.first_s = time.perf_counter() - t0
         else:
             token = self._next(self.tokens[-1] if self.tokens else self.prompt[-1])
         self.decoder_s += time.perf_counter() - t0
         self.decoder_runs += 1
         if token == self.asr.info.eos_token_id:
-            self.done = True
+            self._finish()
             return token
         self.tokens.append(token)
         self._stream.push(token)
@@ -364,7 +404,7 @@ class Decoding:
         if total >= self._limit or (
             self._max_new is not None and len(self.tokens) >= self._max_new
         ):
-            self.done = True
+            self._finish()
         return token
 
     @property
@@ -395,6 +435,13 @@ class Decoding:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _finish(self) -> None:
+        """Done: the K/V buffers go back to the model for the next window."""
+        self.done = True
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()
+        self.asr._kv_free.append(self._kv)
+
     def _encode(self) -> None:
         asr = self.asr
         t0 = time.perf_counter()
@@ -405,49 +452,51 @@ class Decoding:
         for name in asr._cross_names:
             binding.bind_output(name, "cpu")
         asr.encoder.run_with_iobinding(binding)
-        self._cross = list(binding.get_outputs())
-        self._enc = self._cross[0]
+        cross = binding.get_outputs()
+        self._encoded = True
+        self._cross_positions = int(cross[0].shape()[2])
         self.features_s = t1 - t0
         self.encoder_s = time.perf_counter() - t1
-        # The cross K/V stay bound for the whole window; only ids and the self K/V change.
-        b = self._binding
-        for name, value in zip(asr._cross_names, self._cross, strict=True):
-            b.bind_ortvalue_input(name, value)
+        # The cross K/V stay bound for the whole window.
+        for name, value in zip(asr._cross_names, cross, strict=True):
+            self._binding.bind_ortvalue_input(name, value)
 
-    def _run(self, ids: npt.NDArray[np.int64], past: list[ort.OrtValue]) -> F32:
-        """One decoder run on `ids` after `past`; keeps the presents as the next past."""
-        asr = self.asr
+    def _run_prompt(self, ids: list[int]) -> F32:
+        """Feed `ids` from position 0 (the K/V buffers are overwritten); last logits."""
+        s = len(ids)
         b = self._binding
-        b.bind_cpu_input("input_ids", ids)
-        for name, value in zip(asr._past_names, past, strict=True):
-            b.bind_ortvalue_input(name, value)
-        b.bind_output("logits", "cpu")
-        for name in asr._present_names:
-            b.bind_output(name, "cpu")
-        asr.decoder.run_with_iobinding(b)
-        values = b.get_outputs()
-        b.clear_binding_outputs()
-        self._self = list(values[1:])
-        logits: F32 = values[0].numpy()[0, -1].astype(np.float32)
+        b.bind_cpu_input("input_ids", np.array([ids], np.int64))
+        b.bind_cpu_input("position_ids", np.arange(s, dtype=np.int64)[None])
+        b.bind_cpu_input("seqlens_k", np.array([s - 1], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.array(s, np.int32))
+        self.asr.decoder.run_with_iobinding(b)
+        self._past = s
+        logits: F32 = self._logits[0, 0]
         return logits
-
-    def _empty(self) -> list[ort.OrtValue]:
-        return [ort.OrtValue.ortvalue_from_numpy(self.asr._empty) for _ in self.asr._past_names]
 
     def _first(self) -> int:
         asr = self.asr
         info = asr.info
         lang_id = asr._lang_ids.get(self.language) if self.language else None
         if lang_id is None and asr._lang_ids:
-            logits = self._run(np.array([[info.decoder_start_token_id]], np.int64), self._empty())
+            logits = self._run_prompt([info.decoder_start_token_id])
             ids = np.array(list(asr._lang_ids.values()))
             lang_id = int(ids[np.argmax(logits[ids])])
             self.language = next(k for k, v in asr._lang_ids.items() if v == lang_id)
         self.prompt = asr._prompt(self.task, lang_id)
-        logits = self._run(np.array([self.prompt], np.int64), self._empty())
+        logits = self._run_prompt(self.prompt)
+        for name, value in zip(FEEDS, self._step_feeds, strict=True):
+            self._binding.bind_ortvalue_input(name, value)
         return int(np.argmax(asr._logits_filter(logits, first=True)))
 
     def _next(self, token: int) -> int:
+        p = self._past
         self._ids[0, 0] = token
-        logits = self._run(self._ids, self._self)
-        return int(np.argmax(self.asr._logits_filter(logits, first=False)))
+        self._pos[0, 0] = p
+        self._seqlens[0] = p
+        self._total[...] = p + 1
+        t0 = time.perf_counter()
+        self.asr.decoder.run_with_iobinding(self._binding)
+        self.session_s += time.perf_counter() - t0
+        self._past = p + 1
+        return int(np.argmax(self.asr._logits_filter(self._logits[0, 0], first=False)))

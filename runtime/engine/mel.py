@@ -7,6 +7,12 @@ the mel filter bank shipped in the artifact, log10 with a floor of 1e-10, drop t
 clamp to (max - 8), then (x + 4) / 4. Computed in float64 and returned as float32, as the
 reference does, so the two agree to ~1e-6.
 
+The filter bank is applied as the sparse matrix it is (each frequency bin feeds at most two
+triangular filters: about 400 weights of 16,000) with numpy ufuncs, not a BLAS matmul. Besides
+being 40x less work, this keeps BLAS worker threads out of the process: OpenBLAS threads spin
+for a while after each call, and on a small board they steal the cores from the encoder that
+runs next (measured: the whisper-tiny encoder 113 -> 165 ms when it followed a BLAS matmul).
+
 `frames` below the window's full count computes the features of a shorter window (the audio
 padded only to that length) for encoders that accept fewer frames.
 """
@@ -30,6 +36,13 @@ class LogMel:
         self.filters = np.ascontiguousarray(
             filters if filters.shape[1] == bins else filters.T, dtype=np.float64
         )
+        # Nonzero weights ordered by filter: out[m] = sum of weight * power[bin] over its run.
+        rows, cols = np.nonzero(self.filters)
+        self._cols = cols
+        self._weights = self.filters[rows, cols]
+        counts = np.bincount(rows, minlength=self.filters.shape[0])
+        self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._empty = counts == 0
         self.n_fft = n_fft
         self.hop = hop
         self.n_samples = n_samples
@@ -57,8 +70,17 @@ class LogMel:
         spec = np.fft.rfft(view * self.window, axis=-1)
         power = spec.real**2 + spec.imag**2  # [live, bins]
         log = np.full((self.n_mels, frames + 1), -10.0)  # log10 of the 1e-10 floor
-        log[:, :live] = np.log10(np.maximum(self.filters @ power.T, 1e-10))
+        log[:, :live] = np.log10(np.maximum(self._apply_filters(power), 1e-10))
         log = log[:, :-1]
         log = np.maximum(log, log.max() - 8.0)
         out: F32 = ((log + 4.0) / 4.0).astype(np.float32)
+        return out
+
+    def _apply_filters(self, power: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """filters @ power.T for power [frames, bins], from the nonzero weights only."""
+        nnz = self._weights.size
+        terms = np.zeros((nnz + 1, power.shape[0]))  # a zero row ends the last run
+        np.multiply(power.T[self._cols], self._weights[:, None], out=terms[:nnz])
+        out: npt.NDArray[np.float64] = np.add.reduceat(terms, self._starts, axis=0)
+        out[self._empty] = 0.0  # reduceat gives the element at an empty run's start
         return out
