@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocula.glyphatlas import build_atlas, find_fonts
 from runtime.io.glyphs import GlyphAtlas
-from runtime.io.layout import NO_END, NO_START, units, wrap
+from runtime.io.layout import NO_END, NO_START, is_cjk, units, wrap
 from runtime.io.screen import FINAL, PARTIAL, CaptionScreen
 from runtime.telemetry.metrics import Metrics
 
@@ -85,6 +87,46 @@ def test_scroll_waits_until_the_top_line_could_be_read(atlas: GlyphAtlas) -> Non
     assert changes[0] >= dwell - 1e-9
     assert changes[1] - changes[0] >= dwell - 1 / 30
     assert m.counter("display.scroll_jumps") == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet=list("ab cdefgh，。「」（）!?.\n") + list("你好世界今天"), max_size=200),
+    width=st.integers(20, 460),
+)
+def test_wrap_lines_fit_and_break_greedily(atlas: GlyphAtlas, text: str, width: int) -> None:
+    lines = wrap(text, width, atlas.measure)
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "").replace("\n", "")
+    for i, line in enumerate(lines):
+        # a line is only wider than the width if it is one character, or one glued unit
+        # (a word with kinsoku punctuation), split where it must be
+        assert atlas.measure(line) <= width or len(line) == 1 or " " not in line
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        first = units(nxt)[0] if nxt and units(nxt) else ""
+        if first and first.strip() and line and "\n" not in text:
+            # greedy: the next line's first unit did not fit on this one
+            joined = f"{line} {first}" if (not is_cjk(first[0]) or line[-1] == " ") else line + first
+            assert atlas.measure(joined) > width or atlas.measure(line + first) > width
+
+
+def test_a_long_run_of_streamed_paragraphs_keeps_every_line(atlas: GlyphAtlas) -> None:
+    """Many paragraphs, each grown token by token (as translations stream), one giant
+    unbreakable caption among them: the screen's lines are each paragraph's own wrap."""
+    s = CaptionScreen(480, 640, atlas)
+    rng = np.random.default_rng(0)
+    words = ["字", "你好", "hello", "world,", "。", "captions"]
+    for i in range(30):
+        s.commit("<|reserved_19179|>" * 300 if i == 7 else f"caption {i}")
+        s.commit("")
+        for _ in range(40):
+            s.append(str(rng.choice(words)))
+            if rng.random() < 0.3:
+                s.render(i + 0.01)
+    width = 480 - 2 * s.margin
+    expected = [line for p in s.paras for line in wrap(p.text, width, atlas.measure)]
+    assert [line for line, _, _ in s.lines()] == expected
+    frame, _ = s.render(100.0)
+    assert frame.max() == 255
 
 
 def test_a_flood_of_text_jumps_and_is_counted(atlas: GlyphAtlas) -> None:

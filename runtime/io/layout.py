@@ -68,39 +68,46 @@ def units(text: str) -> list[str]:
 
 
 def wrap(text: str, width: int, measure: Callable[[str], int]) -> list[str]:
+    """Lines of at most `width` pixels. `measure` is additive (a string's width is the sum of
+    its characters'), so each unit and character is measured once: linear in the text, even
+    for one unbreakable run of thousands of characters."""
     lines: list[str] = []
-    line = ""
+    line, line_w = "", 0
     space = False
+    space_w = measure(" ")
+
+    def split(u: str) -> None:
+        """Place `u` character by character, breaking where the line is full."""
+        nonlocal line, line_w
+        for ch in u:
+            w = measure(ch)
+            if line and line_w + w > width:
+                lines.append(line)
+                line, line_w = "", 0
+            line, line_w = line + ch, line_w + w
+
     for u in units(text):
         if u == "\n":
             lines.append(line)
-            line, space = "", False
+            line, line_w, space = "", 0, False
             continue
         if u == " ":
             space = bool(line)
             continue
-        candidate = f"{line} {u}" if space else line + u
-        if measure(candidate) <= width or not line:
-            if measure(candidate) <= width:
-                line, space = candidate, False
-                continue
-            for ch in u:  # a unit wider than the line: split it by character
-                if line and measure(line + ch) > width:
-                    lines.append(line)
-                    line = ""
-                line += ch
-            space = False
-            continue
-        lines.append(line)
-        line, space = "", False
-        if measure(u) <= width:
-            line = u
+        u_w = measure(u)
+        cand_w = line_w + (space_w if space else 0) + u_w
+        if cand_w <= width:
+            line, line_w = (f"{line} {u}" if space else line + u), cand_w
+        elif not line:
+            split(u)
         else:
-            for ch in u:
-                if line and measure(line + ch) > width:
-                    lines.append(line)
-                    line = ""
-                line += ch
+            lines.append(line)
+            line, line_w = "", 0
+            if u_w <= width:
+                line, line_w = u, u_w
+            else:
+                split(u)
+        space = False
     if line or not lines:
         lines.append(line)
     return lines

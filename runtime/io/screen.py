@@ -38,6 +38,8 @@ PARTIAL = 110
 class _Para:
     text: str
     level: int
+    #: (text, its lines) as last wrapped: a paragraph is re-wrapped only when it changes
+    wrapped: tuple[str, list[str]] | None = None
 
 
 class CaptionScreen:
@@ -66,7 +68,7 @@ class CaptionScreen:
         self.paras: list[_Para] = []
         self.partial = ""
         self.partial_stable = 0
-        self._wrap_cache: dict[str, list[str]] = {}
+        self._partial_wrapped: tuple[str, list[str]] = ("", [])
         self._top = 0
         self._top_since: float | None = None
         self._scroll_from: float | None = None
@@ -78,7 +80,9 @@ class CaptionScreen:
 
     def commit(self, text: str, level: int = FINAL) -> None:
         """A new finished paragraph; the partial line is cleared."""
-        self.paras.append(_Para(text, level))
+        para = _Para(text, level)
+        self._wrap(para)  # layout is paid by the caller's thread, not the display's
+        self.paras.append(para)
         self.partial, self.partial_stable = "", 0
         self._trim()
 
@@ -86,38 +90,50 @@ class CaptionScreen:
         """Extend the last paragraph (streamed tokens)."""
         if not self.paras:
             self.paras.append(_Para("", FINAL))
-        self.paras[-1].text += text
+        para = self.paras[-1]
+        para.text += text
+        self._wrap(para)
 
     def set_partial(self, text: str, stable_chars: int = 0) -> None:
         """The utterance in progress; its first `stable_chars` characters are committed words
         (final style), the rest tentative (partial style)."""
+        self._wrap_partial(text)
         self.partial = text
         self.partial_stable = stable_chars
 
     def _trim(self) -> None:
         extra = len(self.paras) - self.max_paragraphs
         if extra > 0:
-            dropped = sum(len(self._wrap(p.text)) for p in self.paras[:extra])
+            dropped = sum(len(self._wrap(p)) for p in self.paras[:extra])
             del self.paras[:extra]
             self._top = max(0, self._top - dropped)
 
     # -- layout and rendering (the display task) -----------------------------------------
 
-    def _wrap(self, text: str) -> list[str]:
-        lines = self._wrap_cache.get(text)
-        if lines is None:
-            lines = wrap(text, self.width - 2 * self.margin, self.atlas.measure)
-            if len(self._wrap_cache) > 512:
-                self._wrap_cache.clear()
-            self._wrap_cache[text] = lines
+    def _wrap(self, para: _Para) -> list[str]:
+        """The paragraph's lines, wrapped again only if its text changed since the last time
+        (per paragraph: a long history of paragraphs is never re-wrapped as a whole)."""
+        text, done = para.text, para.wrapped
+        if done is not None and done[0] == text:
+            return done[1]
+        lines = wrap(text, self.width - 2 * self.margin, self.atlas.measure)
+        para.wrapped = (text, lines)
         return lines
+
+    def _wrap_partial(self, text: str) -> list[str]:
+        done = self._partial_wrapped
+        if done[0] != text:
+            done = (text, wrap(text, self.width - 2 * self.margin, self.atlas.measure))
+            self._partial_wrapped = done
+        return done[1]
 
     def lines(self) -> list[tuple[str, int, int]]:
         """(text, level, characters at full brightness) per line, paragraphs then partial."""
-        out = [(line, p.level, len(line)) for p in self.paras for line in self._wrap(p.text)]
+        out = [(line, p.level, len(line)) for p in list(self.paras) for line in self._wrap(p)]
         cursor = 0
-        for line in self._wrap(self.partial) if self.partial else []:
-            at = self.partial.find(line, cursor)
+        partial = self.partial
+        for line in self._wrap_partial(partial) if partial else []:
+            at = partial.find(line, cursor)
             at = cursor if at < 0 else at
             out.append((line, PARTIAL, max(0, min(len(line), self.partial_stable - at))))
             cursor = at + len(line)
