@@ -32,6 +32,7 @@ interval (5 ms), is the control for the loop's 0.1 ms.
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -134,9 +135,23 @@ class _Probe:
         self.ticks: list[dict[str, float]] = []
         self.holders: collections.Counter[str] = collections.Counter()
         self._last_runq = 0.0
+        self.gc_pauses: list[tuple[int, float]] = []
+        self._gc_start = 0.0
         for task in sched.tasks.values():
             if task.realtime:
                 task.fn = self._wrap(task)
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        """A collection holds the GIL: every thread, the loop included, waits for it."""
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_pauses.append((int(info["generation"]), time.perf_counter() - self._gc_start))
+
+    def close(self) -> None:
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
 
     def _wrap(self, task: Any) -> Any:
         fn = task.fn
@@ -214,6 +229,15 @@ class _Probe:
                 k: round(float(v[late].sum()), 1) for k, v in ms.items() if k != "late_s"
             }
         out["gil_holders_when_the_loop_waited"] = dict(self.holders.most_common(12))
+        out["gc_pauses"] = {
+            f"gen{g}": {
+                "count": len(d),
+                "max_ms": round(max(d) * 1e3, 2),
+                "total_ms": round(sum(d) * 1e3, 1),
+            }
+            for g in (0, 1, 2)
+            if (d := [dt for gen, dt in self.gc_pauses if gen == g])
+        }
         return out
 
 
@@ -263,7 +287,10 @@ def _run(
         if not host.add(make_app(app)):
             raise RuntimeError(host.failures)
         probe = _Probe(host.sched, "display")
-        report = host.run(SECONDS + 60 if app == "translate" else LOOK_SECONDS)
+        try:
+            report = host.run(SECONDS + 60 if app == "translate" else LOOK_SECONDS)
+        finally:
+            probe.close()
     finally:
         if proc:
             stop.set()

@@ -35,6 +35,7 @@ step's effects therefore appear at its start, not its end, in virtual time). `st
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -441,6 +442,11 @@ class Scheduler:
         if self.switch_interval_s is not None:
             self._saved_switch = sys.getswitchinterval()
             sys.setswitchinterval(self.switch_interval_s)
+        # what setup built (sessions, tokenizers, atlases) lives for the whole run: collect once
+        # now, then keep it out of every later collection (a collection holds the GIL, so the
+        # loop would wait for it)
+        gc.collect()
+        gc.freeze()
         now = self.clock.now()
         for task in self.tasks.values():  # time spent setting up (loading models) is not late
             task.next_due = now + task.phase_s
@@ -466,6 +472,7 @@ class Scheduler:
         if self._saved_switch is not None:
             sys.setswitchinterval(self._saved_switch)
             self._saved_switch = None
+        gc.unfreeze()
 
     def run_realtime(self, duration: float, until: Callable[[], bool] | None = None) -> None:
         """Run on real threads for `duration` seconds or until `until()` is true."""
