@@ -25,6 +25,10 @@ def test_demo_writes_frames_traces_and_a_report(tmp_path: Path) -> None:
     assert "RANDOM WEIGHTS" in r.out and "Qwen/Qwen2.5-0.5B-Instruct" in r.out
     assert "health check passed" in r.out and "installed on the simulated board" in r.out
     assert "出口在左边 / 请勿吸烟" in r.out  # look read the bundled sign
+    # the flashed slot carries the glyph atlas, where the board's runtime looks for it
+    assert [p.relative_to(out / "sim").parts[-2:] for p in (out / "sim").rglob("glyphs.npz")] == [
+        ("artifacts", "glyphs.npz")
+    ]
     for app in ("translate", "look"):
         trace = json.loads((out / f"trace-{app}.json").read_text())
         assert any(e["ph"] == "X" and e["name"] == "display" for e in trace["traceEvents"])

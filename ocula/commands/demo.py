@@ -207,6 +207,10 @@ def _ocula(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def _flash(out: Path, arts: Path) -> Path | None:
+    from board import profiles
+    from board.bundle import build as build_bundle
+    from ocula.glyphatlas import cached_atlas
+
     try:
         from board.keys import load_public_raw
         from hil.sim import SimBoard
@@ -219,25 +223,20 @@ def _flash(out: Path, arts: Path) -> Path | None:
         _ocula("keygen", str(key))
         shutil.rmtree(out / "sim", ignore_errors=True)  # a board provisioned with an older key
     bundle = out / "demo.bundle"
-    kinds = [
-        a
-        for k in ("llm", "asr", "vad", "vision")
-        if (arts / k).is_dir()
-        for a in (f"--{k}", str(arts / k))
-    ]
-    _ocula(
-        "bundle",
-        "--board",
-        "sim",
-        *kinds,
-        "--out",
-        str(bundle),
-        "--key",
-        str(key),
-        "--version",
-        "demo",
+    arts_by_kind = {k: arts / k for k in ("llm", "asr", "vad", "vision") if (arts / k).is_dir()}
+    # the bundle carries the display's glyph atlas: the board has no font rasterizer
+    build_bundle(
+        profiles.find("sim"),
+        bundle,
+        arts_by_kind,
+        key=key,
+        version="demo",
+        glyphs=cached_atlas(28),
     )
-    print(f"   bundle {bundle} ({bundle.stat().st_size / 2**20:.1f} MB), signed with {key}")
+    print(
+        f"   bundle {bundle} ({bundle.stat().st_size / 2**20:.1f} MB, with the display's glyph "
+        f"atlas), signed with {key}"
+    )
     sim_dir = out / "sim"
     os.environ["OCULA_SIM_DIR"] = str(sim_dir)
     board = SimBoard("demo", profile="sim", key=load_public_raw(Path(str(key) + ".pub")))
