@@ -88,21 +88,26 @@ class Samples:
         return out
 
     def energy_between(self, t0_us: float, t1_us: float, floor_w: float = 0.0) -> float:
-        """Energy (J) above `floor_w` between two times on this clock: each sample's power
-        holds from its time to the next sample's, and the samples at either end count for
-        the part of their hold inside [t0, t1] (no rounding to whole samples). NaN when the
-        samples do not cover [t0, t1] or a gap falls inside it: never filled in."""
+        """Energy (J) above `floor_w` between two times on this clock, by the midpoint rule:
+        each sample stands for the time from halfway after the previous sample to halfway
+        before the next (half a period at either end of the stream), and the samples at
+        either end of [t0, t1] count for the part of that span inside it, with no rounding
+        to whole samples. (Holding each sample until the next one instead would start every
+        window late by half a period on average: a bias, not noise.) NaN when the samples do
+        not cover [t0, t1] or a gap falls inside it: never filled in."""
         n = len(self)
         if n < 2 or t1_us <= t0_us:
             return float("nan")
         t = self.t_us.astype(np.float64)
-        ends = np.append(t[1:], t[-1] + (t[-1] - t[-2]))
-        if t0_us < t[0] or t1_us > ends[-1]:
+        mid = (t[1:] + t[:-1]) / 2
+        starts = np.concatenate([[t[0] - (t[1] - t[0]) / 2], mid])
+        ends = np.concatenate([mid, [t[-1] + (t[-1] - t[-2]) / 2]])
+        if t0_us < starts[0] or t1_us > ends[-1]:
             return float("nan")
-        i0, i1 = np.searchsorted(t, [t0_us, t1_us], side="right")
-        if np.any(np.diff(self.seq[max(0, i0 - 1) : i1]) != 1):
+        i0, i1 = np.searchsorted(ends, t0_us), np.searchsorted(starts, t1_us)
+        if np.any(np.diff(self.seq[i0:i1]) != 1):
             return float("nan")
-        held = np.clip(t1_us, t, ends) - np.clip(t0_us, t, ends)
+        held = np.clip(t1_us, starts, ends) - np.clip(t0_us, starts, ends)
         return float(np.sum((self.watts - floor_w) * held) * 1e-6)
 
     def mapped(self, fit: ClockFit) -> Samples:

@@ -31,6 +31,7 @@ from hil.power import ClockFit, Samples, fit_clock, fit_pings
 log = logging.getLogger(__name__)
 
 SIM_WIRING_DELAY_US = 40_000  # > the sim rail's 10 ms interval plus its wake-up jitter
+SIM_JITTER_BUDGET_US = 5_000
 
 
 @dataclass
@@ -61,6 +62,7 @@ class BoardUnderTest:
         self.evidence.files["serial log"] = str(self.console.path)
         self.sim: Any = None
         self.place: Any = None
+        self.replies = 0  # requests the board has answered (a sim rail's "work" model)
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme == "sim":
             from hil.sim import SimBoard
@@ -112,6 +114,7 @@ class BoardUnderTest:
             reply, _ = self.client.call(op, fields)
         except LinkLost as e:
             raise LinkFailure(f"{self.url}: {e}") from e
+        self.replies += 1
         if not reply.get("ok", False):
             raise LinkFailure(f"{self.url}: board refused {op!r}: {reply.get('error')}")
         return reply
@@ -179,10 +182,17 @@ class PowerRig:
         workdir: Path,
         fixture_port: str | None = None,
         rate_hz: int = 2000,
+        model: str = "cpu",
     ) -> None:
+        """`model` (sim boards): the rail follows the board's CPU time ("cpu"), or the replies
+        it sends, at a fixed cost each ("work": deterministic, see `hil.simrig.SimRail`)."""
         from hil.rig import Fixture
 
         self.rate_hz = rate_hz
+        # a sample may be read this late (see the fixture's `start`); the unix port on a
+        # shared host is preempted for milliseconds, an RP2040 is not
+        simulated = not fixture_port and board is not None and board.sim is not None
+        self.max_late_us = SIM_JITTER_BUDGET_US if simulated else 0
         self.sim_fixture: Any = None
         self.rail: Any = None
         if fixture_port:
@@ -192,10 +202,17 @@ class PowerRig:
             from hil.simrig import SimFixture, SimRail
 
             self.sim_fixture = SimFixture(
-                workdir, clock_offset_us=2.5e8, drift_ppm=40.0, delay_us=SIM_WIRING_DELAY_US
+                workdir,
+                clock_offset_us=2.5e8,
+                drift_ppm=40.0,
+                delay_us=SIM_WIRING_DELAY_US,
+                realtime="auto",
             )
             self.fixture = Fixture(open_serial(self.sim_fixture.port, 921600), "sim-fixture")
-            self.rail = SimRail(self.sim_fixture, board.sim, board.profile)
+            if model not in ("cpu", "work"):
+                raise PowerFailure(f"unknown sim rail model {model!r}; use 'cpu' or 'work'")
+            work = (lambda: board.replies) if model == "work" else None
+            self.rail = SimRail(self.sim_fixture, board.sim, board.profile, work=work)
         else:
             raise PowerFailure(
                 "no power rig: pass --fixture-port PORT (the rig fixture), or use a sim:// board"
@@ -217,7 +234,7 @@ class PowerRig:
         the samples to the board's clock; the last edge before and the first after bound
         the work (`Capture.window_us`, `Capture.energy_j()` integrates exactly between them)."""
         cap = Capture()
-        self.fixture.start(self.rate_hz)
+        self.fixture.start(self.rate_hz, self.max_late_us)
         self.fixture.wait_samples(max(2, self.rate_hz // 50))
         board_t: list[float] = []
         try:

@@ -11,6 +11,7 @@ what the fixture does to the board's power and reset pins (`pins`, `on_pin`).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import socket
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from hil.errors import FixtureError
 from hil.rig import FIRMWARE_DIR
+
+log = logging.getLogger(__name__)
 
 FIRMWARE_FILES = ("fixture.py", "hw_sim.py", "sim_main.py")
 
@@ -66,7 +69,7 @@ class SimFixture:
         drift_ppm: float = 0.0,
         sensor: str = "ina226",
         firmware_dir: Path | None = None,
-        realtime: bool = False,
+        realtime: bool | str = False,
         delay_us: int = 0,
     ) -> None:
         self.pins: dict[str, int] = {"power": 1, "reset": 0}
@@ -114,20 +117,24 @@ class SimFixture:
         )
         os.close(line)
         if realtime:
-            self._realtime()
+            self._realtime(required=realtime is True)
         self._thread = threading.Thread(target=self._listen, name="simrig-udp", daemon=True)
         self._thread.start()
         if not self._hello.wait(10):
             self.close()
             raise FixtureError("the simulated fixture did not start within 10 s")
 
-    def _realtime(self) -> None:
+    def _realtime(self, required: bool) -> None:
         """SCHED_FIFO for the fixture process: an MCU has its core to itself, a process on a
-        shared host is preempted for milliseconds at a time. The kernel's RT throttling
-        (sched_rt_runtime_us) still leaves the other processes 5% of that core."""
+        shared host is preempted for milliseconds at a time. The fixture sleeps until each
+        sample is due, and the kernel's RT throttling (sched_rt_runtime_us) would still leave
+        the others 5% of the core. `realtime="auto"` goes on without it where not allowed."""
         try:
             os.sched_setscheduler(self.proc.pid, os.SCHED_FIFO, os.sched_param(10))
         except (PermissionError, OSError) as e:
+            if not required:
+                log.info("simulated fixture at normal priority (no SCHED_FIFO here: %s)", e)
+                return
             self.close()
             raise FixtureError(
                 f"cannot give the simulated fixture real-time priority ({e}); run without "
@@ -208,14 +215,28 @@ class SimRail:
     process tree from /proc and sets the rail, for the interval just ended, to idle_w +
     core_active_w * (busy cores) + display_w, per the board profile; 0 W while the fixture
     holds the board's power off. The power is thus the work the board did (its CPU time),
-    not the wall time it took; each value is timed from its interval's start, and the
+    not the wall time it took. With `work` (a count of what the board reports having done,
+    e.g. its replies on the link), busy cores are instead `cpu_s_per_work` per unit done:
+    a deterministic model, where the same work draws the same energy however long a shared
+    host made it take and however much CPU it happened to cost; each value is timed from its interval's start, and the
     fixture's wiring delay (`SimFixture(delay_us=...)`, longer than an interval) lets the
     sensor show it at the matching moment rather than one interval late. The fixture's power and reset pins act
     on the board: power off is a power cut, power on boots it, a reset pulse does both.
     """
 
-    def __init__(self, fixture: SimFixture, board: object, profile: object, interval: float = 0.01):
+    def __init__(
+        self,
+        fixture: SimFixture,
+        board: object,
+        profile: object,
+        interval: float = 0.01,
+        work: Callable[[], int] | None = None,
+        cpu_s_per_work: float = 150e-6,
+    ):
         self.fixture = fixture
+        self.work = work
+        self.cpu_s_per_work = cpu_s_per_work
+        self._work_last = 0
         self.board = board
         self.power = profile.power  # type: ignore[attr-defined]
         self.interval = interval
@@ -282,11 +303,16 @@ class SimRail:
                 # past CPU time, which is not load of this interval
                 prev_t, prev_ns, prev = self._last
                 used = sum(max(0.0, c - prev[k]) for k, c in cpu.items() if k in prev)
+                if self.work is not None:
+                    done = self.work()
+                    used, self._work_last = (done - self._work_last) * self.cpu_s_per_work, done
                 busy = min(float(os.cpu_count() or 1), used / max(1e-6, now - prev_t))
                 p = self.power
                 self.watts = p.idle_w + p.display_w + p.core_active_w * busy
                 self.history.append((prev_t * 1e6, self.watts))
                 self.fixture.rail(self.watts, since_ns=prev_ns)
+            if self._last is None and self.work is not None:
+                self._work_last = self.work()
             self._last = (now, ns, cpu)
             return now * 1e6, ns
 

@@ -210,7 +210,7 @@ def test_timed_power_steps_and_edges_share_the_wiring_delay(tmp_path: Path) -> N
     with simrig.SimFixture(tmp_path, delay_us=30_000) as sim, _connect(sim) as fx:
         fx.hello()
         sim.rail(1.0)
-        fx.start(5000, 1000)
+        fx.start(5000)  # strict: a sample is read within a period of its slot, or skipped
         fx.wait_samples(500)
         at = (time.monotonic_ns() / 1000, time.time_ns())
         sim.rail(3.0, since_ns=at[1])

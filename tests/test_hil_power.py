@@ -120,14 +120,14 @@ def test_analyse_writes_csv_plot_trace_and_summary(tmp_path: Path) -> None:
 
 
 def test_energy_between_counts_the_fractions_of_the_edge_samples() -> None:
-    # 1 W then 3 W, 100 us samples: [5_000, 5_500) at 1 W, [5_500, 6_000) at 3 W
+    # samples every 100 us from 5_000; 1 W for the first five, 3 W after: by the midpoint
+    # rule 1 W holds over [4_950, 5_450), 3 W over [5_450, 5_950)
     s = _samples(np.array([1.0] * 5 + [3.0] * 5))
-    assert s.energy_between(5_050, 5_950) == pytest.approx((450 * 1 + 450 * 3) * 1e-6)
+    assert s.energy_between(5_050, 5_850) == pytest.approx((400 * 1 + 400 * 3) * 1e-6)
     assert s.energy_between(5_530, 5_570, floor_w=0.5) == pytest.approx(40 * 2.5e-6)
     assert np.isnan(s.energy_between(4_900, 5_500))  # before the first sample: not covered
-    holed = power.Samples(
-        s.t_us[[0, 1, 2, 6, 7]], s.volts[:5], s.amps[:5], s.seq[[0, 1, 2, 6, 7]], 100
-    )
+    keep = [0, 1, 2, 6, 7]
+    holed = power.Samples(s.t_us[keep], s.volts[:5], s.amps[:5], s.seq[keep], 100)
     assert np.isnan(holed.energy_between(5_100, 5_700))  # a gap inside: never filled in
     assert holed.energy_between(5_000, 5_200) == pytest.approx(200e-6)
 
@@ -178,3 +178,26 @@ def test_fixture_edges_pair_with_the_boards_trace_markers(tmp_path: Path) -> Non
 def test_pairing_without_edges_says_what_to_wire() -> None:
     with pytest.raises(PowerFailure, match="marker line"):
         power.pair_markers([], [(1.0, 0)])
+
+
+def test_energy_per_request_on_a_sim_rig_with_a_deterministic_rail(tmp_path: Path) -> None:
+    """The whole chain (sim board, rail charging 150 us of a core per reply, the MicroPython
+    fixture sampling it, GPIO markers, exact integration between them) gives back the energy
+    the rail was told to draw per request, run after run."""
+    from hil.rigs import BoardUnderTest, PowerRig
+
+    board = BoardUnderTest("sim://energy", tmp_path / "board")
+    rig = PowerRig(board, tmp_path / "power", rate_hz=4000, model="work")
+    try:
+        board.hello()
+        p = board.profile.power
+        per_request = []
+        for _ in range(3):
+            with rig.capture() as cap:
+                for _ in range(200):
+                    board.call("info")
+            per_request.append(cap.energy_j(floor_w=p.idle_w + p.display_w) / 200)
+    finally:
+        rig.close()
+        board.close()
+    assert per_request == pytest.approx([p.core_active_w * 150e-6] * 3, rel=0.02)
