@@ -69,6 +69,8 @@ class CaptionScreen:
         self.partial = ""
         self.partial_stable = 0
         self._partial_wrapped: tuple[str, list[str]] = ("", [])
+        # the lines of every paragraph but the last (only the last grows), rebuilt on a commit
+        self._settled: tuple[tuple[int, int], list[tuple[str, int, int]]] = ((0, 0), [])
         self._top = 0
         self._top_since: float | None = None
         self._scroll_from: float | None = None
@@ -129,7 +131,15 @@ class CaptionScreen:
 
     def lines(self) -> list[tuple[str, int, int]]:
         """(text, level, characters at full brightness) per line, paragraphs then partial."""
-        out = [(line, p.level, len(line)) for p in list(self.paras) for line in self._wrap(p)]
+        paras = list(self.paras)
+        key = (len(paras), id(paras[0]) if paras else 0)
+        if self._settled[0] != key:
+            settled = [(line, p.level, len(line)) for p in paras[:-1] for line in self._wrap(p)]
+            self._settled = (key, settled)
+        out = list(self._settled[1])
+        if paras:
+            last = paras[-1]
+            out += [(line, last.level, len(line)) for line in self._wrap(last)]
         cursor = 0
         partial = self.partial
         for line in self._wrap_partial(partial) if partial else []:
