@@ -1,7 +1,8 @@
 """The pytest plugin of Ocula's HIL rigs (entry point `pytest11: ocula_hil`).
 
 Options (group "ocula hil"): --board PORT, --bundle FILE, --fixture-port PORT, --hil-report
-DIR, --hil-inventory FILE, --hil-retries N, --hil-soak-minutes M, --hil-rate HZ, --hil-key FILE.
+DIR, --hil-inventory FILE, --hil-retries N, --hil-soak-minutes M, --hil-rate HZ, --hil-key FILE,
+--hil-sim-rail work|cpu.
 Fixtures: `board` (connected, flashed with --bundle once per session; skipped with a message
 naming the option when no board was given), `link` (its request client), `fixture_mcu`
 (the rig fixture), `power` (a `PowerRig`), `objectives` (targets from the board profile).
@@ -50,6 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     g.addoption("--hil-soak-minutes", type=float, default=0.2, metavar="M", help="soak length")
     g.addoption("--hil-rate", type=int, default=2000, metavar="HZ", help="power sample rate")
+    g.addoption(
+        "--hil-sim-rail",
+        choices=("work", "cpu"),
+        default="work",
+        help="a sim board's rail: a fixed cost per reply (work, repeatable) or its CPU time",
+    )
     g.addoption("--hil-key", metavar="FILE", help="private key for bundles the suites build")
 
 
@@ -176,7 +183,11 @@ def _power_session(
         yield None
         return
     rig = PowerRig(
-        _board_session, hil_workdir / "power", port, request.config.getoption("--hil-rate")
+        _board_session,
+        hil_workdir / "power",
+        port,
+        request.config.getoption("--hil-rate"),
+        model=request.config.getoption("--hil-sim-rail"),
     )
     try:
         yield rig

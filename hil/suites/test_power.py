@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+from hil.errors import PowerFailure
 
 
 def test_idle_power_within_average_budget(board, power, objectives, hil_record, tmp_path):
@@ -25,6 +28,29 @@ def test_busy_power_within_burst_budget(board, power, objectives, hil_record, tm
     assert len(watts) > 0
     objectives.check("power.burst_w", float(np.percentile(watts, 99)))
     objectives.check("power.average_w", float(watts.mean()))
+
+
+def test_energy_per_request_is_repeatable(board, power, objectives, hil_record):
+    """The same burst of requests, three times: energy above the idle floor per request,
+    integrated between the capture's markers, spreads less than the objective across runs."""
+    board.hello()
+    p = board.profile.power
+    floor = p.idle_w + p.display_w
+    per_request = []
+    for _ in range(3):
+        with power.capture() as cap:
+            for _ in range(200):
+                board.call("info")
+        if cap.window_us is None:
+            pytest.skip("this rig raises no marker edges: the work window is unknown")
+        if cap.samples.gaps():
+            raise PowerFailure(f"the fixture missed samples: {cap.samples.gaps()[:3]}")
+        per_request.append(cap.energy_j(floor_w=floor) / 200)
+    mean = float(np.mean(per_request))
+    assert mean > 0, f"no energy above the {floor} W floor: {per_request}"
+    hil_record.steps.append((f"energy per request (J): {per_request}", 0.0))
+    spread = (max(per_request) - min(per_request)) / mean * 100
+    objectives.check("energy.repeatability_pct", spread)
 
 
 def _plot(cap, path, hil_record, title):
