@@ -28,6 +28,9 @@ class Preset:
     # tiny LLM presets: Adam steps on the built-in corpus after the random init (see
     # export.random._train); real shapes stay purely random
     train_steps: int = 0
+    # tiny presets: Adam steps on the corpus's opening after that, until greedy decoding from
+    # its first sentence recites it by a wide top-1/top-2 margin (see export.random._train)
+    recite_steps: int = 0
     generation: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,6 +86,7 @@ def _whisper(**kw: Any) -> dict[str, Any]:
 
 
 TRAIN_STEPS = 60
+RECITE_STEPS = {"llm": 200, "asr": 100}
 _TINY_LM = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -102,6 +106,7 @@ PRESETS: dict[str, Preset] = {
             _qwen2(**_TINY_LM),
             "2-layer Qwen2 (q/k/v bias, GQA 4:2, tied embedding), 1024 tokens",
             train_steps=TRAIN_STEPS,
+            recite_steps=RECITE_STEPS["llm"],
         ),
         Preset(
             "tiny-qwen3",
@@ -109,6 +114,7 @@ PRESETS: dict[str, Preset] = {
             _qwen3(**{**_TINY_LM, "head_dim": 32, "attention_bias": False}),
             "2-layer Qwen3 with head_dim 32 != hidden/heads 16 (q/k norm, tied embedding)",
             train_steps=TRAIN_STEPS,
+            recite_steps=RECITE_STEPS["llm"],
         ),
         Preset(
             "tiny-llama",
@@ -116,6 +122,7 @@ PRESETS: dict[str, Preset] = {
             _llama(**_TINY_LM, tie_word_embeddings=False),
             "2-layer Llama (untied head, GQA 4:2), 1024 tokens",
             train_steps=TRAIN_STEPS,
+            recite_steps=RECITE_STEPS["llm"],
         ),
         Preset(
             "tiny-whisper",
@@ -133,6 +140,7 @@ PRESETS: dict[str, Preset] = {
             ),
             "2+2-layer Whisper, 80 mel bins, 640 tokens (6 languages, no timestamp tokens)",
             init_std=0.2,
+            recite_steps=RECITE_STEPS["asr"],
         ),
         Preset(
             "qwen2.5-0.5b",
