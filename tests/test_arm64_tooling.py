@@ -159,7 +159,8 @@ def test_pins_are_the_host_versions_of_the_three_device_dependencies() -> None:
 def test_a_dead_mirror_fails_the_debootstrap_step_and_leaves_no_cache(tmp_path: Path) -> None:
     """A real debootstrap (`make test` installs the Debian package) against a mirror that
     refuses at once; without root, the step says that it needs root."""
-    if shutil.which("debootstrap") is None:
+    # /usr/sbin is not on a normal user's PATH
+    if not shutil.which("debootstrap", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"):
         pytest.fail("debootstrap is not installed: apt-get install debootstrap (make test does)")
     cache = tmp_path / "cache"
     expected = (
