@@ -24,8 +24,9 @@ thread's CPU time (`time.thread_time`) and by its run-queue delay (`/proc/thread
 schedstat`, time runnable but not on a CPU). Wall - CPU - run queue is time blocked: on a
 real-time tick, that is waiting to take the GIL back (the tick's own file writes are off the
 loop). The wake-up (due -> the tick starts) is split the same way. For ticks that waited
-more than 2 ms, the other threads' Python stacks are sampled at the tick's end, which names
-the code that held the GIL. One more run, `translate` at the interpreter's default switch
+more than 2 ms inside, or started more than 5 ms late for another reason than the run queue,
+the other threads' Python stacks are sampled at the tick's end, which names the code that
+held the GIL. One more run, `translate` at the interpreter's default switch
 interval (5 ms), is the control for the loop's 0.1 ms.
 """
 
@@ -180,8 +181,8 @@ class _Probe:
                         "wait_s": wait,
                     }
                 )
-                if wait > 0.002:
-                    self._sample()
+                if wait > 0.002 or now - due - wake_runq > 0.005:
+                    self._sample()  # the tick waited, or started late while runnable
             self._last_runq = rq1
             return out
 
