@@ -28,14 +28,19 @@ ASR_TOKENS = 50
 
 
 def _asr(preset: str) -> Path:
-    from export.asr import DECODER_LAYOUT
+    """Ocula's fp32 artifact, re-exported whenever the ASR export code has changed."""
+    import hashlib
 
+    code = hashlib.sha256()
+    for name in ("asr.py", "asr_graphs.py", "graphquant.py"):
+        code.update((ROOT / "export" / name).read_bytes())
     out = CACHE / preset / "ocula-fp32"
-    man = out / "manifest.json"
-    if not man.exists() or json.loads(man.read_text())["asr"]["decoder_layout"] != DECODER_LAYOUT:
+    key = out / ".export-code"
+    if not key.is_file() or key.read_text() != code.hexdigest():
         from export.asr import AsrOptions, export_asr
 
         export_asr(str(_hf(preset)), out, AsrOptions(quant="fp32", validate=False, force=True))
+        key.write_text(code.hexdigest())
     return out
 
 
