@@ -164,3 +164,36 @@ def fuzz_board(tmp_path_factory: pytest.TempPathFactory) -> InProcessBoard:
 def test_agent_answers_any_payload(fuzz_board: InProcessBoard, payload: bytes) -> None:
     header, _ = rpc.decode(handle_payload(fuzz_board.agent, payload))
     assert header["ok"] in (True, False)
+
+
+def test_cli_bundle_carries_the_glyph_atlas_unless_told_not_to(tmp_path: Path, ocula) -> None:
+    from runtime.io.glyphs import GlyphAtlas
+
+    vad = artifact(tmp_path / "vad", 1024)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    res = ocula(
+        "bundle", "--board", "sim", "--vad", str(vad), "--out", str(tmp_path / "a.bundle"), env=env
+    )
+    assert res.code == 0, res.err
+    assert "with the display's glyph atlas" in res.out
+    Bundle = bundles.Bundle
+    Bundle.open(tmp_path / "a.bundle").extract(tmp_path / "a")
+    atlas = GlyphAtlas.load(tmp_path / "a/artifacts/glyphs.npz")
+    assert atlas.glyph("中").bitmap.any() and atlas.glyph("A").bitmap.any()
+
+    res = ocula(
+        "bundle",
+        "--board",
+        "sim",
+        "--vad",
+        str(vad),
+        "--out",
+        str(tmp_path / "b.bundle"),
+        "--no-glyphs",
+        "--json",
+        env=env,
+    )
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["glyphs"] is False
+    Bundle.open(tmp_path / "b.bundle").extract(tmp_path / "b")
+    assert not (tmp_path / "b/artifacts/glyphs.npz").exists()
