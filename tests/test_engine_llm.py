@@ -90,6 +90,36 @@ def test_prefix_reuse_gives_the_same_tokens_and_prefills_only_the_new_part(graph
         assert gen.tokens == greedy(fresh, ids, 12)
 
 
+@pytest.mark.parametrize("graph", ["fused", "optimum"])
+def test_last_logits_are_the_models_raw_output(graph: str) -> None:
+    import torch
+    import transformers
+
+    llm = Llm.from_artifact(llm_artifact("tiny-qwen2", "fp32", graph))
+    llm.eos_ids = frozenset()
+    ids = llm.encode(PROMPT)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        hf_model("tiny-qwen2"), dtype=torch.float32
+    ).eval()
+    # Repetition penalty on: last_logits must be the logits before the sampler touches them.
+    config = GenerationConfig(max_new_tokens=3, sampling=SamplingParams(repetition_penalty=1.3))
+    gen = llm.start(ids, config)
+    assert gen.last_logits is None
+    seen = list(ids)
+    while not gen.done:
+        token = gen.step()
+        assert token is not None
+        logits = gen.last_logits
+        assert logits is not None and logits.dtype == np.float32
+        assert logits.shape == (llm.info.vocab_size,)
+        with pytest.raises(ValueError, match="read-only"):
+            logits[0] = 0.0
+        with torch.no_grad():
+            ref = model(torch.tensor([seen])).logits[0, -1].numpy()
+        np.testing.assert_allclose(logits, ref, atol=1e-3)
+        seen.append(token)
+
+
 def test_fused_buffers_are_allocated_once() -> None:
     llm = Llm.from_artifact(llm_artifact("tiny-qwen2", "fp32", "fused"))
     runner = llm._runner

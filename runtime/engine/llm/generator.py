@@ -14,6 +14,10 @@ Rules it keeps:
   length, a time budget. `finish_reason` says which.
 - A prompt that does not fit the max length is an error that says the numbers, unless the
   caller asked to keep only its last tokens (`truncate=True`).
+- `Generation.last_logits` is the model's output for the token that `step()` last returned:
+  a read-only float32 view [vocab_size] of the raw logits (before repetition penalty,
+  temperature or any filter), valid until the next `step()` of any generation on the same `Llm`
+  (copy it to keep it). None before the first step.
 """
 
 from __future__ import annotations
@@ -253,6 +257,7 @@ class Generation:
         self.first_token_s: float | None = None
         self.decode_s = 0.0
         self.reused_tokens = 0
+        self._last_logits: np.ndarray | None = None
 
     @property
     def done(self) -> bool:
@@ -292,6 +297,7 @@ class Generation:
             self.reused_tokens = min(before, len(self.prompt_ids) - 1) if before else 0
             token = self._sampler(logits)
             self.first_token_s = time.perf_counter() - self.started
+        self._last_logits = logits
         self.tokens.append(token)
         self._sampler.observe([token])
         self._emit(token)
@@ -332,6 +338,17 @@ class Generation:
         delta = self.take_text()
         if delta:
             yield delta
+
+    @property
+    def last_logits(self) -> np.ndarray | None:
+        """Raw logits [vocab_size] (float32, read-only) that chose the last token `step()`
+        returned; overwritten by the next step on the same `Llm`, so copy to keep. None before
+        the first step."""
+        if self._last_logits is None:
+            return None
+        view = self._last_logits.view()
+        view.flags.writeable = False
+        return view
 
     @property
     def decode_tokens_per_s(self) -> float:
