@@ -24,7 +24,7 @@ from transformers import (
 
 import export.fused.builder as fused_build
 from export.fused import FusedError, build
-from export.fused.quant import dequantize, quantize
+from export.fused.quant import dequantize, dequantize_split, quantize, split8
 from export.fused.run import FusedDecoder
 
 COMMON = dict(
@@ -175,6 +175,43 @@ def test_quantized_graph_computes_the_quantized_model(name, quant, symmetric, tm
     decoder = FusedDecoder(out, info)
     np.testing.assert_allclose(decoder.run(PROMPT), _last_logits(reference, PROMPT), atol=2e-4)
     assert decoder.greedy(PROMPT, 24) == _greedy_reference(reference, PROMPT, 24)
+
+
+def test_split_head_is_exact_on_its_candidates_and_4_bit_elsewhere(tmp_path):
+    """int4 with an 8-bit table and head_candidates: the lookup reads both planes (8 bits),
+    the K best logits are the 8-bit table's, the rest its high 4-bit plane's."""
+    model, folder = _hf_model("qwen2", tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    k = 16
+    info = build(
+        folder,
+        out,
+        quant="int4",
+        embed_quant="int8",
+        head_candidates=k,
+        accuracy_level=0,
+        max_length=MAX_LENGTH,
+    )
+    assert info.op_histogram["TopK"] == 1 and info.op_histogram["ScatterElements"] == 1
+    table = model.model.embed_tokens.weight.detach().numpy().copy()
+    split = split8(table, 32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed_tokens" not in name:
+                p.copy_(torch.from_numpy(dequantize(quantize(p.numpy(), 4, 32, True))))
+        model.model.embed_tokens.weight.copy_(torch.from_numpy(dequantize_split(split)))
+        hidden = model.model(torch.tensor([PROMPT])).last_hidden_state[0, -1].numpy()
+    exact = _last_logits(model, PROMPT)
+    approx = hidden @ dequantize(split.high).T
+    decoder = FusedDecoder(out, info)
+    got = decoder.run(PROMPT).copy()
+    top = np.argsort(-approx)[:k]
+    rest = np.setdiff1d(np.arange(approx.size), top)
+    np.testing.assert_allclose(got[top], exact[top], atol=2e-4)
+    np.testing.assert_allclose(got[rest], approx[rest], atol=2e-4)
+    assert not np.allclose(approx[top], exact[top], atol=1e-3)  # the second stage did work
+    assert decoder.greedy(PROMPT, 16) == _greedy_reference(model, PROMPT, 16)
 
 
 def test_fp16_weights_compute_in_float32(tmp_path):

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.fused.quant import dequantize, quantize, unpack
+from export.fused.quant import dequantize, dequantize_split, quantize, split8, unpack
 
 
 def _session(nodes: list, inits: list, inputs: list, outputs: list) -> ort.InferenceSession:
@@ -96,3 +96,17 @@ def test_all_zero_block_is_exact():
     for symmetric in (True, False):
         ref = dequantize(quantize(w, 4, 32, symmetric))
         np.testing.assert_array_equal(ref, w)
+
+
+def test_split8_planes_recombine_to_an_8_bit_grid():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((40, 72)).astype(np.float32)
+    w[3, 5] = 9.0  # an outlier: its block's step grows, the others' do not
+    s = split8(w, 32)
+    step = np.abs(np.repeat(s.high.scales / 16, 32, axis=1)[:, :72])
+    # both planes: rounding to nearest on the 8-bit step
+    assert np.all(np.abs(dequantize_split(s) - w) <= step * 0.5 + 1e-6)
+    # the high plane alone: a 4-bit grid 16 steps wide, off by at most half of it (plus the
+    # 8-bit rounding it starts from)
+    assert np.all(np.abs(dequantize(s.high) - w) <= step * 8.5 + 1e-6)
+    assert s.low.shape == s.high.packed.shape and s.low.dtype == np.uint8

@@ -101,6 +101,7 @@ def build(
     embed_quant: str | None = None,
     embed_block_size: int | None = None,
     scale_search: bool = False,
+    head_candidates: int = 0,
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
@@ -122,8 +123,17 @@ def build(
         raise FusedError(f"{model_dir}: untied embeddings but no lm_head.weight in the weights")
     if embed_quant not in (None, "int4", "int8"):
         raise FusedError(f"embed_quant must be int4 or int8, got {embed_quant!r}")
+    if not 0 <= head_candidates <= 4096:
+        raise FusedError(f"head_candidates must be between 0 and 4096, got {head_candidates}")
     opts = Options(
-        quant, block_size, symmetric, accuracy_level, embed_quant, embed_block_size, scale_search
+        quant,
+        block_size,
+        symmetric,
+        accuracy_level,
+        embed_quant,
+        embed_block_size,
+        scale_search,
+        head_candidates,
     )
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers

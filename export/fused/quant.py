@@ -152,3 +152,51 @@ def dequantize(q: Quantized) -> np.ndarray:
         zp = unpack(q.zero_points, q.bits, k_blocks).astype(np.float32)
     w = (codes - zp[..., None]) * q.scales[..., None]
     return w.reshape(n, -1)[:, : q.k]
+
+
+# The split 8-bit grid: codes in [-SPLIT_RANGE, SPLIT_RANGE] so that every code q splits into a
+# high nibble h = floor((q + 8) / 16) in [-7, 7] and a low nibble l = q - 16 h in [-8, 7].
+SPLIT_RANGE = 119
+
+
+@dataclass(frozen=True)
+class Split8:
+    """An 8-bit symmetric quantization stored as two 4-bit planes.
+
+    W ~= (hi - 8) * S + (lo - 8) * S / 16 with S = `high.scales` (16 times the 8-bit step).
+    `high` alone is a 4-bit quantization of W on the grid S (each code rounded half down from
+    the 8-bit one), so MatMulNBits can read it as an ordinary 4-bit weight; adding the low
+    plane gives the 8-bit value back. Both planes share the layout [N, k_blocks, blob].
+    """
+
+    high: Quantized
+    low: np.ndarray  # uint8 [N, k_blocks, blob], 4-bit codes, zero point 8, scale S / 16
+
+
+def split8(w: np.ndarray, block_size: int) -> Split8:
+    """Quantize W [N, K] to 8 bits (step: the block's peak / 119, rounding to nearest) and
+    split each code into the two 4-bit planes of `Split8`."""
+    n, k = w.shape
+    pad = (-k) % block_size
+    w = np.asarray(w, dtype=np.float32)
+    if pad:
+        w = np.pad(w, ((0, 0), (0, pad)))
+    blocks = w.reshape(n, -1, block_size)
+    idx = np.abs(blocks).argmax(axis=2)[..., None]
+    step = np.take_along_axis(blocks, idx, axis=2)[..., 0] / -SPLIT_RANGE
+    safe = np.where(step == 0, 1.0, step)[..., None]
+    q = np.clip(np.rint(blocks / safe), -SPLIT_RANGE, SPLIT_RANGE).astype(np.int16)
+    hi = (q + 8) // 16
+    lo = q - 16 * hi
+    high = Quantized(
+        pack((hi + 8).astype(np.uint8), 4), (16 * step).astype(np.float32), None, 4, block_size, k
+    )
+    return Split8(high, pack((lo + 8).astype(np.uint8), 4))
+
+
+def dequantize_split(s: Split8) -> np.ndarray:
+    """W [N, K] from both planes (the 8-bit value)."""
+    q = s.high
+    lo = unpack(s.low, 4, q.block_size).astype(np.float32) - 8
+    w = dequantize(q) + (lo * q.scales[..., None] / 16).reshape(q.n, -1)[:, : q.k]
+    return w
