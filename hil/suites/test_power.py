@@ -32,23 +32,29 @@ def test_busy_power_within_burst_budget(board, power, objectives, hil_record, tm
 
 def test_energy_per_request_is_repeatable(board, power, objectives, hil_record):
     """The same burst of requests, three times: energy above the idle floor per request,
-    integrated between the capture's markers, spreads less than the objective across runs."""
+    integrated between the capture's markers, spreads less than the objective across runs.
+    A capture with missing samples has no energy figure (gaps are never filled in): it is
+    reported and run again, up to three times."""
     board.hello()
     p = board.profile.power
     floor = p.idle_w + p.display_w
-    per_request = []
-    for _ in range(3):
+    per_request: list[float] = []
+    dropped = []
+    while len(per_request) < 3:
         with power.capture() as cap:
             for _ in range(200):
                 board.call("info")
         if cap.window_us is None:
             pytest.skip("this rig raises no marker edges: the work window is unknown")
         if cap.samples.gaps():
-            raise PowerFailure(f"the fixture missed samples: {cap.samples.gaps()[:3]}")
+            dropped.append(cap.samples.gaps()[:3])
+            if len(dropped) > 3:
+                raise PowerFailure(f"the fixture missed samples in every capture: {dropped}")
+            continue
         per_request.append(cap.energy_j(floor_w=floor) / 200)
     mean = float(np.mean(per_request))
     assert mean > 0, f"no energy above the {floor} W floor: {per_request}"
-    hil_record.steps.append((f"energy per request (J): {per_request}", 0.0))
+    hil_record.steps.append((f"energy per request (J): {per_request}; gaps: {dropped}", 0.0))
     spread = (max(per_request) - min(per_request)) / mean * 100
     objectives.check("energy.repeatability_pct", spread)
 
