@@ -249,6 +249,8 @@ class SimRail:
         self._rescan = 0.0
         self._members: list[str] = []
         fixture.on_pin = self._pin
+        # until the first interval closes (plus the wiring delay) the sensor shows the floor
+        fixture.rail(self.power.idle_w + self.power.display_w)
         self._thread = threading.Thread(target=self._run, name="simrail", daemon=True)
         self._thread.start()
 
