@@ -305,9 +305,23 @@ def test_board_budget_limits_the_kv_cache() -> None:
     assert llm.max_length == llm.info.max_length  # 4 GB leaves room for the whole buffer
     import dataclasses
 
-    tight = dataclasses.replace(sim, budget=dataclasses.replace(sim.budget, max_rss_mb=200))
-    with pytest.raises(ArtifactError, match=r"over board sim's 200 MB RSS budget"):
-        Llm.from_artifact(art, tight)
+    def board(mb: int):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(sim, budget=dataclasses.replace(sim.budget, max_rss_mb=mb))
+
+    # The fused graph's KV length axis is symbolic: the buffers take the length asked for
+    # (the caller's max_length, or what the board's budget leaves), not the export's.
+    small = Llm.from_artifact(art, board(4096), max_length=64)
+    assert small.max_length == 64
+    runner = small._runner
+    assert runner.max_length == 64 and runner.kv_bytes * 4 == llm._runner.kv_bytes
+    assert all(a.shape[2] == 64 for a in runner._kv)  # type: ignore[attr-defined]
+    small.eos_ids = llm.eos_ids = frozenset()
+    ids = small.encode(PROMPT)
+    assert greedy(small, ids, 8) == greedy(llm, ids, 8)
+    with pytest.raises(EngineUsageError, match="max_length must be between 16"):
+        Llm.from_artifact(art, max_length=10_000)
+    with pytest.raises(ArtifactError, match=r"no room for a KV cache within board sim"):
+        Llm.from_artifact(art, board(200))
 
 
 # -- sampling against transformers' logits processors ------------------------------------

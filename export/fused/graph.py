@@ -415,7 +415,9 @@ def emit(s: Shape, weights: Weights, opts: Options) -> onnx.ModelProto:
 
 
 def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
-    kv = [1, s.kv_heads, s.max_length, s.head_dim]
+    # The length axis is symbolic: the runtime sizes the shared buffers for the conversation it
+    # expects, up to max_length (the rotary tables' length).
+    kv: list[int | str] = [1, s.kv_heads, "max_length", s.head_dim]
     f32 = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"]),

@@ -12,6 +12,8 @@ Rules it keeps:
 - `step()` does one graph run and one sample; `cancel()` (any thread) takes effect before the
   next run. Stops: EOS ids from the manifest, stop strings, max new tokens, the cache's max
   length, a time budget. `finish_reason` says which.
+- KV memory: the fused runner's buffers hold `max_length` tokens, the smallest of the export's
+  max length, the caller's `max_length=` and what the board's RSS budget leaves.
 - A prompt that does not fit the max length is an error that says the numbers, unless the
   caller asked to keep only its last tokens (`truncate=True`).
 - `Generation.last_logits` is the model's output for the token that `step()` last returned:
@@ -106,7 +108,12 @@ class Llm:
         *,
         threads: int | None = None,
         verify: bool = True,
+        max_length: int | None = None,
     ) -> Llm:
+        """Load an artifact. `max_length` caps the tokens one conversation holds (prompt + new
+        tokens); the board's RSS budget may cap it further. A fused graph whose KV length is
+        symbolic (exports from this version on) allocates its KV buffers for exactly that
+        many tokens; an older fused graph allocates the length it was exported with."""
         art = open_artifact(path, "llm", verify=verify)
         m = art.manifest
         info = m.llm
@@ -121,14 +128,13 @@ class Llm:
             f.size for f in m.files if f.role in ("model", "weights") or f.path.endswith(".onnx")
         )
         budget_len = max_length_for_budget(info, weights, profile)
-        if profile is not None and info.graph_kind == "fused" and budget_len < info.max_length:
-            need = (weights + _kv_bytes(info, info.max_length)) // MB + OVERHEAD_MB
-            raise ArtifactError(
-                f"{where}: this fused artifact holds a KV buffer of {info.max_length} tokens; "
-                f"weights + KV + overhead need about {need} MB, over board "
-                f"{profile.name}'s {profile.budget.max_rss_mb} MB RSS budget; re-export with "
-                f"--max-length {max(64, budget_len // 64 * 64)} or a smaller quantization"
-            )
+        if max_length is not None:
+            if not 16 <= max_length <= info.max_length:
+                raise EngineUsageError(
+                    f"max_length must be between 16 and the export's {info.max_length} tokens, "
+                    f"got {max_length}"
+                )
+            budget_len = min(budget_len, max_length)
         if budget_len < 16:
             raise ArtifactError(
                 f"{where}: the weights leave no room for a KV cache within board "
@@ -136,7 +142,17 @@ class Llm:
             )
         model, sha = art.graph_file("decoder")
         session = open_session(model, profile, threads=threads, identity=sha)
-        runner = make_runner(session, info, where)
+        runner = make_runner(session, info, where, budget_len)
+        if profile is not None and runner.max_length > max_length_for_budget(
+            info, weights, profile
+        ):
+            need = (weights + _kv_bytes(info, runner.max_length)) // MB + OVERHEAD_MB
+            raise ArtifactError(
+                f"{where}: this fused artifact holds a KV buffer of {runner.max_length} tokens; "
+                f"weights + KV + overhead need about {need} MB, over board "
+                f"{profile.name}'s {profile.budget.max_rss_mb} MB RSS budget; re-export with "
+                f"--max-length {max(64, budget_len // 64 * 64)} or a smaller quantization"
+            )
         return cls(
             info, runner, art.file(tok), m.tokenizer.chat_template, where, max_length=budget_len
         )

@@ -1,7 +1,8 @@
 """The two LLM graph kinds behind one small interface: feed new token ids, get last logits.
 
-`FusedRunner` drives the fused graph (GroupQueryAttention; past and present are one buffer of
-the export's max length per layer, updated in place). Every buffer the hot loop touches is
+`FusedRunner` drives the fused graph (GroupQueryAttention; past and present are one buffer
+per layer, updated in place, of the runner's max length: the caller's, up to the export's, when
+the graph's KV length axis is symbolic). Every buffer the hot loop touches is
 allocated once, when the runner is made, and bound once: the KV buffers (each past and its
 present bound to the same OrtValue), the one-token input, `seqlens_k`, `total_sequence_length`
 and the logits output are numpy arrays shared with OrtValues, so a decode step writes three
@@ -54,7 +55,11 @@ class Runner:
     _run_s = 0.0
 
 
-def make_runner(session: ort.InferenceSession, info: LlmInfo, where: str) -> Runner:
+def make_runner(
+    session: ort.InferenceSession, info: LlmInfo, where: str, max_length: int | None = None
+) -> Runner:
+    """The runner for the graph kind; `max_length` (default: the export's) sizes the fused
+    graph's KV buffers when their length axis is symbolic."""
     if info.kv is None:
         raise ArtifactError(f"{where}: the manifest has no KV layout (llm.kv)")
     names = {i.name for i in session.get_inputs()}
@@ -67,7 +72,7 @@ def make_runner(session: ort.InferenceSession, info: LlmInfo, where: str) -> Run
                     "names; the manifest and the model do not belong together (re-export)"
                 )
     if info.graph_kind == "fused" and info.kv.shared_buffer:
-        return FusedRunner(session, info)
+        return FusedRunner(session, info, max_length)
     if info.graph_kind == "optimum" and not info.kv.shared_buffer:
         return OptimumRunner(session, info)
     raise ArtifactError(
@@ -94,15 +99,24 @@ def _kv_dtype(info: LlmInfo) -> type[np.floating[Any]]:
 
 
 class FusedRunner(Runner):
-    def __init__(self, session: ort.InferenceSession, info: LlmInfo) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, info: LlmInfo, max_length: int | None = None
+    ) -> None:
         import time
 
         self._time = time.perf_counter
         self.session = session
-        self.max_length = info.max_length
+        first = info.kv.past.format(layer=0, kind=info.kv.kinds[0])  # type: ignore[union-attr]
+        declared = next(i.shape for i in session.get_inputs() if i.name == first)[2]
+        # A symbolic length axis takes buffers of any length up to the export's (its rotary
+        # tables); a fixed one only its own.
+        if isinstance(declared, int):
+            self.max_length = declared
+        else:
+            self.max_length = min(max_length or info.max_length, info.max_length)
         self.length = 0
         dtype = _kv_dtype(info)
-        shape = (1, info.kv_heads, info.max_length, info.head_dim)
+        shape = (1, info.kv_heads, self.max_length, info.head_dim)
         self._binding = session.io_binding()
         # Zeros, not garbage: attention never reads past the cache length, but a NaN left in
         # an unused slot must not be able to leak through a 0 * NaN.
