@@ -6,12 +6,16 @@ threads, peers alternating round by round; figures are medians over the rounds.
 - LLM (qwen2.5-0.5b random weights at int4 and int8, SmolLM2-135M real weights at int4):
   Ocula's generator on the fused artifact; onnxruntime-genai on a model built by its own builder
   from the same weights (peer venv, `bench/peers.py`); PyTorch eager fp32 `generate`. A
-  64-token prompt, 128 new tokens (EOS ignored), time to first token, decode tokens/s, Python
+  64-token prompt, 128 new tokens (EOS ignored; both engines size their KV buffers for prompt
+  plus new tokens), time to first token, decode tokens/s, Python
   overhead per token (step time minus time inside `run_with_iobinding`), peak RSS. The roofline:
   this machine's copy bandwidth (bytes read + written) over the weight bytes read per token.
 - VAD: microseconds per 32 ms chunk (model run, and the whole `push`).
 
-Models are built once into `.cache/bench-engines/` (delete it to rebuild).
+Models are built once into `.cache/bench-engines/` (delete it to rebuild). Cases (set
+`OCULA_BENCH_ENGINES` to a comma-separated subset, e.g. "llm smollm2 int4,vad"): the int4 LLMs
+at the export's default (8-bit embedding table) and with `--embed-bits 4` (suffix "-e4": every
+weight at 4 bits, the bytes genai's int4 reads per token), qwen2.5-0.5b int8, VAD.
 """
 
 from __future__ import annotations
@@ -52,13 +56,22 @@ def _hf(preset: str) -> Path:
     return out
 
 
-def _llm(preset: str, quant: str) -> Path:
-    out = CACHE / preset / f"ocula-{quant}"
+def _llm(preset: str, spec: str) -> Path:
+    """The fused artifact for `spec`: "int4" (the export's default, 8-bit embedding table),
+    "int4-e4" (`--embed-bits 4`: every weight at 4 bits, genai's bytes) or "int8"."""
+    quant, _, table = spec.partition("-e")
+    embed_bits = int(table) if table else (8 if quant == "int4" else None)
+    out = CACHE / preset / f"ocula-{quant}-e{embed_bits or 8}"
     if not (out / "manifest.json").exists():
         from export.llm import LlmOptions, export_llm
 
         opts = LlmOptions(
-            quant=quant, graph="fused", validate=False, max_length=MAX_LENGTH, force=True
+            quant=quant,
+            graph="fused",
+            validate=False,
+            max_length=MAX_LENGTH,
+            embed_bits=embed_bits,
+            force=True,
         )
         export_llm(str(_hf(preset)), out, opts)
     return out
@@ -108,7 +121,8 @@ def _prompt(vocab: int) -> list[int]:
 def worker_ocula_llm(path: str, reps: int) -> dict[str, Any]:
     from runtime.engine.llm import GenerationConfig, Llm
 
-    llm = Llm.from_artifact(path, threads=THREADS)
+    # KV buffers for the prompt and the new tokens, as genai sizes its own (max_length)
+    llm = Llm.from_artifact(path, threads=THREADS, max_length=PROMPT + NEW + 1)
     llm.eos_ids = frozenset()
     ids = _prompt(llm.info.vocab_size)
     out: dict[str, list[float]] = {"ttft": [], "decode": [], "overhead": []}
@@ -245,8 +259,8 @@ def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rounds), 4) for k in rounds[0]}
 
 
-def bench_llm(preset: str, quant: str, peers: bool, torch_peer: bool) -> dict[str, Any]:
-    art = _llm(preset, quant)
+def bench_llm(preset: str, spec: str, peers: bool, torch_peer: bool) -> dict[str, Any]:
+    art = _llm(preset, spec)
     runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "genai": [], "torch": []}
     prompt = json.dumps(
         _prompt(json.loads((_hf(preset) / "config.json").read_text())["vocab_size"])
@@ -303,8 +317,10 @@ def run(out_dir: Path) -> dict[str, Any]:
 
     cases = [
         "llm qwen2.5-0.5b int4",
+        "llm qwen2.5-0.5b int4-e4",
         "vad",
         "llm smollm2 int4",
+        "llm smollm2 int4-e4",
         "llm qwen2.5-0.5b int8",
     ]
     for key in cases:
@@ -312,15 +328,23 @@ def run(out_dir: Path) -> dict[str, Any]:
             continue
         kind, *rest = key.split()
         if kind == "llm":
-            name, quant = rest
-            peers = quant == "int4"
-            r = bench_llm(name, quant, peers, torch_peer=name == "qwen2.5-0.5b" and peers)
+            name, spec = rest
+            peers = spec.startswith("int4")
+            torch_peer = name == "qwen2.5-0.5b" and spec == "int4"
+            r = bench_llm(name, spec, peers, torch_peer=torch_peer)
             o = r["ocula"]
             roof = bw * 1e9 / (o["weight_mb_per_token"] * 1e6)
             o["roofline_tok_s"] = round(roof, 1)
             o["roofline_fraction"] = round(o["decode"] / roof, 3)
-            if "genai" in r:
-                r["genai"]["roofline_fraction"] = round(r["genai"]["decode"] / roof, 3)
+            if "genai" in r:  # against its own weight bytes
+                g = r["genai"]
+                folder = _genai(name)
+                g["weight_mb_per_token"] = round(
+                    sum(f.stat().st_size for f in folder.glob("model.onnx*")) / 1e6, 1
+                )
+                g["roofline_fraction"] = round(
+                    g["decode"] / (bw * 1e9 / (g["weight_mb_per_token"] * 1e6)), 3
+                )
             result[key] = r
         else:
             result[key] = bench_vad()

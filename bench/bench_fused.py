@@ -11,6 +11,11 @@ buffer, updated in place); genai's graph the same way (it also shares the buffer
 attention mask instead of seqlens_k); optimum's graph with present outputs allocated by
 onnxruntime and rebound as the next run's past (its layout grows by one row per token).
 
+Graphs: "fused" (every weight at 4 bits), "fused-embed8" (the export's default: 8-bit
+embedding table and tied head), "fused-split" (the 8-bit table with the two-stage head,
+`head_candidates`), "genai", "optimum". `BENCH_FUSED_GRAPHS` picks a subset,
+`BENCH_FUSED_PRESETS` the presets, `BENCH_FUSED_ROUNDS` the rounds.
+
 Run under the shared lock: `flock /tmp/ocula-heavy.lock .venv/bin/python -m bench bench_fused`.
 Models and builds are cached in `.cache/bench-fused/`; delete it to rebuild from scratch.
 """
@@ -39,7 +44,10 @@ THREADS = 2
 PROMPT_TOKENS = 64
 NEW_TOKENS = 128
 ROUNDS = int(os.environ.get("BENCH_FUSED_ROUNDS", "3"))
+# A subset of the graphs below, e.g. "fused,fused-split,genai" (default: all)
+GRAPHS = tuple(filter(None, os.environ.get("BENCH_FUSED_GRAPHS", "").split(",")))
 MAX_LENGTH = 512
+SPLIT_CANDIDATES = 64  # fused-split: the 8-bit table's head in two stages (export/fused/graph.py)
 
 
 def run(out_dir: Path) -> dict[str, Any]:
@@ -66,18 +74,24 @@ def _preset(preset: str) -> dict[str, Any]:
     makers = {
         "fused": lambda out: _build_fused(hf, out),
         "fused-embed8": lambda out: _build_fused(hf, out, embed_quant="int8"),
+        "fused-split": lambda out: _build_fused(
+            hf, out, embed_quant="int8", head_candidates=SPLIT_CANDIDATES
+        ),
         "genai": lambda out: _build_genai(hf, out),
         "optimum": lambda out: _build_optimum(hf, out),
     }
     loop_types = {
         "fused": _FusedLoop,
         "fused-embed8": _FusedLoop,
+        "fused-split": _FusedLoop,
         "genai": _GenaiLoop,
         "optimum": _OptimumLoop,
     }
     builds: dict[str, Any] = {}
     loops: dict[str, Any] = {}
     for name, make in makers.items():
+        if GRAPHS and name not in GRAPHS:
+            continue
         try:
             builds[name] = _cached_build(base / name, make)
             loops[name] = loop_types[name](base / name, hf)
