@@ -216,7 +216,15 @@ def apps_bundle(profile: str = "sim") -> tuple[Path, Path]:
                     shutil.rmtree(old, ignore_errors=True)
         out.mkdir()
         private, _ = keys.generate(out / "key")
-        bundle.build(profiles.find(profile), out / "apps.bundle", arts, key=private)
+        from ocula.glyphatlas import cached_atlas
+
+        bundle.build(
+            profiles.find(profile),
+            out / "apps.bundle",
+            arts,
+            key=private,
+            glyphs=cached_atlas(28),  # the display draws its text from it
+        )
 
     for name in sorted(f.name for f in arts.values()):
         h.update(name.encode())

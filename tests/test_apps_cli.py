@@ -17,6 +17,7 @@ from tests.artifacts import apps_bundle
 from tests.conftest import run_ocula
 
 IMAGES = Path(__file__).parent / "data" / "images"
+SPEECH = Path(__file__).parent / "data" / "speech_padded.wav"
 TRUTH = json.loads((IMAGES / "images.json").read_text())
 
 
@@ -88,6 +89,19 @@ def test_run_on_a_sim_board_over_a_pty(tmp_path: Path) -> None:
             timeout=120,
         )  # fmt: skip
         assert r.code == 1 and "language 'xx' is not known" in r.err
+        # --audio: the clip is injected as the board's microphone, so the ASR hears real speech
+        r = run_ocula(
+            "run", "captions", "--port", board.port, "--audio", str(SPEECH), "--duration", "9",
+            "--json", timeout=180,
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        report = json.loads(r.out)
+        assert any("injected clip" in n for n in report["notes"])
+        assert report["metrics"]["counters"]["audio.dropped_samples"] == 0
+        assert "speech_end_to_caption_s" in report["metrics"]["latency_s"]
+        # a file that is not a WAV is refused before anything is sent
+        r = run_ocula("run", "captions", "--port", board.port, "--audio", str(trace_file))
+        assert r.code == 2 and "not a WAV file" in r.err
 
 
 def test_a_bundle_without_the_model_the_app_needs(models: Path) -> None:

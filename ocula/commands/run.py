@@ -3,7 +3,8 @@
 With a board's port (a serial device, `sim://NAME`, `rfc2217://HOST:PORT`) the board's agent
 runs the app on its own devices with the models of its installed bundle: this host sends the
 `run` request with the app options (languages, tokens, question), waits for the run to end and
-prints the board's counters and latency percentiles; `--trace FILE` fetches the board's trace.
+prints the board's counters and latency percentiles; `--trace FILE` fetches the board's trace;
+`--audio WAV` sends the clip to the board first, which plays it as its microphone.
 With `--port local` the app runs on this host with file-backed devices: `--audio` a WAV paced in
 real time (or `alsa:DEVICE`), `--camera` an image, a folder of images, `pattern` or
 `v4l2:/dev/videoN`, `--display` a folder for the virtual display's PNG frames and preview (or
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -48,7 +50,9 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
         help="folder of artifacts (default ./artifacts; --port local only)",
     )
     p.add_argument("--board", default="sim", help="board profile (default sim)")
-    p.add_argument("--audio", help="WAV file, or alsa:DEVICE")
+    p.add_argument(
+        "--audio", help="WAV file, or alsa:DEVICE (with a board port: a WAV clip it plays)"
+    )
     p.add_argument("--camera", help="image, folder of images, 'pattern', or v4l2:/dev/videoN")
     p.add_argument("--display", help="folder for the virtual display, or fb:/dev/fbN")
     p.add_argument("--trace", type=Path, help="write the Chrome trace-event JSON here")
@@ -107,9 +111,7 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
     from runtime.apps import Report
 
     host_only = [
-        f"--{name}"
-        for name in ("audio", "camera", "display", "models")
-        if getattr(args, name) is not None
+        f"--{name}" for name in ("camera", "display", "models") if getattr(args, name) is not None
     ] + (["--virtual"] if args.virtual else [])
     if host_only:
         raise UsageError(
@@ -121,9 +123,10 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
     try:
         hello, _ = client.call("hello")
         board = hello.get("board", "?")
-        reply, _ = client.call(
-            "run", {"app": args.app, "seconds": args.duration, "options": _options(args)}
-        )
+        request = {"app": args.app, "seconds": args.duration, "options": _options(args)}
+        if args.audio is not None:
+            request["audio"] = inject_clip(client, Path(args.audio), f"{args.port}: board {board}")
+        reply, _ = client.call("run", request)
         if not reply.get("ok"):
             raise OculaError(
                 f"{args.port}: board {board} did not run {args.app}: {reply.get('error')}"
@@ -143,6 +146,31 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
         app_summaries={args.app: reply.get("summary", {})},
     )
     return report, trace
+
+
+def inject_clip(client: Any, wav: Path, where: str) -> str:
+    """Send a WAV clip to the board in parts (`inject`), so the next `run` plays it as the
+    microphone; returns its sha256. A clip the board already holds is not sent again."""
+    from runtime.agent.service import PART
+
+    if not wav.is_file():
+        raise UsageError(f"--audio {wav}: no such file (a board takes a WAV clip to inject)")
+    if wav.read_bytes()[:4] != b"RIFF":
+        raise UsageError(f"--audio {wav}: not a WAV file (a board takes a WAV clip to inject)")
+    data = wav.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    offset = 0
+    while True:
+        r, _ = client.call(
+            "inject",
+            {"sha256": digest, "size": len(data), "offset": offset},
+            data[offset : offset + PART],
+        )
+        if not r.get("ok"):
+            raise OculaError(f"{where} refused the audio clip {wav}: {r.get('error')}")
+        if r["complete"]:
+            return digest
+        offset = int(r["held"])
 
 
 def _fetch_trace(client: Any, args: argparse.Namespace, name: str, board: str) -> Path:

@@ -381,9 +381,22 @@ class Agent:
             data = fh.read(PART)
         return {"size": path.stat().st_size, "offset": offset}, data
 
+    def op_inject(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        """A part of a WAV clip that a later `run` plays as the microphone (runtime.agent.inject):
+        fields sha256, size, offset; the reply's `held` is where the next part starts."""
+        from runtime.agent.inject import MAX_CLIP_BYTES, Clips
+
+        if len(blob) > PART:
+            raise RequestError(f"inject part of {len(blob)} bytes; the limit is {PART}")
+        size = _int(fields, "size", 1, MAX_CLIP_BYTES)
+        offset = _int(fields, "offset", 0, MAX_CLIP_BYTES)
+        held = Clips(self.store.root / "inject").put(_str(fields, "sha256", 64), size, offset, blob)
+        return {"held": held, "complete": held == size}, b""
+
     def op_run(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        """Run an app on this board for `seconds` with `options` (AppOptions fields); the reply
-        has its counters and latency percentiles and names its trace (see `op_trace`)."""
+        """Run an app on this board for `seconds` with `options` (AppOptions fields); `audio`,
+        the sha256 of an injected clip (`op_inject`), replaces the microphone. The reply has its
+        counters and latency percentiles and names its trace (see `op_trace`)."""
         app = _str(fields, "app", 32)
         seconds = fields.get("seconds", 5.0)
         if not isinstance(seconds, int | float) or isinstance(seconds, bool):
@@ -399,6 +412,14 @@ class Agent:
             options = app_options(fields.get("options", {}))
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
+        audio = None
+        if "audio" in fields:
+            from runtime.agent.inject import Clips
+
+            digest = _str(fields, "audio", 64)
+            audio = Clips(self.store.root / "inject").path(digest)
+            if audio is None:
+                raise RequestError(f"no injected clip {digest[:12]}; send it with 'inject' first")
         artifacts = self.store.root / "apps" / "no-artifacts"  # factory code: no models
         if (
             self.boot.slot in ("a", "b")
@@ -417,5 +438,6 @@ class Agent:
             traces=traces,
             work=self.store.root / "apps",
             options=options,
+            audio=audio,
         )
         return reply, b""

@@ -88,6 +88,7 @@ class Captions:
         self.ring = AudioRing.for_profile(host.profile)
         if self.source.channels != self.ring.channels:
             self.ring = AudioRing(self.ring.capacity, self.source.channels)
+        host.metrics.set_counter("audio.dropped_samples", 0)  # a guarantee: reported even at 0
         for note in getattr(self.source, "notes", []):
             host.note(note)
         host.sched.every(f"{self.name}.capture", CAPTURE_PERIOD_S, self._capture)

@@ -6,7 +6,8 @@
 Devices come from the board: the profile's display (a framebuffer when `display.interface` is
 "fbdev", else the virtual display writing PNGs under `work/display`), an ALSA microphone when the
 profile has audio and pyalsaaudio is installed (else a quiet synthetic microphone, said in the
-notes), a V4L2 camera at /dev/video0 when present (else the synthetic pattern camera). The
+notes) or a WAV clip the host injected (`inject` requests), a V4L2 camera at /dev/video0 when
+present (else the synthetic pattern camera). The
 glyph atlas is `glyphs.npz` in the artifacts folder, which the bundle carries (the board has no
 font rasterizer: the host renders the glyphs); without it, or with a broken one, the display
 shows boxes for every character (and says so). The trace is written to
@@ -42,11 +43,17 @@ def run_on_board(
     traces: Path,
     work: Path,
     options: AppOptions | None = None,
+    audio: Path | None = None,
 ) -> dict[str, Any]:
+    """`audio`: a WAV clip played as the microphone, paced in real time (an injected clip)."""
     clock = MonotonicClock()
     notes: list[str] = []
+    if audio is not None:
+        notes.append(f"microphone: the injected clip {audio.stem[:12]} (WAV, paced in real time)")
     devices = Devices(
-        audio=_audio(profile, clock, notes),
+        audio=_audio(profile, clock, notes)
+        if audio is None
+        else open_audio(f"wav:{audio}", profile.audio.rate, clock),
         camera=_camera(profile, notes),
         display=_display(profile, work, notes),
     )
