@@ -47,6 +47,9 @@ ROUNDS = int(os.environ.get("BENCH_FUSED_ROUNDS", "3"))
 # A subset of the graphs below, e.g. "fused,fused-split,genai" (default: all)
 GRAPHS = tuple(filter(None, os.environ.get("BENCH_FUSED_GRAPHS", "").split(",")))
 MAX_LENGTH = 512
+# SPINNING: off for every graph. The graphs take turns token by token in one process; a pool
+# that spins after its run keeps one of this machine's 2 cores busy while the next graph runs,
+# which slowed every graph about 3x in earlier runs of this bench.
 SPLIT_CANDIDATES = 64  # fused-split: the 8-bit table's head in two stages (export/fused/graph.py)
 
 
@@ -250,6 +253,7 @@ def _session(path: Path) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see SPINNING
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -260,7 +264,7 @@ class _FusedLoop:
 
         raw = json.loads((folder / "fused-info.json").read_text())
         raw["kv"] = KvLayout(**raw["kv"])
-        self.d = FusedDecoder(folder, FusedInfo(**raw), threads=THREADS)
+        self.d = FusedDecoder(folder, FusedInfo(**raw), threads=THREADS, spinning=False)
 
     def prefill(self, prompt: list[int]) -> np.ndarray:
         self.d.reset()

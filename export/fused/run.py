@@ -20,10 +20,14 @@ from export.fused.errors import FusedError
 class FusedDecoder:
     """Prefill and step a fused graph with IO binding and an in-place KV cache."""
 
-    def __init__(self, artifact_dir: Path, info: FusedInfo, threads: int = 2) -> None:
+    def __init__(
+        self, artifact_dir: Path, info: FusedInfo, threads: int = 2, spinning: bool = True
+    ) -> None:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        # Off where several sessions take turns on few cores (a spinning pool steals them)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(
             str(Path(artifact_dir) / info.onnx_file), so, providers=["CPUExecutionProvider"]
         )
