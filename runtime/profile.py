@@ -33,6 +33,7 @@ __all__ = [
     "Cpu",
     "Display",
     "Memory",
+    "Objectives",
     "Power",
     "Profile",
     "Serial",
@@ -144,6 +145,17 @@ class Thermal:
 
 
 @dataclass(frozen=True)
+class Objectives:
+    """Latency objectives the product holds each app to, in seconds (the HIL suites check them):
+    speech end -> final caption on the display, speech end -> first translated characters on
+    the display, camera frame -> answer on the display."""
+
+    caption_s: float = _num(0.01, 600, "s")
+    translation_s: float = _num(0.01, 600, "s")
+    answer_s: float = _num(0.01, 600, "s")
+
+
+@dataclass(frozen=True)
 class Profile:
     board: Board
     cpu: Cpu
@@ -155,6 +167,7 @@ class Profile:
     budget: Budget
     power: Power
     thermal: Thermal
+    objectives: Objectives
     source: str = field(default="", compare=False)
 
     @property

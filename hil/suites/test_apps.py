@@ -3,19 +3,30 @@ fetch its trace, and hold its display cadence and stage latencies to the profile
 A board whose agent cannot run an app, or whose bundle lacks the app's models (pass --bundle),
 says why, and the test is skipped with that reason. Without --bundle, a sim:// board is first
 flashed with a signed bundle of the tiny models (tiny-qwen2 int4, tiny-whisper int8, Silero
-VAD, PP-OCR), built once and cached by `tests/artifacts.py` when this runs from a checkout."""
+VAD, PP-OCR), built once and cached by `tests/artifacts.py` when this runs from a checkout.
+captions and translate hear a known speech clip (`data/speech.wav`, two sentences), injected
+as the board's microphone, so their speech-end -> display latencies are measured on words."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hil.errors import LinkFailure
+from hil.inject import inject_clip
 from hil.power import spans
 
 APPS = ("captions", "translate", "look")
+SPEECH = Path(__file__).parent / "data" / "speech.wav"
+# the objective each app's latency is held to (p90), and whether a run must produce it
+LATENCY = {
+    "captions": ("speech_end_to_caption_s", "caption_s", True),
+    "translate": ("speech_end_to_first_translation_s", "translation_s", True),
+    "look": ("frame_to_answer_s", "answer_s", False),  # a sim camera shows no text to answer
+}
 
 
 @pytest.fixture
@@ -36,9 +47,9 @@ def app_board(board, request):
     return board
 
 
-def _run(board, app: str, seconds: float) -> tuple[dict, dict]:
+def _run(board, app: str, seconds: float, **fields) -> tuple[dict, dict]:
     try:
-        reply = board.call("run", app=app, seconds=seconds)
+        reply = board.call("run", app=app, seconds=seconds, **fields)
     except LinkFailure as e:
         if "not wired" in str(e) or "no app" in str(e):
             pytest.skip(f"the board cannot run {app}: {e}")
@@ -65,12 +76,20 @@ def _p95(values: list[float]) -> float:
 @pytest.mark.objective("camera.frame_ms")
 @pytest.mark.objective("audio.dropped_samples")
 @pytest.mark.objective("rss_mb")
+@pytest.mark.objective("caption_s")
+@pytest.mark.objective("translation_s")
+@pytest.mark.objective("answer_s")
 def test_app_latency_objectives(app_board, objectives, hil_record, app):
     """Per app: the display's write time (p95) within a refresh period, camera capture within a
-    frame period, no audio dropped, and the board's peak RSS within the profile's budget."""
+    frame period, no audio dropped, the app's event -> display latency (p90) within the
+    profile's objective, and the board's peak RSS within the profile's budget."""
     board = app_board
     board.hello()
-    reply, trace = _run(board, app, seconds=5.0)
+    if app == "look":
+        reply, trace = _run(board, app, seconds=5.0)
+    else:
+        clip = inject_clip(board.client, SPEECH, f"board {board.profile.name}")
+        reply, trace = _run(board, app, seconds=9.0, audio=clip)
     by_name: dict[str, list[float]] = {}
     for sp in spans(trace):
         by_name.setdefault(sp["name"], []).append(float(sp.get("dur", 0)) / 1000)
@@ -85,4 +104,12 @@ def test_app_latency_objectives(app_board, objectives, hil_record, app):
     counters = reply.get("counters", {})
     if "audio.dropped_samples" in counters:
         objectives.check("audio.dropped_samples", float(counters["audio.dropped_samples"]))
+    mark, objective, required = LATENCY[app]
+    latency = reply.get("latency_s", {}).get(mark)
+    assert latency or not required, (
+        f"{app} showed nothing for the injected speech in 9 s (latencies: "
+        f"{sorted(reply.get('latency_s', {}))}, notes: {reply.get('notes')})"
+    )
+    if latency:
+        objectives.check(objective, float(latency["p90"]))
     objectives.check("rss_mb", board.call("stats")["max_rss_kb"] / 1024)

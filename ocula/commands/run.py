@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -125,6 +124,8 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
         board = hello.get("board", "?")
         request = {"app": args.app, "seconds": args.duration, "options": _options(args)}
         if args.audio is not None:
+            from hil.inject import inject_clip
+
             request["audio"] = inject_clip(client, Path(args.audio), f"{args.port}: board {board}")
         reply, _ = client.call("run", request)
         if not reply.get("ok"):
@@ -146,31 +147,6 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
         app_summaries={args.app: reply.get("summary", {})},
     )
     return report, trace
-
-
-def inject_clip(client: Any, wav: Path, where: str) -> str:
-    """Send a WAV clip to the board in parts (`inject`), so the next `run` plays it as the
-    microphone; returns its sha256. A clip the board already holds is not sent again."""
-    from runtime.agent.service import PART
-
-    if not wav.is_file():
-        raise UsageError(f"--audio {wav}: no such file (a board takes a WAV clip to inject)")
-    if wav.read_bytes()[:4] != b"RIFF":
-        raise UsageError(f"--audio {wav}: not a WAV file (a board takes a WAV clip to inject)")
-    data = wav.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    offset = 0
-    while True:
-        r, _ = client.call(
-            "inject",
-            {"sha256": digest, "size": len(data), "offset": offset},
-            data[offset : offset + PART],
-        )
-        if not r.get("ok"):
-            raise OculaError(f"{where} refused the audio clip {wav}: {r.get('error')}")
-        if r["complete"]:
-            return digest
-        offset = int(r["held"])
 
 
 def _fetch_trace(client: Any, args: argparse.Namespace, name: str, board: str) -> Path:
