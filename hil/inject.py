@@ -1,6 +1,6 @@
-"""Send a WAV clip to a board's agent (`inject` requests), which plays it as its microphone in
-the next `run` (see runtime.agent.inject): how rigs and `ocula run --audio` give a board real,
-repeatable speech."""
+"""Send a WAV clip or an image to a board's agent (`inject` requests), which uses it as its
+microphone or camera in the next `run` (see runtime.agent.inject): how rigs and `ocula run
+--audio/--camera` give a board real, repeatable speech and scenes."""
 
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ from runtime.errors import OculaError, UsageError
 __all__ = ["inject_clip"]
 
 
-def inject_clip(client: Any, wav: Path, where: str) -> str:
-    """Send `wav` in parts over `client` (a board.flash.LinkClient); returns its sha256, which
-    the `run` request names as `audio`. A clip the board already holds is not sent again."""
+def inject_clip(client: Any, path: Path, where: str, device: str = "audio") -> str:
+    """Send `path` (a WAV for the "audio" device, a PNG or PPM image for the "camera") in parts
+    over `client` (a board.flash.LinkClient); returns its sha256, which the `run` request names
+    as `audio` or `camera`. A clip the board already holds is not sent again."""
     try:
-        data = wav.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"audio clip {wav}: cannot read it ({exc.strerror})") from exc
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise UsageError(f"audio clip {wav}: not a WAV file (a board takes a WAV clip to play)")
+        raise UsageError(f"{device} clip {path}: cannot read it ({exc.strerror})") from exc
+    if device == "audio" and (data[:4] != b"RIFF" or data[8:12] != b"WAVE"):
+        raise UsageError(f"audio clip {path}: not a WAV file (a board takes a WAV clip to play)")
+    if device == "camera" and data[:8] != b"\x89PNG\r\n\x1a\n" and data[:2] not in (b"P5", b"P6"):
+        raise UsageError(
+            f"camera image {path}: not a PNG or PPM/PGM image (what a board's camera stand-in reads)"
+        )
     digest = hashlib.sha256(data).hexdigest()
     offset = 0
     while True:
@@ -32,7 +37,7 @@ def inject_clip(client: Any, wav: Path, where: str) -> str:
             data[offset : offset + PART],
         )
         if not r.get("ok"):
-            raise OculaError(f"{where} refused the audio clip {wav}: {r.get('error')}")
+            raise OculaError(f"{where} refused the {device} clip {path}: {r.get('error')}")
         if r["complete"]:
             return digest
         offset = int(r["held"])

@@ -99,9 +99,21 @@ def test_run_on_a_sim_board_over_a_pty(tmp_path: Path) -> None:
         assert any("injected clip" in n for n in report["notes"])
         assert report["metrics"]["counters"]["audio.dropped_samples"] == 0
         assert "speech_end_to_caption_s" in report["metrics"]["latency_s"]
+        # --camera: an injected image stands in for the camera; the board reads its text
+        r = run_ocula(
+            "run", "look", "--port", board.port, "--camera", str(IMAGES / "sign_en.png"),
+            "--once", "--duration", "20", "--json", timeout=180,
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        report = json.loads(r.out)
+        assert any("injected image" in n for n in report["notes"])
+        read = json.dumps(report["app_summaries"]["look"], ensure_ascii=False)
+        assert all(line in read for line in TRUTH["sign_en.png"]), read
         # a file that is not a WAV is refused before anything is sent
         r = run_ocula("run", "captions", "--port", board.port, "--audio", str(trace_file))
         assert r.code == 2 and "not a WAV file" in r.err
+        r = run_ocula("run", "look", "--port", board.port, "--camera", str(SPEECH))
+        assert r.code == 2 and "not a PNG or PPM/PGM image" in r.err
 
 
 def test_a_bundle_without_the_model_the_app_needs(models: Path) -> None:

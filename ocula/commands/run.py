@@ -4,7 +4,8 @@ With a board's port (a serial device, `sim://NAME`, `rfc2217://HOST:PORT`) the b
 runs the app on its own devices with the models of its installed bundle: this host sends the
 `run` request with the app options (languages, tokens, question), waits for the run to end and
 prints the board's counters and latency percentiles; `--trace FILE` fetches the board's trace;
-`--audio WAV` sends the clip to the board first, which plays it as its microphone.
+`--audio WAV` and `--camera IMAGE` send a clip first, which the board uses as its microphone
+(played in real time) and camera (every frame).
 With `--port local` the app runs on this host with file-backed devices: `--audio` a WAV paced in
 real time (or `alsa:DEVICE`), `--camera` an image, a folder of images, `pattern` or
 `v4l2:/dev/videoN`, `--display` a folder for the virtual display's PNG frames and preview (or
@@ -52,7 +53,10 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audio", help="WAV file, or alsa:DEVICE (with a board port: a WAV clip it plays)"
     )
-    p.add_argument("--camera", help="image, folder of images, 'pattern', or v4l2:/dev/videoN")
+    p.add_argument(
+        "--camera",
+        help="image, folder of images, 'pattern', or v4l2:/dev/videoN (with a board port: an image)",
+    )
     p.add_argument("--display", help="folder for the virtual display, or fb:/dev/fbN")
     p.add_argument("--trace", type=Path, help="write the Chrome trace-event JSON here")
     p.add_argument("--duration", type=float, default=60.0, help="stop after S seconds (default 60)")
@@ -110,23 +114,25 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
     from runtime.apps import Report
 
     host_only = [
-        f"--{name}" for name in ("camera", "display", "models") if getattr(args, name) is not None
+        f"--{name}" for name in ("display", "models") if getattr(args, name) is not None
     ] + (["--virtual"] if args.virtual else [])
     if host_only:
         raise UsageError(
             f"{', '.join(host_only)}: a board runs the app on its own devices with the models "
             f"of its installed bundle; drop {'it' if len(host_only) == 1 else 'them'}, or run "
-            "on this host with --port local"
+            "on this host with --port local (a board takes --audio WAV and --camera IMAGE)"
         )
     client = LinkClient(lambda: open_port(args.port), name=args.port, timeout=args.duration + 120)
     try:
         hello, _ = client.call("hello")
         board = hello.get("board", "?")
         request = {"app": args.app, "seconds": args.duration, "options": _options(args)}
-        if args.audio is not None:
-            from hil.inject import inject_clip
+        from hil.inject import inject_clip
 
-            request["audio"] = inject_clip(client, Path(args.audio), f"{args.port}: board {board}")
+        for device in ("audio", "camera"):
+            if getattr(args, device) is not None:
+                where = f"{args.port}: board {board}"
+                request[device] = inject_clip(client, Path(getattr(args, device)), where, device)
         reply, _ = client.call("run", request)
         if not reply.get("ok"):
             raise OculaError(

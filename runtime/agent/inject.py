@@ -1,13 +1,15 @@
-"""Audio clips a host injects as the board's microphone for one `run` (HIL rigs, `ocula run
---audio` with a board port).
+"""Clips a host injects as the board's microphone or camera for one `run` (HIL rigs, `ocula run
+--audio WAV` / `--camera IMAGE` with a board port).
 
-A rig cannot speak into a board's microphone repeatably, so it sends a WAV clip in parts
-(`inject` requests: sha256 of the whole clip, its size, the part's offset) and then names the
-clip by its sha256 in the `run` request. Parts land in `inject/<sha256>.part` in order; a part at
-the wrong offset is refused with the offset to resume from, and the finished file is renamed to
-`inject/<sha256>.wav` only when its hash matches, so a half-sent or corrupted clip is never
-played. Clips are kept (a re-run of the same clip sends nothing: the first request says it is
-complete); only the newest `KEEP` are kept.
+A rig cannot speak into a board's microphone or hold a sign before its camera repeatably, so it
+sends a WAV clip or an image in parts (`inject` requests: sha256 of the whole clip, its size,
+the part's offset) and then names the clip by its sha256 in the `run` request (`audio`,
+`camera`). Parts land in `inject/<sha256>.part` in order; a part at the wrong offset is not
+written and the reply says where to resume; the finished file is renamed to
+`inject/<sha256>.clip` only when its hash matches, so a half-sent or corrupted clip is never
+used. Clips are kept (a re-run of the same clip sends nothing: the first request says it is
+complete); only the newest `KEEP` are kept. What a clip holds is checked by the device that
+reads it (the WAV reader, the image decoder), which names what is wrong.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from runtime.agent.errors import RequestError
 __all__ = ["MAX_CLIP_BYTES", "Clips"]
 
 MAX_CLIP_BYTES = 32 * 1024 * 1024  # 17 minutes of 16 kHz mono 16-bit audio
-KEEP = 4
+KEEP = 8
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -55,7 +57,7 @@ class Clips:
     def path(self, digest: str) -> Path | None:
         """The complete clip with this sha256, or None."""
         _check_digest(digest)
-        path = self.root / f"{digest}.wav"
+        path = self.root / f"{digest}.clip"
         return path if path.is_file() else None
 
     def _finish(self, digest: str, part: Path) -> None:
@@ -68,8 +70,8 @@ class Clips:
             raise RequestError(
                 f"clip {digest[:12]}: its bytes hash to {h.hexdigest()[:12]}; send it again"
             )
-        os.replace(part, self.root / f"{digest}.wav")
-        clips = sorted(self.root.glob("*.wav"), key=lambda p: p.stat().st_mtime, reverse=True)
+        os.replace(part, self.root / f"{digest}.clip")
+        clips = sorted(self.root.glob("*.clip"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in clips[KEEP:]:
             old.unlink(missing_ok=True)
 

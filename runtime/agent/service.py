@@ -24,6 +24,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime.agent import ed25519
@@ -382,8 +383,8 @@ class Agent:
         return {"size": path.stat().st_size, "offset": offset}, data
 
     def op_inject(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        """A part of a WAV clip that a later `run` plays as the microphone (runtime.agent.inject):
-        fields sha256, size, offset; the reply's `held` is where the next part starts."""
+        """A part of a clip (WAV or image) that a later `run` uses as its microphone or camera
+        (runtime.agent.inject): fields sha256, size, offset; `held` is where the next part starts."""
         from runtime.agent.inject import MAX_CLIP_BYTES, Clips
 
         if len(blob) > PART:
@@ -394,8 +395,9 @@ class Agent:
         return {"held": held, "complete": held == size}, b""
 
     def op_run(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        """Run an app on this board for `seconds` with `options` (AppOptions fields); `audio`,
-        the sha256 of an injected clip (`op_inject`), replaces the microphone. The reply has its
+        """Run an app on this board for `seconds` with `options` (AppOptions fields); `audio` and
+        `camera`, sha256s of injected clips (`op_inject`), replace the microphone (a WAV played in
+        real time) and the camera (one image, every frame). The reply has its
         counters and latency percentiles and names its trace (see `op_trace`)."""
         app = _str(fields, "app", 32)
         seconds = fields.get("seconds", 5.0)
@@ -412,14 +414,18 @@ class Agent:
             options = app_options(fields.get("options", {}))
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
-        audio = None
-        if "audio" in fields:
-            from runtime.agent.inject import Clips
+        injected: dict[str, Path] = {}
+        for device in ("audio", "camera"):
+            if device in fields:
+                from runtime.agent.inject import Clips
 
-            digest = _str(fields, "audio", 64)
-            audio = Clips(self.store.root / "inject").path(digest)
-            if audio is None:
-                raise RequestError(f"no injected clip {digest[:12]}; send it with 'inject' first")
+                digest = _str(fields, device, 64)
+                clip = Clips(self.store.root / "inject").path(digest)
+                if clip is None:
+                    raise RequestError(
+                        f"no injected clip {digest[:12]} for the {device}; send it with 'inject'"
+                    )
+                injected[device] = clip
         artifacts = self.store.root / "apps" / "no-artifacts"  # factory code: no models
         if (
             self.boot.slot in ("a", "b")
@@ -438,6 +444,7 @@ class Agent:
             traces=traces,
             work=self.store.root / "apps",
             options=options,
-            audio=audio,
+            audio=injected.get("audio"),
+            camera=injected.get("camera"),
         )
         return reply, b""

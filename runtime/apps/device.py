@@ -7,7 +7,7 @@ Devices come from the board: the profile's display (a framebuffer when `display.
 "fbdev", else the virtual display writing PNGs under `work/display`), an ALSA microphone when the
 profile has audio and pyalsaaudio is installed (else a quiet synthetic microphone, said in the
 notes) or a WAV clip the host injected (`inject` requests), a V4L2 camera at /dev/video0 when
-present (else the synthetic pattern camera). The
+present (else the synthetic pattern camera) or an image the host injected. The
 glyph atlas is `glyphs.npz` in the artifacts folder, which the bundle carries (the board has no
 font rasterizer: the host renders the glyphs); without it, or with a broken one, the display
 shows boxes for every character (and says so). The trace is written to
@@ -44,17 +44,21 @@ def run_on_board(
     work: Path,
     options: AppOptions | None = None,
     audio: Path | None = None,
+    camera: Path | None = None,
 ) -> dict[str, Any]:
-    """`audio`: a WAV clip played as the microphone, paced in real time (an injected clip)."""
+    """`audio`, `camera`: injected clips that stand in for the microphone (a WAV played in real
+    time) and the camera (an image, every frame)."""
     clock = MonotonicClock()
     notes: list[str] = []
     if audio is not None:
         notes.append(f"microphone: the injected clip {audio.stem[:12]} (WAV, paced in real time)")
+    if camera is not None:
+        notes.append(f"camera: the injected image {camera.stem[:12]}")
     devices = Devices(
         audio=_audio(profile, clock, notes)
         if audio is None
         else open_audio(f"wav:{audio}", profile.audio.rate, clock),
-        camera=_camera(profile, notes),
+        camera=_camera(profile, notes) if camera is None else open_camera(str(camera)),
         display=_display(profile, work, notes),
     )
     atlas = board_atlas(artifacts, notes)
