@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hil import power as pw
+from hil.boardio import fetch_trace
 from hil.errors import HilError
 from hil.report import Objective, TestRecord
 from hil.report import write as write_report
 from hil.rigs import BoardUnderTest, PowerRig
+from runtime.errors import OculaError
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +104,10 @@ def _app_workload(
         ) from e
     arrived_us = time.monotonic_ns() / 1000
     name = reply.get("trace") or f"{app}.json"
-    data, offset = bytearray(), 0
-    while True:
-        r, blob = board.client.call("trace", {"name": name, "offset": offset})
-        if not r.get("ok"):
-            raise HilError(f"{board.url}: no trace {name!r} after running {app}: {r.get('error')}")
-        data += blob
-        offset += len(blob)
-        if not blob or offset >= r["size"]:
-            break
-    trace = json.loads(bytes(data))
+    try:
+        trace = json.loads(fetch_trace(board.client, name, f"{board.url}: board"))
+    except OculaError as e:
+        raise HilError(f"{e} after running {app}") from e
     other = trace.setdefault("otherData", {})
     if "origin_monotonic_s" in other:
         origin_us = float(other["origin_monotonic_s"]) * 1e6

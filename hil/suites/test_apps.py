@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hil.boardio import fetch_trace, inject_clip
 from hil.errors import LinkFailure
-from hil.inject import inject_clip
 from hil.power import spans
 
 APPS = ("captions", "translate", "look")
@@ -59,14 +59,7 @@ def _run(board, app: str, seconds: float, **fields) -> tuple[dict, dict]:
             pytest.skip(f"flash a bundle with {app}'s models (--bundle FILE): {e}")
         raise
     name = reply.get("trace") or f"{app}.json"
-    data, offset = bytearray(), 0
-    while True:
-        r, blob = board.client.call("trace", {"name": name, "offset": offset})
-        assert r.get("ok"), f"no trace {name!r}: {r.get('error')}"
-        data += blob
-        offset += len(blob)
-        if not blob or offset >= r["size"]:
-            return reply, json.loads(bytes(data))
+    return reply, json.loads(fetch_trace(board.client, name, f"board {board.profile.name}"))
 
 
 def _p95(values: list[float]) -> float:

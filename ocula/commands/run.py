@@ -127,7 +127,7 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
         hello, _ = client.call("hello")
         board = hello.get("board", "?")
         request = {"app": args.app, "seconds": args.duration, "options": _options(args)}
-        from hil.inject import inject_clip
+        from hil.boardio import inject_clip
 
         for device in ("audio", "camera"):
             if getattr(args, device) is not None:
@@ -156,18 +156,12 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
 
 
 def _fetch_trace(client: Any, args: argparse.Namespace, name: str, board: str) -> Path:
-    data, offset = bytearray(), 0
-    while True:
-        r, blob = client.call("trace", {"name": name, "offset": offset})
-        if not r.get("ok"):
-            raise OculaError(f"{args.port}: board {board} has no trace {name!r}: {r.get('error')}")
-        data += blob
-        offset += len(blob)
-        if not blob or offset >= r["size"]:
-            break
+    from hil.boardio import fetch_trace
+
     path: Path = args.trace
+    data = fetch_trace(client, name, f"{args.port}: board {board}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(data))
+    path.write_bytes(data)
     return path
 
 

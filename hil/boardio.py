@@ -1,6 +1,7 @@
-"""Send a WAV clip or an image to a board's agent (`inject` requests), which uses it as its
-microphone or camera in the next `run` (see runtime.agent.inject): how rigs and `ocula run
---audio/--camera` give a board real, repeatable speech and scenes."""
+"""Files to and from a board's agent around a `run`: a WAV clip or an image sent with `inject`
+requests, which the board uses as its microphone or camera in the next `run` (see
+runtime.agent.inject; how rigs and `ocula run --audio/--camera` give a board real, repeatable
+speech and scenes), and the run's trace read back with `trace` requests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from runtime.agent.service import PART
 from runtime.errors import OculaError, UsageError
 
-__all__ = ["inject_clip"]
+__all__ = ["fetch_trace", "inject_clip"]
 
 
 def inject_clip(client: Any, path: Path, where: str, device: str = "audio") -> str:
@@ -41,3 +42,16 @@ def inject_clip(client: Any, path: Path, where: str, device: str = "audio") -> s
         if r["complete"]:
             return digest
         offset = int(r["held"])
+
+
+def fetch_trace(client: Any, name: str, where: str) -> bytes:
+    """The board's trace file `name` (as a `run` reply names it), read in parts."""
+    data, offset = bytearray(), 0
+    while True:
+        r, blob = client.call("trace", {"name": name, "offset": offset})
+        if not r.get("ok"):
+            raise OculaError(f"{where} has no trace {name!r}: {r.get('error')}")
+        data += blob
+        offset += len(blob)
+        if not blob or offset >= r["size"]:
+            return bytes(data)
