@@ -27,19 +27,24 @@ from bench.bench_engines import CACHE, ROOT, ROUNDS, THREADS, _hf, _median_round
 ASR_TOKENS = 50
 
 
-def _asr(preset: str) -> Path:
-    """Ocula's fp32 artifact, re-exported whenever the ASR export code has changed."""
+def _asr(preset: str, head: str = "fp32") -> Path:
+    """Ocula's fp32 artifact (`head`: the decoder's head, see `AsrOptions.head`), re-exported
+    whenever the ASR export code has changed."""
     import hashlib
 
     code = hashlib.sha256()
     for name in ("asr.py", "asr_graphs.py", "graphquant.py"):
         code.update((ROOT / "export" / name).read_bytes())
-    out = CACHE / preset / "ocula-fp32"
+    out = CACHE / preset / ("ocula-fp32" if head == "fp32" else f"ocula-fp32-{head}")
     key = out / ".export-code"
     if not key.is_file() or key.read_text() != code.hexdigest():
         from export.asr import AsrOptions, export_asr
 
-        export_asr(str(_hf(preset)), out, AsrOptions(quant="fp32", validate=False, force=True))
+        export_asr(
+            str(_hf(preset)),
+            out,
+            AsrOptions(quant="fp32", validate=False, force=True, head=head),
+        )
         key.write_text(code.hexdigest())
     return out
 
@@ -69,7 +74,7 @@ def worker_ocula_asr(path: str, seconds: float, reps: int, trim: bool) -> dict[s
     w = Whisper.from_artifact(path, threads=THREADS, trim=trim)
     w.info.eos_token_id = -1  # decode exactly ASR_TOKENS tokens
     audio = _clip(seconds)
-    keys = ("total", "encoder", "features", "dec_ms", "overhead")
+    keys = ("total", "encoder", "features", "dec_ms", "overhead", "rescored")
     res: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(reps + 1):
         t0 = time.perf_counter()
@@ -85,6 +90,8 @@ def worker_ocula_asr(path: str, seconds: float, reps: int, trim: bool) -> dict[s
             # Python's share of a one-token step (the first token, with the prompt, aside).
             steps = job.decoder_s - job.first_s
             res["overhead"].append(1 - job.session_s / steps)
+            # Re-scoring head: tokens re-scored in fp32 per decoder run (0 for the fp32 head).
+            res["rescored"].append(job.rescored / (job.decoder_runs + 1))
     med = {k: statistics.median(v) for k, v in res.items()}
     return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
 
@@ -233,18 +240,21 @@ def _spawn(name: str, *args: Any) -> dict[str, Any]:
 
 def bench_asr(preset: str) -> dict[str, Any]:
     art, opt, hf = _asr(preset), _optimum_asr(preset), _hf(preset)
+    rescore = _asr(preset, "rescore8")
     out: dict[str, Any] = {}
-    for seconds in (5.0, 30.0):
+    clips = os.environ.get("OCULA_BENCH_ASR_CLIPS", "5,30").split(",")
+    for seconds in (float(c) for c in clips):
         engines = (
-            ["ocula", "ocula_trim", "optimum", "torch"]
+            ["ocula", "ocula_rescore", "ocula_trim", "optimum", "torch"]
             if seconds < 30
-            else ["ocula", "optimum", "torch"]
+            else ["ocula", "ocula_rescore", "optimum", "torch"]
         )
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
         for _ in range(ROUNDS):
             for k in engines:
                 if k.startswith("ocula"):
-                    runs[k].append(_spawn("ocula_asr", str(art), seconds, 2, k == "ocula_trim"))
+                    path = rescore if k == "ocula_rescore" else art
+                    runs[k].append(_spawn("ocula_asr", str(path), seconds, 2, k == "ocula_trim"))
                 else:
                     folder = opt if k == "optimum" else hf
                     runs[k].append(_spawn("hf_asr", str(folder), seconds, 1, k))
@@ -257,8 +267,10 @@ def bench_asr(preset: str) -> dict[str, Any]:
             with_kv = res["optimum"]["encoder"] + res["optimum"]["cross_kv"]
             o["encoder_vs_optimum_with_cross_kv"] = round(with_kv / o["encoder"], 2)
             o["dec_ms_vs_optimum"] = round(res["optimum"]["dec_ms"] / o["dec_ms"], 2)
+            o["dec_ms_vs_ocula"] = round(res["ocula"]["dec_ms"] / o["dec_ms"], 2)
         out[f"{int(seconds)}s"] = res
-    out["trim_agreement"] = _spawn("trim_agreement", str(hf), str(art), [5.0, 20.0])
+    if "5" in clips:
+        out["trim_agreement"] = _spawn("trim_agreement", str(hf), str(art), [5.0, 20.0])
     return out
 
 

@@ -75,11 +75,23 @@ class AsrOptions:
     validate: bool = True
     board: str | None = None
     force: bool = False
+    # "rescore8": the decoder reads the tied head at 8 bits and re-scores in fp32 the tokens
+    # within the quantization error bound of the best, returning the fp32 head's greedy token
+    # (asr_graphs._rescore_head); fp32 weights only.
+    head: str = "fp32"
 
     def check(self) -> None:
         if self.quant not in QUANTS:
             raise ExportUsageError(
                 f"--quant {self.quant}: not available for ASR; choose one of {', '.join(QUANTS)}"
+            )
+        if self.head not in asr_graphs.HEADS:
+            raise ExportUsageError(
+                f"head {self.head!r}: choose one of {', '.join(asr_graphs.HEADS)}"
+            )
+        if self.head != "fp32" and self.quant != "fp32":
+            raise ExportUsageError(
+                f"head {self.head!r} re-scores against the fp32 table; use it with --quant fp32"
             )
 
 
@@ -101,7 +113,12 @@ def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = Non
             with steps.run("export (encoder + decoder)"):
                 max_length = int(model.config.max_target_positions)
                 graphquant.save(asr_graphs.encoder(model), work / "encoder.onnx")
-                graphquant.save(asr_graphs.decoder(model, max_length), work / "decoder.onnx")
+                dec = asr_graphs.decoder(model, max_length, head=opts.head)
+                graphquant.save(dec, work / "decoder.onnx")
+                if opts.validate and opts.head != "fp32":
+                    # Logit parity is checked on the fp32 head; greedy on the shipped graph.
+                    fp32_head = asr_graphs.decoder(model, max_length)
+                    graphquant.save(fp32_head, work / "decoder-logits.onnx")
             with steps.run(f"weights ({opts.quant})"):
                 graphs, files = _weights(work, tmp, opts.quant)
             for role, g in graphs.items():
@@ -114,7 +131,10 @@ def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = Non
             m = _manifest(src, tmp, model, fe, graphs, files, tok_files, hf_dir)
             if opts.validate:
                 with steps.run("validate"):
-                    m.validation = _validate(model, fe, tmp, m, opts.quant)
+                    logits = work / "decoder-logits.onnx"
+                    m.validation = _validate(
+                        model, fe, tmp, m, opts.quant, logits if logits.exists() else None
+                    )
                 x = m.validation.metrics
                 steps.note(
                     f"validation {'passed' if m.validation.passed else 'FAILED'}: "
@@ -327,7 +347,9 @@ def test_audio(sample_rate: int, seconds: float = 3.0) -> np.ndarray:
     return (0.1 * voice * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def _validate(model: Any, fe: Any, tmp: Path, m: Manifest, quant: str) -> Validation:
+def _validate(
+    model: Any, fe: Any, tmp: Path, m: Manifest, quant: str, logits_graph: Path | None = None
+) -> Validation:
     import onnxruntime as ort
     import torch
     import transformers
@@ -341,6 +363,9 @@ def _validate(model: Any, fe: Any, tmp: Path, m: Manifest, quant: str) -> Valida
     so.intra_op_num_threads = 2
     enc = ort.InferenceSession(str(tmp / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
     dec = ort.InferenceSession(str(tmp / "decoder.onnx"), so, providers=["CPUExecutionProvider"])
+    ldec = dec
+    if logits_graph is not None:
+        ldec = ort.InferenceSession(str(logits_graph), so, providers=["CPUExecutionProvider"])
     ck = enc.run(None, {"input_features": feats})
     x = torch.from_numpy(feats)
     with torch.no_grad():
@@ -360,14 +385,15 @@ def _validate(model: Any, fe: Any, tmp: Path, m: Manifest, quant: str) -> Valida
         ref = (
             model(encoder_outputs=enc_out, decoder_input_ids=torch.tensor([seq])).logits[0].numpy()
         )
-    run = _DecoderRun(dec, a, ck)
+    run = _DecoderRun(ldec, a, ck)
     # Teacher-forced: the prompt in one run, then the reference tokens one per run.
     got = np.stack(
         [run(prompt, 0)] + [run([t], i) for i, t in enumerate(seq[len(prompt) : -1], len(prompt))]
     )
-    greedy = [int(run(prompt, 0).argmax())]
+    grun = _DecoderRun(dec, a, ck) if ldec is not dec else run
+    greedy = [grun.token(prompt, 0)]
     while len(greedy) < n:
-        greedy.append(int(run([greedy[-1]], len(prompt) + len(greedy) - 1).argmax()))
+        greedy.append(grun.token([greedy[-1]], len(prompt) + len(greedy) - 1))
     ref_greedy = seq[len(prompt) :]
     diff = next((i for i, (p, q) in enumerate(zip(ref_greedy, greedy, strict=True)) if p != q), n)
     ref = ref[len(prompt) - 1 : -1]
@@ -423,7 +449,15 @@ class _DecoderRun:
             self.binding.bind_ortvalue_input(past, buf)
             self.binding.bind_ortvalue_output(present, buf)
         self.logits = np.zeros((1, 1, a.vocab_size), np.float32)
-        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+        self.tok = np.zeros(1, np.int64)
+        self.rescore = "logit_mask" in {i.name for i in session.get_inputs()}
+        if self.rescore:  # the re-scoring head: its greedy token, nothing suppressed
+            self.binding.bind_cpu_input("logit_mask", np.zeros(a.vocab_size, np.float32))
+            self.binding.bind_ortvalue_output("token", ort.OrtValue.ortvalue_from_numpy(self.tok))
+            self.binding.bind_output("candidates", "cpu")
+        else:
+            out = ort.OrtValue.ortvalue_from_numpy(self.logits)
+            self.binding.bind_ortvalue_output("logits", out)
 
     def __call__(self, ids: list[int], past: int) -> np.ndarray:
         """Last-position logits after feeding `ids` at positions past .. past + len(ids) - 1."""
@@ -434,3 +468,8 @@ class _DecoderRun:
         b.bind_cpu_input("total_sequence_length", np.array(past + s, np.int32))
         self.session.run_with_iobinding(b)
         return self.logits[0, 0].copy()
+
+    def token(self, ids: list[int], past: int) -> int:
+        """The greedy token after feeding `ids` (the argmax of the last logits)."""
+        logits = self(ids, past)
+        return int(self.tok[0]) if self.rescore else int(logits.argmax())

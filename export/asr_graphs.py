@@ -21,7 +21,11 @@ re-lays the cross K/V out per token.
 Decoder: per layer a packed q/k/v MatMul into GroupQueryAttention (self-attention; past and
 present share one buffer of max_length rows, so no per-token allocation or copy of the cache),
 attention over the cross K/V, SkipLayerNormalization, BiasGelu: about 20 kernels per layer.
-The head (tied to the token embedding) runs on the last position only.
+The head (tied to the token embedding) runs on the last position only. With `head="rescore8"`
+the decoder returns the greedy token instead of logits: the head is read at 8 bits, and the
+few tokens that the quantization error bound cannot rule out are re-scored in fp32 from the
+embedding table (`_rescore_head`), so the token is the fp32 head's argmax while a token reads a
+quarter of the head's bytes (whisper-tiny: 131 MB of fp32 per token, 80 MB of it the head).
 
 Every op computes in float32 what the PyTorch model computes; `export.asr` checks parity
 against it on every export.
@@ -139,6 +143,7 @@ _CONTRIB = {
     "BiasGelu",
     "Gelu",
     "FusedMatMul",
+    "MatMulNBits",
 }
 
 
@@ -245,7 +250,111 @@ def encoder(model: Any) -> onnx.ModelProto:
     return g.model(inputs, outputs, "whisper-encoder")
 
 
-def decoder(model: Any, max_length: int) -> onnx.ModelProto:
+HEADS = ("fp32", "rescore8")
+# fp32 rounding in the bound: a K-term dot product rounds by at most gamma_K * sum |w h|
+# (gamma_K = K u / (1 - K u), u = 2^-24); the 8-bit product, its dequantization and the exact
+# product each get one such term, and the whole bound 1% on top for the comparisons' own rounding.
+_U = 2.0**-24
+# MatMulNBits' int8-activation kernel: accuracy_level 0 (float activations) ran the 8-bit head
+# at 108 ms per call here (a reference path), level 4 in well under a millisecond.
+ACCURACY = 4
+
+
+def _rescore_head(g: _Graph, h: str, table: str, weights: np.ndarray, block: int) -> list[str]:
+    """Greedy token of h [1, 1, d] against the tied head `table` [V, d], exactly as the fp32
+    head's argmax, reading the table at 8 bits.
+
+    approx = MatMulNBits(h, q(w)) (8-bit rows, one fp32 scale per block of `block` columns;
+    accuracy level 4 quantizes h per block to int8 with the scale max|h_b| / 127), plus the
+    input `logit_mask` (0 or -inf: suppressed tokens, or everything but a few allowed ones).
+    For row v, |h . w_v - approx_v| <= err_v = sum_b E[v, b] ||h_b||_1 + A[v, b] max|h_b|,
+    where E[v, b] is the largest |w - q(w)| of row v in block b (plus the rounding terms
+    above) and A[v, b] = ||q(w)_vb||_1 / 127 covers the activations' rounding (a full step
+    where rounding to nearest makes half: a factor 2 of margin over how the kernel rounds).
+    A token whose approx + err lies below the best approx - err cannot be the argmax; the
+    others (the candidates) are re-scored in fp32 from rows gathered out of `table` (the
+    embedding's initializer, stored once) and the first maximum wins, as numpy's argmax over
+    the full fp32 logits picks. Outputs (token int64 [1], candidate count int64 [])."""
+    v, d = weights.shape
+    nb = -(-d // block)
+    pad = nb * block - d
+    w = np.pad(weights.astype(np.float64), ((0, 0), (0, pad))).reshape(v, nb, block)
+    amax = np.abs(w).max(axis=2)  # [V, nb]
+    scale = (amax / 127.0).astype(np.float32)
+    q = np.clip(np.rint(w / np.where(scale > 0, scale, 1.0)[..., None]), -127, 127)
+    deq = q * scale.astype(np.float64)[..., None]
+    gamma = block * nb * _U / (1 - block * nb * _U)
+    err = np.abs(w - deq).max(axis=2) + (3 * gamma + _U) * amax
+    act = np.abs(deq).sum(axis=2) / 127.0
+    bound_w = (np.concatenate([err, act], axis=1) * 1.01).T.astype(np.float32)  # [2 nb, V]
+    approx = g.op(
+        "MatMulNBits",
+        [
+            h,
+            g.w("lm_head.q8", (q + 128).astype(np.uint8)),  # [V, nb, block]
+            g.w("lm_head.q8.scales", scale.reshape(-1)),
+            g.w("lm_head.q8.zero_points", np.full((v, nb), 128, np.uint8)),
+        ],
+        "lm_head.q8",
+        K=d,
+        N=v,
+        bits=8,
+        block_size=block,
+        accuracy_level=ACCURACY,
+    )
+    approx = g.op("Add", [approx, "logit_mask"], "lm_head.mask")  # [1, 1, V]
+    hb = h
+    if pad:
+        hb = g.op("Pad", [h, g.w("lm_head.hpad", np.array([0, 0, 0, 0, 0, pad], np.int64))], "hpad")
+    hb = g.op("Reshape", [hb, g.w("lm_head.hblocks", np.array([nb, block], np.int64))], "hblocks")
+    l1 = g.op("ReduceL1", [hb], "lm_head.l1", axes=[1], keepdims=1)  # [nb, 1]
+    mx = g.op("ReduceMax", [g.op("Abs", [hb], "lm_head.abs")], "lm_head.max", axes=[1])
+    norms = g.op("Concat", [l1, mx], "lm_head.norms", axis=0)  # [2 nb, 1]
+    bound = g.op(
+        "FusedMatMul", [norms, g.w("lm_head.bound", bound_w)], "lm_head.bound", transA=1
+    )  # [1, V]
+    hi = g.op("Add", [approx, bound], "lm_head.hi")
+    lo = g.op("Sub", [approx, bound], "lm_head.lo")
+    best = g.op("ReduceMax", [lo], "lm_head.best", keepdims=1)
+    keep = g.op("GreaterOrEqual", [hi, best], "lm_head.keep")
+    flat = g.w("lm_head.flat", np.array([-1], np.int64))
+    keep = g.op("Reshape", [keep, flat], "lm_head.keep.flat")
+    idx = g.op("NonZero", [keep], "lm_head.nonzero")  # [1, k]
+    idx = g.op("Reshape", [idx, flat], "lm_head.idx")
+    rows = g.op("Gather", [table, idx], "lm_head.rows")  # [k, d] fp32
+    exact = g.op("FusedMatMul", [h, rows], "lm_head.exact", transB=1)  # [1, 1, k]
+    exact = g.op("Reshape", [exact, flat], "lm_head.exact.flat")
+    arg = g.op("ArgMax", [exact], "lm_head.argmax", axis=0, keepdims=1)  # [1]
+    token = g.op("Gather", [idx, arg], "lm_head.token")
+    count = g.op("Size", [idx], "lm_head.count")
+    return [str(token), str(count)]
+
+
+def head_model(weights: np.ndarray, block: int = 64) -> onnx.ModelProto:
+    """The re-scoring head alone, for tests: hidden [1, 1, d] and logit_mask [V] -> token,
+    candidates, with `weights` [V, d] as the fp32 table."""
+    g = _Graph({})
+    table = g.w("table", np.ascontiguousarray(weights, np.float32))
+    token, count = _rescore_head(g, "hidden", table, weights, block)
+    _rename(g, token, "token")
+    _rename(g, count, "candidates")
+    v, d = weights.shape
+    inputs = [
+        helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, 1, d]),
+        helper.make_tensor_value_info("logit_mask", TensorProto.FLOAT, [v]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("token", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("candidates", TensorProto.INT64, []),
+    ]
+    return g.model(inputs, outputs, "rescore-head")
+
+
+def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) -> onnx.ModelProto:
+    """`head="fp32"`: logits [1, 1, V]. `head="rescore8"`: the greedy token under an input
+    `logit_mask` [V] (see `_rescore_head`), the same token the fp32 head's argmax gives."""
+    if head not in HEADS:
+        raise ValueError(f"unknown decoder head {head!r}; use one of {', '.join(HEADS)}")
     c = model.config
     d, n, layers = int(c.d_model), int(c.decoder_attention_heads), int(c.decoder_layers)
     hd = d // n
@@ -319,10 +428,23 @@ def decoder(model: Any, max_length: int) -> onnx.ModelProto:
     h, _ = g.skip_norm(
         f, x, g.w(f"{lp}.fc2.bias", g.t(f"{lp}.fc2.bias")), "decoder.layer_norm", "final.ln"
     )
-    head = g.op("Transpose", [table], "lm_head.T", perm=[1, 0])
-    logits = g.op("MatMul", [h, head], "lm_head")
-    _rename(g, logits, "logits")
     kv = [1, n, max_length, hd]
+    vocab = int(c.vocab_size)
+    if head == "fp32":
+        w_t = g.op("Transpose", [table], "lm_head.T", perm=[1, 0])
+        logits = g.op("MatMul", [h, w_t], "lm_head")
+        _rename(g, logits, "logits")
+        head_in = []
+        head_out = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, vocab])]
+    else:
+        token, count = _rescore_head(g, h, table, g.t("decoder.embed_tokens.weight"), block)
+        _rename(g, token, "token")
+        _rename(g, count, "candidates")
+        head_in = [helper.make_tensor_value_info("logit_mask", TensorProto.FLOAT, [vocab])]
+        head_out = [
+            helper.make_tensor_value_info("token", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("candidates", TensorProto.INT64, []),
+        ]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, "sequence"]),
@@ -333,9 +455,10 @@ def decoder(model: Any, max_length: int) -> onnx.ModelProto:
             for name in cross
         ],
         *[helper.make_tensor_value_info(name, TensorProto.FLOAT, kv) for name in past],
+        *head_in,
     ]
     outputs = [
-        helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, int(c.vocab_size)]),
+        *head_out,
         *[helper.make_tensor_value_info(name, TensorProto.FLOAT, kv) for name in present],
     ]
     return g.model(inputs, outputs, "whisper-decoder")

@@ -76,6 +76,34 @@ def test_greedy_equals_transformers_generate(
     assert r.rtf > 0 and r.encoder_s > 0 and r.decoder_tokens >= len(r.tokens)
 
 
+@pytest.fixture(scope="module")
+def whisper_rescore(tmp_path_factory: pytest.TempPathFactory) -> Whisper:
+    """The fp32 artifact whose decoder reads the tied head at 8 bits and re-scores in fp32."""
+    from export.asr import AsrOptions, export_asr
+
+    out = tmp_path_factory.mktemp("asr") / "rescore8"
+    m = export_asr(str(hf_model("tiny-whisper")), out, AsrOptions(quant="fp32", head="rescore8"))
+    assert m.validation is not None and m.validation.metrics["greedy_match"] == 1.0
+    assert "logits" not in m.graphs["decoder"].outputs
+    return Whisper.from_artifact(out)
+
+
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+@pytest.mark.parametrize("language", ["en", None])
+def test_rescoring_head_greedy_equals_transformers_generate(
+    whisper_rescore: Whisper, speech: np.ndarray, task: str, language: str | None
+) -> None:
+    """Suppressed tokens, the first position's suppression and language detection go through
+    the head's mask; the tokens are still transformers' greedy ones."""
+    assert whisper_rescore.rescore
+    r = whisper_rescore.transcribe(speech, task=task, language=language)
+    assert r.tokens == hf_generate(speech, task=task, language=language)
+    long = np.tile(speech, 12)[: RATE * 40]
+    if task == "transcribe" and language == "en":
+        whisper = Whisper.from_artifact(asr_artifact("tiny-whisper", "fp32"))
+        assert whisper_rescore.transcribe(long).tokens == whisper.transcribe(long).tokens
+
+
 def hf_generate_trimmed(audio: np.ndarray, frames: int, **kw: object) -> list[int]:
     """transformers' `generate` on the encoder states of `frames` feature frames only (the
     features of the audio padded to frames * hop samples, the positional table sliced)."""

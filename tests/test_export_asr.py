@@ -132,3 +132,85 @@ def test_encoder_takes_fewer_frames() -> None:
     ref = k.view(1, 500, heads, -1).transpose(1, 2).numpy()
     assert key.shape == ref.shape == (1, heads, 500, a.head_dim)
     np.testing.assert_allclose(key, ref, atol=1e-4)
+
+
+def _head_session(table: np.ndarray) -> ort.InferenceSession:
+    from export import asr_graphs
+
+    model = asr_graphs.head_model(table)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _fp32_argmax(table: np.ndarray, h: np.ndarray, mask: np.ndarray) -> int:
+    return int(np.argmax(h.reshape(-1) @ table.T + mask))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "outliers", "whisper-like"])
+def test_rescore_head_picks_the_fp32_argmax(kind: str) -> None:
+    """The 8-bit head with fp32 re-scoring of the candidates returns the fp32 head's argmax on
+    a seeded sweep of hidden states: random ones, scaled ones, and constructed near-ties far
+    below the 8-bit error (a second row equal to the winner but for a perturbation that
+    lowers its score by a hair), with suppression masks; a wrong bound would drop the winner."""
+    rng = np.random.default_rng({"gaussian": 1, "outliers": 2, "whisper-like": 3}[kind])
+    vocab, d = (4099, 384) if kind != "whisper-like" else (8192, 512)
+    table = rng.standard_normal((vocab, d)).astype(np.float32) * 0.05
+    if kind == "outliers":  # a few large weights per row stretch the 8-bit scales
+        hit = rng.random(table.shape) < 0.01
+        table[hit] *= 40
+    if kind == "whisper-like":  # a shared direction, as a tied embedding has
+        table += 0.02 * rng.standard_normal(d).astype(np.float32)
+    sess = _head_session(table)
+    suppressed = rng.choice(vocab, 60, replace=False)
+    checked = 0
+    for i in range(300):
+        h = (rng.standard_normal(d) * (0.5 + 3 * rng.random())).astype(np.float32)
+        mask = np.zeros(vocab, np.float32)
+        if i % 3 == 0:
+            mask[suppressed] = -np.inf
+        if i % 2:  # near-tie (on the first 512 rows): row b = row a minus a hair along h
+            t, mask = table[:512].copy(), mask[:512]
+            a, b = rng.choice(np.flatnonzero(mask == 0), 2, replace=False)
+            t_h = h @ t.T
+            u = h / np.dot(h, h)
+            t[a] += np.float32(float(t_h.max() - t_h[a]) + 1.0) * u  # row a now wins by 1.0
+            gap = 1e-3 * (1 + abs(float(t[a] @ h)))
+            t[b] = t[a] - np.float32(gap) * u
+            token, count = _head_session(t).run(None, {"hidden": h[None, None], "logit_mask": mask})
+            assert int(token[0]) == _fp32_argmax(t, h, mask) == a
+            assert int(count) >= 2  # the two rows cannot be told apart at 8 bits
+            checked += 1
+            continue
+        token, count = sess.run(None, {"hidden": h[None, None], "logit_mask": mask})
+        assert int(token[0]) == _fp32_argmax(table, h, mask)
+        assert 1 <= int(count) < vocab // 10
+        checked += 1
+    assert checked == 300
+
+
+def test_rescore_head_ties_and_masks_like_numpy_argmax() -> None:
+    """Exact ties go to the first index (numpy's argmax); a mask that allows a few tokens
+    only (language detection) picks among those."""
+    rng = np.random.default_rng(7)
+    table = rng.standard_normal((1000, 64)).astype(np.float32)
+    table[700] = table[300]
+    h = (table[300] * 4).astype(np.float32)
+    sess = _head_session(table)
+    token, count = sess.run(
+        None, {"hidden": h[None, None], "logit_mask": np.zeros(1000, np.float32)}
+    )
+    assert int(token[0]) == 300 and int(count) >= 2
+    allowed = np.array([5, 17, 923])
+    mask = np.full(1000, -np.inf, np.float32)
+    mask[allowed] = 0
+    token, _ = sess.run(None, {"hidden": h[None, None], "logit_mask": mask})
+    assert int(token[0]) == int(allowed[np.argmax(table[allowed] @ h)])
+
+
+def test_rescore_head_needs_fp32() -> None:
+    from export.asr import AsrOptions
+    from export.errors import ExportUsageError
+
+    with pytest.raises(ExportUsageError, match="--quant fp32"):
+        AsrOptions(quant="int8", head="rescore8").check()
+    with pytest.raises(ExportUsageError, match="choose one of"):
+        AsrOptions(quant="fp32", head="int4").check()

@@ -16,7 +16,8 @@ How it works:
   model's maximum target length, bound as both past and present, so the graph appends in
   place. Every buffer the loop touches (ids, positions, lengths, K/V, logits) is allocated
   when the window starts and bound once; a token costs one `run_with_iobinding`, an in-place
-  write of four small integers and an argmax over the last position's logits;
+  write of four small integers and an argmax over the last position's logits (or, with a
+  decoder exported with the re-scoring head, the token the graph picked: see asr_window);
 - prompt: start-of-transcript, language, task (transcribe or translate), no-timestamps, as the
   model's generation config says; without a language, it is detected like transformers does
   (one decoder run on start-of-transcript, argmax over the language tokens);
@@ -110,6 +111,20 @@ class Whisper:
         self._suppress = np.array(sorted(set(info.suppress_tokens)), dtype=np.int64)
         self._begin_suppress = np.array(sorted(set(info.begin_suppress_tokens)), dtype=np.int64)
         self._lang_ids = {k.strip("<|>"): v for k, v in info.language_token_ids.items()}
+        # A re-scoring head takes the suppression as a mask and returns the token itself.
+        self.rescore = "logit_mask" in {i.name for i in self.decoder.get_inputs()}
+        self._masks: dict[str, ort.OrtValue] = {}
+        if self.rescore:
+            step = np.zeros(info.vocab_size, np.float32)
+            step[self._suppress] = -np.inf
+            first = step.copy()
+            first[self._begin_suppress] = -np.inf
+            lang = np.full(info.vocab_size, -np.inf, np.float32)
+            lang[list(self._lang_ids.values())] = 0.0
+            self._masks = {
+                k: ort.OrtValue.ortvalue_from_numpy(a)
+                for k, a in (("step", step), ("first", first), ("lang", lang))
+            }
 
     @classmethod
     def from_artifact(

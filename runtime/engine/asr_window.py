@@ -6,6 +6,11 @@ decoder run and one token. The decoder's self-attention K/V live in one buffer p
 kind (past and present bound to the same OrtValue), taken from the model's free list when the
 window starts and handed back when it ends; the one-token feeds (id, position, the two lengths)
 and the logits are numpy arrays bound once and rewritten in place, so a token allocates nothing.
+
+A decoder exported with the re-scoring head (an input `logit_mask`) returns the greedy token
+itself, not logits: it reads the tied head at 8 bits and re-scores in fp32 the tokens the
+quantization error bound cannot rule out, so the token is the fp32 head's argmax. Suppression and
+language detection become masks (0 or -inf per token, built once per model) bound before a run.
 """
 
 from __future__ import annotations
@@ -88,6 +93,9 @@ class Decoding:
         self._seqlens = np.zeros(1, np.int32)
         self._total = np.zeros((), np.int32)
         self._logits = np.zeros((1, 1, info.vocab_size), np.float32)
+        self._token = np.zeros(1, np.int64)  # re-scoring head: the token and its candidates
+        self._candidates = np.zeros((), np.int64)
+        self.rescored = 0  # tokens re-scored in fp32, summed over the window's runs
         self._step_feeds = [
             ort.OrtValue.ortvalue_from_numpy(a)
             for a in (self._ids, self._pos, self._seqlens, self._total)
@@ -96,7 +104,11 @@ class Decoding:
         for past, present, value in zip(asr._past_names, asr._present_names, self._kv, strict=True):
             b.bind_ortvalue_input(past, value)
             b.bind_ortvalue_output(present, value)
-        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
+        if asr.rescore:
+            b.bind_ortvalue_output("token", ort.OrtValue.ortvalue_from_numpy(self._token))
+            b.bind_ortvalue_output("candidates", ort.OrtValue.ortvalue_from_numpy(self._candidates))
+        else:
+            b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
         self._stream = TextStream(asr.tokenizer)
         self.features_s = self.encoder_s = self.decoder_s = 0.0
         self.session_s = 0.0  # time inside the decoder's run for one-token steps
@@ -191,33 +203,44 @@ class Decoding:
         for name, value in zip(asr._cross_names, cross, strict=True):
             self._binding.bind_ortvalue_input(name, value)
 
-    def _run_prompt(self, ids: list[int]) -> F32:
-        """Feed `ids` from position 0 (the K/V buffers are overwritten); last logits."""
+    def _run_prompt(self, ids: list[int], pick: str) -> int:
+        """Feed `ids` from position 0 (the K/V buffers are overwritten); the greedy token of
+        the last position, over the language tokens (`pick="lang"`) or with the suppression of
+        the first generated position (`pick="first"`)."""
         s = len(ids)
         b = self._binding
         b.bind_cpu_input("input_ids", np.array([ids], np.int64))
         b.bind_cpu_input("position_ids", np.arange(s, dtype=np.int64)[None])
         b.bind_cpu_input("seqlens_k", np.array([s - 1], np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(s, np.int32))
-        self.asr.decoder.run_with_iobinding(b)
+        asr = self.asr
+        if asr.rescore:
+            b.bind_ortvalue_input("logit_mask", asr._masks[pick])
+        asr.decoder.run_with_iobinding(b)
         self._past = s
+        if asr.rescore:
+            self.rescored += int(self._candidates)
+            return int(self._token[0])
         logits: F32 = self._logits[0, 0]
-        return logits
+        if pick == "lang":
+            lang = np.array(list(asr._lang_ids.values()))
+            return int(lang[np.argmax(logits[lang])])
+        return int(np.argmax(asr._logits_filter(logits, first=True)))
 
     def _first(self) -> int:
         asr = self.asr
         info = asr.info
         lang_id = asr._lang_ids.get(self.language) if self.language else None
         if lang_id is None and asr._lang_ids:
-            logits = self._run_prompt([info.decoder_start_token_id])
-            ids = np.array(list(asr._lang_ids.values()))
-            lang_id = int(ids[np.argmax(logits[ids])])
+            lang_id = self._run_prompt([info.decoder_start_token_id], "lang")
             self.language = next(k for k, v in asr._lang_ids.items() if v == lang_id)
         self.prompt = asr._prompt(self.task, lang_id)
-        logits = self._run_prompt(self.prompt)
+        token = self._run_prompt(self.prompt, "first")
         for name, value in zip(FEEDS, self._step_feeds, strict=True):
             self._binding.bind_ortvalue_input(name, value)
-        return int(np.argmax(asr._logits_filter(logits, first=True)))
+        if asr.rescore:
+            self._binding.bind_ortvalue_input("logit_mask", asr._masks["step"])
+        return token
 
     def _next(self, token: int) -> int:
         p = self._past
@@ -229,4 +252,7 @@ class Decoding:
         self.asr.decoder.run_with_iobinding(self._binding)
         self.session_s += time.perf_counter() - t0
         self._past = p + 1
+        if self.asr.rescore:
+            self.rescored += int(self._candidates)
+            return int(self._token[0])
         return int(np.argmax(self.asr._logits_filter(self._logits[0, 0], first=False)))
