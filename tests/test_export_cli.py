@@ -102,6 +102,24 @@ def test_asr_quant_int4_refused(tmp_path: Path) -> None:
     assert "not available for ASR" in _one_line_error(r, code=2)
 
 
+def test_asr_rescore_head_transcribes_as_the_fp32_head(tmp_path: Path) -> None:
+    """`--head rescore8`: the same greedy transcription as the fp32 head it re-scores against."""
+    speech = Path(__file__).parent / "data" / "speech_short.wav"
+    src = str(hf_model("tiny-whisper"))
+    r = run_ocula("export", "asr", src, "--out", str(tmp_path / "r"), "--quant", "fp32",
+                  "--head", "rescore8")  # fmt: skip
+    assert r.code == 0, r.err
+    fp32 = asr_artifact("tiny-whisper", quant="fp32")
+    texts = []
+    for art in (tmp_path / "r", fp32):
+        t = run_ocula("transcribe", str(art), str(speech), "--json")
+        assert t.code == 0, t.err
+        texts.append([s["tokens"] for s in json.loads(t.out)["segments"]])
+    assert texts[0] == texts[1] and texts[0][0]
+    r = run_ocula("export", "asr", src, "--out", str(tmp_path / "q"), "--head", "rescore8")
+    assert "use it with --quant fp32" in _one_line_error(r, code=2)
+
+
 def test_existing_folder_is_refused_without_force(tmp_path: Path) -> None:
     out = tmp_path / "photos"
     out.mkdir()

@@ -99,6 +99,14 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
     asr.add_argument("source", metavar="SOURCE")
     asr.add_argument("--out", required=True, type=Path, metavar="DIR")
     asr.add_argument("--quant", default="int8", help=f"{' | '.join(QUANTS_ASR)} (default int8)")
+    asr.add_argument(
+        "--head",
+        default="fp32",
+        choices=("fp32", "rescore8"),
+        help="decoder output head: fp32 (logits out), or rescore8 with --quant fp32: read at 8 "
+        "bits, the tokens within the error bound re-scored in fp32, so greedy tokens equal the "
+        "fp32 head's at fewer bytes per token (greedy decoding only)",
+    )
     _common_model_args(asr)
     asr.set_defaults(func=_asr)
 
@@ -152,7 +160,11 @@ def _asr(args: argparse.Namespace) -> int:
     from export.steps import Steps
 
     opts = AsrOptions(
-        quant=args.quant, validate=not args.no_validate, board=args.board, force=args.force
+        quant=args.quant,
+        validate=not args.no_validate,
+        board=args.board,
+        force=args.force,
+        head=args.head,
     )
     steps = Steps(_reporter(args.quiet > 0))
     t0 = time.perf_counter()
