@@ -232,20 +232,48 @@ def test_fp16_weights_compute_in_float32(tmp_path):
     )
 
 
-def test_int4_tied_embedding_is_stored_once(tmp_path):
+def test_int4_tied_embedding_is_stored_once(tmp_path, monkeypatch):
+    """The lookup reads the table; the head's row chunks are views of its bytes on disk."""
     import onnx
 
-    _, folder = _hf_model("qwen2", tmp_path)
+    import export.fused.graph as fused_graph
+
+    model, folder = _hf_model("qwen2", tmp_path)
+    one = tmp_path / "one"
+    one.mkdir()
+    build(folder, one, quant="int4", max_length=MAX_LENGTH, embed_quant="int8")
+    # The export's default 8-bit table: 512 rows of 64 bytes, in chunks of 128 rows.
+    monkeypatch.setattr(fused_graph, "VIEW_ROWS", 128)
+    monkeypatch.setattr(fused_graph, "HEAD_CHUNK_BYTES", 128 * 64)
     out = tmp_path / "artifact"
     out.mkdir()
-    build(folder, out, quant="int4", max_length=MAX_LENGTH)
-    graph = onnx.load(str(out / "model.onnx")).graph
+    info = build(folder, out, quant="int4", max_length=MAX_LENGTH, embed_quant="int8")
+    assert info.files == ["model.onnx", "model.onnx.data"]
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
-    head = next(n for n in graph.node if n.output[0] == "logits")
-    assert head.op_type == "MatMulNBits"
-    assert head.input[1] == lookup.input[0]  # the same packed initializer
-    vocab_sized = [t for t in graph.initializer if t.dims and t.dims[0] == COMMON["vocab_size"]]
-    assert sum(1 for t in vocab_sized if t.data_type == onnx.TensorProto.UINT8) == 1
+    heads = [n for n in graph.node if n.name.startswith("head.lm.")]
+    assert [n.op_type for n in heads] == ["MatMulNBits"] * 4
+    assert next(n for n in graph.node if n.output[0] == "logits").op_type == "Concat"
+
+    def where(name: str) -> tuple[int, int]:
+        t = next(t for t in graph.initializer if t.name == name)
+        ext = {e.key: e.value for e in t.external_data}
+        assert ext["location"] == "model.onnx.data"
+        return int(ext["offset"]), int(ext["length"])
+
+    table_at, table_len = where(lookup.input[0])
+    assert table_at % 4096 == 0 and table_len == COMMON["vocab_size"] * 64
+    chunks = [where(n.input[1]) for n in heads]
+    assert chunks == [(table_at + i * 128 * 64, 128 * 64) for i in range(4)]
+    scales_at, _ = where(lookup.input[2])
+    assert [where(n.input[2])[0] for n in heads] == [scales_at + i * 128 * 2 * 4 for i in range(4)]
+    stored = (out / "model.onnx.data").stat().st_size
+    held = sum(len(t.raw_data) for t in onnx.load(str(one / "model.onnx")).graph.initializer)
+    assert stored < held  # the views take no bytes of their own
+    # Four chunks compute the same logits as one, and the model still follows transformers.
+    chunked, whole = FusedDecoder(out, info), FusedDecoder(one, info)
+    np.testing.assert_array_equal(chunked.run(PROMPT), whole.run(PROMPT))
+    assert chunked.greedy(PROMPT, 8) == _greedy_reference(model, PROMPT, 8)
 
 
 def test_info_describes_the_io_contract(tmp_path):
@@ -264,8 +292,9 @@ def test_info_describes_the_io_contract(tmp_path):
     assert info.outputs["logits"]["shape"] == [1, 1, COMMON["vocab_size"]]
     assert info.outputs["present.1.value"]["shape"] == io_shape
     assert (info.head_dim, info.num_heads, info.kv_heads) == (32, 4, 2)
-    assert info.files == ["model.onnx"]
-    assert info.size_bytes == (out / "model.onnx").stat().st_size
+    # The tied head views the table's bytes, which only an external data file can express.
+    assert info.files == ["model.onnx", "model.onnx.data"]
+    assert info.size_bytes == sum((out / f).stat().st_size for f in info.files)
     json.dumps(info.to_dict())  # goes into the manifest as is
 
 

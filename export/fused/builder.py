@@ -13,7 +13,7 @@ import onnx
 
 from export.fused.arch import read_shape
 from export.fused.errors import FusedError
-from export.fused.graph import QUANTS, Options, emit, past_name, present_name
+from export.fused.graph import QUANTS, Options, View, emit, past_name, present_name
 from export.fused.weights import SafetensorsWeights
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ DATA_FILE = "model.onnx.data"
 # Above this many initializer bytes the weights go to one external data file (protobuf caps a
 # message at 2 GiB; staying well under keeps serialization fast and memory flat).
 EXTERNAL_DATA_BYTES = 1 << 30
+# External tensors of at least this size start on a page (onnxruntime memory-maps those).
+PAGE = 4096
+ALIGN_BYTES = 1 << 16
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
 
@@ -138,8 +141,8 @@ def build(
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
     )
-    model = emit(shape, weights, opts)
-    files = _save(model, Path(out_dir))
+    model, views = emit(shape, weights, opts)
+    files = _save(model, views, Path(out_dir))
     hist = Counter(n.op_type for n in model.graph.node)
     info = FusedInfo(
         graph="fused",
@@ -190,23 +193,50 @@ def build(
     return info
 
 
-def _save(model: onnx.ModelProto, out_dir: Path) -> list[str]:
+def _save(model: onnx.ModelProto, views: dict[str, View], out_dir: Path) -> list[str]:
+    """Write the graph; with views or large weights, the weights go to one data file.
+
+    A view is written as a reference into its base's bytes, so the data file holds them once.
+    Tensors of ALIGN_BYTES or more start on a page, which lets onnxruntime map them instead
+    of reading them (an unread page of a mapped table never becomes resident).
+    """
     if not out_dir.is_dir():
         raise FusedError(f"{out_dir}: output folder does not exist")
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     path = out_dir / ONNX_FILE
-    if weight_bytes <= EXTERNAL_DATA_BYTES:
+    if weight_bytes <= EXTERNAL_DATA_BYTES and not views:
         onnx.save_model(model, str(path))
         return [ONNX_FILE]
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=DATA_FILE,
-        size_threshold=1024,
-    )
+    offsets: dict[str, int] = {}
+    with open(out_dir / DATA_FILE, "wb") as data:
+        for t in model.graph.initializer:
+            if t.name in views or len(t.raw_data) < 1024:
+                continue
+            if len(t.raw_data) >= ALIGN_BYTES:
+                data.write(bytes(-data.tell() % PAGE))
+            offsets[t.name] = data.tell()
+            data.write(t.raw_data)
+    for t in model.graph.initializer:
+        if t.name in views:
+            v = views[t.name]
+            offset = offsets[v.base] + v.offset
+        elif t.name in offsets:
+            offset = offsets[t.name]
+        else:
+            continue
+        _external(t, offset)
+    onnx.save_model(model, str(path))
     return [ONNX_FILE, DATA_FILE]
+
+
+def _external(t: onnx.TensorProto, offset: int) -> None:
+    length = len(t.raw_data)
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    del t.external_data[:]
+    for key, value in (("location", DATA_FILE), ("offset", offset), ("length", length)):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, str(value)
 
 
 _DTYPES = {

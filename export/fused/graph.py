@@ -15,8 +15,15 @@ Per layer (10 nodes when quantized):
     MatMulNBits down
 
 then the final norm, a Slice to the last position, and the head. The embedding table is stored
-once: quantized, GatherBlockQuantized reads it for the lookup and MatMulNBits for the tied
-head (the same initializer); in float, Gather and Gemm(transB) share it.
+once: in float, Gather and Gemm(transB) share one initializer. Quantized and tied,
+GatherBlockQuantized reads the table for the lookup and the head is MatMulNBits over row
+chunks of the same bytes: each chunk is its own initializer, a `View` that the artifact's
+external data file points at inside the table's bytes (see builder._save). onnxruntime
+prepacks every MatMulNBits weight into a copy of its own and frees the original when no other
+node reads it; as views, the head's initializers are freed after prepacking and the lookup's
+table stays a page-aligned memory map of which only the rows looked up become resident, so
+the table is held once in memory too. Chunks bound the load-time peak: while a chunk is
+prepacked its source pages are resident beside everything prepacked before it.
 
 Split head (`Options.head_candidates` > 0, int4 layers with an 8-bit tied table, off by
 default): the table is stored as two 4-bit planes (`quant.Split8`); the lookup gathers both
@@ -41,7 +48,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.fused.arch import Shape
-from export.fused.quant import quantize, split8, unpack
+from export.fused.quant import Quantized, quantize, split8, unpack
 
 Weights = Callable[[str], np.ndarray]
 
@@ -94,6 +101,20 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
+# The tied head's row chunks hold at most this many bytes of packed weight (see the module
+# docstring); rows per chunk are a multiple of VIEW_ROWS so every chunk starts on a page.
+HEAD_CHUNK_BYTES = 24 << 20
+VIEW_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class View:
+    """An initializer whose bytes are a contiguous range of another initializer's."""
+
+    base: str
+    offset: int  # bytes into the base
+
+
 class _Emitter:
     """Collects nodes and initializers; names are unique and readable."""
 
@@ -101,9 +122,18 @@ class _Emitter:
         self.opts = opts
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.views: dict[str, View] = {}
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def view(self, name: str, base: str, base_value: np.ndarray, start: int, stop: int) -> str:
+        """Rows [start, stop) of the initializer `base` (whose value is `base_value`) as an
+        initializer of their own that shares the base's bytes in the saved artifact."""
+        part = np.ascontiguousarray(base_value[start:stop])
+        self.const(name, part)
+        self.views[name] = View(base, start * (base_value.nbytes // len(base_value)))
         return name
 
     def op(
@@ -255,6 +285,7 @@ class _Table:
     weight: str  # float: [V, H]; quantized: packed [V, k_blocks, blob]
     scales: str = ""  # quantized: [V, k_blocks], the layout MatMulNBits wants
     zero_points: str = ""
+    quantized: Quantized | None = None  # quantized and tied: the `Quantized` table the head views
     low: str = ""  # split 8-bit table: the low plane (`weight` is then the high plane)
     scales3: str = ""  # split: [V, k_blocks, 1], the layout GatherBlockQuantized wants
     width: int = 0  # split: k_blocks * block (the padded hidden size)
@@ -273,19 +304,11 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     q = quantize(table, bits, o.embed_block, o.symmetric, o.scale_search)
     kb = q.packed.shape[1]
     packed = e.const("embed.qweight", q.packed)
-    # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, so
-    # GatherBlockQuantized and MatMulNBits share one initializer; only the small scales
-    # (and zero points) are stored twice, in the rank each operator wants.
+    # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, the bytes
+    # of MatMulNBits' weight; the tied head reads them through views (`_tied_head`).
     ins = [packed, "input_ids", e.const("embed.scales3", q.scales[..., None])]
-    zp = ""
     if q.zero_points is not None:
         ins.append(e.const("embed.zp3", unpack(q.zero_points, bits, kb)[..., None]))
-    if s.tied:
-        scales = e.const("embed.scales", q.scales)
-        if q.zero_points is not None:
-            zp = e.const("embed.zp", q.zero_points)
-    else:
-        scales = ""
     attrs = {"bits": bits, "block_size": o.embed_block, "gather_axis": 0, "quantize_axis": 2}
     rows = e.op("GatherBlockQuantized", ins, "embed.lookup", **attrs)[0]
     width = kb * o.embed_block
@@ -293,7 +316,31 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     flat = e.op("Reshape", [rows, shape], "embed.flat")[0]
     if width != s.hidden:
         flat = _slice(e, flat, 0, s.hidden, 2, "embed.unpad")
-    return flat, _Table(packed, scales, zp)
+    return flat, _Table(packed, "embed.scales3", quantized=q if s.tied else None)
+
+
+def _tied_head(e: _Emitter, s: Shape, last: str, t: _Table) -> None:
+    """MatMulNBits over row chunks of the quantized table, logits concatenated."""
+    q = t.quantized
+    assert q is not None
+    o = e.opts
+    row_bytes = q.packed.nbytes // q.n
+    rows = max(1, HEAD_CHUNK_BYTES // (row_bytes * VIEW_ROWS)) * VIEW_ROWS
+    outs = []
+    for i, start in enumerate(range(0, q.n, rows)):
+        stop = min(start + rows, q.n)
+        name = f"head.lm.{i}"
+        ins = [
+            last,
+            e.view(name + ".qweight", t.weight, q.packed, start, stop),
+            e.view(name + ".scales", t.scales, q.scales, start, stop),
+        ]
+        if q.zero_points is not None:
+            ins.append(e.const(name + ".zp", q.zero_points[start:stop]))
+        attrs = {"K": s.hidden, "N": stop - start, "bits": q.bits, "block_size": q.block_size}
+        outs += e.op("MatMulNBits", ins, name, accuracy_level=o.accuracy_level, **attrs)
+    if len(outs) > 1:
+        e.op("Concat", outs, "head.lm", axis=-1)
 
 
 def _split_embedding(e: _Emitter, s: Shape, table: np.ndarray) -> tuple[str, _Table]:
@@ -379,9 +426,7 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
     if table.low:
         _split_head(e, s, last, table)
     elif s.tied and o.bits:
-        ins = [last, table.weight, table.scales, table.zero_points]
-        attrs = {"K": s.hidden, "N": s.vocab, "bits": o.embed_bits, "block_size": o.embed_block}
-        e.op("MatMulNBits", ins, "head.lm", accuracy_level=o.accuracy_level, **attrs)
+        _tied_head(e, s, last, table)
     elif o.bits:
         e.linear(last, "head.lm", weights("lm_head.weight"), None)
     else:
@@ -394,8 +439,9 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
     e.nodes[-1].output[0] = "logits"
 
 
-def emit(s: Shape, weights: Weights, opts: Options) -> onnx.ModelProto:
-    """The whole decoder graph for one model (batch 1, last-position logits)."""
+def emit(s: Shape, weights: Weights, opts: Options) -> tuple[onnx.ModelProto, dict[str, View]]:
+    """The whole decoder graph for one model (batch 1, last-position logits), and the
+    initializers that are views of others (to be saved as such: builder._save)."""
     e = _Emitter(opts)
     e.const("cos_cache", s.cos)
     e.const("sin_cache", s.sin)
@@ -411,7 +457,7 @@ def emit(s: Shape, weights: Weights, opts: Options) -> onnx.ModelProto:
         x = _mlp(e, s, weights, i, h)
     h, _ = _norm(e, x, residual, weights("model.norm.weight"), "final_norm", s.rms_eps)
     _head(e, s, weights, h, table)
-    return _model(e, s)
+    return _model(e, s), e.views
 
 
 def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
