@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_engines import CACHE, ROOT, ROUNDS, THREADS, _hf, _median_rounds, _rss_mb
+from bench.bench_engines import (
+    CACHE,
+    ROOT,
+    ROUNDS,
+    THREADS,
+    _hf,
+    _median_rounds,
+    _rss_mb,
+    run_worker,
+)
 
 ASR_TOKENS = 50
 
@@ -226,13 +234,7 @@ WORKERS = {
 
 
 def _spawn(name: str, *args: Any) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.bench_asr", name, json.dumps(list(args))]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    if done.returncode:
-        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_worker(name, [sys.executable, "-m", "bench.bench_asr", name, json.dumps(list(args))])
 
 
 # -- the suite --------------------------------------------------------------------------------

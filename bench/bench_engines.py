@@ -220,19 +220,24 @@ WORKERS = {
 }
 
 
+def run_worker(label: str, cmd: list[str]) -> dict[str, Any]:
+    """Run one worker process (its own process: its own RSS, no warm caches shared); its last
+    stdout line is its JSON result."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{label} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def _spawn(name: str, *args: Any) -> dict[str, Any]:
     if name == "genai_llm":
         from bench.peers import peer_python
 
-        cmd = [str(peer_python()), "-c", GENAI_WORKER, *map(str, args)]
-    else:
-        cmd = [sys.executable, "-m", "bench.bench_engines", name, json.dumps(list(args))]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    if done.returncode:
-        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+        return run_worker(name, [str(peer_python()), "-c", GENAI_WORKER, *map(str, args)])
+    cmd = [sys.executable, "-m", "bench.bench_engines", name, json.dumps(list(args))]
+    return run_worker(name, cmd)
 
 
 # -- the suite --------------------------------------------------------------------------------
