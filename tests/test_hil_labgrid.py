@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -54,14 +55,25 @@ def test_fixture_through_a_labgrid_place(tmp_path: Path) -> None:
             f"{name}-group:\n  RawSerialPort:\n    port: {link}\n    speed: 921600\n"
         )
         log = (tmp_path / "labgrid.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [str(bindir / "labgrid-coordinator"), "-l", coord],
-                cwd=tmp_path / "coord",
-                stdout=log,
-                stderr=log,
-            )
+        coordinator = subprocess.Popen(
+            [str(bindir / "labgrid-coordinator"), "-l", coord],
+            cwd=tmp_path / "coord",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        procs.append(coordinator)
+        listening = threading.Event()
+
+        def drain() -> None:  # into the log; the exporter gives up on a coordinator not yet up
+            assert coordinator.stdout is not None
+            for line in coordinator.stdout:
+                log.write(line)
+                log.flush()
+                if b"listening on" in line:
+                    listening.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        assert listening.wait(60), f"the coordinator did not listen within 60 s: {tmp_path}"
         procs.append(
             subprocess.Popen(
                 [
