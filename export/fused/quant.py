@@ -51,12 +51,8 @@ def quantize(
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
-    n, k = w.shape
-    pad = (-k) % block_size
-    w = np.asarray(w, dtype=np.float32)
-    if pad:
-        w = np.pad(w, ((0, 0), (0, pad)))
-    blocks = w.reshape(n, -1, block_size)
+    k = w.shape[1]
+    blocks = _blocks(w, block_size)
     if symmetric:
         scales, codes = _symmetric(blocks, bits, search)
         zero_points = None
@@ -65,6 +61,16 @@ def quantize(
         zero_points = pack(zp, bits)
     packed = pack(codes.astype(np.uint8), bits)
     return Quantized(packed, scales.astype(np.float32), zero_points, bits, block_size, k)
+
+
+def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+    """W [N, K] as fp32 blocks [N, ceil(K / block_size), block_size], K zero-padded."""
+    n, k = w.shape
+    w = np.asarray(w, dtype=np.float32)
+    pad = (-k) % block_size
+    if pad:
+        w = np.pad(w, ((0, 0), (0, pad)))
+    return w.reshape(n, -1, block_size)
 
 
 # Scale candidates tried per block: the peak mapped to code 0, shrunk by these factors.
@@ -176,12 +182,8 @@ class Split8:
 def split8(w: np.ndarray, block_size: int) -> Split8:
     """Quantize W [N, K] to 8 bits (step: the block's peak / 119, rounding to nearest) and
     split each code into the two 4-bit planes of `Split8`."""
-    n, k = w.shape
-    pad = (-k) % block_size
-    w = np.asarray(w, dtype=np.float32)
-    if pad:
-        w = np.pad(w, ((0, 0), (0, pad)))
-    blocks = w.reshape(n, -1, block_size)
+    k = w.shape[1]
+    blocks = _blocks(w, block_size)
     idx = np.abs(blocks).argmax(axis=2)[..., None]
     step = np.take_along_axis(blocks, idx, axis=2)[..., 0] / -SPLIT_RANGE
     safe = np.where(step == 0, 1.0, step)[..., None]
