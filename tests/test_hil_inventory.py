@@ -43,7 +43,9 @@ def test_two_workers_get_different_boards(tmp_path: Path) -> None:
         assert c.board.name == "sim-a"
 
 
-def test_lock_of_a_killed_worker_is_reclaimed(tmp_path: Path) -> None:
+def _one_board_held_elsewhere(tmp_path: Path) -> tuple[Path, subprocess.Popen[str]]:
+    """An inventory of one board, and a worker process that holds it until its stdin closes
+    (it prints the board's name once it holds it)."""
     inv = _inv(tmp_path, INV.split("[[board]]")[0] + "[[board]]" + INV.split("[[board]]")[1])
     code = (
         "import sys; from pathlib import Path; from hil import inventory\n"
@@ -53,6 +55,11 @@ def test_lock_of_a_killed_worker_is_reclaimed(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    return inv, proc
+
+
+def test_lock_of_a_killed_worker_is_reclaimed(tmp_path: Path) -> None:
+    inv, proc = _one_board_held_elsewhere(tmp_path)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "sim-a"
@@ -101,15 +108,7 @@ def test_a_waiting_worker_wakes_when_the_holder_dies(tmp_path: Path) -> None:
     long before that (it waits on the holder's pidfd)."""
     import threading
 
-    inv = _inv(tmp_path, INV.split("[[board]]")[0] + "[[board]]" + INV.split("[[board]]")[1])
-    code = (
-        "import sys; from pathlib import Path; from hil import inventory\n"
-        f"lease = inventory.acquire(Path({str(inv)!r}), 'victim')\n"
-        "print(lease.board.name, flush=True); sys.stdin.read()\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    inv, proc = _one_board_held_elsewhere(tmp_path)
     got: list[inventory.Lease] = []
     waiting = threading.Thread(
         target=lambda: got.append(inventory.acquire(inv, "gw1", wait=120, poll=60))
