@@ -70,6 +70,24 @@ def test_energy_per_span_matches_closed_form() -> None:
     assert e["late"].count == 0 and e["late"].incomplete == 1  # runs past the samples
 
 
+def test_energy_per_span_counts_the_part_of_each_edge_sample_inside_the_span() -> None:
+    # the rail steps between 1 W and 3 W every 100 us (edges at 4_950, 5_050, ...); the
+    # fixture samples the middle of each step. Spans start and end inside steps, so a
+    # span that took whole samples (or none) at its edges would be off by up to 2 * 300 uJ.
+    def rail_w(t_us: np.ndarray) -> np.ndarray:
+        return np.where(np.floor((t_us - 4_950) / 100) % 2 == 0, 1.0, 3.0)
+
+    s = _samples(rail_w(5_000 + 100 * np.arange(40.0)))
+    windows = [(5_020, 5_380), (5_130, 5_170), (5_490, 6_310), (6_010, 6_990)]
+    e = power.energy_by_span(
+        s, [{"name": f"s{i}", "ts": a, "dur": b - a} for i, (a, b) in enumerate(windows)]
+    )
+    for i, (a, b) in enumerate(windows):
+        fine = np.arange(a, b, 0.5) + 0.25  # the rail itself, integrated in 0.5 us steps
+        assert e[f"s{i}"].energy_j == pytest.approx(np.sum(rail_w(fine)) * 0.5e-6, rel=1e-9)
+        assert e[f"s{i}"].count == 1 and e[f"s{i}"].seconds == pytest.approx((b - a) * 1e-6)
+
+
 def test_gaps_are_reported_and_spans_over_them_are_incomplete() -> None:
     a = _samples(np.full(1000, 2.0), t0=0)
     b = _samples(np.full(1000, 2.0), t0=0, seq0=1500)  # 500 samples missing
