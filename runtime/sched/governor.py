@@ -122,6 +122,39 @@ class ThermalModel:
         return self.t_c
 
 
+class _Ladder:
+    """When one ladder moves: one rung down while over budget, one up after `recover_s` calm,
+    at most once per `hold_s`. The rung it is on lives in the `Policy`."""
+
+    def __init__(self, name: str, rungs: tuple[str, ...], hold_s: float, recover_s: float) -> None:
+        self.name = name
+        self.rungs = rungs
+        self.hold_s = hold_s
+        self.recover_s = recover_s
+        self.changed_at = float("-inf")
+        self.calm_since: float | None = None
+
+    def step(self, level: int, now: float, over: bool, calm: bool) -> int | None:
+        """The rung to move to from `level`, or None to stay."""
+        if over:
+            self.calm_since = None
+            if level < len(self.rungs) - 1 and now - self.changed_at >= self.hold_s:
+                return level + 1
+        elif calm:
+            if self.calm_since is None:
+                self.calm_since = now
+            if (
+                level > 0
+                and now - self.calm_since >= self.recover_s
+                and now - self.changed_at >= self.hold_s
+            ):
+                self.calm_since = now
+                return level - 1
+        else:
+            self.calm_since = None
+        return None
+
+
 class Governor:
     def __init__(
         self,
@@ -150,18 +183,13 @@ class Governor:
         self.base = Policy(0, camera_fps, max_tokens, "default", False)
         self.policy = self.base
         self.small_tier = small_tier
-        self.hold_s = hold_s
-        self.recover_s = recover_s
         self.recover_ratio = recover_ratio
         self.margin_c = margin_c
         self.burst_window_s = burst_window_s
         self.max_pending = max_pending
         self.max_age_s = max_age_s
-        self.backlog_recover_s = backlog_recover_s
-        self._changed_at = float("-inf")
-        self._calm_since: float | None = None
-        self._backlog_changed_at = float("-inf")
-        self._backlog_calm_since: float | None = None
+        self._power = _Ladder("power", LADDER, hold_s, recover_s)
+        self._backlog = _Ladder("backlog", BACKLOG_LADDER, hold_s, backlog_recover_s)
         self._backlog_sources: list[Callable[[float], Backlog]] = []
         self.listeners: list[Callable[[Policy], None]] = []
 
@@ -199,27 +227,12 @@ class Governor:
             and temp < self.limit_c - 2 * self.margin_c
         )
         level = self.policy.level
-        if reasons:
-            self._calm_since = None
-            if level < len(LADDER) - 1 and now - self._changed_at >= self.hold_s:
-                self._set(level + 1, now, "; ".join(reasons), down=True)
-        elif calm:
-            if self._calm_since is None:
-                self._calm_since = now
-            if (
-                level > 0
-                and now - self._calm_since >= self.recover_s
-                and now - self._changed_at >= self.hold_s
-            ):
-                self._set(
-                    level - 1,
-                    now,
-                    f"under budget for {self.recover_s:.0f} s (average {avg:.2f} W)",
-                    down=False,
-                )
-                self._calm_since = now
-        else:
-            self._calm_since = None
+        to = self._power.step(level, now, bool(reasons), calm)
+        if to is not None:
+            why = "; ".join(reasons) or (
+                f"under budget for {self._power.recover_s:.0f} s (average {avg:.2f} W)"
+            )
+            self._set(to, now, why, down=to > level)
 
     def _update_backlog(self, now: float) -> None:
         items = [source(now) for source in self._backlog_sources]
@@ -233,45 +246,31 @@ class Governor:
         if oldest > self.max_age_s:
             reasons.append(f"oldest waited {oldest:.1f} s > {self.max_age_s:.1f} s")
         level = self.policy.backlog_level
-        if reasons:
-            self._backlog_calm_since = None
-            if level < len(BACKLOG_LADDER) - 1 and now - self._backlog_changed_at >= self.hold_s:
-                self._set_backlog(level + 1, now, "backlog: " + "; ".join(reasons), down=True)
-        elif pending == 0:
-            if self._backlog_calm_since is None:
-                self._backlog_calm_since = now
-            if (
-                level > 0
-                and now - self._backlog_calm_since >= self.backlog_recover_s
-                and now - self._backlog_changed_at >= self.hold_s
-            ):
-                self._set_backlog(
-                    level - 1,
-                    now,
-                    f"nothing waiting for {self.backlog_recover_s:.0f} s",
-                    down=False,
-                )
-                self._backlog_calm_since = now
-        else:
-            self._backlog_calm_since = None
+        to = self._backlog.step(level, now, bool(reasons), pending == 0)
+        if to is not None:
+            why = "; ".join(reasons)
+            why = (
+                f"backlog: {why}" if why else f"nothing waiting for {self._backlog.recover_s:.0f} s"
+            )
+            self._set_backlog(to, now, why, down=to > level)
 
     def _set(self, level: int, now: float, reason: str, down: bool) -> None:
         """Move the power/thermal ladder to `level`."""
         was = self.policy.level
-        level = self._skip_tier(level, down, "power")
-        self._changed_at = now
-        self._announce("power", LADDER, was, level, reason)
+        level = self._skip_tier(level, down, self._power)
+        self._power.changed_at = now
+        self._announce(self._power, was, level, reason)
         self._apply(level, self.policy.backlog_level)
 
     def _set_backlog(self, level: int, now: float, reason: str, down: bool) -> None:
         """Move the backlog ladder to `level`."""
         was = self.policy.backlog_level
-        level = self._skip_tier(level, down, "backlog")
-        self._backlog_changed_at = now
-        self._announce("backlog", BACKLOG_LADDER, was, level, reason)
+        level = self._skip_tier(level, down, self._backlog)
+        self._backlog.changed_at = now
+        self._announce(self._backlog, was, level, reason)
         self._apply(self.policy.level, level)
 
-    def _skip_tier(self, level: int, down: bool, ladder: str) -> int:
+    def _skip_tier(self, level: int, down: bool, ladder: _Ladder) -> int:
         if level != SMALL_TIER_RUNG or self.small_tier:
             return level
         if not down:
@@ -282,26 +281,25 @@ class Governor:
             "governor",
             action="no smaller tier bundled; skipped",
             level=SMALL_TIER_RUNG,
-            ladder=ladder,
+            ladder=ladder.name,
         )
         return level + 1
 
-    def _announce(
-        self, ladder: str, names: tuple[str, ...], was: int, level: int, reason: str
-    ) -> None:
+    def _announce(self, ladder: _Ladder, was: int, level: int, reason: str) -> None:
+        names = ladder.rungs
         action = names[level] if level > was else f"restored: {names[was]} lifted"
         self.telemetry.metrics.inc("governor.changes")
-        self.telemetry.metrics.gauge(f"governor.{ladder}_level", level)
+        self.telemetry.metrics.gauge(f"governor.{ladder.name}_level", level)
         self.telemetry.trace.instant(
             "governor",
             "governor",
             "governor",
             action=action,
             level=level,
-            ladder=ladder,
+            ladder=ladder.name,
             reason=reason,
         )
-        log.info("governor (%s): %s (%s)", ladder, action, reason)
+        log.info("governor (%s): %s (%s)", ladder.name, action, reason)
 
     def _apply(self, level: int, backlog_level: int) -> None:
         self.policy = self._policy(level, backlog_level)
