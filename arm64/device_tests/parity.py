@@ -55,10 +55,28 @@ def _first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _max_diff(mine: list[list[float]], theirs: list[list[float]], steps: int) -> float:
-    return max(
-        (abs(a - b) for i in range(steps) for a, b in zip(mine[i], theirs[i], strict=True)),
+def _compare(
+    mine: list[int], my_rows: list[list[float]], theirs: list[int], their_rows: list[list[float]]
+) -> tuple[int | None, int, float]:
+    """(the first step the tokens differ at or None, how many are equal, the largest logit
+    difference). Decisions taken on the same prefix are comparable: all, or up to the first
+    difference."""
+    part = _first_difference(mine, theirs)
+    equal = len(theirs) if part is None else part
+    steps = min(len(my_rows), len(their_rows), len(theirs) if part is None else part + 1)
+    diff = max(
+        (abs(a - b) for i in range(steps) for a, b in zip(my_rows[i], their_rows[i], strict=True)),
         default=0.0,
+    )
+    return part, equal, diff
+
+
+def _tokens_differ(
+    label: str, part: int, mine: list[int], theirs: list[int], why: str = ""
+) -> AssertionError:
+    return AssertionError(
+        f"{label}: aarch64 tokens differ from x86_64 at step {part}{why}:\n"
+        f"  aarch64 {mine}\n  x86_64  {theirs}"
     )
 
 
@@ -72,12 +90,8 @@ def check_tokens(
     tol: float,
 ) -> None:
     """Greedy decoding: the same tokens as x86_64, from logits within `tol` of x86_64's."""
-    part = _first_difference(mine, theirs)
-    # Decisions taken on the same prefix are comparable: all, or up to the first difference.
-    steps = min(len(my_rows), len(their_rows), len(theirs) if part is None else part + 1)
-    diff = _max_diff(my_rows, their_rows, steps)
+    part, equal, diff = _compare(mine, my_rows, theirs, their_rows)
     low, at = min_margin(their_rows)
-    equal = len(theirs) if part is None else part
     ctx.note(
         f"{label}: {equal}/{len(theirs)} tokens equal; max |logit diff| vs x86_64 {diff:.2e}; "
         f"min top-1/top-2 margin on x86_64 {low:.3f} (step {at}), "
@@ -85,11 +99,13 @@ def check_tokens(
     )
     if part is not None:
         where = their_rows[part] if part < len(their_rows) else None
-        raise AssertionError(
-            f"{label}: aarch64 tokens differ from x86_64 at step {part} "
-            f"(x86_64 decided it by a margin of {margin(where) if where else math.nan:.4f}; "
-            f"the logits there differ by up to {diff:.2e}):\n"
-            f"  aarch64 {mine}\n  x86_64  {theirs}"
+        raise _tokens_differ(
+            label,
+            part,
+            mine,
+            theirs,
+            f" (x86_64 decided it by a margin of {margin(where) if where else math.nan:.4f}; "
+            f"the logits there differ by up to {diff:.2e})",
         )
     assert diff <= tol, f"{label}: logits differ from x86_64 by {diff:.2e} > {tol}"
 
@@ -106,19 +122,15 @@ def check_sampled(
 ) -> None:
     """Seeded sampling: the same tokens as x86_64; `draw_gap` is the x86_64 run's smallest
     distance of a draw from a token boundary (see `draw_margin`)."""
-    part = _first_difference(mine, theirs)
-    steps = min(len(my_rows), len(their_rows), len(theirs) if part is None else part + 1)
-    diff = _max_diff(my_rows, their_rows, steps)
+    part, equal, diff = _compare(mine, my_rows, theirs, their_rows)
     shift = math.expm1(2 * diff / temperature)
     ctx.note(
-        f"{label}: {len(theirs) if part is None else part}/{len(theirs)} tokens equal; "
+        f"{label}: {equal}/{len(theirs)} tokens equal; "
         f"max |logit diff| vs x86_64 {diff:.2e}; draws at least {draw_gap:.2e} from a token "
         f"boundary on x86_64, which the difference moves by at most {shift:.2e}"
     )
-    assert part is None, (
-        f"{label}: aarch64 tokens differ from x86_64 at step {part}:\n"
-        f"  aarch64 {mine}\n  x86_64  {theirs}"
-    )
+    if part is not None:
+        raise _tokens_differ(label, part, mine, theirs)
 
 
 def draw_margin(
