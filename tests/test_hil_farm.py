@@ -16,6 +16,7 @@ from hil.errors import PortError
 from hil.farm import Ser2net, free_tcp_port
 from hil.ports import open_serial
 from hil.rig import Fixture
+from tests.hil_helpers import held_elsewhere
 
 
 def _read_exactly(fd: int, n: int, timeout: float = 20.0) -> bytes:
@@ -72,26 +73,15 @@ def test_no_server_is_a_clear_error() -> None:
 
 
 def test_a_busy_port_names_its_holder() -> None:
-    import subprocess
-    import sys
-
     master, slave = os.openpty()
     path = os.ttyname(slave)
-    code = (
-        "import serial, sys\n"
-        f"p = serial.Serial({path!r}, exclusive=True)\n"
-        "print('open', flush=True); sys.stdin.read()\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    take = f"import serial\np = serial.Serial({path!r}, exclusive=True)\nprint('open', flush=True)"
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(PortError, match=rf"busy \(held by {holder.pid} "):
-            open_serial(path)
+        with held_elsewhere(take) as (holder, said):
+            assert said == "open"
+            with pytest.raises(PortError, match=rf"busy \(held by {holder.pid} "):
+                open_serial(path)
     finally:
-        holder.kill()
-        holder.wait()
         os.close(master)
         os.close(slave)
 

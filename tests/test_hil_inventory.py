@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hil import inventory
 from hil.errors import InventoryError
+from tests.hil_helpers import held_elsewhere
 
 INV = """
 [[board]]
@@ -43,26 +45,27 @@ def test_two_workers_get_different_boards(tmp_path: Path) -> None:
         assert c.board.name == "sim-a"
 
 
-def _one_board_held_elsewhere(tmp_path: Path) -> tuple[Path, subprocess.Popen[str]]:
-    """An inventory of one board, and a worker process that holds it until its stdin closes
-    (it prints the board's name once it holds it)."""
-    inv = _inv(tmp_path, INV.split("[[board]]")[0] + "[[board]]" + INV.split("[[board]]")[1])
-    code = (
-        "import sys; from pathlib import Path; from hil import inventory\n"
+def _one_board(tmp_path: Path) -> Path:
+    return _inv(tmp_path, INV.split("[[board]]")[0] + "[[board]]" + INV.split("[[board]]")[1])
+
+
+@contextlib.contextmanager
+def _held_by_a_victim(inv: Path) -> Iterator[subprocess.Popen[str]]:
+    """A worker process that holds the board of a one-board inventory (it holds it when this
+    yields), until it is killed."""
+    take = (
+        "from pathlib import Path; from hil import inventory\n"
         f"lease = inventory.acquire(Path({str(inv)!r}), 'victim')\n"
-        "print(lease.board.name, flush=True); sys.stdin.read()\n"
+        "print(lease.board.name, flush=True)"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    return inv, proc
+    with held_elsewhere(take) as (proc, said):
+        assert said == "sim-a"
+        yield proc
 
 
 def test_lock_of_a_killed_worker_is_reclaimed(tmp_path: Path) -> None:
-    inv, proc = _one_board_held_elsewhere(tmp_path)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "sim-a"
+    inv = _one_board(tmp_path)
+    with _held_by_a_victim(inv) as proc:
         with pytest.raises(InventoryError, match="victim"):
             inventory.acquire(inv, "gw1")
         os.kill(proc.pid, signal.SIGKILL)
@@ -72,10 +75,6 @@ def test_lock_of_a_killed_worker_is_reclaimed(tmp_path: Path) -> None:
         assert lease.board.name == "sim-a"
         assert time.monotonic() - start < 60
         lease.release()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize(
@@ -108,24 +107,24 @@ def test_a_waiting_worker_wakes_when_the_holder_dies(tmp_path: Path) -> None:
     long before that (it waits on the holder's pidfd)."""
     import threading
 
-    inv, proc = _one_board_held_elsewhere(tmp_path)
+    inv = _one_board(tmp_path)
     got: list[inventory.Lease] = []
     waiting = threading.Thread(
         target=lambda: got.append(inventory.acquire(inv, "gw1", wait=120, poll=60))
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "sim-a"
-        waiting.start()
-        waiting.join(timeout=1.0)  # it has found the board held and waits
-        assert waiting.is_alive() and not got
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        waiting.join(timeout=30)
-        assert got and got[0].board.name == "sim-a", "the waiter slept through the holder's death"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        with _held_by_a_victim(inv) as proc:
+            waiting.start()
+            waiting.join(timeout=1.0)  # it has found the board held and waits
+            assert waiting.is_alive() and not got
+            os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        waiting.join()
+            waiting.join(timeout=30)
+            assert got and got[0].board.name == "sim-a", (
+                "the waiter slept through the holder's death"
+            )
+    finally:
+        if waiting.ident is not None:
+            waiting.join()  # the holder is gone by now: the waiter takes the board or gives up
         for lease in got:
             lease.release()
