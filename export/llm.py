@@ -258,7 +258,8 @@ def _fused(
             "feeds": info.feeds,
             "logits": info.logits,
             "batch_size": info.batch_size,
-        },
+        }
+        | ({"embedding": info.embedding} if info.embedding else {}),
     )
     return graph, {"kind": "fused", "files": list(info.files), "info": info}
 

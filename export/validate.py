@@ -115,13 +115,14 @@ class RuntimeLM:
 
     def __init__(self, artifact: Path, m: Any) -> None:
         from runtime.engine.llm import Llm
+        from runtime.engine.llm.embedding import table_lookup
         from runtime.engine.llm.runners import make_runner
         from runtime.engine.session import open_session
 
         info = m.llm
         model = artifact / m.graphs["decoder"].file
         session = open_session(model, None, threads=2, cache=False, pin=False)
-        self.runner = make_runner(session, info, str(artifact))
+        self.runner = make_runner(session, info, str(artifact), lookup=table_lookup(m, artifact))
         template = m.tokenizer.chat_template if m.tokenizer else None
         self.llm = Llm(info, self.runner, artifact / "tokenizer.json", template, str(artifact))
 

@@ -134,6 +134,82 @@ def test_fused_buffers_are_allocated_once() -> None:
     assert runner.kv_bytes == sum(a.nbytes for a in runner._kv)  # type: ignore[attr-defined]
 
 
+def _in_graph_lookup_copy(new: Path, old: Path) -> None:
+    """`new` (the int4 default: the runtime looks the 8-bit table up) rebuilt as exports made
+    before the runtime lookup: the same quantized weights, GatherBlockQuantized in the graph,
+    no `embedding` entry in the manifest."""
+    from export.fused import build
+    from runtime.manifest import file_entry, load_manifest
+
+    m = load_manifest(new)
+    assert m.llm is not None
+    shutil.copytree(new, old, ignore=shutil.ignore_patterns(".ocula-cache"))
+    for name in ("model.onnx", "model.onnx.data"):
+        (old / name).unlink()
+    max_length = m.llm.max_length
+    build(
+        hf_model("tiny-qwen2"), old, embed_quant="int8", max_length=max_length, runtime_lookup=False
+    )
+    graph = m.graphs["decoder"]
+    del graph.extra["embedding"]
+    graph.inputs[0] = "input_ids"
+    m.files = [
+        file_entry(old, f.path, f.role) if f.path.startswith("model.onnx") else f for f in m.files
+    ]
+    m.write(old)
+
+
+def test_runtime_lookup_gives_the_in_graph_lookups_tokens_and_logits(tmp_path: Path) -> None:
+    """The export's int4 default feeds the graph embeddings read by the runtime; an older
+    artifact whose graph looks its table up itself still loads, and both give the same
+    logits and greedy tokens bit for bit, through prefill, decode and prefix reuse."""
+    new = llm_artifact("tiny-qwen2", "int4", "fused")
+    old = tmp_path / "old"
+    _in_graph_lookup_copy(new, old)
+    ours, theirs = Llm.from_artifact(new), Llm.from_artifact(old)
+    assert ours._runner._lookup is not None and theirs._runner._lookup is None  # type: ignore[attr-defined]
+    system = ours.encode("You translate English into French.")
+    for llm in (ours, theirs):
+        llm.eos_ids = frozenset()
+        llm.prefill(system)
+    for sentence in (PROMPT, "Good morning."):
+        ids = system + ours.encode(" " + sentence)
+        a = ours.start(ids, GenerationConfig(max_new_tokens=24))
+        b = theirs.start(ids, GenerationConfig(max_new_tokens=24))
+        while not a.done:
+            a.step(), b.step()
+            np.testing.assert_array_equal(a.last_logits, b.last_logits)
+        assert a.tokens == b.tokens and a.reused_tokens >= len(system)
+
+
+def test_a_manifest_and_graph_that_disagree_on_the_lookup_are_refused(tmp_path: Path) -> None:
+    from runtime.manifest import load_manifest
+
+    new = llm_artifact("tiny-qwen2", "int4", "fused")
+    old = tmp_path / "old"
+    _in_graph_lookup_copy(new, old)
+    m, entry = load_manifest(old), load_manifest(new).graphs["decoder"].extra["embedding"]
+    m.graphs["decoder"].extra["embedding"] = entry
+    m.write(old)
+    with pytest.raises(ArtifactError, match="does not have"):
+        Llm.from_artifact(old)
+    m.graphs["decoder"].extra["embedding"] = {**entry, "bits": 3}
+    m.write(old)
+    with pytest.raises(ArtifactError, match="3 bits"):
+        Llm.from_artifact(old)
+    del m.graphs["decoder"].extra["embedding"]["weight_offset"]
+    m.write(old)
+    with pytest.raises(ArtifactError, match="malformed"):
+        Llm.from_artifact(old)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(new, truncated, ignore=shutil.ignore_patterns(".ocula-cache"))
+    n = load_manifest(truncated)
+    n.graphs["decoder"].extra["embedding"]["rows"] *= 1000
+    n.write(truncated)
+    with pytest.raises(ArtifactError, match="incomplete"):
+        Llm.from_artifact(truncated)
+
+
 def test_text_stream_never_splits_a_character() -> None:
     from tokenizers import Tokenizer
 

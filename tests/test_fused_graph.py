@@ -168,8 +168,11 @@ def test_quantized_graph_computes_the_quantized_model(name, quant, symmetric, tm
         max_length=MAX_LENGTH,
     )
     layers = info.num_layers
-    # every projection (qkv, o, gate_up, down) and the head are MatMulNBits; one quantized lookup
-    assert info.quantized_ops == {"MatMulNBits": 4 * layers + 1, "GatherBlockQuantized": 1}
+    # every projection (qkv, o, gate_up, down) and the head are MatMulNBits; a symmetric table
+    # is looked up by the runtime, an asymmetric one by the graph
+    lookups = {} if symmetric else {"GatherBlockQuantized": 1}
+    assert info.quantized_ops == {"MatMulNBits": 4 * layers + 1, **lookups}
+    assert (info.embedding is not None) == symmetric
     assert not {"MatMul", "Gemm", "Gather"} & set(info.op_histogram)
     reference = _quantized_reference(model, bits, 32, symmetric)
     decoder = FusedDecoder(out, info)
@@ -232,8 +235,44 @@ def test_fp16_weights_compute_in_float32(tmp_path):
     )
 
 
+@pytest.mark.parametrize(("embed_quant", "block"), [("int8", 32), ("int4", 32), ("int8", 128)])
+def test_runtime_lookup_equals_the_graphs(embed_quant, block, tmp_path):
+    """The runtime reads the table's rows from the data file and dequantizes them as
+    GatherBlockQuantized does: logits and greedy tokens bit-identical to the in-graph lookup,
+    in prefill and in decode; the table is no initializer of the graph. (Block 128 pads the
+    64-wide rows: the runtime drops the padding as the graph's Slice does.)"""
+    import onnx
+
+    _, folder = _hf_model("qwen2", tmp_path)
+    arts = {}
+    for runtime_lookup in (True, False):
+        out = tmp_path / f"artifact-{runtime_lookup}"
+        out.mkdir()
+        info = build(
+            folder,
+            out,
+            quant="int4",
+            embed_quant=embed_quant,
+            embed_block_size=block,
+            max_length=MAX_LENGTH,
+            runtime_lookup=runtime_lookup,
+        )
+        arts[runtime_lookup] = FusedDecoder(out, info)
+    ours, graphs = arts[True], arts[False]
+    emb = ours.info.embedding
+    assert graphs.info.embedding is None and "GatherBlockQuantized" not in ours.info.op_histogram
+    assert next(iter(ours.info.inputs)) == "inputs_embeds" and "input_ids" not in ours.info.inputs
+    bits = 8 if embed_quant == "int8" else 4
+    assert (emb["bits"], emb["rows"], emb["hidden"]) == (bits, COMMON["vocab_size"], 64)
+    graph = onnx.load(str(tmp_path / "artifact-True" / "model.onnx"), load_external_data=False)
+    assert not {"embed.qweight", "embed.scales3"} & {t.name for t in graph.graph.initializer}
+    np.testing.assert_array_equal(ours.run(PROMPT), graphs.run(PROMPT))
+    np.testing.assert_array_equal(ours.run([400]), graphs.run([400]))
+    assert ours.greedy(PROMPT, 24) == graphs.greedy(PROMPT, 24)
+
+
 def test_int4_tied_embedding_is_stored_once(tmp_path, monkeypatch):
-    """The lookup reads the table; the head's row chunks are views of its bytes on disk."""
+    """The runtime reads the table; the head's row chunks are views of its bytes on disk."""
     import onnx
 
     import export.fused.graph as fused_graph
@@ -250,7 +289,6 @@ def test_int4_tied_embedding_is_stored_once(tmp_path, monkeypatch):
     info = build(folder, out, quant="int4", max_length=MAX_LENGTH, embed_quant="int8")
     assert info.files == ["model.onnx", "model.onnx.data"]
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
-    lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
     heads = [n for n in graph.node if n.name.startswith("head.lm.")]
     assert [n.op_type for n in heads] == ["MatMulNBits"] * 4
     assert next(n for n in graph.node if n.output[0] == "logits").op_type == "Concat"
@@ -261,11 +299,10 @@ def test_int4_tied_embedding_is_stored_once(tmp_path, monkeypatch):
         assert ext["location"] == "model.onnx.data"
         return int(ext["offset"]), int(ext["length"])
 
-    table_at, table_len = where(lookup.input[0])
-    assert table_at % 4096 == 0 and table_len == COMMON["vocab_size"] * 64
+    table_at, scales_at = info.embedding["weight_offset"], info.embedding["scales_offset"]
+    assert table_at % 4096 == 0
     chunks = [where(n.input[1]) for n in heads]
     assert chunks == [(table_at + i * 128 * 64, 128 * 64) for i in range(4)]
-    scales_at, _ = where(lookup.input[2])
     assert [where(n.input[2])[0] for n in heads] == [scales_at + i * 128 * 2 * 4 for i in range(4)]
     stored = (out / "model.onnx.data").stat().st_size
     held = sum(len(t.raw_data) for t in onnx.load(str(one / "model.onnx")).graph.initializer)
@@ -284,7 +321,15 @@ def test_info_describes_the_io_contract(tmp_path):
     kv_shape = [1, 2, MAX_LENGTH, 32]
     assert info.kv.shape == kv_shape and info.kv.shared_buffer
     assert info.kv.names(1, "value") == ("past_key_values.1.value", "present.1.value")
-    assert info.inputs["input_ids"] == {"dtype": "int64", "shape": [1, "sequence_length"]}
+    # the runtime looks the quantized table up: the graph takes the embeddings
+    assert info.inputs["inputs_embeds"] == {"dtype": "float32", "shape": [1, "sequence_length", 64]}
+    assert info.embedding is not None and info.embedding["input"] == "inputs_embeds"
+    assert set(info.feeds) == {
+        "inputs_embeds",
+        "seqlens_k",
+        "total_sequence_length",
+        "past_key_values",
+    }
     assert info.inputs["seqlens_k"] == {"dtype": "int32", "shape": [1]}
     assert info.inputs["total_sequence_length"] == {"dtype": "int32", "shape": []}
     io_shape = [1, 2, "max_length", 32]  # buffers of any length up to kv.shape's

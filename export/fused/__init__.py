@@ -13,7 +13,11 @@ decoding runs in about ten kernels per layer. `arch.py` describes what differs p
 
 IO contract (batch size 1; what the runtime must do, every run):
 
-    inputs   input_ids               int64 [1, S]    the S >= 1 new tokens of this run
+    inputs   input_ids               int64 [1, S]    the S >= 1 new tokens of this run; or,
+                                                     with a quantized symmetric table,
+             inputs_embeds           float32 [1, S, hidden]  their rows of the table, read by
+                                                     the runtime at the offsets
+                                                     `FusedInfo.embedding` gives
              seqlens_k               int32 [1]       past + S - 1 (tokens in the cache after
                                                      this run, minus one)
              total_sequence_length   int32 []        past + S
@@ -36,7 +40,10 @@ IO contract (batch size 1; what the runtime must do, every run):
 
 Quantization: "int4"/"int8" = MatMulNBits weights (block-wise along the input dimension,
 symmetric by default, optional per-block error search) for every projection
-and the head, GatherBlockQuantized for the embedding; `embed_quant="int8"` (and
+and the head; the embedding table is looked up by the runtime (`runtime_lookup`, the default:
+onnxruntime never maps the table, which the tied head's chunks view in the data file) or by
+GatherBlockQuantized in the graph (asymmetric tables, `runtime_lookup=False`, the split
+head); `embed_quant="int8"` (and
 `embed_block_size`) keep the embedding table and a tied head at 8 bits while the layers are 4,
 the cheapest fidelity lever measured on SmolLM2 (tests/test_fused_smollm2.py has the table).
 "fp16" stores weights in float16 and computes in float32 (a Cast per weight, folded by

@@ -13,7 +13,7 @@ import onnx
 
 from export.fused.arch import read_shape
 from export.fused.errors import FusedError
-from export.fused.graph import QUANTS, Options, View, emit, past_name, present_name
+from export.fused.graph import EMBEDS, QUANTS, Options, View, emit, past_name, present_name
 from export.fused.weights import SafetensorsWeights
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,9 @@ class FusedInfo:
     size_bytes: int
     build_seconds: float
     opset: dict[str, int] = field(default_factory=dict)
+    # Set when the graph takes `inputs_embeds`: where the quantized table lies in the data file
+    # (runtime.engine.llm.embedding.EmbeddingLayout's fields); the runtime looks rows up.
+    embedding: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,10 +108,14 @@ def build(
     embed_block_size: int | None = None,
     scale_search: bool = False,
     head_candidates: int = 0,
+    runtime_lookup: bool = True,
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
     `out_dir` must exist; only the files named in `FusedInfo.files` are written into it.
+    `runtime_lookup`: a quantized symmetric embedding table (not the split head's) is looked up
+    by the runtime, which reads its rows from the data file (the graph takes `inputs_embeds`,
+    `FusedInfo.embedding` says where the table is); False keeps the lookup in the graph.
     Raises `FusedError` for unsupported architectures, rope types or options.
     """
     if quant not in QUANTS:
@@ -137,12 +144,25 @@ def build(
         embed_block_size,
         scale_search,
         head_candidates,
+        runtime_lookup,
     )
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
     )
     model, views = emit(shape, weights, opts)
-    files = _save(model, views, Path(out_dir))
+    files, offsets = _save(model, views, Path(out_dir))
+    embedding = None
+    if any(i.name == EMBEDS for i in model.graph.input):
+        embedding = {
+            "input": EMBEDS,
+            "file": DATA_FILE,
+            "rows": shape.vocab,
+            "hidden": shape.hidden,
+            "bits": opts.embed_bits,
+            "block_size": opts.embed_block,
+            "weight_offset": offsets["embed.qweight"],
+            "scales_offset": offsets["embed.scales3"],
+        }
     hist = Counter(n.op_type for n in model.graph.node)
     info = FusedInfo(
         graph="fused",
@@ -158,7 +178,11 @@ def build(
             shared_buffer=True,
         ),
         feeds={
-            "input_ids": "int64 [1, S]: the S new tokens of this run (S >= 1)",
+            **(
+                {EMBEDS: "float32 [1, S, hidden]: the S new tokens' rows of the table `embedding`"}
+                if embedding
+                else {"input_ids": "int64 [1, S]: the S new tokens of this run (S >= 1)"}
+            ),
             "seqlens_k": "int32 [1]: tokens in the cache after this run, minus 1 (past + S - 1)",
             "total_sequence_length": "int32 scalar: tokens in the cache after this run (past + S)",
             "past_key_values": "bind each past and its present to one preallocated buffer",
@@ -188,29 +212,36 @@ def build(
         size_bytes=sum((Path(out_dir) / f).stat().st_size for f in files),
         build_seconds=round(time.perf_counter() - start, 3),
         opset={o.domain or "ai.onnx": o.version for o in model.opset_import},
+        embedding=embedding,
     )
     log.info("fused graph: %d nodes, %.1f MB", info.node_count, info.size_bytes / 1e6)
     return info
 
 
-def _save(model: onnx.ModelProto, views: dict[str, View], out_dir: Path) -> list[str]:
-    """Write the graph; with views or large weights, the weights go to one data file.
+def _save(
+    model: onnx.ModelProto, views: dict[str, View], out_dir: Path
+) -> tuple[list[str], dict[str, int]]:
+    """Write the graph; with views, unread tensors or large weights, the weights go to one
+    data file. Returns the files and each data-file tensor's offset.
 
     A view is written as a reference into its base's bytes, so the data file holds them once.
-    Tensors of ALIGN_BYTES or more start on a page, which lets onnxruntime map them instead
-    of reading them (an unread page of a mapped table never becomes resident).
+    An initializer that no node reads (a table the runtime looks up) is written to the data
+    file only and left out of the graph. Tensors of ALIGN_BYTES or more start on a page, which
+    lets onnxruntime map them instead of reading them.
     """
     if not out_dir.is_dir():
         raise FusedError(f"{out_dir}: output folder does not exist")
+    read = {name for n in model.graph.node for name in n.input}
+    unread = [t for t in model.graph.initializer if t.name not in read]
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     path = out_dir / ONNX_FILE
-    if weight_bytes <= EXTERNAL_DATA_BYTES and not views:
+    if weight_bytes <= EXTERNAL_DATA_BYTES and not views and not unread:
         onnx.save_model(model, str(path))
-        return [ONNX_FILE]
+        return [ONNX_FILE], {}
     offsets: dict[str, int] = {}
     with open(out_dir / DATA_FILE, "wb") as data:
         for t in model.graph.initializer:
-            if t.name in views or len(t.raw_data) < 1024:
+            if t.name in views or (len(t.raw_data) < 1024 and t.name in read):
                 continue
             if len(t.raw_data) >= ALIGN_BYTES:
                 data.write(bytes(-data.tell() % PAGE))
@@ -225,8 +256,10 @@ def _save(model: onnx.ModelProto, views: dict[str, View], out_dir: Path) -> list
         else:
             continue
         _external(t, offset)
+    for t in unread:
+        model.graph.initializer.remove(t)
     onnx.save_model(model, str(path))
-    return [ONNX_FILE, DATA_FILE]
+    return [ONNX_FILE, DATA_FILE], offsets
 
 
 def _external(t: onnx.TensorProto, offset: int) -> None:

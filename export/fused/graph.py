@@ -15,15 +15,17 @@ Per layer (10 nodes when quantized):
     MatMulNBits down
 
 then the final norm, a Slice to the last position, and the head. The embedding table is stored
-once: in float, Gather and Gemm(transB) share one initializer. Quantized and tied,
-GatherBlockQuantized reads the table for the lookup and the head is MatMulNBits over row
-chunks of the same bytes: each chunk is its own initializer, a `View` that the artifact's
-external data file points at inside the table's bytes (see builder._save). onnxruntime
-prepacks every MatMulNBits weight into a copy of its own and frees the original when no other
-node reads it; as views, the head's initializers are freed after prepacking and the lookup's
-table stays a page-aligned memory map of which only the rows looked up become resident, so
-the table is held once in memory too. Chunks bound the load-time peak: while a chunk is
-prepacked its source pages are resident beside everything prepacked before it.
+once: in float, Gather and Gemm(transB) share one initializer. Quantized and tied, the head
+is MatMulNBits over row chunks of the table's bytes: each chunk is its own initializer, a
+`View` that the artifact's external data file points at inside the table's bytes (see
+builder._save). onnxruntime prepacks every MatMulNBits weight into a copy of its own and
+frees the original, so the head holds the table once in memory. The lookup is the runtime's
+(`Options.runtime_lookup`, symmetric tables): the graph takes `inputs_embeds` and the table is
+in the data file only, where the runtime reads the rows it needs; onnxruntime never maps it (a
+mapped table looked up in place became resident a 2 MB folio around every row, on real text
+all of it). Otherwise GatherBlockQuantized reads the table in the graph. Chunks bound the
+load-time peak: while a chunk is prepacked its source pages are resident beside everything
+prepacked before it.
 
 Split head (`Options.head_candidates` > 0, int4 layers with an 8-bit tied table, off by
 default): the table is stored as two 4-bit planes (`quant.Split8`); the lookup gathers both
@@ -69,6 +71,9 @@ class Options:
     # int4 with an 8-bit tied table: the head scores every token on the table's high 4-bit
     # plane, then recomputes this many best candidates at the full 8 bits (0: read all 8 bits).
     head_candidates: int = 0
+    # A quantized symmetric table is looked up by the runtime (the graph takes inputs_embeds;
+    # see `_embedding`); False keeps GatherBlockQuantized in the graph.
+    runtime_lookup: bool = True
 
     @property
     def embed_block(self) -> int:
@@ -101,6 +106,8 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
+# The graph input of a table that the runtime looks up (Options.runtime_lookup).
+EMBEDS = "inputs_embeds"
 # The tied head's row chunks hold at most this many bytes of packed weight (see the module
 # docstring); rows per chunk are a multiple of VIEW_ROWS so every chunk starts on a page.
 HEAD_CHUNK_BYTES = 24 << 20
@@ -304,6 +311,12 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     q = quantize(table, bits, o.embed_block, o.symmetric, o.scale_search)
     kb = q.packed.shape[1]
     packed = e.const("embed.qweight", q.packed)
+    if o.runtime_lookup and q.zero_points is None:
+        # No node reads the table: it is saved in the data file only (builder._save), where the
+        # tied head's chunks view it and the runtime reads the rows it looks up (pread), so
+        # onnxruntime never maps it. The graph takes the embeddings.
+        e.const("embed.scales3", q.scales[..., None])
+        return EMBEDS, _Table(packed, "embed.scales3", quantized=q if s.tied else None)
     # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, the bytes
     # of MatMulNBits' weight; the tied head reads them through views (`_tied_head`).
     ins = [packed, "input_ids", e.const("embed.scales3", q.scales[..., None])]
@@ -465,8 +478,11 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     # expects, up to max_length (the rotary tables' length).
     kv: list[int | str] = [1, s.kv_heads, "max_length", s.head_dim]
     f32 = TensorProto.FLOAT
+    first = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"])
+    if any(EMBEDS in n.input for n in e.nodes):
+        first = helper.make_tensor_value_info(EMBEDS, f32, [1, "sequence_length", s.hidden])
     inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"]),
+        first,
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
     ]

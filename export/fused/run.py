@@ -4,6 +4,7 @@ Used by the builder's tests, the fidelity measurement and the benchmarks; the de
 has its own engine that follows the same contract (see the package docstring). KV buffers are
 allocated once as OrtValues; each past input and its present output are bound to the same
 buffer, so onnxruntime appends the new rows in place and nothing is copied between runs.
+A graph that takes embeddings (`FusedInfo.embedding`) is fed by the runtime's own lookup.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class FusedDecoder:
         )
         self.binding.bind_ortvalue_output("logits", self._logits)
         self.length = 0
+        self._lookup = None
+        if info.embedding is not None:
+            from runtime.engine.llm.embedding import EmbeddingLayout, TableLookup
+
+            layout = EmbeddingLayout.parse(info.embedding, str(artifact_dir))
+            self._lookup = TableLookup(layout, Path(artifact_dir))
 
     def reset(self) -> None:
         """Forget the cache (the buffers are reused; rows past `length` are never read)."""
@@ -58,7 +65,12 @@ class FusedDecoder:
         total = self.length + tokens.shape[1]
         if total > self.info.max_length:
             raise FusedError(f"{total} tokens exceed the graph's max length {self.info.max_length}")
-        self.binding.bind_cpu_input("input_ids", tokens)
+        if self._lookup is None:
+            self.binding.bind_cpu_input("input_ids", tokens)
+        else:
+            embeds = np.empty((1, tokens.shape[1], self._lookup.layout.hidden), np.float32)
+            self._lookup.lookup(tokens[0], embeds[0])
+            self.binding.bind_cpu_input(self._lookup.layout.input, embeds)
         self.binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         self.binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         self.session.run_with_iobinding(self.binding)

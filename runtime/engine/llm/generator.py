@@ -35,6 +35,7 @@ import numpy as np
 
 from runtime.engine.artifact import open_artifact
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
+from runtime.engine.llm.embedding import table_lookup
 from runtime.engine.llm.runners import Runner, make_runner
 from runtime.engine.llm.sampling import Sampler, SamplingParams
 from runtime.engine.llm.text import ChatTemplate, StopFilter, TextStream, load_tokenizer
@@ -142,7 +143,7 @@ class Llm:
             )
         model, sha = art.graph_file("decoder")
         session = open_session(model, profile, threads=threads, identity=sha)
-        runner = make_runner(session, info, where, budget_len)
+        runner = make_runner(session, info, where, budget_len, table_lookup(m, art.path))
         if profile is not None and runner.max_length > max_length_for_budget(
             info, weights, profile
         ):

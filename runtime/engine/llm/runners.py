@@ -7,7 +7,8 @@ allocated once, when the runner is made, and bound once: the KV buffers (each pa
 present bound to the same OrtValue), the one-token input, `seqlens_k`, `total_sequence_length`
 and the logits output are numpy arrays shared with OrtValues, so a decode step writes three
 numbers in place and calls `run_with_iobinding` with nothing rebound. A prefill of S tokens
-binds its own input once.
+binds its own input once. A graph that takes embeddings instead of ids (the runtime looks the
+table up, `embedding.TableLookup`) gets them written into the same kind of bound buffers.
 
 `OptimumRunner` drives optimum's graph, where present = concat(past, new): the shapes grow by
 one position per token, so the present OrtValues are left to onnxruntime's arena (which reuses
@@ -26,6 +27,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from runtime.engine.errors import ArtifactError
+from runtime.engine.llm.embedding import TableLookup
 from runtime.manifest import LlmInfo
 
 __all__ = ["FusedRunner", "OptimumRunner", "Runner", "make_runner"]
@@ -56,13 +58,29 @@ class Runner:
 
 
 def make_runner(
-    session: ort.InferenceSession, info: LlmInfo, where: str, max_length: int | None = None
+    session: ort.InferenceSession,
+    info: LlmInfo,
+    where: str,
+    max_length: int | None = None,
+    lookup: TableLookup | None = None,
 ) -> Runner:
     """The runner for the graph kind; `max_length` (default: the export's) sizes the fused
-    graph's KV buffers when their length axis is symbolic."""
+    graph's KV buffers when their length axis is symbolic. `lookup` (`embedding.table_lookup`
+    of the artifact) is required by, and only by, a graph that takes embeddings."""
     if info.kv is None:
         raise ArtifactError(f"{where}: the manifest has no KV layout (llm.kv)")
     names = {i.name for i in session.get_inputs()}
+    embeds = lookup.layout.input if lookup is not None else None
+    if embeds is not None and embeds not in names:
+        raise ArtifactError(
+            f"{where}: the manifest describes an embedding table for input {embeds!r}, which the "
+            "graph does not have; the manifest and the model do not belong together (re-export)"
+        )
+    if embeds is None and info.input_ids not in names:
+        raise ArtifactError(
+            f"{where}: the graph takes no {info.input_ids!r} and the manifest describes no "
+            "embedding table to feed it with; re-export the artifact"
+        )
     for layer in range(info.layers):
         for kind in info.kv.kinds:
             name = info.kv.past.format(layer=layer, kind=kind)
@@ -72,7 +90,7 @@ def make_runner(
                     "names; the manifest and the model do not belong together (re-export)"
                 )
     if info.graph_kind == "fused" and info.kv.shared_buffer:
-        return FusedRunner(session, info, max_length)
+        return FusedRunner(session, info, max_length, lookup)
     if info.graph_kind == "optimum" and not info.kv.shared_buffer:
         return OptimumRunner(session, info)
     raise ArtifactError(
@@ -100,7 +118,11 @@ def _kv_dtype(info: LlmInfo) -> type[np.floating[Any]]:
 
 class FusedRunner(Runner):
     def __init__(
-        self, session: ort.InferenceSession, info: LlmInfo, max_length: int | None = None
+        self,
+        session: ort.InferenceSession,
+        info: LlmInfo,
+        max_length: int | None = None,
+        lookup: TableLookup | None = None,
     ) -> None:
         import time
 
@@ -129,9 +151,15 @@ class FusedRunner(Runner):
             self._binding.bind_ortvalue_input(p, v)
             self._binding.bind_ortvalue_output(q, v)
         self._ids1 = np.zeros((1, 1), np.int64)
+        self._lookup = lookup
+        self._hidden = lookup.layout.hidden if lookup is not None else 0
+        # With a runtime lookup the bound one-token input is its embedding row
+        self._emb1 = np.zeros((1, 1, self._hidden), np.float32)
         self._seqlens = np.zeros(1, np.int32)
         self._total = np.zeros((), np.int32)
-        self._ids1_value = ort.OrtValue.ortvalue_from_numpy(self._ids1)
+        self._ids1_value = ort.OrtValue.ortvalue_from_numpy(
+            self._ids1 if lookup is None else self._emb1
+        )
         self._binding.bind_ortvalue_input(
             "seqlens_k", ort.OrtValue.ortvalue_from_numpy(self._seqlens)
         )
@@ -144,16 +172,26 @@ class FusedRunner(Runner):
         self._binding.bind_ortvalue_output(
             info.logits, ort.OrtValue.ortvalue_from_numpy(self._logits)
         )
-        self._ids_name = info.input_ids
+        self._ids_name = info.input_ids if lookup is None else lookup.layout.input
         self._prefill_bound = True  # the one-token input is not bound yet
 
     def forward(self, ids: I64) -> F32:
         n = self.length + ids.size
         if ids.size == 1:
-            self._ids1[0, 0] = ids[0]
+            if self._lookup is None:
+                self._ids1[0, 0] = ids[0]
+            else:
+                self._lookup.lookup(ids, self._emb1[0])
             if self._prefill_bound:
                 self._binding.bind_ortvalue_input(self._ids_name, self._ids1_value)
                 self._prefill_bound = False
+        elif self._lookup is not None:
+            self._prefill = np.empty((1, ids.size, self._hidden), np.float32)
+            self._lookup.lookup(ids, self._prefill[0])
+            self._binding.bind_ortvalue_input(
+                self._ids_name, ort.OrtValue.ortvalue_from_numpy(self._prefill)
+            )
+            self._prefill_bound = True
         else:
             self._prefill = np.ascontiguousarray(ids.reshape(1, -1), dtype=np.int64)
             self._binding.bind_ortvalue_input(
