@@ -10,12 +10,19 @@ threads, peers alternating round by round; figures are medians over the rounds.
   plus new tokens), time to first token, decode tokens/s, Python
   overhead per token (step time minus time inside `run_with_iobinding`), peak RSS. The roofline:
   this machine's copy bandwidth (bytes read + written) over the weight bytes read per token.
+- Real text (case suffix " text"): the same LLM measurement with the first 64 tokens of
+  `export/data/passage.txt` as the prompt (each model's own tokenizer) instead of random ids;
+  " text-long": its first LONG_PROMPT tokens (as many as fit with the new tokens). Varied real
+  tokens make more of a memory-mapped embedding table resident than random ids do, and a long
+  prompt costs genai its whole prompt's logits in prefill, so these rows say what peak RSS is
+  in real use.
 - VAD: microseconds per 32 ms chunk (model run, and the whole `push`).
 
 Models are built once into `.cache/bench-engines/` (delete it to rebuild). Cases (set
 `OCULA_BENCH_ENGINES` to a comma-separated subset, e.g. "llm smollm2 int4,vad"): the int4 LLMs
 at the export's default (8-bit embedding table) and with `--embed-bits 4` (suffix "-e4": every
-weight at 4 bits, the bytes genai's int4 reads per token), qwen2.5-0.5b int8, VAD.
+weight at 4 bits, the bytes genai's int4 reads per token), qwen2.5-0.5b int8, VAD, and the
+int4 cases with a real-text prompt ("llm smollm2 int4 text", "llm smollm2 int4 text-long").
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ PROMPT = 64
 NEW = 128
 ROUNDS = 3
 MAX_LENGTH = 512
+TEXT = ROOT / "export" / "data" / "passage.txt"
+LONG_PROMPT = MAX_LENGTH - NEW - 1  # the longest passage prefix that fits with the new tokens
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -114,17 +123,40 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def _mapped_weights_mb() -> float:
+    """Resident MB of this process's mappings of ONNX external data files (what onnxruntime
+    maps instead of reading: a table looked up in place grows here)."""
+    kb, mapped = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+            mapped = line.rstrip().endswith(".onnx.data")
+        elif mapped and line.startswith("Rss:"):
+            kb += int(line.split()[1])
+    return round(kb / 1024, 1)
+
+
 def _prompt(vocab: int) -> list[int]:
     return [int(t) for t in np.random.default_rng(0).integers(100, min(vocab, 20000), PROMPT)]
 
 
-def worker_ocula_llm(path: str, reps: int) -> dict[str, Any]:
+def _text_prompt(preset: str, n: int) -> list[int]:
+    """The passage's first `n` tokens, by the model's own tokenizer."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(_llm(preset, "int4") / "tokenizer.json"))
+    ids = tok.encode(TEXT.read_text(encoding="utf-8")).ids[:n]
+    return [int(t) for t in ids]
+
+
+def worker_ocula_llm(path: str, reps: int, prompt_json: str = "") -> dict[str, Any]:
     from runtime.engine.llm import GenerationConfig, Llm
 
     # KV buffers for the prompt and the new tokens, as genai sizes its own (max_length)
-    llm = Llm.from_artifact(path, threads=THREADS, max_length=PROMPT + NEW + 1)
+    given = json.loads(prompt_json) if prompt_json else None
+    length = (len(given) if given else PROMPT) + NEW + 1
+    llm = Llm.from_artifact(path, threads=THREADS, max_length=length)
     llm.eos_ids = frozenset()
-    ids = _prompt(llm.info.vocab_size)
+    ids = given or _prompt(llm.info.vocab_size)
     out: dict[str, list[float]] = {"ttft": [], "decode": [], "overhead": []}
     for r in range(reps + 1):
         llm.reset()
@@ -141,7 +173,10 @@ def worker_ocula_llm(path: str, reps: int) -> dict[str, Any]:
             out["ttft"].append(t1 - t0)
             out["decode"].append((NEW - 1) / (t2 - t1))
             out["overhead"].append(1 - (llm.session_seconds - s0) / (t2 - t1))
-    return {k: statistics.median(v) for k, v in out.items()} | {"rss_mb": _rss_mb()}
+    return {k: statistics.median(v) for k, v in out.items()} | {
+        "rss_mb": _rss_mb(),
+        "mapped_weights_mb": _mapped_weights_mb(),
+    }
 
 
 GENAI_WORKER = r"""
@@ -264,15 +299,21 @@ def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rounds), 4) for k in rounds[0]}
 
 
-def bench_llm(preset: str, spec: str, peers: bool, torch_peer: bool) -> dict[str, Any]:
+def bench_llm(
+    preset: str, spec: str, peers: bool, torch_peer: bool, text: int = 0
+) -> dict[str, Any]:
+    """One LLM case; `text` > 0: the passage's first `text` tokens as the prompt instead of
+    random ids."""
     art = _llm(preset, spec)
     runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "genai": [], "torch": []}
-    prompt = json.dumps(
-        _prompt(json.loads((_hf(preset) / "config.json").read_text())["vocab_size"])
-    )
+    if text:
+        ids = _text_prompt(preset, text)
+    else:
+        ids = _prompt(json.loads((_hf(preset) / "config.json").read_text())["vocab_size"])
+    prompt = json.dumps(ids)
     genai = _genai(preset) if peers else None
     for _ in range(ROUNDS):
-        runs["ocula"].append(_spawn("ocula_llm", str(art), 2))
+        runs["ocula"].append(_spawn("ocula_llm", str(art), 2, prompt if text else ""))
         if genai is not None:
             runs["genai"].append(_spawn("genai_llm", genai, prompt, NEW, 2))
         if torch_peer:
@@ -280,6 +321,7 @@ def bench_llm(preset: str, spec: str, peers: bool, torch_peer: bool) -> dict[str
     res = {k: _median_rounds(v) for k, v in runs.items() if v}
     o = res["ocula"]
     o["weight_mb_per_token"] = round(_weight_bytes(art) / 1e6, 1)
+    o["prompt_tokens"] = len(ids)
     if "genai" in res:
         g = res["genai"]
         o["decode_vs_genai"] = round(o["decode"] / g["decode"], 3)
@@ -327,16 +369,25 @@ def run(out_dir: Path) -> dict[str, Any]:
         "llm smollm2 int4",
         "llm smollm2 int4-e4",
         "llm qwen2.5-0.5b int8",
+        "llm smollm2 int4 text",
+        "llm smollm2 int4-e4 text",
+        "llm qwen2.5-0.5b int4 text",
+        "llm qwen2.5-0.5b int4-e4 text",
+        "llm smollm2 int4 text-long",
+        "llm smollm2 int4-e4 text-long",
+        "llm qwen2.5-0.5b int4 text-long",
+        "llm qwen2.5-0.5b int4-e4 text-long",
     ]
     for key in cases:
         if not want(key):
             continue
         kind, *rest = key.split()
         if kind == "llm":
-            name, spec = rest
+            name, spec, *prompt = rest
+            text = {"text": PROMPT, "text-long": LONG_PROMPT}.get("".join(prompt), 0)
             peers = spec.startswith("int4")
-            torch_peer = name == "qwen2.5-0.5b" and spec == "int4"
-            r = bench_llm(name, spec, peers, torch_peer=torch_peer)
+            torch_peer = name == "qwen2.5-0.5b" and spec == "int4" and not text
+            r = bench_llm(name, spec, peers, torch_peer=torch_peer, text=text)
             o = r["ocula"]
             roof = bw * 1e9 / (o["weight_mb_per_token"] * 1e6)
             o["roofline_tok_s"] = round(roof, 1)
