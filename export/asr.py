@@ -10,6 +10,13 @@ single row costs more than it saves. So `int8` means: encoder dynamic int8, deco
 8-bit MatMulNBits with the tied embedding stored once (activations stay float). The manifest
 records per graph the operators that really are quantized, counted in the saved graph.
 
+The decoder's head: an fp32 export gets the re-scoring head by default (`head="rescore8"`: the
+tied head read at 8 bits, the candidates within the error bound re-scored in fp32, so the token
+is the fp32 head's argmax; it outputs that token, not logits); int8 and fp16 exports, and fp32
+with `head="fp32"`, output logits. The manifest says which (`asr.extra["decoder_head"]`:
+"rescore8" or "logits"); validation checks the logits of an fp32 head built alongside and the
+greedy tokens of the shipped graph.
+
 The manifest also carries everything the runtime needs to compute features and prompts
 without transformers: sample rate, n_fft, hop, mel bins, the mel filter bank as a .npy file,
 and the special, language and task token ids.
@@ -75,16 +82,21 @@ class AsrOptions:
     validate: bool = True
     board: str | None = None
     force: bool = False
-    # "rescore8": the decoder reads the tied head at 8 bits and re-scores in fp32 the tokens
-    # within the quantization error bound of the best, returning the fp32 head's greedy token
-    # (asr_graphs._rescore_head); fp32 weights only.
-    head: str = "fp32"
+    # The decoder's output head; None: `default_head(quant)`. "fp32": logits out (its
+    # weights quantized as `quant` says). "rescore8": the decoder reads the tied head at 8 bits
+    # and re-scores in fp32 the tokens within the quantization error bound of the best,
+    # returning the fp32 head's greedy token and no logits (asr_graphs._rescore_head); fp32
+    # weights only. Tools that read logits (parity against transformers' logits, the arm64
+    # reference) ask for head="fp32".
+    head: str | None = None
 
     def check(self) -> None:
         if self.quant not in QUANTS:
             raise ExportUsageError(
                 f"--quant {self.quant}: not available for ASR; choose one of {', '.join(QUANTS)}"
             )
+        if self.head is None:
+            self.head = default_head(self.quant)
         if self.head not in asr_graphs.HEADS:
             raise ExportUsageError(
                 f"head {self.head!r}: choose one of {', '.join(asr_graphs.HEADS)}"
@@ -93,6 +105,13 @@ class AsrOptions:
             raise ExportUsageError(
                 f"head {self.head!r} re-scores against the fp32 table; use it with --quant fp32"
             )
+
+
+def default_head(quant: str) -> str:
+    """The re-scoring head for fp32 (the fp32 head's greedy tokens at a quarter of the head's
+    bytes per token); the logits head otherwise: the int8 decoder already reads its tied head
+    at 8 bits (MatMulNBits), and the re-scoring needs the fp32 table, which fp16 does not keep."""
+    return "rescore8" if quant == "fp32" else "fp32"
 
 
 def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = None) -> Manifest:
@@ -113,9 +132,10 @@ def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = Non
             with steps.run("export (encoder + decoder)"):
                 max_length = int(model.config.max_target_positions)
                 graphquant.save(asr_graphs.encoder(model), work / "encoder.onnx")
-                dec = asr_graphs.decoder(model, max_length, head=opts.head)
+                head = opts.head or default_head(opts.quant)
+                dec = asr_graphs.decoder(model, max_length, head=head)
                 graphquant.save(dec, work / "decoder.onnx")
-                if opts.validate and opts.head != "fp32":
+                if opts.validate and head != "fp32":
                     # Logit parity is checked on the fp32 head; greedy on the shipped graph.
                     fp32_head = asr_graphs.decoder(model, max_length)
                     graphquant.save(fp32_head, work / "decoder-logits.onnx")
@@ -128,7 +148,7 @@ def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = Non
                 )
             np.save(tmp / "mel_filters.npy", np.asarray(fe.mel_filters, np.float32).T.copy())
             tok_files = _copy(hf_dir, tmp)
-            m = _manifest(src, tmp, model, fe, graphs, files, tok_files, hf_dir)
+            m = _manifest(src, tmp, model, fe, graphs, files, tok_files, head)
             if opts.validate:
                 with steps.run("validate"):
                     logits = work / "decoder-logits.onnx"
@@ -256,7 +276,7 @@ def _manifest(
     graphs: dict[str, Graph],
     files: list[str],
     tok_files: list[str],
-    hf_dir: Path,
+    head: str,
 ) -> Manifest:
     from importlib.metadata import version
 
@@ -315,8 +335,14 @@ def _manifest(
                 int(c.d_model) // int(c.decoder_attention_heads),
             ],
             "max_length": int(c.max_target_positions),
-            # The encoder takes any even number of frames (the positional table is sliced), so
-            # short audio may be encoded without padding to the full window.
+            # The decoder's output: "logits" [1, 1, vocab] (the runtime suppresses and takes
+            # the argmax), or "rescore8": the greedy token under the input `logit_mask` (0 or
+            # -inf per token), no logits (export.asr_graphs._rescore_head).
+            "decoder_head": "logits" if head == "fp32" else head,
+            # The encoder graph takes any even number of frames (the positional table is
+            # sliced), so a runtime may encode short audio without padding it to the window.
+            # Whisper itself was trained on full windows only and its output changes when
+            # trimmed, so the runtime pads unless asked to trim (runtime.engine.asr).
             "trim": True,
         },
     )

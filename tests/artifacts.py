@@ -170,15 +170,25 @@ def llm_artifact(
     return _cached("llm", params, build)
 
 
-def asr_artifact(preset: str = "tiny-whisper", quant: str = "fp32", seed: int = 0) -> Path:
-    """An ASR artifact folder, exported from `hf_model(preset, seed)` and validated."""
+def asr_artifact(
+    preset: str = "tiny-whisper", quant: str = "fp32", seed: int = 0, head: str | None = None
+) -> Path:
+    """An ASR artifact folder, exported from `hf_model(preset, seed)` and validated; `head`
+    as `AsrOptions.head` (None: the export's default, the re-scoring head for fp32, which
+    outputs tokens: tests that read the decoder's logits ask for head="fp32")."""
+    from export.asr import default_head
+
+    head = head or default_head(quant)
 
     def build(out: Path) -> None:
         from export.asr import AsrOptions, export_asr
 
-        export_asr(str(hf_model(preset, seed)), out, AsrOptions(quant=quant))
+        export_asr(str(hf_model(preset, seed)), out, AsrOptions(quant=quant, head=head))
 
-    return _cached("asr", {"preset": preset, "quant": quant, "seed": seed}, build)
+    params: dict[str, object] = {"preset": preset, "quant": quant, "seed": seed}
+    if quant == "fp32":  # the only quant with a choice of head
+        params["head"] = head
+    return _cached("asr", params, build)
 
 
 def packaged_artifact(kind: str) -> Path:

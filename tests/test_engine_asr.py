@@ -4,6 +4,7 @@ long audio in windows, the streaming recognizer, bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from runtime.engine.asr import Whisper
 from runtime.engine.audio import read_wav
-from runtime.engine.errors import EngineUsageError, InputError
+from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.mel import LogMel
 from runtime.engine.stream import StreamingRecognizer
 from runtime.engine.vad import Vad, speech_segments
@@ -28,7 +29,15 @@ def speech() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def whisper() -> Whisper:
+    """The default fp32 export: its decoder has the re-scoring head (tokens out, no logits)."""
     return Whisper.from_artifact(asr_artifact("tiny-whisper", "fp32"))
+
+
+@pytest.fixture(scope="module")
+def whisper_logits() -> Whisper:
+    """The fp32 export with the logits head (`--head fp32`): the engine suppresses and takes
+    the argmax itself."""
+    return Whisper.from_artifact(asr_artifact("tiny-whisper", "fp32", head="fp32"))
 
 
 def hf_generate(audio: np.ndarray, **kw: object) -> list[int]:
@@ -70,38 +79,50 @@ def test_log_mel_matches_transformers(speech: np.ndarray, kind: str) -> None:
 def test_greedy_equals_transformers_generate(
     whisper: Whisper, speech: np.ndarray, task: str, language: str | None
 ) -> None:
+    """The default fp32 artifact (the re-scoring head): suppressed tokens, the first
+    position's suppression and language detection go through the head's mask; the tokens are
+    transformers' greedy ones."""
+    assert whisper.rescore and whisper.head == "rescore8"
     r = whisper.transcribe(speech, task=task, language=language)
     assert r.tokens == hf_generate(speech, task=task, language=language)
     assert r.language is not None and r.language in whisper.languages
     assert r.rtf > 0 and r.encoder_s > 0 and r.decoder_tokens >= len(r.tokens)
 
 
-@pytest.fixture(scope="module")
-def whisper_rescore(tmp_path_factory: pytest.TempPathFactory) -> Whisper:
-    """The fp32 artifact whose decoder reads the tied head at 8 bits and re-scores in fp32."""
-    from export.asr import AsrOptions, export_asr
-
-    out = tmp_path_factory.mktemp("asr") / "rescore8"
-    m = export_asr(str(hf_model("tiny-whisper")), out, AsrOptions(quant="fp32", head="rescore8"))
-    assert m.validation is not None and m.validation.metrics["greedy_match"] == 1.0
-    assert "logits" not in m.graphs["decoder"].outputs
-    return Whisper.from_artifact(out)
-
-
 @pytest.mark.parametrize("task", ["transcribe", "translate"])
 @pytest.mark.parametrize("language", ["en", None])
-def test_rescoring_head_greedy_equals_transformers_generate(
-    whisper_rescore: Whisper, speech: np.ndarray, task: str, language: str | None
+def test_logits_head_greedy_equals_transformers_generate(
+    whisper_logits: Whisper,
+    whisper: Whisper,
+    speech: np.ndarray,
+    task: str,
+    language: str | None,
 ) -> None:
-    """Suppressed tokens, the first position's suppression and language detection go through
-    the head's mask; the tokens are still transformers' greedy ones."""
-    assert whisper_rescore.rescore
-    r = whisper_rescore.transcribe(speech, task=task, language=language)
+    """The logits head: the engine's own suppression and argmax give transformers' greedy
+    tokens, and the same tokens as the re-scoring head over two windows of longer audio."""
+    assert not whisper_logits.rescore and whisper_logits.head == "logits"
+    r = whisper_logits.transcribe(speech, task=task, language=language)
     assert r.tokens == hf_generate(speech, task=task, language=language)
-    long = np.tile(speech, 12)[: RATE * 40]
     if task == "transcribe" and language == "en":
-        whisper = Whisper.from_artifact(asr_artifact("tiny-whisper", "fp32"))
-        assert whisper_rescore.transcribe(long).tokens == whisper.transcribe(long).tokens
+        long = np.tile(speech, 12)[: RATE * 40]
+        assert whisper.transcribe(long).tokens == whisper_logits.transcribe(long).tokens
+
+
+def test_logits_are_refused_from_a_rescore_artifact(
+    whisper: Whisper, whisper_logits: Whisper, tmp_path: Path
+) -> None:
+    """A caller that needs logits gets a clear refusal from a re-scoring artifact (with the
+    fix), none from a logits one; a manifest that misstates the head is refused at load."""
+    with pytest.raises(ArtifactError, match=r"parity needs the decoder's logits.*--head fp32"):
+        whisper.require_logits("parity")
+    whisper_logits.require_logits("parity")
+    art = tmp_path / "art"
+    shutil.copytree(asr_artifact("tiny-whisper", "fp32"), art)
+    data = json.loads((art / "manifest.json").read_text())
+    data["asr"]["extra"]["decoder_head"] = "logits"
+    (art / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"'logits'.*'rescore8' head.*re-export"):
+        Whisper.from_artifact(art)
 
 
 def hf_generate_trimmed(audio: np.ndarray, frames: int, **kw: object) -> list[int]:

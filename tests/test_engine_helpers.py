@@ -20,8 +20,8 @@ def llm_artifact(preset: str, quant: str, graph: str, max_length: int = 256) -> 
     return artifacts.llm_artifact(preset, quant, graph, max_length=max_length, validate=False)
 
 
-def asr_artifact(preset: str, quant: str) -> Path:
-    return artifacts.asr_artifact(preset, quant)
+def asr_artifact(preset: str, quant: str, head: str | None = None) -> Path:
+    return artifacts.asr_artifact(preset, quant, head=head)
 
 
 def vad_artifact() -> Path:

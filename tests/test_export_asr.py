@@ -12,13 +12,32 @@ from runtime.manifest import load_manifest
 from tests.artifacts import asr_artifact, hf_model
 
 
-@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8"])
-def test_artifact_validates(quant: str) -> None:
-    m = load_manifest(asr_artifact("tiny-whisper", quant))
+@pytest.mark.parametrize(
+    ("quant", "head", "decoder_head"),
+    [
+        ("fp32", None, "rescore8"),  # the default for fp32
+        ("fp32", "fp32", "logits"),
+        ("fp16", None, "logits"),
+        ("int8", None, "logits"),
+    ],
+)
+def test_artifact_validates_and_records_its_head(
+    quant: str, head: str | None, decoder_head: str
+) -> None:
+    m = load_manifest(asr_artifact("tiny-whisper", quant, head=head))
     assert m.kind == "asr" and m.asr is not None
     assert m.validation is not None and m.validation.passed, m.validation
     assert set(m.graphs) == {"encoder", "decoder"}
+    assert m.asr.extra["decoder_head"] == decoder_head
+    outputs = set(m.graphs["decoder"].outputs)
+    if decoder_head == "logits":
+        assert "logits" in outputs and "token" not in outputs
+    else:
+        assert {"token", "candidates"} <= outputs and "logits" not in outputs
+        assert "logit_mask" in m.graphs["decoder"].inputs
     if quant == "fp32":
+        # logit parity on an fp32 head (built alongside for rescore8); greedy on the shipped graph
+        assert m.validation.metrics["max_abs_logit_diff"] < 1e-2
         assert m.validation.metrics["greedy_match"] == 1.0
 
 
@@ -62,7 +81,7 @@ def test_feature_constants_match_transformers() -> None:
 def test_decoder_with_cache_matches_transformers_step_by_step() -> None:
     """Drive the two graphs with the manifest's names and K/V layout only (one buffer per layer
     and kind bound as past and present); compare with the PyTorch model at every step."""
-    art = asr_artifact("tiny-whisper", "fp32")
+    art = asr_artifact("tiny-whisper", "fp32", head="fp32")  # reads the logits
     m = load_manifest(art)
     a = m.asr
     assert a is not None
@@ -210,6 +229,12 @@ def test_rescore_head_needs_fp32() -> None:
     from export.asr import AsrOptions
     from export.errors import ExportUsageError
 
+    defaults = {}
+    for quant in ("fp32", "fp16", "int8"):
+        opts = AsrOptions(quant=quant)
+        opts.check()
+        defaults[quant] = opts.head
+    assert defaults == {"fp32": "rescore8", "fp16": "fp32", "int8": "fp32"}
     with pytest.raises(ExportUsageError, match="--quant fp32"):
         AsrOptions(quant="int8", head="rescore8").check()
     with pytest.raises(ExportUsageError, match="choose one of"):

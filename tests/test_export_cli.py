@@ -102,16 +102,25 @@ def test_asr_quant_int4_refused(tmp_path: Path) -> None:
     assert "not available for ASR" in _one_line_error(r, code=2)
 
 
-def test_asr_rescore_head_transcribes_as_the_fp32_head(tmp_path: Path) -> None:
-    """`--head rescore8`: the same greedy transcription as the fp32 head it re-scores against."""
+def test_asr_fp32_export_has_the_rescore_head_and_transcribes_as_the_logits_head(
+    tmp_path: Path,
+) -> None:
+    """`--quant fp32` writes the re-scoring head by default (the manifest and `ocula inspect`
+    say so): the same greedy transcription as the logits head (`--head fp32`)."""
     speech = Path(__file__).parent / "data" / "speech_short.wav"
     src = str(hf_model("tiny-whisper"))
-    r = run_ocula("export", "asr", src, "--out", str(tmp_path / "r"), "--quant", "fp32",
-                  "--head", "rescore8")  # fmt: skip
+    r = run_ocula("export", "asr", src, "--out", str(tmp_path / "r"), "--quant", "fp32")
     assert r.code == 0, r.err
-    fp32 = asr_artifact("tiny-whisper", quant="fp32")
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["asr"]["extra"]["decoder_head"] == "rescore8"
+    assert (
+        "decoder head  rescore8 (greedy token out, no logits)"
+        in run_ocula("inspect", str(tmp_path / "r")).out
+    )
+    logits = asr_artifact("tiny-whisper", quant="fp32", head="fp32")
+    assert "decoder head  logits (logits out)" in run_ocula("inspect", str(logits)).out
     texts = []
-    for art in (tmp_path / "r", fp32):
+    for art in (tmp_path / "r", logits):
         t = run_ocula("transcribe", str(art), str(speech), "--json")
         assert t.code == 0, t.err
         texts.append([s["tokens"] for s in json.loads(t.out)["segments"]])

@@ -15,7 +15,9 @@ SUPPRESSED = -1e30
 
 
 def transcribe_with_logits(model: Any, audio: Any, **options: Any) -> tuple[Any, list[list[float]]]:
-    """(the engine's `transcribe` result, one logits row per decoder decision)."""
+    """(the engine's `transcribe` result, one logits row per decoder decision); an artifact
+    with the re-scoring head (tokens out, no logits) is refused by the engine."""
+    model.require_logits("cross-architecture parity (arm64/device_tests/asr_probe.py)")
     if not callable(getattr(model, "_logits_filter", None)):
         raise AssertionError(
             "runtime.engine.asr.Whisper has no _logits_filter any more; "

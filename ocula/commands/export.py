@@ -101,11 +101,13 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
     asr.add_argument("--quant", default="int8", help=f"{' | '.join(QUANTS_ASR)} (default int8)")
     asr.add_argument(
         "--head",
-        default="fp32",
+        default=None,
         choices=("fp32", "rescore8"),
-        help="decoder output head: fp32 (logits out), or rescore8 with --quant fp32: read at 8 "
-        "bits, the tokens within the error bound re-scored in fp32, so greedy tokens equal the "
-        "fp32 head's at fewer bytes per token (greedy decoding only)",
+        help="decoder output head (default: rescore8 with --quant fp32, fp32 otherwise). "
+        "rescore8 (--quant fp32 only): the tied head read at 8 bits, the tokens within the "
+        "error bound re-scored in fp32, so the greedy tokens equal the fp32 head's at fewer "
+        "bytes per token; it outputs the greedy token, no logits. fp32: logits out, for tools "
+        "that read them. The manifest records it (asr.extra.decoder_head: rescore8 | logits)",
     )
     _common_model_args(asr)
     asr.set_defaults(func=_asr)

@@ -58,6 +58,9 @@ def _inspect(args: argparse.Namespace) -> int:
             f"  features      {a.sample_rate} Hz, n_fft {a.n_fft}, hop {a.hop_length}, "
             f"{a.n_mels} mel bins, {a.chunk_length_s} s chunks; {len(a.language_token_ids)} languages"
         )
+        head = a.extra.get("decoder_head", "logits")
+        what = "greedy token out, no logits" if head == "rescore8" else "logits out"
+        print(f"  decoder head  {head} ({what})")
     for role, g in m.graphs.items():
         q = g.quantization
         detail = [q.scheme]

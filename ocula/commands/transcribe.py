@@ -2,8 +2,9 @@
 
 The WAV is mixed down to mono and resampled to the model's rate (logged). With --vad, the
 Silero VAD artifact finds the speech, silence is skipped and windows are cut at pauses; without
-it, the audio is decoded in 30 s windows. --json prints segments, token ids, timings and the
-real-time factor.
+it, the audio is decoded in 30 s windows. A window shorter than 30 s is padded to the full
+window unless --trim is given. --json prints segments, token ids, timings and the real-time
+factor.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N")
     p.add_argument("--threads", type=int, default=None, metavar="N")
     p.add_argument("--board", help="board profile for threads (default: host)")
+    p.add_argument(
+        "--trim",
+        action="store_true",
+        help="encode audio shorter than a window from the frames it needs, not padded to the "
+        "full window: faster, but the tokens are those of the trimmed window (Whisper was "
+        "trained on full windows; the default pads, as transformers does)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     p.set_defaults(func=_transcribe)
 
@@ -46,7 +54,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         profile = profiles.find(args.board)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise EngineUsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    asr = Whisper.from_artifact(args.artifact, profile, threads=args.threads)
+    asr = Whisper.from_artifact(args.artifact, profile, threads=args.threads, trim=args.trim)
     audio = read_wav(args.audio, asr.sample_rate)
     segments = None
     if args.vad:

@@ -16,8 +16,10 @@ How it works:
   model's maximum target length, bound as both past and present, so the graph appends in
   place. Every buffer the loop touches (ids, positions, lengths, K/V, logits) is allocated
   when the window starts and bound once; a token costs one `run_with_iobinding`, an in-place
-  write of four small integers and an argmax over the last position's logits (or, with a
-  decoder exported with the re-scoring head, the token the graph picked: see asr_window);
+  write of four small integers and an argmax over the last position's logits, or, with the
+  re-scoring head (the default of fp32 exports; the manifest's `asr.extra["decoder_head"]`),
+  the token the graph picked (see asr_window). Such an artifact has no logits to give: a
+  caller that needs them calls `require_logits`, which refuses it clearly;
 - prompt: start-of-transcript, language, task (transcribe or translate), no-timestamps, as the
   model's generation config says; without a language, it is detected like transformers does
   (one decoder run on start-of-transcript, argmax over the language tokens);
@@ -27,13 +29,14 @@ How it works:
 - audio longer than one window is cut into windows (at VAD silences when segments are given,
   else every 30 s) and each window is decoded on its own.
 
-Trimming: Whisper was trained on 30 s windows, and transformers always pads to one, so by
-default the encoder sees a full window (the output then equals transformers' `generate`). With
-`trim=True` (and an encoder whose frame axis is symbolic, which the manifest's
-`asr.extra["trim"]` says) short audio is encoded from only the frames it needs, rounded up to an
-even count for the stride-2 convolution: the encoder's work shrinks with the audio, and so does
-the cross-attention of every token, at some cost in agreement with the padded result (the
-model never saw short windows; BENCHMARKS.md has the measurement).
+Trimming: the exported encoder graph takes fewer frames (the manifest's `asr.extra["trim"]`
+says so), but Whisper was trained on 30 s windows only, and transformers always pads to one,
+so by default the encoder sees a full window (the output then equals transformers'
+`generate`). With `trim=True` (`ocula transcribe --trim`) short audio is encoded from only the
+frames it needs, rounded up to an even count for the stride-2 convolution: the encoder's work
+shrinks with the audio, and so does the cross-attention of every token, but the tokens are
+those of the trimmed window, not of the padded one (equal to transformers run on the same
+trimmed frames; BENCHMARKS.md measures both the speed and the agreement).
 """
 
 from __future__ import annotations
@@ -113,6 +116,14 @@ class Whisper:
         self._lang_ids = {k.strip("<|>"): v for k, v in info.language_token_ids.items()}
         # A re-scoring head takes the suppression as a mask and returns the token itself.
         self.rescore = "logit_mask" in {i.name for i in self.decoder.get_inputs()}
+        self.head = "rescore8" if self.rescore else "logits"
+        said = extra.get("decoder_head")
+        if said is not None and said != self.head:
+            raise ArtifactError(
+                f"{where}: the manifest says the decoder head is {said!r}, the decoder graph "
+                f"has the {self.head!r} head; the manifest and the graphs do not belong "
+                "together (re-export)"
+            )
         self._masks: dict[str, ort.OrtValue] = {}
         if self.rescore:
             step = np.zeros(info.vocab_size, np.float32)
@@ -189,6 +200,16 @@ class Whisper:
     @property
     def sample_rate(self) -> int:
         return self.info.sample_rate
+
+    def require_logits(self, purpose: str) -> None:
+        """Refuse (ArtifactError) an artifact whose decoder returns greedy tokens, not logits,
+        for a `purpose` that needs the logits (sampling, parity checks on the logits)."""
+        if self.rescore:
+            raise ArtifactError(
+                f"{self.where}: {purpose} needs the decoder's logits, but this artifact has the "
+                "re-scoring head (it returns the greedy token only; the default for "
+                "--quant fp32); re-export it with 'ocula export asr ... --head fp32'"
+            )
 
     @property
     def languages(self) -> list[str]:

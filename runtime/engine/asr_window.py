@@ -7,8 +7,8 @@ kind (past and present bound to the same OrtValue), taken from the model's free 
 window starts and handed back when it ends; the one-token feeds (id, position, the two lengths)
 and the logits are numpy arrays bound once and rewritten in place, so a token allocates nothing.
 
-A decoder exported with the re-scoring head (an input `logit_mask`) returns the greedy token
-itself, not logits: it reads the tied head at 8 bits and re-scores in fp32 the tokens the
+A decoder exported with the re-scoring head (an input `logit_mask`; the default of fp32
+exports) returns the greedy token itself, not logits: it reads the tied head at 8 bits and re-scores in fp32 the tokens the
 quantization error bound cannot rule out, so the token is the fp32 head's argmax. Suppression and
 language detection become masks (0 or -inf per token, built once per model) bound before a run.
 """
