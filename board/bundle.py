@@ -3,11 +3,16 @@
 `build` packs the runtime code (the `runtime/` package, Python files only), the artifacts
 (each a folder with its manifest.json, stored under `artifacts/<kind>/`), the display's glyph
 atlas (`artifacts/glyphs.npz`, rendered on the host by `ocula.glyphatlas`: the board has no
-font rasterizer) and the board profile (`profile.toml`) into one file. Files are cut into CHUNK_SIZE pieces named by the sha256 of
-their raw bytes; a piece is stored zlib-compressed when that saves at least 3% (ONNX weights,
-int4 ones especially, barely compress; code and JSON do). The same inputs give the same bytes,
-so a rebuilt, unchanged bundle has the same manifest and a board already holding it skips
-every chunk.
+font rasterizer) and the board profile (`profile.toml`) into one file. Files are cut into
+CHUNK_SIZE chunks named by the sha256 of their raw bytes; a chunk is stored zlib-compressed when
+that saves at least 3% (ONNX weights, int4 ones especially, barely compress; code and JSON do).
+
+The file list goes into index pieces (see `runtime.agent.bundlefmt`), one per folder, split
+every PIECE_FILES files, and one of its own for a file of more than OWN_PIECE_CHUNKS chunks: a
+change to one source file then changes one piece of a few hundred bytes, and a change to an
+artifact's small files does not resend a large model's chunk list. The signed top manifest
+lists the pieces. The same inputs give the same bytes, so a rebuilt, unchanged bundle has the
+same manifest and a board already holding it skips every piece and chunk.
 
 `Bundle.open` reads a bundle back, validates its manifest with the device's own parser and
 checks the file is complete (a truncated bundle is refused before anything is sent).
@@ -30,14 +35,17 @@ from runtime.agent.bundlefmt import (
     FORMAT,
     HEADER,
     MAGIC,
-    MAX_MANIFEST_BYTES,
+    MAX_PIECE_BYTES,
+    MAX_TOP_BYTES,
+    OLD_MAGICS,
     SIG_LEN,
     Manifest,
     check_path,
     encode_manifest,
-    parse_manifest,
+    parse_top,
+    resolve,
 )
-from runtime.agent.errors import BundleRejected
+from runtime.agent.errors import BundleRejected, StoreError
 from runtime.io.glyphs import BUNDLE_NAME as GLYPHS
 from runtime.profile import Profile
 
@@ -46,6 +54,8 @@ __all__ = ["Bundle", "build", "estimate_rss_mb"]
 RUNTIME_DIR = Path(runtime.__file__).resolve().parent
 KINDS = ("llm", "asr", "vad", "vision")
 BASE_RSS_MB = 120  # interpreter + numpy + onnxruntime + the agent, measured on the sim board
+PIECE_FILES = 32  # files per index piece at most
+OWN_PIECE_CHUNKS = 8  # a file of more chunks (2 MiB) gets an index piece of its own
 
 
 def estimate_rss_mb(artifact_bytes: int) -> int:
@@ -138,30 +148,37 @@ def build(
     artifact_bytes = 0
     for name, path in [*entries, ("profile.toml", Path(profile.source))]:
         size, digest, ids = _chunk_file(path, chunks)
-        files.append({"path": name, "size": size, "sha256": digest, "chunks": ids})
+        entry: dict[str, Any] = {"path": name, "size": size}
+        entry["chunks"] = [[cid, len(chunks[cid][2]), chunks[cid][1]] for cid in ids]
+        if len(ids) > 1:  # a file of one chunk is named by that chunk's sha256
+            entry["sha256"] = digest
+        files.append(entry)
         if name.startswith("artifacts/"):
             artifact_bytes += size
         if progress is not None:
             progress(name, size)
+    pieces = _index_pieces(files)
+    packed = [zlib.compress(piece, 9) for piece in pieces]
+    ids = [hashlib.sha256(piece).hexdigest() for piece in pieces]
     code_digest = hashlib.sha256(encode_manifest({"f": files})).hexdigest()[:10]
     doc = {
         "format": FORMAT,
         "board": profile.name,
         "version": version or f"{getattr(runtime, '__version__', '0.1.0')}+{code_digest}",
-        "files": files,
-        "chunks": [
-            {"id": cid, "size": size, "stored": len(stored), "codec": codec}
-            for cid, (size, codec, stored) in chunks.items()
-        ],
         "artifacts": {k: f"artifacts/{k}" for k in sorted(artifacts)},
         "rss_mb": estimate_rss_mb(artifact_bytes),
+        "bytes": sum(f["size"] for f in files),
+        "artifact_bytes": sum(  # what the board's budget counts: the artifact folders
+            f["size"]
+            for f in files
+            if f["path"].startswith(tuple(f"artifacts/{k}/" for k in artifacts))
+        ),
+        "index": [[i, len(p), len(z)] for i, p, z in zip(ids, pieces, packed, strict=True)],
     }
     raw = encode_manifest(doc)
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise BoardError(
-            f"the manifest would be {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}"
-        )
-    manifest = parse_manifest(raw)
+    if len(raw) > MAX_TOP_BYTES:
+        raise BoardError(f"the manifest would be {len(raw)} bytes; the limit is {MAX_TOP_BYTES}")
+    manifest = resolve(parse_top(raw), dict(zip(ids, pieces, strict=True)))  # the device's check
     signature = b""
     if key is not None:
         from board import keys
@@ -171,8 +188,10 @@ def build(
     tmp = out.with_name(out.name + ".part")
     with open(tmp, "wb") as fh:
         fh.write(HEADER.pack(MAGIC, len(raw)) + raw + SIG_LEN.pack(len(signature)) + signature)
-        for _size, _codec, stored in chunks.values():
-            fh.write(stored)
+        for z in packed:
+            fh.write(z)
+        for c in manifest.chunks:
+            fh.write(chunks[c.id][2])
     os.replace(tmp, out)
     return {
         "bundle": str(out),
@@ -181,6 +200,8 @@ def build(
         "digest": manifest.digest,
         "files": len(files),
         "chunks": len(chunks),
+        "index_pieces": len(pieces),
+        "manifest_bytes": len(raw),
         "raw_bytes": manifest.total_bytes,
         "bundle_bytes": out.stat().st_size,
         "artifact_bytes": artifact_bytes,
@@ -188,6 +209,29 @@ def build(
         "signed": bool(signature),
         "glyphs": glyphs is not None,
     }
+
+
+def _index_pieces(files: list[dict[str, Any]]) -> list[bytes]:
+    """The file entries in index pieces: by folder, at most PIECE_FILES each, a large file
+    alone (so a folder's small files can change without resending its chunk list)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in files:
+        if len(f["chunks"]) > OWN_PIECE_CHUNKS:
+            key = ("file", f["path"])
+        else:
+            key = ("folder", f["path"].rpartition("/")[0])
+        groups.setdefault(key, []).append(f)
+    pieces = []
+    for group in groups.values():
+        for i in range(0, len(group), PIECE_FILES):
+            piece = encode_manifest({"files": group[i : i + PIECE_FILES]})
+            if len(piece) > MAX_PIECE_BYTES:
+                raise BoardError(
+                    f"{group[i]['path']}: its chunk list alone would be {len(piece)} bytes, over "
+                    f"the {MAX_PIECE_BYTES} a board accepts; the file is too large for a bundle"
+                )
+            pieces.append(piece)
+    return pieces
 
 
 def _chunk_file(
@@ -218,24 +262,36 @@ def _chunk_file(
 
 @dataclass
 class Bundle:
-    """A bundle file opened for reading: its manifest, signature and where each chunk lies."""
+    """A bundle file opened for reading: its manifest, signature and where each record lies
+    (index pieces and chunks alike, by sha256)."""
 
     path: Path
     manifest: Manifest
     signature: bytes
     offsets: dict[str, int]
 
+    def __post_init__(self) -> None:
+        self.refs = {**self.manifest.chunk_map(), **self.manifest.index_map()}
+
     @classmethod
     def open(cls, path: Path) -> Bundle:
+        from runtime.agent.store import unpack_chunk
+
         path = Path(path)
         if not path.is_file():
             raise BoardError(f"{path}: no such bundle; build one with 'ocula bundle'")
+        actual = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(HEADER.size)
+            if len(head) >= 8 and head[:8] in OLD_MAGICS:
+                raise BoardError(
+                    f"{path}: a bundle of an earlier format (built by an earlier ocula); "
+                    "rebuild it with this version's 'ocula bundle'"
+                )
             if len(head) < HEADER.size or head[:8] != MAGIC:
                 raise BoardError(f"{path}: not an Ocula bundle (bad magic)")
             _, n = HEADER.unpack(head)
-            if n > MAX_MANIFEST_BYTES:
+            if n > MAX_TOP_BYTES:
                 raise BoardError(f"{path}: manifest length {n} is over the limit")
             raw = fh.read(n)
             sig_head = fh.read(SIG_LEN.size)
@@ -246,15 +302,24 @@ class Bundle:
             if slen not in (0, 64) or len(signature) != slen:
                 raise BoardError(f"{path}: truncated or damaged signature; rebuild the bundle")
             try:
-                manifest = parse_manifest(raw)
+                top = parse_top(raw)
             except BundleRejected as exc:
                 raise BoardError(f"{path}: {exc}") from exc
             offset = fh.tell()
-        offsets = {}
+            if actual < offset + sum(r.stored for r in top.index):
+                raise BoardError(f"{path}: truncated bundle (the index is cut); rebuild it")
+            offsets, pieces = {}, {}
+            try:
+                for ref in top.index:
+                    offsets[ref.id] = offset
+                    pieces[ref.id] = unpack_chunk(ref, fh.read(ref.stored))
+                    offset += ref.stored
+                manifest = resolve(top, pieces)
+            except (BundleRejected, StoreError) as exc:
+                raise BoardError(f"{path}: damaged bundle ({exc}); rebuild or re-copy it") from exc
         for c in manifest.chunks:
             offsets[c.id] = offset
             offset += c.stored
-        actual = path.stat().st_size
         if actual != offset:
             what = "truncated" if actual < offset else "has trailing bytes"
             raise BoardError(
@@ -263,10 +328,10 @@ class Bundle:
         return cls(path, manifest, signature, offsets)
 
     def read_chunk(self, cid: str) -> bytes:
-        ref = self.manifest.chunk_map()[cid]
+        """The stored bytes of an index piece or a chunk, as they go over the link."""
         with open(self.path, "rb") as fh:
             fh.seek(self.offsets[cid])
-            data = fh.read(ref.stored)
+            data = fh.read(self.refs[cid].stored)
         return data
 
     def extract(self, dest: Path) -> None:

@@ -3,10 +3,12 @@
 `flash(bundle, client)` drives a board's agent through the request sequence of
 `runtime.agent.service`. The client is anything with `call(op, fields, blob) -> (reply, blob)`
 and `reconnect(timeout)`: `LinkClient` over a serial port in practice, the agent in-process in
-unit tests. Every step is idempotent on the board, so after a cut line or a reset the flasher
-reconnects and runs the sequence again: the manifest is skipped when the board has it staged,
-`missing` skips every chunk already stored, and a chunk cut half-way resumes at the offset the
-board reports. Only the chunk in flight is at risk, and only its unsent part is sent again.
+unit tests. It sends the signed top manifest, then the index pieces the board lacks, then the
+chunks it lacks; a board holding the previous bundle has every piece but the changed ones, so a
+code-only change sends about the changed files' chunks. Every step is idempotent on the board,
+so after a cut line or a reset the flasher reconnects and runs the sequence again: the manifest
+is skipped when the board has it staged, `missing` skips every piece and chunk already stored,
+and a record cut half-way resumes at the offset the board reports. Only the chunk in flight is at risk, and only its unsent part is sent again.
 Chunk parts go out PIPELINE at a time (`LinkClient.pipeline`), so the line stays busy while the
 board verifies and stores what arrived; a reply that shows the board out of step (it restarted
 mid-chunk) turns into a resume.
@@ -74,7 +76,10 @@ class FlashResult:
     bundle: str = ""
     version: str = ""
     bundle_bytes: int = 0
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # payload: the next three and the signature
+    manifest_bytes_sent: int = 0
+    index_bytes_sent: int = 0
+    chunk_bytes_sent: int = 0
     wire_bytes_sent: int = 0
     chunks_total: int = 0
     chunks_sent: int = 0
@@ -120,6 +125,7 @@ def flash(
         chunks_total=len(m.chunks),
     )
     start = time.perf_counter()
+    wire_before = int(getattr(client, "wire_bytes", 0))
     failures = 0
     stage = "transfer"
     while True:
@@ -142,7 +148,7 @@ def flash(
             log.warning("link lost (%s); resuming", exc)
             client.reconnect(reboot_timeout)
     result.seconds = time.perf_counter() - start
-    result.wire_bytes_sent = int(getattr(client, "wire_bytes", 0))
+    result.wire_bytes_sent = int(getattr(client, "wire_bytes", 0)) - wire_before
     return result
 
 
@@ -184,27 +190,57 @@ def _transfer(
             part = packed[offset : offset + PART]
             _call(client, "manifest", {"offset": offset}, part)
             result.bytes_sent += len(part)
+            result.manifest_bytes_sent += len(part)
     begin = {"sha256": m.digest, "codec": "zlib"}
     reply, _ = _call(client, "begin", begin, bundle.signature)
     result.bytes_sent += len(bundle.signature)
     result.slot = reply["slot"]
-    missing = []
+    pieces = _missing(client, [r.id for r in m.index], index=True)
+    sent = _send(bundle, client, pieces, result, progress, 0)
     ids = [c.id for c in m.chunks]
+    missing = _missing(client, ids, index=False)
+    if not result.resumed:
+        result.chunks_skipped = len(ids) - len(missing)
+    _send(bundle, client, missing, result, progress, sent)
+    while True:
+        reply, _ = _call(client, "install", {})
+        if progress:
+            progress("install", reply["files"], reply["total"])
+        if reply["done"]:
+            break
+    return False
+
+
+def _missing(client: Client, ids: list[str], index: bool) -> list[str]:
+    """The ids among `ids` (the staged bundle's index pieces, or its chunks) the board lacks."""
+    out = []
     for i in range(0, len(ids), MISSING_BATCH):
         batch = ids[i : i + MISSING_BATCH]
-        _, flags = _call(client, "missing", {"start": i, "count": len(batch)})
-        missing += [cid for cid, lacks in zip(batch, flags, strict=True) if lacks]
-    refs = m.chunk_map()
-    todo = sum(refs[c].stored for c in missing)
-    result.chunks_skipped = len(ids) - len(missing) if not result.resumed else result.chunks_skipped
+        _, flags = _call(client, "missing", {"index": index, "start": i, "count": len(batch)})
+        out += [cid for cid, lacks in zip(batch, flags, strict=True) if lacks]
+    return out
+
+
+def _send(
+    bundle: Bundle,
+    client: Client,
+    missing: list[str],
+    result: FlashResult,
+    progress: Progress | None,
+    before: int,
+) -> int:
+    """Put every record of `missing` (pieces or chunks), PIPELINE parts in flight; the bytes
+    sent. After a resume the first one may be partly on the board: it goes on from there."""
+    todo = before + sum(bundle.refs[c].stored for c in missing)
+    pieces = bundle.manifest.index_map()
     sent_now = 0
 
     def parts() -> Iterator[tuple[str, int, bytes]]:
-        """(chunk id, offset, bytes) of every part still to send, read lazily."""
+        """(id, offset, bytes) of every part still to send, read lazily."""
         for n, cid in enumerate(missing):
             data = bundle.read_chunk(cid)
             offset = 0
-            if n == 0 and result.resumed:  # the chunk cut in flight may be partly there
+            if n == 0 and result.resumed:  # the record cut in flight may be partly there
                 reply, _ = _call(client, "put", {"id": cid, "offset": 0}, b"")
                 offset = reply["resume"]
             yield from ((cid, o, data[o : o + PART]) for o in range(offset, len(data), PART))
@@ -221,20 +257,18 @@ def _transfer(
             if not reply.get("ok"):
                 raise BoardRefused(f"the board refused 'put': {reply.get('error')}")
             if not reply["stored"] and reply["resume"] != o + len(part):
-                # the board lost the start of this chunk (it restarted): resume properly
-                raise LinkLost(f"chunk {cid[:12]} is out of step on the board; resuming")
+                # the board lost the start of this record (it restarted): resume properly
+                raise LinkLost(f"record {cid[:12]} is out of step on the board; resuming")
             result.bytes_sent += len(part)
             sent_now += len(part)
-            result.chunks_sent += int(reply["stored"])
+            if cid in pieces:
+                result.index_bytes_sent += len(part)
+            else:
+                result.chunk_bytes_sent += len(part)
+                result.chunks_sent += int(reply["stored"])
         if progress:
-            progress("send", sent_now, todo)
-    while True:
-        reply, _ = _call(client, "install", {})
-        if progress:
-            progress("install", reply["files"], reply["total"])
-        if reply["done"]:
-            break
-    return False
+            progress("send", before + sent_now, todo)
+    return sent_now
 
 
 def _boot(

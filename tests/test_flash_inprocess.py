@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,20 @@ def build(tmp_path: Path, name: str, key: Path | None = None, board: str = "sim"
     return bundles.Bundle.open(out)
 
 
+def send_by_hand(board: InProcessBoard, b: bundles.Bundle) -> None:
+    """The transfer requests of a flash, one by one: the top manifest, begin, every index piece,
+    then every chunk (each stored record answered `stored`)."""
+    for off in range(0, len(b.manifest.raw), 32768):
+        board.call("manifest", {"offset": off}, b.manifest.raw[off : off + 32768])
+    assert board.call("begin", {"sha256": b.manifest.digest})[0]["ok"]
+    for ref in [*b.manifest.index, *b.manifest.chunks]:
+        data = b.read_chunk(ref.id)
+        for off in range(0, max(len(data), 1), 32768):
+            reply, _ = board.call("put", {"id": ref.id, "offset": off}, data[off : off + 32768])
+            assert reply["ok"], reply
+        assert reply["stored"]
+
+
 def test_flash_signed_bundle_then_delta_reflash(tmp_path: Path, keypair) -> None:
     priv, pub = keypair
     llm = make_artifact(tmp_path / "llm", extra_mb=1.0)
@@ -75,8 +90,37 @@ def test_flash_signed_bundle_then_delta_reflash(tmp_path: Path, keypair) -> None
     second = bundles.Bundle.open(out)
     r2 = flash(second, board)
     assert r2.ok and r2.booted == "b"
-    assert r2.bytes_sent < 20_000 + len(second.manifest.raw)
+    # on the wire: the top manifest, the signature, the one index piece that lists the new
+    # file (runtime/agent/) and the new file's chunk; every other piece and chunk is on the board
+    new_chunks = [c for c in second.manifest.chunks if c.id not in first.manifest.chunk_map()]
+    new_pieces = [p for p in second.manifest.index if p.id not in first.manifest.index_map()]
+    assert [c.size for c in new_chunks] == [len("X = 1\n" * 500)]
+    assert len(new_pieces) == 1 and r2.index_bytes_sent == new_pieces[0].stored
+    assert r2.chunk_bytes_sent == new_chunks[0].stored and r2.chunks_sent == 1
+    assert r2.manifest_bytes_sent == len(zlib.compress(second.manifest.raw, 9))
+    assert r2.bytes_sent == r2.manifest_bytes_sent + 64 + r2.index_bytes_sent + r2.chunk_bytes_sent
     assert Store(board.root).state().active == "b"
+    slot = board.root / "slots" / "b"
+    assert (slot / "runtime/agent/extra.py").read_bytes() == (code / "agent/extra.py").read_bytes()
+    assert Store(board.root).verify_slot("b") == []
+
+
+def test_a_large_file_keeps_its_chunk_list_when_its_folder_changes(tmp_path: Path) -> None:
+    """A large file's chunk list is an index piece of its own: adding a note beside a 2.5 MB
+    weights file resends the folder's small piece and the note, not the weights' chunk list."""
+    vad = make_artifact(tmp_path / "vad", extra_mb=2.5)
+    board = InProcessBoard(tmp_path / "board")
+    first = build(tmp_path, "one", vad=vad)
+    assert flash(first, board).ok
+    (vad / "notes.txt").write_text("calibrated on the lab's rig\n")
+    second = build(tmp_path, "two", vad=vad)
+    r = flash(second, board)
+    assert r.ok and r.booted == "b" and r.chunks_sent == 1
+    new_pieces = [p for p in second.manifest.index if p.id not in first.manifest.index_map()]
+    assert len(new_pieces) == 1 and r.index_bytes_sent == new_pieces[0].stored
+    padding = next(f for f in second.manifest.files if f.path.endswith("padding.bin"))
+    assert len(padding.chunks) > 8 and r.index_bytes_sent < 40 * len(padding.chunks)
+    assert (board.root / "slots/b/artifacts/vad/notes.txt").read_text().startswith("calibrated")
 
 
 def test_refusals(tmp_path: Path, keypair) -> None:
@@ -140,8 +184,10 @@ def test_resume_after_cuts_sends_each_chunk_once(tmp_path: Path) -> None:
     r = flash(b, board)
     assert r.ok and r.resumed == 1
     payload = sum(c.stored for c in b.manifest.chunks)
-    # each attempt asks `have` again; no chunk byte is sent twice
-    assert r.bytes_sent <= payload + len(b.manifest.raw) + 2 * 32 * len(b.manifest.chunks) + 64
+    index = sum(p.stored for p in b.manifest.index)
+    # each attempt asks `missing` again; no piece or chunk byte is sent twice
+    assert r.chunk_bytes_sent == payload and r.index_bytes_sent == index
+    assert r.bytes_sent <= payload + index + 2 * len(b.manifest.raw)
 
 
 def test_failed_health_check_rolls_back_with_reason(tmp_path: Path) -> None:
@@ -161,14 +207,7 @@ def test_unconfirmed_trial_rolls_back_after_its_boots(tmp_path: Path) -> None:
     assert flash(build(tmp_path, "one"), board).ok
     llm = make_artifact(tmp_path / "llm")
     b = build(tmp_path, "two", vad=llm)
-    for op, fields in [("begin", {"sha256": b.manifest.digest})]:
-        for off in range(0, len(b.manifest.raw), 32768):
-            board.call("manifest", {"offset": off}, b.manifest.raw[off : off + 32768])
-        assert board.call(op, fields)[0]["ok"]
-    for c in b.manifest.chunks:
-        data = b.read_chunk(c.id)
-        for off in range(0, len(data), 32768):
-            board.call("put", {"id": c.id, "offset": off}, data[off : off + 32768])
+    send_by_hand(board, b)
     while not board.call("install", {})[0]["done"]:
         pass
     assert board.call("commit", {})[0]["slot"] == "b"
@@ -237,13 +276,7 @@ def test_install_of_a_large_file_resumes_chunk_by_chunk(tmp_path: Path) -> None:
     vad = make_artifact(tmp_path / "vad", extra_mb=1.5)
     b = build(tmp_path, "big", vad=vad)
     board = InProcessBoard(tmp_path / "board")
-    for off in range(0, len(b.manifest.raw), 32768):
-        board.call("manifest", {"offset": off}, b.manifest.raw[off : off + 32768])
-    assert board.call("begin", {"sha256": b.manifest.digest})[0]["ok"]
-    for c in b.manifest.chunks:
-        data = b.read_chunk(c.id)
-        for off in range(0, max(len(data), 1), 32768):
-            board.call("put", {"id": c.id, "offset": off}, data[off : off + 32768])
+    send_by_hand(board, b)
     steps = []
     while True:
         reply, _ = board.call("install", {"budget": 300_000})

@@ -8,9 +8,13 @@ an error reply naming the field; the agent keeps serving.
 Flash sequence (the host's flasher drives it; every step is idempotent, so a cut or a reset at
 any point resumes by sending the same steps again):
 
-    manifest (parts) -> begin (signature) -> missing (one byte per chunk) -> put (parts of each
-    missing chunk) -> install (repeat until done) -> commit -> reboot -> [trial boot, health
+    manifest (parts of the top manifest) -> begin (signature) -> missing index (one byte per
+    index piece) -> put (each missing piece) -> missing (one byte per chunk) -> put (parts of
+    each missing chunk) -> install (repeat until done) -> commit -> reboot -> [trial boot, health
     check] -> hello/info -> confirm
+
+`begin` refuses a bundle (signature, board, budgets) from its top manifest alone; a piece is
+parsed (paths, sizes) when it arrives and refused before it is stored.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from typing import Any
 from runtime.agent import ed25519
 from runtime.agent.bundlefmt import (
     CHUNK_SIZE,
-    MAX_MANIFEST_BYTES,
-    Manifest,
-    parse_manifest,
+    MAX_PIECE_BYTES,
+    MAX_TOP_BYTES,
+    ZLIB_SLACK,
+    Top,
+    parse_piece,
+    parse_top,
 )
 from runtime.agent.errors import AgentError, BundleRejected, RequestError
 from runtime.agent.store import Store
@@ -78,7 +85,7 @@ def _int(fields: dict[str, Any], name: str, lo: int, hi: int) -> int:
     return value
 
 
-def check_bundle(manifest: Manifest, signature: bytes, profile: Profile, key: bytes | None) -> None:
+def check_bundle(manifest: Top, signature: bytes, profile: Profile, key: bytes | None) -> None:
     """Every refusal a board makes before accepting a bundle; BundleRejected says which."""
     if key is not None:
         if not signature:
@@ -96,7 +103,7 @@ def check_bundle(manifest: Manifest, signature: bytes, profile: Profile, key: by
             f"the bundle is for board {manifest.board!r}, this board is {profile.name!r}; "
             f"build it with --board {profile.name}"
         )
-    mb = manifest.artifact_bytes() / 1e6
+    mb = manifest.artifact_bytes / 1e6
     if mb > profile.budget.max_artifact_mb:
         raise BundleRejected(
             f"the bundle's artifacts take {mb:.1f} MB; board {profile.name} allows "
@@ -115,14 +122,14 @@ def check_bundle(manifest: Manifest, signature: bytes, profile: Profile, key: by
 
 
 def _inflate_manifest(data: bytes) -> bytes:
-    """A zlib-compressed manifest, inflated to at most MAX_MANIFEST_BYTES."""
+    """A zlib-compressed top manifest, inflated to at most MAX_TOP_BYTES."""
     inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(data, MAX_MANIFEST_BYTES + 1)
+        raw = inflater.decompress(data, MAX_TOP_BYTES + 1)
     except zlib.error as exc:
         raise RequestError(f"manifest is not valid zlib data ({exc}); send it again") from exc
-    if len(raw) > MAX_MANIFEST_BYTES or not inflater.eof:
-        raise RequestError(f"manifest inflates past {MAX_MANIFEST_BYTES} bytes or is cut")
+    if len(raw) > MAX_TOP_BYTES or not inflater.eof:
+        raise RequestError(f"manifest inflates past {MAX_TOP_BYTES} bytes or is cut")
     return raw
 
 
@@ -207,12 +214,12 @@ class Agent:
 
     # flashing ---------------------------------------------------------------------------------
     def op_manifest(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        offset = _int(fields, "offset", 0, MAX_MANIFEST_BYTES)
+        offset = _int(fields, "offset", 0, MAX_TOP_BYTES)
         if len(blob) > PART:
             raise RequestError(f"manifest part of {len(blob)} bytes; the limit is {PART}")
         if offset == 0:
             self._incoming = bytearray()
-        if offset != len(self._incoming) or offset + len(blob) > MAX_MANIFEST_BYTES:
+        if offset != len(self._incoming) or offset + len(blob) > MAX_TOP_BYTES:
             raise RequestError(f"manifest part at {offset}; expected {len(self._incoming)}")
         self._incoming += blob
         return {"received": len(self._incoming)}, b""
@@ -229,7 +236,7 @@ class Agent:
             if staged is None or staged.digest != digest:
                 raise RequestError("manifest incomplete or damaged in transit; send it again")
             raw = staged.raw
-        manifest = parse_manifest(raw)
+        manifest = parse_top(raw)
         check_bundle(manifest, blob, self.profile, self.key)
         slot = self.store.writable_slot()
         need = manifest.total_bytes
@@ -243,7 +250,7 @@ class Agent:
         self.note(f"staged bundle {manifest.digest[:12]} version {manifest.version} for {slot}")
         return {"slot": slot, "bundle": manifest.digest}, b""
 
-    def _staged(self) -> Manifest:
+    def _staged(self) -> Top:
         m = self.store.staged()
         if m is None:
             raise RequestError("no bundle is staged; send 'manifest' and 'begin' first")
@@ -256,20 +263,31 @@ class Agent:
         return {}, bytes(self.store.have(ids))
 
     def op_missing(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        """Which of the staged bundle's chunks [start, start+count) the board lacks: one byte
-        per chunk (1 = missing), so the host sends no chunk ids at all."""
-        m = self._staged()
-        start = _int(fields, "start", 0, len(m.chunks))
+        """Which of the staged bundle's index pieces (`index`: true) or chunks [start,
+        start+count) the board lacks: one byte each (1 = missing), so the host sends no ids at
+        all. Chunks can be listed once every index piece is here."""
+        top = self._staged()
+        index = fields.get("index", False)
+        if not isinstance(index, bool):
+            raise RequestError("field 'index' must be true or false")
+        refs = top.index if index else self.store.resolved(top).chunks
+        start = _int(fields, "start", 0, len(refs))
         count = _int(fields, "count", 0, MAX_MISSING)
-        ids = [c.id for c in m.chunks[start : start + count]]
-        return {"total": len(m.chunks)}, bytes(not has for has in self.store.have(ids))
+        ids = [c.id for c in refs[start : start + count]]
+        return {"total": len(refs)}, bytes(not has for has in self.store.have(ids))
 
     def op_put(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        """One part of an index piece or a chunk; whole, it is hash-checked (a piece is parsed
+        too) and stored. A part out of step gets the offset to resume from."""
         cid = _str(fields, "id", 64)
-        offset = _int(fields, "offset", 0, CHUNK_SIZE + 1024)
+        offset = _int(fields, "offset", 0, MAX_PIECE_BYTES + ZLIB_SLACK)
         if len(blob) > PART:
             raise RequestError(f"put part of {len(blob)} bytes; the limit is {PART}")
-        ref = self._staged().chunk_map().get(cid)
+        top = self._staged()
+        ref = top.index_map().get(cid)
+        check = parse_piece if ref is not None else None
+        if ref is None:
+            ref = self.store.resolved(top).chunk_map().get(cid)
         if ref is None:
             raise RequestError(f"chunk {cid[:12]} is not in the staged bundle")
         if ref.stored == 0:  # the chunk of an empty file: nothing to receive
@@ -296,7 +314,7 @@ class Agent:
         if len(part) < ref.stored:
             return {"stored": False, "resume": len(part)}, b""
         self._partial = None
-        fresh = self.store.put(ref, bytes(part))
+        fresh = self.store.put(ref, bytes(part), check)
         self.counters["chunks_stored"] += int(fresh)
         return {"stored": True, "resume": ref.stored}, b""
 

@@ -5,8 +5,13 @@ Layout under the store root (nothing is ever written outside it):
     board.toml        the board's profile (provisioned at the factory; identifies the board)
     trusted.pub       optional Ed25519 public key (32 raw bytes): only bundles it signed install
     state.json        the boot state: active slot, trial slot + boots left, the last event
-    staging/          manifest.json + manifest.sig of the bundle being flashed, chunks/<id>
-    slots/a, slots/b  installed files + slot.json (written last: a slot without it is incomplete)
+    staging/          manifest.json + manifest.sig (the top manifest of the bundle being flashed),
+                      chunks/<id> (its index pieces and chunks, each stored once its hash matched)
+    slots/a, slots/b  installed files + slot.json (the top manifest, its signature and its index
+                      pieces; written last: a slot without it is incomplete)
+
+The active slot is also a source: a chunk it holds is read from its files, an index piece from
+its slot.json, so a re-flash needs neither sent again.
 
 Rules it keeps, so that a power cut at any moment leaves a bootable board:
 - every file that matters is written to a temporary name, fsynced, then renamed into place;
@@ -28,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.agent.bundlefmt import CHUNK_SIZE, ChunkRef, Manifest, parse_manifest
-from runtime.agent.errors import StoreError
+from runtime.agent.bundlefmt import ChunkRef, Manifest, Top, parse_piece, parse_top, resolve
+from runtime.agent.errors import BundleRejected, StoreError
 
 __all__ = ["SLOTS", "BootState", "Store", "atomic_write"]
 
@@ -61,13 +66,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def unpack_chunk(ref: ChunkRef, data: bytes) -> bytes:
-    """Decompress (bounded) and verify one chunk; StoreError when it is not what ref says."""
+    """Decompress (bounded by its size) and verify one chunk or index piece; StoreError when it
+    is not what ref says."""
     if len(data) != ref.stored:
         raise StoreError(f"chunk {ref.id[:12]}: got {len(data)} bytes, expected {ref.stored}")
     if ref.codec == "zlib":
         inflater = zlib.decompressobj()
         try:
-            raw = inflater.decompress(data, CHUNK_SIZE + 1)
+            raw = inflater.decompress(data, ref.size + 1)
         except zlib.error as exc:
             raise StoreError(f"chunk {ref.id[:12]}: bad zlib data ({exc})") from exc
         if not inflater.eof or inflater.unconsumed_tail:
@@ -99,6 +105,7 @@ class Store:
         self.root = Path(root)
         self.staging = self.root / "staging"
         self.chunks = self.staging / "chunks"
+        self._resolved: Manifest | None = None
         for d in (self.chunks, self.root / "slots" / "a", self.root / "slots" / "b"):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -130,9 +137,22 @@ class Store:
         """The manifest of a complete slot, or None when the slot is empty or incomplete."""
         try:
             doc = json.loads((self.slot_dir(slot) / SLOT_MARK).read_bytes())
-            return parse_manifest(bytes.fromhex(doc["manifest"]))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            top = parse_top(bytes.fromhex(doc["manifest"]))
+            pieces = {i: text.encode() for i, text in doc["index"].items()}
+            return resolve(top, pieces)
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, BundleRejected):
             return None
+
+    def _slot_pieces(self, slot: str | None) -> dict[str, str]:
+        """Index piece id -> piece text, of a complete slot (empty when there is none)."""
+        if slot is None:
+            return {}
+        try:
+            doc = json.loads((self.slot_dir(slot) / SLOT_MARK).read_bytes())
+            pieces = doc["index"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return {}
+        return pieces if isinstance(pieces, dict) else {}
 
     def slot_info(self, slot: str) -> dict[str, Any]:
         m = self.slot_manifest(slot)
@@ -150,24 +170,55 @@ class Store:
         raise StoreError("both slots are in use (a trial boot is pending); confirm it first")
 
     # staging ----------------------------------------------------------------------------------
-    def stage(self, manifest: Manifest, signature: bytes) -> None:
-        """Make `manifest` the bundle being flashed; keep chunks it shares with the last one."""
+    def stage(self, top: Top, signature: bytes) -> None:
+        """Make `top` the bundle being flashed; keep the pieces and chunks it can use."""
         current = self.staged()
-        if current is not None and current.digest == manifest.digest:
+        if current is not None and current.digest == top.digest:
             return
         if current is not None:
-            keep = {c.id for c in manifest.chunks}
+            keep = {r.id for r in top.index}
+            for raw in self._pieces(list(keep)).values():  # and the chunks of those here
+                with contextlib.suppress(BundleRejected):
+                    keep.update(parse_piece(raw)[1])
             for p in self.chunks.iterdir():
                 if p.name not in keep:
                     p.unlink(missing_ok=True)
+        self._resolved = None
         atomic_write(self.staging / "manifest.sig", signature)
-        atomic_write(self.staging / "manifest.json", manifest.raw)
+        atomic_write(self.staging / "manifest.json", top.raw)
 
-    def staged(self) -> Manifest | None:
+    def staged(self) -> Top | None:
+        """The top manifest of the bundle being flashed (its pieces may not all be here yet)."""
         try:
-            return parse_manifest((self.staging / "manifest.json").read_bytes())
-        except (FileNotFoundError, ValueError):
+            return parse_top((self.staging / "manifest.json").read_bytes())
+        except (FileNotFoundError, BundleRejected):
             return None
+
+    def _pieces(self, ids: list[str]) -> dict[str, bytes]:
+        """The index pieces of `ids` that are here, from staging or the active slot."""
+        slot = self._slot_pieces(self.state().active)
+        out = {}
+        for pid in ids:
+            path = self.chunks / pid
+            if path.is_file():
+                out[pid] = path.read_bytes()
+            elif isinstance(slot.get(pid), str):
+                out[pid] = slot[pid].encode()
+        return out
+
+    def resolved(self, top: Top) -> Manifest:
+        """The staged bundle's whole manifest; StoreError naming a piece that is not here yet.
+        Pieces are immutable (content-addressed), so the result is kept for later requests."""
+        if self._resolved is not None and self._resolved.digest == top.digest:
+            return self._resolved
+        pieces = self._pieces([r.id for r in top.index])
+        for ref in top.index:
+            if ref.id not in pieces:
+                raise StoreError(
+                    f"index piece {ref.id[:12]} of the staged bundle is missing; send it first"
+                )
+        self._resolved = resolve(top, pieces)
+        return self._resolved
 
     def staged_signature(self) -> bytes:
         try:
@@ -194,15 +245,21 @@ class Store:
         return out
 
     def have(self, ids: list[str]) -> list[bool]:
+        """Whether each chunk or index piece is here (staged, or in the active slot)."""
         sources = self._active_sources()
-        return [i in sources or (self.chunks / i).is_file() for i in ids]
+        pieces = self._slot_pieces(self.state().active)
+        return [i in sources or i in pieces or (self.chunks / i).is_file() for i in ids]
 
-    def put(self, ref: ChunkRef, data: bytes) -> bool:
-        """Verify and store one chunk; False when it was already there (idempotent)."""
+    def put(self, ref: ChunkRef, data: bytes, check: Any = None) -> bool:
+        """Verify and store one chunk or piece (`check(raw)` may refuse it before it is stored);
+        False when it was already there (idempotent)."""
         path = self.chunks / ref.id
         if path.is_file():
             return False
-        atomic_write(path, unpack_chunk(ref, data))
+        raw = unpack_chunk(ref, data)
+        if check is not None:
+            check(raw)
+        atomic_write(path, raw)
         return True
 
     def _read_chunk(self, ref: ChunkRef, sources: dict[str, tuple[Path, int]]) -> bytes:
@@ -231,9 +288,10 @@ class Store:
         Call again until it returns done; each call resumes after the files already in place
         (a file is renamed into the slot only once it is whole and its sha256 matches).
         """
-        m = self.staged()
-        if m is None:
+        top = self.staged()
+        if top is None:
             raise StoreError("no bundle is staged; send a manifest first")
+        m = self.resolved(top)
         slot = self.writable_slot()
         base = self.slot_dir(slot)
         mark = base / SLOT_MARK
@@ -269,7 +327,10 @@ class Store:
             done += 1
         if done < len(m.files):
             return {"done": False, "slot": slot, "files": done, "total": len(m.files)}
-        doc = {"manifest": m.raw.hex(), "signature": self.staged_signature().hex()}
+        index = {i: raw.decode() for i, raw in self._pieces([r.id for r in m.index]).items()}
+        if len(index) != len(m.index):
+            raise StoreError("an index piece of the staged bundle went missing; send it again")
+        doc = {"manifest": m.raw.hex(), "signature": self.staged_signature().hex(), "index": index}
         atomic_write(mark, json.dumps(doc).encode())
         progress.unlink(missing_ok=True)
         return {"done": True, "slot": slot, "files": done, "total": len(m.files)}
@@ -342,6 +403,7 @@ class Store:
         return bad
 
     def clear_staging(self) -> None:
+        self._resolved = None
         (self.staging / "manifest.json").unlink(missing_ok=True)
         for p in self.chunks.iterdir():
             p.unlink(missing_ok=True)
