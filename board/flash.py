@@ -196,7 +196,7 @@ def _transfer(
     result.bytes_sent += len(bundle.signature)
     result.slot = reply["slot"]
     pieces = _missing(client, [r.id for r in m.index], index=True)
-    sent = _send(bundle, client, pieces, result, progress, 0)
+    sent = _send(bundle, client, pieces, result, None, 0)  # progress counts it with the chunks
     ids = [c.id for c in m.chunks]
     missing = _missing(client, ids, index=False)
     if not result.resumed:
