@@ -1,9 +1,14 @@
 """ASR side by side with its peers: Ocula's Whisper engine, optimum, PyTorch.
 
 whisper-tiny and whisper-base random weights at fp32, 5 s and 30 s clips, exactly 50 decoded
-tokens: Ocula's engine, PyTorch eager `generate`, optimum's ORTModelForSpeechSeq2Seq on
-optimum's own export of the same weights. Every measurement runs in a fresh process with 2
+tokens: Ocula's engine (the default fp32 export, whose decoder has the re-scoring head, and the
+same export with the logits head), PyTorch eager `generate`, optimum's ORTModelForSpeechSeq2Seq
+on optimum's own export of the same weights. Every measurement runs in a fresh process with 2
 intra-op threads, peers alternating round by round; figures are medians over the rounds.
+
+`OCULA_BENCH_ASR_QUANT=int8` (or `fp32,int8`) adds a round set at int8 on both sides: Ocula's
+int8 artifact against optimum running its own export quantized by optimum's `ORTQuantizer`
+(dynamic int8, the AVX-512 VNNI preset), PyTorch left out.
 
 Models are built once into `.cache/bench-engines/` (shared with `bench_engines`; delete it to
 rebuild).
@@ -35,34 +40,60 @@ from bench.bench_engines import (
 ASR_TOKENS = 50
 
 
-def _asr(preset: str, head: str = "fp32") -> Path:
-    """Ocula's fp32 artifact (`head`: the decoder's head, see `AsrOptions.head`), re-exported
-    whenever the ASR export code has changed."""
+def _asr(preset: str, head: str | None = None, quant: str = "fp32") -> Path:
+    """Ocula's artifact (`head`: the decoder's head, see `AsrOptions.head`; None: the export's
+    default), re-exported whenever the ASR export code has changed."""
     import hashlib
 
+    from export.asr import AsrOptions, default_head, export_asr
+
+    head = head or default_head(quant)
     code = hashlib.sha256()
     for name in ("asr.py", "asr_graphs.py", "graphquant.py"):
         code.update((ROOT / "export" / name).read_bytes())
-    out = CACHE / preset / ("ocula-fp32" if head == "fp32" else f"ocula-fp32-{head}")
+    out = CACHE / preset / (f"ocula-{quant}" if head == "fp32" else f"ocula-{quant}-{head}")
     key = out / ".export-code"
     if not key.is_file() or key.read_text() != code.hexdigest():
-        from export.asr import AsrOptions, export_asr
-
-        export_asr(
-            str(_hf(preset)),
-            out,
-            AsrOptions(quant="fp32", validate=False, force=True, head=head),
-        )
+        opts = AsrOptions(quant=quant, validate=False, force=True, head=head)
+        export_asr(str(_hf(preset)), out, opts)
         key.write_text(code.hexdigest())
     return out
 
 
-def _optimum_asr(preset: str) -> Path:
+def _optimum_asr(preset: str, quant: str = "fp32") -> Path:
     out = CACHE / preset / "optimum"
     if not (out / "encoder_model.onnx").exists():
         from optimum.exporters.onnx import main_export
 
         main_export(str(_hf(preset)), output=out, task="automatic-speech-recognition-with-past")
+    return out if quant == "fp32" else _optimum_int8(out)
+
+
+def _optimum_int8(fp32: Path) -> Path:
+    """optimum's export quantized by optimum's own `ORTQuantizer` (dynamic int8, its AVX-512
+    VNNI preset: u8 activations, s8 weights, per tensor), the files under their usual names,
+    so `ORTModelForSpeechSeq2Seq` loads them as it loads the fp32 ones (merged decoder)."""
+    import shutil
+
+    out = fp32.parent / "optimum-int8"
+    if (out / "decoder_model_merged.onnx").exists():
+        return out
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    tmp = fp32.parent / ".optimum-int8-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in fp32.iterdir():
+        if f.suffix != ".onnx":
+            shutil.copy2(f, tmp / f.name)
+    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        q = ORTQuantizer.from_pretrained(fp32, file_name=name)
+        q.quantize(config, save_dir=tmp / "q", file_suffix="")
+        shutil.move(tmp / "q" / name, tmp / name)
+    shutil.rmtree(tmp / "q")
+    tmp.rename(out)
     return out
 
 
@@ -141,6 +172,49 @@ def worker_trim_agreement(hf: str, path: str, seconds: list[float]) -> dict[str,
     return out
 
 
+def worker_int8_agreement(
+    hf: str, ocula: str, optimum: str, seconds: list[float]
+) -> dict[str, Any]:
+    """Greedy tokens (up to ASR_TOKENS, EOS honoured) of Ocula's int8 artifact and of optimum on
+    its int8 files, each against transformers' fp32 `generate` on the same padded input."""
+    import torch
+    import transformers
+    from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+
+    from runtime.engine.asr import Whisper
+
+    torch.set_num_threads(THREADS)
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(hf).eval()
+    fe = transformers.WhisperFeatureExtractor.from_pretrained(hf)
+    opt = ORTModelForSpeechSeq2Seq.from_pretrained(optimum, use_cache=True)
+    ours = Whisper.from_artifact(ocula, threads=THREADS)
+    eos = model.generation_config.eos_token_id
+    out: dict[str, Any] = {}
+    for s in seconds:
+        audio = _clip(s)
+        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.no_grad():
+            ids = model.generate(feats, language="en", max_new_tokens=ASR_TOKENS)[0].tolist()
+            oids = opt.generate(feats, language="en", max_new_tokens=ASR_TOKENS)[0].tolist()
+        ref = [t for t in ids if t != eos]
+        got = {
+            "ocula_int8": ours.transcribe(audio, language="en", max_new_tokens=ASR_TOKENS).tokens,
+            "optimum_int8": [t for t in oids if t != eos],
+        }
+        row: dict[str, float] = {"reference_tokens": len(ref)}
+        for name, toks in got.items():
+            row[f"{name}_common_prefix"] = next(
+                (i for i, (a, b) in enumerate(zip(toks, ref, strict=False)) if a != b),
+                min(len(toks), len(ref)),
+            )
+            row[f"{name}_positionwise"] = round(
+                sum(a == b for a, b in zip(toks, ref, strict=False)) / max(len(ref), len(toks), 1),
+                3,
+            )
+        out[f"{s:g}s"] = row
+    return out
+
+
 def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[str, Any]:
     import torch
     import transformers
@@ -185,7 +259,7 @@ def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[s
             res["dec_ms"].append(1000 * dec / min(out.shape[1], ASR_TOKENS))
     med = {k: statistics.median(v) for k, v in res.items()}
     med |= {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}  # before the extra sessions
-    if engine == "optimum":
+    if engine == "optimum" and (Path(folder) / "decoder_with_past_model.onnx").exists():
         med["cross_kv"] = _optimum_cross_kv(Path(folder), model, feats)
     return med
 
@@ -230,6 +304,7 @@ WORKERS = {
     "ocula_asr": worker_ocula_asr,
     "hf_asr": worker_hf_asr,
     "trim_agreement": worker_trim_agreement,
+    "int8_agreement": worker_int8_agreement,
 }
 
 
@@ -241,38 +316,55 @@ def _spawn(name: str, *args: Any) -> dict[str, Any]:
 
 
 def bench_asr(preset: str) -> dict[str, Any]:
-    art, opt, hf = _asr(preset), _optimum_asr(preset), _hf(preset)
-    rescore = _asr(preset, "rescore8")
     out: dict[str, Any] = {}
     clips = os.environ.get("OCULA_BENCH_ASR_CLIPS", "5,30").split(",")
-    for seconds in (float(c) for c in clips):
-        engines = (
-            ["ocula", "ocula_rescore", "ocula_trim", "optimum", "torch"]
-            if seconds < 30
-            else ["ocula", "ocula_rescore", "optimum", "torch"]
-        )
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
-        for _ in range(ROUNDS):
-            for k in engines:
-                if k.startswith("ocula"):
-                    path = rescore if k == "ocula_rescore" else art
-                    runs[k].append(_spawn("ocula_asr", str(path), seconds, 2, k == "ocula_trim"))
-                else:
-                    folder = opt if k == "optimum" else hf
-                    runs[k].append(_spawn("hf_asr", str(folder), seconds, 1, k))
-        res = {k: _median_rounds(v) for k, v in runs.items()}
-        for k in (k for k in engines if k.startswith("ocula")):
-            o = res[k]
-            o["rtf_gain_vs_optimum"] = round(res["optimum"]["rtf"] / o["rtf"], 2)
-            o["rtf_gain_vs_torch"] = round(res["torch"]["rtf"] / o["rtf"], 2)
-            o["encoder_vs_optimum"] = round(res["optimum"]["encoder"] / o["encoder"], 2)
-            with_kv = res["optimum"]["encoder"] + res["optimum"]["cross_kv"]
-            o["encoder_vs_optimum_with_cross_kv"] = round(with_kv / o["encoder"], 2)
-            o["dec_ms_vs_optimum"] = round(res["optimum"]["dec_ms"] / o["dec_ms"], 2)
-            o["dec_ms_vs_ocula"] = round(res["ocula"]["dec_ms"] / o["dec_ms"], 2)
-        out[f"{int(seconds)}s"] = res
-    if "5" in clips:
+    quants = os.environ.get("OCULA_BENCH_ASR_QUANT", "fp32").split(",")
+    hf = _hf(preset)
+    for quant in quants:
+        # "ocula": the export's default (fp32: the re-scoring head; int8: its logits head);
+        # "ocula_logits": the fp32 export with the logits head (`--head fp32`).
+        arts = {"ocula": _asr(preset, quant=quant), "ocula_trim": _asr(preset, quant=quant)}
+        if quant == "fp32":
+            arts["ocula_logits"] = _asr(preset, "fp32")
+        opt = _optimum_asr(preset, quant)
+        for seconds in (float(c) for c in clips):
+            engines = [k for k in arts if seconds < 30 or k != "ocula_trim"] + ["optimum"]
+            engines += ["torch"] if quant == "fp32" else []
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
+            for _ in range(ROUNDS):
+                for k in engines:
+                    if k in arts:
+                        runs[k].append(
+                            _spawn("ocula_asr", str(arts[k]), seconds, 2, k == "ocula_trim")
+                        )
+                    else:
+                        folder = opt if k == "optimum" else hf
+                        runs[k].append(_spawn("hf_asr", str(folder), seconds, 1, k))
+            res = {k: _median_rounds(v) for k, v in runs.items()}
+            for k in arts.keys() & res.keys():
+                o, peer = res[k], res["optimum"]
+                o["rtf_gain_vs_optimum"] = round(peer["rtf"] / o["rtf"], 2)
+                if "torch" in res:
+                    o["rtf_gain_vs_torch"] = round(res["torch"]["rtf"] / o["rtf"], 2)
+                o["encoder_vs_optimum"] = round(peer["encoder"] / o["encoder"], 2)
+                if "cross_kv" in peer:
+                    with_kv = peer["encoder"] + peer["cross_kv"]
+                    o["encoder_vs_optimum_with_cross_kv"] = round(with_kv / o["encoder"], 2)
+                o["dec_ms_vs_optimum"] = round(peer["dec_ms"] / o["dec_ms"], 2)
+                if "ocula_logits" in res:
+                    o["dec_ms_vs_logits_head"] = round(
+                        res["ocula_logits"]["dec_ms"] / o["dec_ms"], 2
+                    )
+            out[f"{int(seconds)}s" + ("" if quant == "fp32" else f"-{quant}")] = res
+    if "5" in clips and "fp32" in quants:
+        art = _asr(preset)
         out["trim_agreement"] = _spawn("trim_agreement", str(hf), str(art), [5.0, 20.0])
+    if "int8" in quants:
+        int8 = (str(_asr(preset, quant="int8")), str(_optimum_asr(preset, "int8")))
+        try:  # a data point beside the timings: its failure must not lose them
+            out["int8_agreement"] = _spawn("int8_agreement", str(hf), *int8, [5.0, 30.0])
+        except RuntimeError as exc:
+            out["int8_agreement"] = {"error": str(exc)[-2000:]}
     return out
 
 

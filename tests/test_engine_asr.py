@@ -170,6 +170,21 @@ def test_trimmed_encoding_equals_transformers_on_the_same_frames(speech: np.ndar
         assert job.tokens == hf_generate_trimmed(audio, frames, language="en")
 
 
+def test_transcribe_cli_trims_only_when_asked(speech: np.ndarray) -> None:
+    """`ocula transcribe --trim`: the tokens of the trimmed window (transformers on the same
+    frames); without it the clip is padded to the full window (tested in test_engine_cli)."""
+    from tests.conftest import run_ocula
+
+    art = asr_artifact("tiny-whisper", "fp32")
+    wav = DATA / "speech_short.wav"
+    r = run_ocula("transcribe", str(art), str(wav), "--language", "en", "--trim", "--json")
+    assert r.code == 0, r.err
+    hop = Whisper.from_artifact(art).info.hop_length
+    frames = -(-speech.size // hop)
+    frames += frames % 2
+    assert json.loads(r.out)["token_ids"] == hf_generate_trimmed(speech, frames, language="en")
+
+
 def test_long_audio_is_decoded_in_30s_windows(whisper: Whisper, speech: np.ndarray) -> None:
     audio = np.concatenate([np.tile(speech, 12)[: RATE * 30], speech])
     r = whisper.transcribe(audio, language="en")
