@@ -232,44 +232,41 @@ def parse_piece(raw: bytes) -> tuple[list[FileEntry], dict[str, ChunkRef]]:
     file_docs = _get(doc, "files", list, "index piece")
     if not file_docs or len(file_docs) > MAX_FILES:
         raise BundleRejected(f"index piece lists {len(file_docs)} files; 1 to {MAX_FILES}")
-    files: list[FileEntry] = []
     chunks: dict[str, ChunkRef] = {}
-    for f in file_docs:
-        if not isinstance(f, dict):
-            raise BundleRejected("index piece: a file entry is not an object")
-        path = check_path(f.get("path"))
-        size = _size(f.get("size"), MAX_FILE_BYTES, f"bundle file {path!r} size")
-        items = f.get("chunks")
-        if not isinstance(items, list) or len(items) > MAX_CHUNKS:
-            raise BundleRejected(f"bundle file {path!r}: chunks must be a list")
-        if len(items) != max(1, -(-size // CHUNK_SIZE)):
-            raise BundleRejected(
-                f"bundle file {path!r}: {len(items)} chunks do not cut {size} bytes "
-                f"into pieces of {CHUNK_SIZE}"
-            )
-        ids = []
-        for n, item in enumerate(items):
-            if not isinstance(item, list) or len(item) != 3:
-                raise BundleRejected(
-                    f"bundle file {path!r}: a chunk is not [sha256, stored, codec]"
-                )
-            cid = _hexid(item[0], f"bundle file {path!r} chunk")
-            want = CHUNK_SIZE if n < len(items) - 1 else size - CHUNK_SIZE * n
-            stored = _size(item[1], want + ZLIB_SLACK, f"chunk {cid[:12]} stored size")
-            if item[2] not in CODECS:
-                raise BundleRejected(f"chunk {cid[:12]}: codec {item[2]!r:.20} is not in {CODECS}")
-            ref = ChunkRef(cid, want, stored, str(item[2]))
-            if chunks.setdefault(cid, ref) != ref:
-                raise BundleRejected(f"chunk {cid[:12]} is listed twice with different sizes")
-            ids.append(cid)
-        if len(ids) == 1 and "sha256" not in f:
-            sha = ids[0]
-        else:
-            sha = _hexid(f.get("sha256"), f"bundle file {path!r} sha256")
-            if len(ids) == 1 and sha != ids[0]:
-                raise BundleRejected(f"bundle file {path!r}: sha256 is not its one chunk's")
-        files.append(FileEntry(path, size, sha, tuple(ids)))
-    return files, chunks
+    return [_file_entry(f, chunks) for f in file_docs], chunks
+
+
+def _file_entry(f: Any, chunks: dict[str, ChunkRef]) -> FileEntry:
+    """One file of a piece; its chunks are added to `chunks` (the same id, the same sizes)."""
+    if not isinstance(f, dict):
+        raise BundleRejected("index piece: a file entry is not an object")
+    path = check_path(f.get("path"))
+    size = _size(f.get("size"), MAX_FILE_BYTES, f"bundle file {path!r} size")
+    items = f.get("chunks")
+    if not isinstance(items, list) or len(items) != max(1, -(-size // CHUNK_SIZE)):
+        raise BundleRejected(
+            f"bundle file {path!r}: its chunks must be a list that cuts its {size} bytes "
+            f"into chunks of {CHUNK_SIZE}"
+        )
+    ids = []
+    for n, item in enumerate(items):
+        if not isinstance(item, list) or len(item) != 3:
+            raise BundleRejected(f"bundle file {path!r}: a chunk is not [sha256, stored, codec]")
+        cid = _hexid(item[0], f"bundle file {path!r} chunk")
+        want = CHUNK_SIZE if n < len(items) - 1 else size - CHUNK_SIZE * n
+        stored = _size(item[1], want + ZLIB_SLACK, f"chunk {cid[:12]} stored size")
+        if item[2] not in CODECS:
+            raise BundleRejected(f"chunk {cid[:12]}: codec {item[2]!r:.20} is not in {CODECS}")
+        ref = ChunkRef(cid, want, stored, str(item[2]))
+        if chunks.setdefault(cid, ref) != ref:
+            raise BundleRejected(f"chunk {cid[:12]} is listed twice with different sizes")
+        ids.append(cid)
+    if len(ids) == 1 and "sha256" not in f:
+        return FileEntry(path, size, ids[0], tuple(ids))  # a file of one chunk is that chunk
+    sha = _hexid(f.get("sha256"), f"bundle file {path!r} sha256")
+    if len(ids) == 1 and sha != ids[0]:
+        raise BundleRejected(f"bundle file {path!r}: sha256 is not its one chunk's")
+    return FileEntry(path, size, sha, tuple(ids))
 
 
 def resolve(top: Top, pieces: Mapping[str, bytes]) -> Manifest:
