@@ -5,6 +5,10 @@ accuracy level 4), one run records per graph: build time, node count, operator h
 artifact size; then decode speed of each graph under the same plain onnxruntime loop (2 threads,
 IO binding, a 64-token prompt, 128 new tokens, greedy), the graphs advancing in lockstep one
 token each in turn, medians of per-token times, ratios against optimum's and genai's graph.
+Roofline: this machine's copy bandwidth (`bench_engines.bandwidth_gbs`, measured once per
+preset) over the bytes each decode step reads, counted from the graph: every MatMulNBits
+weight, scale and zero point (a split head's low plane is read for its candidates only and is
+not counted; embedding lookups read one row).
 
 Loops: the fused graph through `export.fused.run.FusedDecoder` (past and present bound to one
 buffer, updated in place); genai's graph the same way (it also shares the buffer, and takes an
@@ -13,7 +17,8 @@ onnxruntime and rebound as the next run's past (its layout grows by one row per 
 
 Graphs: "fused" (every weight at 4 bits), "fused-embed8" (the export's default: 8-bit
 embedding table and tied head), "fused-split" (the 8-bit table with the two-stage head,
-`head_candidates`), "genai", "optimum". `BENCH_FUSED_GRAPHS` picks a subset,
+`head_candidates`; "fused-split-K" for K candidates), "genai", "optimum". `BENCH_FUSED_GRAPHS`
+picks a subset,
 `BENCH_FUSED_PRESETS` the presets, `BENCH_FUSED_ROUNDS` the rounds.
 
 Run under the shared lock: `flock /tmp/ocula-heavy.lock .venv/bin/python -m bench bench_fused`.
@@ -90,6 +95,13 @@ def _preset(preset: str) -> dict[str, Any]:
         "genai": _GenaiLoop,
         "optimum": _OptimumLoop,
     }
+    for name in GRAPHS:  # "fused-split-K": the split head with K candidates
+        if name.startswith("fused-split-"):
+            k = int(name.rsplit("-", 1)[1])
+            makers[name] = lambda out, k=k: _build_fused(
+                hf, out, embed_quant="int8", head_candidates=k
+            )
+            loop_types[name] = _FusedLoop
     builds: dict[str, Any] = {}
     loops: dict[str, Any] = {}
     for name, make in makers.items():
@@ -101,7 +113,36 @@ def _preset(preset: str) -> dict[str, Any]:
         except Exception as e:  # a peer that fails to build is reported, not fatal
             log.exception("%s %s failed", preset, name)
             builds[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-    return {"builds": builds, "speed": _speed(loops)}
+    from bench.bench_engines import bandwidth_gbs
+
+    bw = bandwidth_gbs()
+    speed = _speed(loops)
+    for name, row in speed.items():
+        step_bytes = _step_bytes(_model_file(base / name))
+        row["step_mb"] = round(step_bytes / 1e6, 1)
+        row["roofline"] = round(row["decode_tok_s"] / (bw * 1e9 / step_bytes), 2)
+    return {"builds": builds, "bandwidth_gbs": round(bw, 1), "speed": speed}
+
+
+def _model_file(folder: Path) -> Path:
+    return folder / "model.onnx"
+
+
+def _step_bytes(model_path: Path) -> int:
+    """Bytes of every MatMulNBits weight, scale and zero point: what one decode step reads."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    sizes = {}
+    for t in graph.initializer:
+        ext = {e.key: e.value for e in t.external_data}
+        sizes[t.name] = int(ext["length"]) if "length" in ext else len(t.raw_data)
+    return sum(
+        sizes.get(name, 0)
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+        for name in n.input[1:4]
+    )
 
 
 def _speed(loops: dict[str, Any]) -> dict[str, Any]:

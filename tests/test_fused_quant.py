@@ -110,3 +110,20 @@ def test_split8_planes_recombine_to_an_8_bit_grid():
     # 8-bit rounding it starts from)
     assert np.all(np.abs(dequantize(s.high) - w) <= step * 8.5 + 1e-6)
     assert s.low.shape == s.high.packed.shape and s.low.dtype == np.uint8
+
+
+def test_split8_is_plain_8_bit_quantization_where_its_planes_allow():
+    """The peak maps to code -128 (plain 8-bit quantization's step) unless a value of the other
+    sign would need a code above 119, the most the two planes hold; then the step grows just
+    enough, and rounding stays to nearest."""
+    rng = np.random.default_rng(3)
+    w = rng.uniform(-0.8, 0.8, (16, 64)).astype(np.float32)
+    w[:, ::32] = -1.0  # every block's peak is -1, no other value within 0.8 of it
+    np.testing.assert_array_equal(
+        dequantize_split(split8(w, 32)), dequantize(quantize(w, 8, 32, True))
+    )
+    w[0, 1] = 1.0  # this block's other sign reaches the peak: step 1 / 119, not 1 / 128
+    s = split8(w, 32)
+    assert np.isclose(abs(s.high.scales[0, 0]) / 16, 1 / 119)
+    assert np.all(np.abs(dequantize_split(s) - w)[0, :32] <= 0.5 / 119 + 1e-7)
+    assert np.isclose(abs(s.high.scales[1, 0]) / 16, 1 / 128)

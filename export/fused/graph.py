@@ -30,12 +30,14 @@ prepacked before it.
 Split head (`Options.head_candidates` > 0, int4 layers with an 8-bit tied table, off by
 default): the table is stored as two 4-bit planes (`quant.Split8`); the lookup gathers both
 rows; the head scores the whole vocabulary on the high plane (MatMulNBits, 4 bits read per
-weight), takes the TopK candidates, recomputes them from both planes (two small gathers and a
+weight), takes the TopK candidates, adds the low plane's share to them (one small gather and a
 Gemm in float) and scatters them over the approximations. The K best logits are the 8-bit
-table's; the others are 4-bit approximations. On SmolLM2 (export/fidelity's passage) perplexity
-is x1.176 of fp32 with K = 64 against x1.133 for the plain 8-bit head and x1.248 for a 4-bit
-table; decode speed is the 4-bit table's (the head reads half the bytes). K = 2048 gives back
-x1.134 but its TopK costs more than the bytes it saves.
+table's; the others are 4-bit approximations. On SmolLM2 (export/fidelity's passage)
+perplexity is x1.171 of fp32 with K = 64, x1.160 with 256, x1.146 with 2048, against x1.133
+for the plain 8-bit head and x1.248 for a 4-bit table; top-1 0.695 against 0.703. On
+qwen2.5-0.5b's head (V = 151936) the second stage costs 0.2 ms at K = 64, 0.3-0.4 ms at
+256 and 1.2 ms at 1024 (TopK a third to a half of it, the gather and Gemm the rest) against
+the 1.6 ms that reading 4 bits instead of 8 saves (BENCHMARKS.md, "Fused LLM graph").
 
 `Weights` hands out float32 arrays by Hugging Face name; this module never reads files.
 """
@@ -387,18 +389,22 @@ def _split_rows(e: _Emitter, t: _Table, ids: str, name: str) -> str:
 
 
 def _split_head(e: _Emitter, s: Shape, last: str, t: _Table) -> None:
-    """Two-stage tied head: every logit from the high plane (4 bits read per weight), then
-    the `head_candidates` best recomputed from both planes (8 bits, float activations) and
-    written over their approximations. A top-k of at most that many sees exact logits."""
+    """Two-stage tied head: every logit from the high plane (4 bits read per weight), then the
+    `head_candidates` best corrected by the low plane: logit += x . low rows (one gather of
+    the low plane and a [1, K] Gemm in float, x scaled by 1/16 once), written over their
+    approximations. A top-k of at most that many sees the 8-bit table's logits (with the
+    high part's activations quantized as `accuracy_level` says, as the plain 8-bit head's)."""
     o = e.opts
     k = min(o.head_candidates, s.vocab)
     attrs = {"K": s.hidden, "N": s.vocab, "bits": 4, "block_size": o.embed_block}
     ins = [last, t.weight, t.scales]
     approx = e.op("MatMulNBits", ins, "head.approx", accuracy_level=o.accuracy_level, **attrs)[0]
     kc = e.const("head.k", np.array([k], np.int64))
-    _, idx = e.op("TopK", [approx, kc], "head.top", n_out=2, axis=-1)
+    # unsorted: the scatter below does not need the order (measured no slower either way)
+    top, idx = e.op("TopK", [approx, kc], "head.top", n_out=2, axis=-1, sorted=0)
     flat_idx = e.op("Reshape", [idx, e.const("head.k_flat", np.array([k], np.int64))], "head.ids")
-    rows = _split_rows(e, t, flat_idx[0], "head.rows")
+    gather = {"bits": 4, "block_size": o.embed_block, "gather_axis": 0, "quantize_axis": 2}
+    rows = e.op("GatherBlockQuantized", [t.low, flat_idx[0], t.scales3], "head.low", **gather)[0]
     rows = e.op(
         "Reshape",
         [rows, e.const("head.rows_shape", np.array([k, t.width], np.int64))],
@@ -413,12 +419,14 @@ def _split_head(e: _Emitter, s: Shape, last: str, t: _Table) -> None:
             [x, e.const("head.x_pad", np.array([0, 0, 0, t.width - s.hidden], np.int64))],
             "head.x_pad",
         )[0]
-    exact = e.op("Gemm", [x, rows], "head.exact", transB=1)[0]
-    exact = e.op(
+    x = e.op("Mul", [x, "embed.low_scale"], "head.x_low")[0]
+    low = e.op("Gemm", [x, rows], "head.low_dot", transB=1)[0]
+    low = e.op(
         "Reshape",
-        [exact, e.const("head.exact_shape", np.array([1, 1, k], np.int64))],
-        "head.exact_3d",
+        [low, e.const("head.low_shape", np.array([1, 1, k], np.int64))],
+        "head.low_3d",
     )[0]
+    exact = e.op("Add", [top, low], "head.exact")[0]
     e.op("ScatterElements", [approx, idx, exact], "head.lm", axis=-1)
 
 

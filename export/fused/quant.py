@@ -160,9 +160,10 @@ def dequantize(q: Quantized) -> np.ndarray:
     return w.reshape(n, -1)[:, : q.k]
 
 
-# The split 8-bit grid: codes in [-SPLIT_RANGE, SPLIT_RANGE] so that every code q splits into a
-# high nibble h = floor((q + 8) / 16) in [-7, 7] and a low nibble l = q - 16 h in [-8, 7].
-SPLIT_RANGE = 119
+# The split 8-bit grid: codes q in [-SPLIT_LOW, SPLIT_HIGH], so that every code splits into a
+# high nibble h = floor((q + 8) / 16) in [-8, 7] and a low nibble l = q - 16 h in [-8, 7].
+SPLIT_LOW = 128
+SPLIT_HIGH = 119
 
 
 @dataclass(frozen=True)
@@ -180,14 +181,22 @@ class Split8:
 
 
 def split8(w: np.ndarray, block_size: int) -> Split8:
-    """Quantize W [N, K] to 8 bits (step: the block's peak / 119, rounding to nearest) and
-    split each code into the two 4-bit planes of `Split8`."""
+    """Quantize W [N, K] to 8 bits and split each code into the two 4-bit planes of `Split8`.
+
+    Each block's step is signed so that its largest magnitude maps to the negative end, and is
+    the finest that keeps every code in [-128, 119]: the peak / 128 (plain 8-bit quantization's
+    step, so the high plane alone is plain 4-bit quantization's grid) unless a value of the
+    other sign needs a coarser one (above 119 steps). Rounding is to nearest on that step.
+    """
     k = w.shape[1]
     blocks = _blocks(w, block_size)
     idx = np.abs(blocks).argmax(axis=2)[..., None]
-    step = np.take_along_axis(blocks, idx, axis=2)[..., 0] / -SPLIT_RANGE
+    peak = np.take_along_axis(blocks, idx, axis=2)[..., 0]
+    sign = np.where(peak < 0, 1.0, -1.0).astype(np.float32)  # the step's: the peak maps to < 0
+    opposite = np.maximum((blocks * sign[..., None]).max(axis=2), 0.0)  # largest mapped to > 0
+    step = sign * np.maximum(np.abs(peak) / SPLIT_LOW, opposite / SPLIT_HIGH)
     safe = np.where(step == 0, 1.0, step)[..., None]
-    q = np.clip(np.rint(blocks / safe), -SPLIT_RANGE, SPLIT_RANGE).astype(np.int16)
+    q = np.clip(np.rint(blocks / safe), -SPLIT_LOW, SPLIT_HIGH).astype(np.int16)
     hi = (q + 8) // 16
     lo = q - 16 * hi
     high = Quantized(
