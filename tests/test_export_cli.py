@@ -111,6 +111,7 @@ def test_asr_fp32_export_has_the_rescore_head_and_transcribes_as_the_logits_head
     src = str(hf_model("tiny-whisper"))
     r = run_ocula("export", "asr", src, "--out", str(tmp_path / "r"), "--quant", "fp32")
     assert r.code == 0, r.err
+    assert "decoder head  rescore8 (greedy token out, no logits" in r.out
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["asr"]["extra"]["decoder_head"] == "rescore8"
     assert (

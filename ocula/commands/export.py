@@ -172,6 +172,11 @@ def _asr(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     m = export_asr(args.source, args.out, opts, steps)
     _done(args.out, m, steps, time.perf_counter() - t0)
+    head = m.asr.extra.get("decoder_head") if m.asr else None
+    if head == "rescore8":
+        print("  decoder head  rescore8 (greedy token out, no logits; --head fp32 for logits)")
+    elif head:
+        print(f"  decoder head  {head}")
     return 0
 
 
