@@ -152,7 +152,7 @@ def _in_graph_lookup_copy(new: Path, old: Path) -> None:
     )
     graph = m.graphs["decoder"]
     del graph.extra["embedding"]
-    graph.inputs[0] = "input_ids"
+    graph.inputs[:2] = ["input_ids"]
     m.files = [
         file_entry(old, f.path, f.role) if f.path.startswith("model.onnx") else f for f in m.files
     ]
@@ -180,6 +180,17 @@ def test_runtime_lookup_gives_the_in_graph_lookups_tokens_and_logits(tmp_path: P
             a.step(), b.step()
             np.testing.assert_array_equal(a.last_logits, b.last_logits)
         assert a.tokens == b.tokens and a.reused_tokens >= len(system)
+
+
+def test_only_optimums_graph_is_cached_next_to_the_artifact(tmp_path: Path) -> None:
+    """The fused graph is not worth an optimized-model cache (as fast to optimize as to read,
+    and the cache would copy every weight); optimum's thousands of nodes are."""
+    for graph in ("fused", "optimum"):
+        art = tmp_path / graph
+        shutil.copytree(llm_artifact("tiny-qwen2", "int4", graph), art)
+        shutil.rmtree(art / ".ocula-cache", ignore_errors=True)
+        Llm.from_artifact(art)
+        assert (art / ".ocula-cache").is_dir() == (graph == "optimum")
 
 
 def test_a_manifest_and_graph_that_disagree_on_the_lookup_are_refused(tmp_path: Path) -> None:

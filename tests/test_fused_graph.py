@@ -261,7 +261,8 @@ def test_runtime_lookup_equals_the_graphs(embed_quant, block, tmp_path):
     ours, graphs = arts[True], arts[False]
     emb = ours.info.embedding
     assert graphs.info.embedding is None and "GatherBlockQuantized" not in ours.info.op_histogram
-    assert next(iter(ours.info.inputs)) == "inputs_embeds" and "input_ids" not in ours.info.inputs
+    assert list(ours.info.inputs)[:2] == ["embed_codes", "embed_scales"]
+    assert "input_ids" not in ours.info.inputs
     bits = 8 if embed_quant == "int8" else 4
     assert (emb["bits"], emb["rows"], emb["hidden"]) == (bits, COMMON["vocab_size"], 64)
     graph = onnx.load(str(tmp_path / "artifact-True" / "model.onnx"), load_external_data=False)
@@ -321,11 +322,17 @@ def test_info_describes_the_io_contract(tmp_path):
     kv_shape = [1, 2, MAX_LENGTH, 32]
     assert info.kv.shape == kv_shape and info.kv.shared_buffer
     assert info.kv.names(1, "value") == ("past_key_values.1.value", "present.1.value")
-    # the runtime looks the quantized table up: the graph takes the embeddings
-    assert info.inputs["inputs_embeds"] == {"dtype": "float32", "shape": [1, "sequence_length", 64]}
-    assert info.embedding is not None and info.embedding["input"] == "inputs_embeds"
+    # the runtime reads the quantized table's rows: the graph takes their codes and scales
+    # (a 4-bit table, hidden 64: 2 blocks of 16 bytes)
+    assert info.inputs["embed_codes"] == {"dtype": "uint8", "shape": [1, "sequence_length", 2, 16]}
+    assert info.inputs["embed_scales"] == {
+        "dtype": "float32",
+        "shape": [1, "sequence_length", 2, 1],
+    }
+    assert info.embedding is not None and info.embedding["codes_input"] == "embed_codes"
     assert set(info.feeds) == {
-        "inputs_embeds",
+        "embed_codes",
+        "embed_scales",
         "seqlens_k",
         "total_sequence_length",
         "past_key_values",

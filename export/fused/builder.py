@@ -13,7 +13,7 @@ import onnx
 
 from export.fused.arch import read_shape
 from export.fused.errors import FusedError
-from export.fused.graph import EMBEDS, QUANTS, Options, View, emit, past_name, present_name
+from export.fused.graph import CODES, QUANTS, SCALES, Options, View, emit, past_name, present_name
 from export.fused.weights import SafetensorsWeights
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class FusedInfo:
     size_bytes: int
     build_seconds: float
     opset: dict[str, int] = field(default_factory=dict)
-    # Set when the graph takes `inputs_embeds`: where the quantized table lies in the data file
+    # Set when the graph takes the rows' codes and scales: where the table lies in the data file
     # (runtime.engine.llm.embedding.EmbeddingLayout's fields); the runtime looks rows up.
     embedding: dict[str, Any] | None = None
 
@@ -114,8 +114,8 @@ def build(
 
     `out_dir` must exist; only the files named in `FusedInfo.files` are written into it.
     `runtime_lookup`: a quantized symmetric embedding table (not the split head's) is looked up
-    by the runtime, which reads its rows from the data file (the graph takes `inputs_embeds`,
-    `FusedInfo.embedding` says where the table is); False keeps the lookup in the graph.
+    by the runtime, which reads its rows from the data file and feeds their codes and scales
+    (`FusedInfo.embedding` says where the table is); False keeps the lookup in the graph.
     Raises `FusedError` for unsupported architectures, rope types or options.
     """
     if quant not in QUANTS:
@@ -152,9 +152,10 @@ def build(
     model, views = emit(shape, weights, opts)
     files, offsets = _save(model, views, Path(out_dir))
     embedding = None
-    if any(i.name == EMBEDS for i in model.graph.input):
+    if any(i.name == CODES for i in model.graph.input):
         embedding = {
-            "input": EMBEDS,
+            "codes_input": CODES,
+            "scales_input": SCALES,
             "file": DATA_FILE,
             "rows": shape.vocab,
             "hidden": shape.hidden,
@@ -179,7 +180,11 @@ def build(
         ),
         feeds={
             **(
-                {EMBEDS: "float32 [1, S, hidden]: the S new tokens' rows of the table `embedding`"}
+                {
+                    CODES: "uint8 [1, S, k_blocks, blob]: the S new tokens' rows of the table "
+                    "`embedding` describes, bytes as stored",
+                    SCALES: "float32 [1, S, k_blocks, 1]: their scales, as stored",
+                }
                 if embedding
                 else {"input_ids": "int64 [1, S]: the S new tokens of this run (S >= 1)"}
             ),
@@ -276,6 +281,7 @@ _DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.UINT8: "uint8",
 }
 
 

@@ -20,10 +20,12 @@ is MatMulNBits over row chunks of the table's bytes: each chunk is its own initi
 `View` that the artifact's external data file points at inside the table's bytes (see
 builder._save). onnxruntime prepacks every MatMulNBits weight into a copy of its own and
 frees the original, so the head holds the table once in memory. The lookup is the runtime's
-(`Options.runtime_lookup`, symmetric tables): the graph takes `inputs_embeds` and the table is
-in the data file only, where the runtime reads the rows it needs; onnxruntime never maps it (a
-mapped table looked up in place became resident a 2 MB folio around every row, on real text
-all of it). Otherwise GatherBlockQuantized reads the table in the graph. Chunks bound the
+(`Options.runtime_lookup`, symmetric tables): the table is in the data file only, where the
+runtime reads the rows it needs (`embed_codes`, `embed_scales` inputs: the rows' bytes and
+scales as stored) and the graph dequantizes them as GatherBlockQuantized would; onnxruntime
+never maps the table (a mapped table looked up in place became resident a 2 MB folio around
+every row, on real text all of it). Otherwise GatherBlockQuantized reads the table in the
+graph. Chunks bound the
 load-time peak: while a chunk is prepacked its source pages are resident beside everything
 prepacked before it.
 
@@ -73,8 +75,8 @@ class Options:
     # int4 with an 8-bit tied table: the head scores every token on the table's high 4-bit
     # plane, then recomputes this many best candidates at the full 8 bits (0: read all 8 bits).
     head_candidates: int = 0
-    # A quantized symmetric table is looked up by the runtime (the graph takes inputs_embeds;
-    # see `_embedding`); False keeps GatherBlockQuantized in the graph.
+    # A quantized symmetric table is looked up by the runtime (the graph takes the rows' codes
+    # and scales; see `_rows_input`); False keeps GatherBlockQuantized in the graph.
     runtime_lookup: bool = True
 
     @property
@@ -108,8 +110,9 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
-# The graph input of a table that the runtime looks up (Options.runtime_lookup).
-EMBEDS = "inputs_embeds"
+# The graph inputs of a table that the runtime looks up (Options.runtime_lookup): the rows'
+# packed codes [1, S, k_blocks, block * bits / 8] and scales [1, S, k_blocks, 1].
+CODES, SCALES = "embed_codes", "embed_scales"
 # The tied head's row chunks hold at most this many bytes of packed weight (see the module
 # docstring); rows per chunk are a multiple of VIEW_ROWS so every chunk starts on a page.
 HEAD_CHUNK_BYTES = 24 << 20
@@ -316,9 +319,12 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     if o.runtime_lookup and q.zero_points is None:
         # No node reads the table: it is saved in the data file only (builder._save), where the
         # tied head's chunks view it and the runtime reads the rows it looks up (pread), so
-        # onnxruntime never maps it. The graph takes the embeddings.
+        # onnxruntime never maps it.
         e.const("embed.scales3", q.scales[..., None])
-        return EMBEDS, _Table(packed, "embed.scales3", quantized=q if s.tied else None)
+        flat = _rows_input(e, bits, kb * o.embed_block)
+        if kb * o.embed_block != s.hidden:
+            flat = _slice(e, flat, 0, s.hidden, 2, "embed.unpad")
+        return flat, _Table(packed, "embed.scales3", quantized=q if s.tied else None)
     # Viewed as [V, k_blocks, block] the packed rows are blocks along the last axis, the bytes
     # of MatMulNBits' weight; the tied head reads them through views (`_tied_head`).
     ins = [packed, "input_ids", e.const("embed.scales3", q.scales[..., None])]
@@ -332,6 +338,46 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
     if width != s.hidden:
         flat = _slice(e, flat, 0, s.hidden, 2, "embed.unpad")
     return flat, _Table(packed, "embed.scales3", quantized=q if s.tied else None)
+
+
+def _rows_input(e: _Emitter, bits: int, width: int) -> str:
+    """Embeddings [1, S, width] from the rows the runtime read: (code - 2^(bits-1)) * scale
+    in float32 per block, codes unsigned, the low nibble first at 4 bits; the arithmetic of
+    GatherBlockQuantized, so the result is bit-identical."""
+    codes = CODES
+    if bits == 4:
+        lo = e.op(
+            "BitwiseAnd", [codes, e.const("embed.low_mask", np.array(15, np.uint8))], "embed.lo"
+        )
+        hi = e.op(
+            "BitShift",
+            [codes, e.const("embed.shift", np.array(4, np.uint8))],
+            "embed.hi",
+            direction="RIGHT",
+        )
+        axis = e.const("embed.pair_axis", np.array([-1], np.int64))
+        pair = [
+            e.op("Unsqueeze", [x[0], axis], f"embed.{n}_pair")[0]
+            for x, n in ((lo, "lo"), (hi, "hi"))
+        ]
+        both = e.op("Concat", pair, "embed.nibbles", axis=-1)[0]
+        codes = e.op(
+            "Reshape",
+            [
+                both,
+                e.const(
+                    "embed.blocks",
+                    np.array([1, -1, width // e.opts.embed_block, e.opts.embed_block], np.int64),
+                ),
+            ],
+            "embed.unpacked",
+        )[0]
+    x = e.op("Cast", [codes], "embed.cast", to=TensorProto.FLOAT)[0]
+    zero = e.const("embed.zero", np.array(1 << (bits - 1), np.float32))
+    x = e.op("Sub", [x, zero], "embed.centre")[0]
+    x = e.op("Mul", [x, SCALES], "embed.scale")[0]
+    shape = e.const("embed.shape", np.array([1, -1, width], np.int64))
+    return e.op("Reshape", [x, shape], "embed.flat")[0]
 
 
 def _tied_head(e: _Emitter, s: Shape, last: str, t: _Table) -> None:
@@ -486,11 +532,18 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     # expects, up to max_length (the rotary tables' length).
     kv: list[int | str] = [1, s.kv_heads, "max_length", s.head_dim]
     f32 = TensorProto.FLOAT
-    first = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"])
-    if any(EMBEDS in n.input for n in e.nodes):
-        first = helper.make_tensor_value_info(EMBEDS, f32, [1, "sequence_length", s.hidden])
+    firsts = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"])]
+    if any(CODES in n.input for n in e.nodes):
+        kb = -(-s.hidden // e.opts.embed_block)
+        blob = e.opts.embed_block * e.opts.embed_bits // 8
+        firsts = [
+            helper.make_tensor_value_info(
+                CODES, TensorProto.UINT8, [1, "sequence_length", kb, blob]
+            ),
+            helper.make_tensor_value_info(SCALES, f32, [1, "sequence_length", kb, 1]),
+        ]
     inputs = [
-        first,
+        *firsts,
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
     ]

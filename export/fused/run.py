@@ -68,9 +68,10 @@ class FusedDecoder:
         if self._lookup is None:
             self.binding.bind_cpu_input("input_ids", tokens)
         else:
-            embeds = np.empty((1, tokens.shape[1], self._lookup.layout.hidden), np.float32)
-            self._lookup.lookup(tokens[0], embeds[0])
-            self.binding.bind_cpu_input(self._lookup.layout.input, embeds)
+            codes, scales = self._lookup.buffers(tokens.shape[1])
+            self._lookup.read(tokens[0], codes[0], scales[0])
+            self.binding.bind_cpu_input(self._lookup.layout.codes_input, codes)
+            self.binding.bind_cpu_input(self._lookup.layout.scales_input, scales)
         self.binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         self.binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         self.session.run_with_iobinding(self.binding)

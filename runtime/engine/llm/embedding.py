@@ -1,17 +1,19 @@
 """The token lookup done by the runtime: rows of the quantized table read from the artifact.
 
-A fused artifact whose manifest describes `graphs.decoder.extra["embedding"]` takes embeddings
-(`inputs_embeds`, float32 [1, S, hidden]) instead of token ids. Its table (the bytes the tied
-head's MatMulNBits chunks view in the external data file) is not a graph initializer, so
-onnxruntime never maps it: a memory-mapped table becomes resident a page-cache folio (up to
-2 MB) around every row looked up, which on real text is the whole table held a second time
-beside the head's prepacked copy. Here each lookup reads only its rows, with `os.pread` at the
-offsets the manifest records, and dequantizes them exactly as GatherBlockQuantized does:
-`(code - zero_point) * scale` in float32 per block, codes unsigned, the low nibble first at 4
-bits, the implicit zero point 2^(bits-1) (symmetric tables only), the padding past `hidden`
-dropped. Greedy tokens are bit-identical to the in-graph lookup (tests/test_engine_llm.py).
+A fused artifact whose manifest describes `graphs.decoder.extra["embedding"]` takes the rows
+of its embedding table (`embed_codes`, uint8 [1, S, k_blocks, blob]: the packed codes as
+stored; `embed_scales`, float32 [1, S, k_blocks, 1]) instead of token ids, and dequantizes
+them itself with GatherBlockQuantized's arithmetic. Its table (the bytes the tied head's
+MatMulNBits chunks view in the external data file) is not a graph initializer, so onnxruntime
+never maps it: a memory-mapped table becomes resident a page-cache folio (up to 2 MB) around
+every row looked up, which on real text is the whole table held a second time beside the
+head's prepacked copy. Here each lookup reads only its rows, with `os.preadv` straight into
+the bound input buffers at the offsets the manifest records. Greedy tokens and logits are
+bit-identical to the in-graph lookup (tests/test_fused_graph.py, tests/test_engine_llm.py).
 
-The file stays open for the `TableLookup`'s life (a re-flash replaces the file, not its bytes).
+Why the graph dequantizes: a decode step's lookup runs right after a graph run has swept the
+CPU caches, when each numpy call costs 10-25 us; the two reads are all the Python work left.
+The file stays open for the `TableLookup`'s life.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ F32 = npt.NDArray[np.float32]
 class EmbeddingLayout:
     """Where the table is and how it is coded (the manifest's `embedding` entry)."""
 
-    input: str  # the graph input that takes the embeddings
+    codes_input: str  # graph input: the rows' packed codes
+    scales_input: str  # graph input: their scales
     file: str  # relative to the artifact folder
     rows: int  # vocabulary size
     hidden: int  # embedding width (the table's rows are padded to whole blocks)
@@ -49,7 +52,8 @@ class EmbeddingLayout:
     def parse(cls, entry: dict[str, Any], where: str) -> EmbeddingLayout:
         try:
             layout = cls(
-                input=str(entry["input"]),
+                codes_input=str(entry["codes_input"]),
+                scales_input=str(entry["scales_input"]),
                 file=str(entry["file"]),
                 rows=int(entry["rows"]),
                 hidden=int(entry["hidden"]),
@@ -80,7 +84,8 @@ class EmbeddingLayout:
 
 
 class TableLookup:
-    """`lookup(ids, out)`: the embeddings of `ids` written into `out` [len(ids), hidden]."""
+    """`read(ids, codes, scales)`: the rows of `ids` read into `codes` [len(ids), k_blocks,
+    blob] (uint8) and `scales` [len(ids), k_blocks, 1] (float32), e.g. bound input buffers."""
 
     def __init__(self, layout: EmbeddingLayout, folder: Path) -> None:
         self._fd = -1
@@ -100,8 +105,14 @@ class TableLookup:
         advise = getattr(os, "posix_fadvise", None)
         if advise is not None:  # rows are read one by one, anywhere: no read-ahead
             advise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
-        self._zero = np.float32(1 << (layout.bits - 1))
-        self._codes = np.empty(layout.row_bytes * 8 // layout.bits, np.float32)
+
+    def buffers(self, n: int) -> tuple[npt.NDArray[np.uint8], F32]:
+        """Zeroed (codes, scales) buffers for `n` rows, shaped as the graph inputs [1, n, ...]."""
+        lay = self.layout
+        blob = lay.row_bytes // lay.blocks
+        return np.zeros((1, n, lay.blocks, blob), np.uint8), np.zeros(
+            (1, n, lay.blocks, 1), np.float32
+        )
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -111,25 +122,14 @@ class TableLookup:
     def __del__(self) -> None:
         self.close()
 
-    def lookup(self, ids: npt.NDArray[np.int64], out: F32) -> None:
+    def read(self, ids: npt.NDArray[np.int64], codes: npt.NDArray[np.uint8], scales: F32) -> None:
         lay = self.layout
-        width = lay.blocks * lay.block_size
+        row, srow = lay.row_bytes, lay.blocks * 4
         for i, token in enumerate(ids.tolist()):
-            raw = os.pread(self._fd, lay.row_bytes, lay.weight_offset + token * lay.row_bytes)
-            sc = os.pread(self._fd, lay.blocks * 4, lay.scales_offset + token * lay.blocks * 4)
-            if len(raw) != lay.row_bytes or len(sc) != lay.blocks * 4:
+            got = os.preadv(self._fd, [codes[i].data], lay.weight_offset + token * row)
+            got += os.preadv(self._fd, [scales[i].data], lay.scales_offset + token * srow)
+            if got != row + srow:
                 raise ArtifactError(f"{lay.file}: short read of embedding row {token}")
-            codes = np.frombuffer(raw, np.uint8)
-            row = self._codes
-            if lay.bits == 8:
-                row[:] = codes
-            else:
-                row[0::2] = codes & 0x0F
-                row[1::2] = codes >> 4
-            row -= self._zero
-            blocks = row.reshape(lay.blocks, lay.block_size)
-            blocks *= np.frombuffer(sc, np.float32)[:, None]
-            out[i] = row[: lay.hidden] if width != lay.hidden else row
 
 
 def table_lookup(manifest: Manifest, folder: Path, role: str = "decoder") -> TableLookup | None:

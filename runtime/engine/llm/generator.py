@@ -142,7 +142,12 @@ class Llm:
                 f"{profile.name if profile else ''}'s RSS budget; use a smaller model or quant"
             )
         model, sha = art.graph_file("decoder")
-        session = open_session(model, profile, threads=threads, identity=sha)
+        # The fused graph (~10 nodes a layer) optimizes at load in as little time as the cached
+        # graph takes to read (qwen2.5-0.5b int4: 0.38 s either way), and the cache would be a
+        # second copy of every weight next to the artifact (377 MB): not cached. optimum's graph
+        # (thousands of nodes) is.
+        cache = info.graph_kind != "fused"
+        session = open_session(model, profile, threads=threads, identity=sha, cache=cache)
         runner = make_runner(session, info, where, budget_len, table_lookup(m, art.path))
         if profile is not None and runner.max_length > max_length_for_budget(
             info, weights, profile

@@ -7,8 +7,9 @@ allocated once, when the runner is made, and bound once: the KV buffers (each pa
 present bound to the same OrtValue), the one-token input, `seqlens_k`, `total_sequence_length`
 and the logits output are numpy arrays shared with OrtValues, so a decode step writes three
 numbers in place and calls `run_with_iobinding` with nothing rebound. A prefill of S tokens
-binds its own input once. A graph that takes embeddings instead of ids (the runtime looks the
-table up, `embedding.TableLookup`) gets them written into the same kind of bound buffers.
+binds its own input once. A graph that takes its embedding table's rows instead of ids (the
+runtime looks the table up, `embedding.TableLookup`) gets them read into bound buffers the same
+way: codes and scales of one token bound once, a prefill's bound for its run.
 
 `OptimumRunner` drives optimum's graph, where present = concat(past, new): the shapes grow by
 one position per token, so the present OrtValues are left to onnxruntime's arena (which reuses
@@ -66,17 +67,18 @@ def make_runner(
 ) -> Runner:
     """The runner for the graph kind; `max_length` (default: the export's) sizes the fused
     graph's KV buffers when their length axis is symbolic. `lookup` (`embedding.table_lookup`
-    of the artifact) is required by, and only by, a graph that takes embeddings."""
+    of the artifact) is required by, and only by, a graph that takes its table's rows."""
     if info.kv is None:
         raise ArtifactError(f"{where}: the manifest has no KV layout (llm.kv)")
     names = {i.name for i in session.get_inputs()}
-    embeds = lookup.layout.input if lookup is not None else None
-    if embeds is not None and embeds not in names:
+    rows = lookup.layout.codes_input if lookup is not None else None
+    if rows is not None and rows not in names:
         raise ArtifactError(
-            f"{where}: the manifest describes an embedding table for input {embeds!r}, which the "
-            "graph does not have; the manifest and the model do not belong together (re-export)"
+            f"{where}: the manifest describes an embedding table read into input {rows!r}, which "
+            "the graph does not have; the manifest and the model do not belong together "
+            "(re-export)"
         )
-    if embeds is None and info.input_ids not in names:
+    if rows is None and info.input_ids not in names:
         raise ArtifactError(
             f"{where}: the graph takes no {info.input_ids!r} and the manifest describes no "
             "embedding table to feed it with; re-export the artifact"
@@ -152,14 +154,15 @@ class FusedRunner(Runner):
             self._binding.bind_ortvalue_output(q, v)
         self._ids1 = np.zeros((1, 1), np.int64)
         self._lookup = lookup
-        self._hidden = lookup.layout.hidden if lookup is not None else 0
-        # With a runtime lookup the bound one-token input is its embedding row
-        self._emb1 = np.zeros((1, 1, self._hidden), np.float32)
+        # The one-token inputs, bound once: its id, or its row's codes and scales
+        one: list[tuple[str, np.ndarray]] = [(info.input_ids, self._ids1)]
+        if lookup is not None:
+            codes, scales = lookup.buffers(1)
+            self._codes1, self._scales1 = codes[0], scales[0]
+            one = [(lookup.layout.codes_input, codes), (lookup.layout.scales_input, scales)]
+        self._one = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in one]
         self._seqlens = np.zeros(1, np.int32)
         self._total = np.zeros((), np.int32)
-        self._ids1_value = ort.OrtValue.ortvalue_from_numpy(
-            self._ids1 if lookup is None else self._emb1
-        )
         self._binding.bind_ortvalue_input(
             "seqlens_k", ort.OrtValue.ortvalue_from_numpy(self._seqlens)
         )
@@ -172,7 +175,8 @@ class FusedRunner(Runner):
         self._binding.bind_ortvalue_output(
             info.logits, ort.OrtValue.ortvalue_from_numpy(self._logits)
         )
-        self._ids_name = info.input_ids if lookup is None else lookup.layout.input
+        self._ids_name = info.input_ids
+        self._prefill: list[np.ndarray] = []  # a prefill's inputs, alive while bound
         self._prefill_bound = True  # the one-token input is not bound yet
 
     def forward(self, ids: I64) -> F32:
@@ -181,23 +185,13 @@ class FusedRunner(Runner):
             if self._lookup is None:
                 self._ids1[0, 0] = ids[0]
             else:
-                self._lookup.lookup(ids, self._emb1[0])
+                self._lookup.read(ids, self._codes1, self._scales1)
             if self._prefill_bound:
-                self._binding.bind_ortvalue_input(self._ids_name, self._ids1_value)
+                for name, value in self._one:
+                    self._binding.bind_ortvalue_input(name, value)
                 self._prefill_bound = False
-        elif self._lookup is not None:
-            self._prefill = np.empty((1, ids.size, self._hidden), np.float32)
-            self._lookup.lookup(ids, self._prefill[0])
-            self._binding.bind_ortvalue_input(
-                self._ids_name, ort.OrtValue.ortvalue_from_numpy(self._prefill)
-            )
-            self._prefill_bound = True
         else:
-            self._prefill = np.ascontiguousarray(ids.reshape(1, -1), dtype=np.int64)
-            self._binding.bind_ortvalue_input(
-                self._ids_name, ort.OrtValue.ortvalue_from_numpy(self._prefill)
-            )
-            self._prefill_bound = True
+            self._bind_prefill(ids)
         self._seqlens[0] = n - 1
         self._total[()] = n
         t0 = self._time()
@@ -207,6 +201,19 @@ class FusedRunner(Runner):
         logits = self._logits[0, 0]
         out: F32 = logits if logits.dtype == np.float32 else logits.astype(np.float32)
         return out
+
+    def _bind_prefill(self, ids: I64) -> None:
+        if self._lookup is None:
+            names = [self._ids_name]
+            self._prefill = [np.ascontiguousarray(ids.reshape(1, -1), dtype=np.int64)]
+        else:
+            codes, scales = self._lookup.buffers(ids.size)
+            self._lookup.read(ids, codes[0], scales[0])
+            names = [name for name, _ in self._one]
+            self._prefill = [codes, scales]
+        for name, a in zip(names, self._prefill, strict=True):
+            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(a))
+        self._prefill_bound = True
 
     def truncate(self, n: int) -> None:
         # Positions past n are overwritten by the next run; nothing to move.
