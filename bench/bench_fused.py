@@ -213,7 +213,11 @@ def _build_fused(hf: Path, out: Path, **kw: Any) -> dict[str, Any]:
     from export.fused import build
 
     start = _timed_fresh(out)
-    info = build(hf, out, quant="int4", block_size=32, max_length=MAX_LENGTH, **kw)
+    # The lookup stays in the graph (GatherBlockQuantized, one row per token, as in genai's
+    # graph), so every graph here takes token ids; the runtime's own lookup is bench_engines'.
+    info = build(
+        hf, out, quant="int4", block_size=32, max_length=MAX_LENGTH, runtime_lookup=False, **kw
+    )
     seconds = time.perf_counter() - start
     (out / "fused-info.json").write_text(json.dumps(info.to_dict()))
     return _stats(out / info.onnx_file, seconds)
