@@ -14,10 +14,11 @@ decoding runs in about ten kernels per layer. `arch.py` describes what differs p
 IO contract (batch size 1; what the runtime must do, every run):
 
     inputs   input_ids               int64 [1, S]    the S >= 1 new tokens of this run; or,
-                                                     with a quantized symmetric table,
-             inputs_embeds           float32 [1, S, hidden]  their rows of the table, read by
-                                                     the runtime at the offsets
-                                                     `FusedInfo.embedding` gives
+                                                     with a quantized symmetric table, their
+                                                     rows as stored, read by the runtime at
+                                                     the offsets `FusedInfo.embedding` gives:
+             embed_codes             uint8 [1, S, k_blocks, blob]    packed codes
+             embed_scales            float32 [1, S, k_blocks, 1]     scales
              seqlens_k               int32 [1]       past + S - 1 (tokens in the cache after
                                                      this run, minus one)
              total_sequence_length   int32 []        past + S
