@@ -32,6 +32,7 @@ from runtime.manifest import Manifest
 __all__ = ["EmbeddingLayout", "TableLookup", "table_lookup"]
 
 F32 = npt.NDArray[np.float32]
+_PREADV = getattr(os, "preadv", None)  # absent on Windows
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,22 @@ class TableLookup:
         lay = self.layout
         row, srow = lay.row_bytes, lay.blocks * 4
         for i, token in enumerate(ids.tolist()):
-            got = os.preadv(self._fd, [codes[i].data], lay.weight_offset + token * row)
-            got += os.preadv(self._fd, [scales[i].data], lay.scales_offset + token * srow)
+            got = _read_at(self._fd, codes[i].data, lay.weight_offset + token * row)
+            got += _read_at(self._fd, scales[i].data, lay.scales_offset + token * srow)
             if got != row + srow:
                 raise ArtifactError(f"{lay.file}: short read of embedding row {token}")
+
+
+def _read_at(fd: int, buf: memoryview, offset: int) -> int:
+    """Fill `buf` from `offset` of the file: one preadv where the OS has it (Linux, macOS),
+    else a seek and a read (the descriptor is this lookup's own)."""
+    if _PREADV is not None:
+        n: int = _PREADV(fd, [buf], offset)
+        return n
+    os.lseek(fd, offset, os.SEEK_SET)
+    data = os.read(fd, buf.nbytes)
+    buf.cast("B")[: len(data)] = data
+    return len(data)
 
 
 def table_lookup(manifest: Manifest, folder: Path, role: str = "decoder") -> TableLookup | None:
