@@ -182,6 +182,24 @@ def test_runtime_lookup_gives_the_in_graph_lookups_tokens_and_logits(tmp_path: P
         assert a.tokens == b.tokens and a.reused_tokens >= len(system)
 
 
+def test_table_rows_read_the_same_without_preadv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the OS has no preadv (Windows), a seek and a read give the same rows."""
+    import runtime.engine.llm.embedding as embedding
+    from runtime.manifest import load_manifest
+
+    art = llm_artifact("tiny-qwen2", "int4", "fused")
+    lookup = embedding.table_lookup(load_manifest(art), art)
+    assert lookup is not None
+    ids = np.array([0, 7, lookup.layout.rows - 1, 7], np.int64)
+    got = [lookup.buffers(ids.size) for _ in range(2)]
+    lookup.read(ids, got[0][0][0], got[0][1][0])
+    monkeypatch.setattr(embedding, "_PREADV", None)
+    lookup.read(ids, got[1][0][0], got[1][1][0])
+    for a, b in zip(got[0], got[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert got[0][1].all()  # every row's scales were read (a symmetric block's scale is not 0)
+
+
 def test_only_optimums_graph_is_cached_next_to_the_artifact(tmp_path: Path) -> None:
     """The fused graph is not worth an optimized-model cache (as fast to optimize as to read,
     and the cache would copy every weight); optimum's thousands of nodes are."""
