@@ -135,39 +135,61 @@ def worker_ocula_asr(path: str, seconds: float, reps: int, trim: bool) -> dict[s
     return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
 
 
-def worker_trim_agreement(hf: str, path: str, seconds: list[float]) -> dict[str, Any]:
-    """Greedy tokens (up to ASR_TOKENS, EOS honoured) of trimmed and padded encoding, each
-    against transformers' `generate` on the padded input, for clips of the given lengths."""
+def _agreement(ref: list[int], got: dict[str, list[int]]) -> dict[str, float]:
+    """How far each engine's tokens agree with the reference: common prefix, share equal by position."""
+    row: dict[str, float] = {"reference_tokens": len(ref)}
+    for name, toks in got.items():
+        row[f"{name}_common_prefix"] = next(
+            (i for i, (a, b) in enumerate(zip(toks, ref, strict=False)) if a != b),
+            min(len(toks), len(ref)),
+        )
+        row[f"{name}_positionwise"] = round(
+            sum(a == b for a, b in zip(toks, ref, strict=False)) / max(len(ref), len(toks), 1), 3
+        )
+    return row
+
+
+def _transformers_greedy(hf: str) -> tuple[Any, Any, Any]:
+    """transformers' fp32 Whisper from `hf`, the features of a clip, and greedy `generate`
+    (up to ASR_TOKENS, EOS honoured and dropped) of any model with transformers' API."""
     import torch
     import transformers
-
-    from runtime.engine.asr import Whisper
 
     torch.set_num_threads(THREADS)
     model = transformers.WhisperForConditionalGeneration.from_pretrained(hf).eval()
     fe = transformers.WhisperFeatureExtractor.from_pretrained(hf)
+    eos = model.generation_config.eos_token_id
+
+    def features(audio: np.ndarray) -> Any:
+        return fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+
+    def greedy(m: Any, feats: Any) -> list[int]:
+        with torch.no_grad():
+            ids = m.generate(feats, language="en", max_new_tokens=ASR_TOKENS)[0].tolist()
+        return [t for t in ids if t != eos]  # generate returns the new tokens only
+
+    return model, features, greedy
+
+
+def worker_trim_agreement(hf: str, path: str, seconds: list[float]) -> dict[str, Any]:
+    """Greedy tokens (up to ASR_TOKENS, EOS honoured) of trimmed and padded encoding, each
+    against transformers' `generate` on the padded input, for clips of the given lengths."""
+    from runtime.engine.asr import Whisper
+
+    model, features, greedy = _transformers_greedy(hf)
     padded = Whisper.from_artifact(path, threads=THREADS)
     trimmed = Whisper.from_artifact(path, threads=THREADS, trim=True)
-    eos = model.generation_config.eos_token_id
     out: dict[str, Any] = {}
     for s in seconds:
         audio = _clip(s)
-        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
-        with torch.no_grad():
-            ids = model.generate(feats, language="en", max_new_tokens=ASR_TOKENS)[0].tolist()
-        ref = [t for t in ids if t != eos]  # generate returns the new tokens only
-        row: dict[str, float] = {"reference_tokens": len(ref)}
-        for name, w in (("padded", padded), ("trimmed", trimmed)):
-            got = w.transcribe(audio, language="en", max_new_tokens=ASR_TOKENS).tokens
-            same = next(
-                (i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b),
-                min(len(got), len(ref)),
-            )
-            row[f"{name}_equal"] = float(got == ref)
-            row[f"{name}_common_prefix"] = same
-            row[f"{name}_positionwise"] = round(
-                sum(a == b for a, b in zip(got, ref, strict=False)) / max(len(ref), len(got), 1), 3
-            )
+        ref = greedy(model, features(audio))
+        got = {
+            name: w.transcribe(audio, language="en", max_new_tokens=ASR_TOKENS).tokens
+            for name, w in (("padded", padded), ("trimmed", trimmed))
+        }
+        row = _agreement(ref, got)
+        for name, toks in got.items():
+            row[f"{name}_equal"] = float(toks == ref)
         out[f"{s:g}s"] = row
     return out
 
@@ -177,41 +199,22 @@ def worker_int8_agreement(
 ) -> dict[str, Any]:
     """Greedy tokens (up to ASR_TOKENS, EOS honoured) of Ocula's int8 artifact and of optimum on
     its int8 files, each against transformers' fp32 `generate` on the same padded input."""
-    import torch
-    import transformers
     from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
 
     from runtime.engine.asr import Whisper
 
-    torch.set_num_threads(THREADS)
-    model = transformers.WhisperForConditionalGeneration.from_pretrained(hf).eval()
-    fe = transformers.WhisperFeatureExtractor.from_pretrained(hf)
+    model, features, greedy = _transformers_greedy(hf)
     opt = ORTModelForSpeechSeq2Seq.from_pretrained(optimum, use_cache=True)
     ours = Whisper.from_artifact(ocula, threads=THREADS)
-    eos = model.generation_config.eos_token_id
     out: dict[str, Any] = {}
     for s in seconds:
         audio = _clip(s)
-        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
-        with torch.no_grad():
-            ids = model.generate(feats, language="en", max_new_tokens=ASR_TOKENS)[0].tolist()
-            oids = opt.generate(feats, language="en", max_new_tokens=ASR_TOKENS)[0].tolist()
-        ref = [t for t in ids if t != eos]
+        feats = features(audio)
         got = {
             "ocula_int8": ours.transcribe(audio, language="en", max_new_tokens=ASR_TOKENS).tokens,
-            "optimum_int8": [t for t in oids if t != eos],
+            "optimum_int8": greedy(opt, feats),
         }
-        row: dict[str, float] = {"reference_tokens": len(ref)}
-        for name, toks in got.items():
-            row[f"{name}_common_prefix"] = next(
-                (i for i, (a, b) in enumerate(zip(toks, ref, strict=False)) if a != b),
-                min(len(toks), len(ref)),
-            )
-            row[f"{name}_positionwise"] = round(
-                sum(a == b for a, b in zip(toks, ref, strict=False)) / max(len(ref), len(toks), 1),
-                3,
-            )
-        out[f"{s:g}s"] = row
+        out[f"{s:g}s"] = _agreement(greedy(model, feats), got)
     return out
 
 
