@@ -341,7 +341,10 @@ def test_info_describes_the_io_contract(tmp_path):
     assert info.inputs["total_sequence_length"] == {"dtype": "int32", "shape": []}
     io_shape = [1, 2, "max_length", 32]  # buffers of any length up to kv.shape's
     assert info.inputs["past_key_values.0.key"]["shape"] == io_shape
-    assert info.outputs["logits"]["shape"] == [1, 1, COMMON["vocab_size"]]
+    # the last num_logits positions' (an optional input, default 1: see test_llm_lookup)
+    assert info.outputs["logits"]["shape"] == [1, "num_logits", COMMON["vocab_size"]]
+    assert info.inputs["num_logits"] == {"dtype": "int64", "shape": [1]}
+    assert info.logits == "last_m"
     assert info.outputs["present.1.value"]["shape"] == io_shape
     assert (info.head_dim, info.num_heads, info.kv_heads) == (32, 4, 2)
     # The tied head views the table's bytes, which only an external data file can express.

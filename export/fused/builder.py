@@ -62,7 +62,9 @@ class FusedInfo:
     outputs: dict[str, dict[str, Any]]
     kv: KvLayout
     feeds: dict[str, str]
-    logits: str  # "last": logits for the last position of each run only
+    # "last": logits for the last position of each run only (older exports); "last_m": for the
+    # last `num_logits` positions (an optional int64 [1] input, default 1; graph.NUM_LOGITS)
+    logits: str
     batch_size: int
     model_type: str
     num_layers: int
@@ -192,7 +194,7 @@ def build(
             "total_sequence_length": "int32 scalar: tokens in the cache after this run (past + S)",
             "past_key_values": "bind each past and its present to one preallocated buffer",
         },
-        logits="last",
+        logits="last_m",
         batch_size=1,
         model_type=shape.family.model_type,
         num_layers=shape.num_layers,

@@ -14,7 +14,10 @@ Per layer (10 nodes when quantized):
     Split, QuickGelu(alpha=1) = SiLU, Mul
     MatMulNBits down
 
-then the final norm, a Slice to the last position, and the head. The embedding table is stored
+then the final norm, a Slice to the last `num_logits` positions, and the head. `num_logits`
+(int64 [1]) is an input with a default of 1 (an initializer of the same name, which onnxruntime
+lets a run override): prefill and decode feed nothing and get the last position's logits
+[1, 1, V]; a speculative verify run feeds m and gets [1, m, V] for its last m positions. The embedding table is stored
 once: in float, Gather and Gemm(transB) share one initializer. Quantized and tied, the head
 is MatMulNBits over row chunks of the table's bytes: each chunk is its own initializer, a
 `View` that the artifact's external data file points at inside the table's bytes (see
@@ -113,6 +116,8 @@ def present_name(layer: int, kind: str) -> str:
 # The graph inputs of a table that the runtime looks up (Options.runtime_lookup): the rows'
 # packed codes [1, S, k_blocks, block * bits / 8] and scales [1, S, k_blocks, 1].
 CODES, SCALES = "embed_codes", "embed_scales"
+# How many last positions get logits (see the module docstring); its default is 1.
+NUM_LOGITS = "num_logits"
 # The tied head's row chunks hold at most this many bytes of packed weight (see the module
 # docstring); rows per chunk are a multiple of VIEW_ROWS so every chunk starts on a page.
 HEAD_CHUNK_BYTES = 24 << 20
@@ -453,11 +458,11 @@ def _split_head(e: _Emitter, s: Shape, last: str, t: _Table) -> None:
     rows = e.op("GatherBlockQuantized", [t.low, flat_idx[0], t.scales3], "head.low", **gather)[0]
     rows = e.op(
         "Reshape",
-        [rows, e.const("head.rows_shape", np.array([k, t.width], np.int64))],
+        [rows, e.const("head.rows_shape", np.array([-1, k, t.width], np.int64))],
         "head.rows_flat",
     )[0]
     x = e.op(
-        "Reshape", [last, e.const("head.x_shape", np.array([1, s.hidden], np.int64))], "head.x"
+        "Reshape", [last, e.const("head.x_shape", np.array([-1, s.hidden], np.int64))], "head.x"
     )[0]
     if t.width != s.hidden:
         x = e.op(
@@ -466,10 +471,14 @@ def _split_head(e: _Emitter, s: Shape, last: str, t: _Table) -> None:
             "head.x_pad",
         )[0]
     x = e.op("Mul", [x, "embed.low_scale"], "head.x_low")[0]
-    low = e.op("Gemm", [x, rows], "head.low_dot", transB=1)[0]
+    # one [k, width] x [width, 1] product per position: rows [m, k, width] @ x [m, width, 1]
+    x = e.op(
+        "Reshape", [x, e.const("head.x_col", np.array([-1, t.width, 1], np.int64))], "head.x_col"
+    )[0]
+    low = e.op("MatMul", [rows, x], "head.low_dot")[0]
     low = e.op(
         "Reshape",
-        [low, e.const("head.low_shape", np.array([1, 1, k], np.int64))],
+        [low, e.const("head.low_shape", np.array([1, -1, k], np.int64))],
         "head.low_3d",
     )[0]
     exact = e.op("Add", [top, low], "head.exact")[0]
@@ -487,8 +496,16 @@ def _slice(e: _Emitter, x: str, start: int, end: int, axis: int, name: str) -> s
 
 
 def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> None:
-    """Logits [1, 1, vocab] for the last position of x [1, S, H]."""
-    last = _slice(e, x, -1, 2**62, 1, "head.last")
+    """Logits [1, m, vocab] for the last m = `num_logits` positions of x [1, S, H]."""
+    e.const(NUM_LOGITS, np.array([1], np.int64))
+    start = e.op("Neg", [NUM_LOGITS], "head.start")[0]
+    ins = [
+        x,
+        start,
+        e.const("head.last.ends", np.array([2**62], np.int64)),
+        e.const("head.last.axes", np.array([1], np.int64)),
+    ]
+    last = e.op("Slice", ins, "head.last")[0]
     o = e.opts
     if table.low:
         _split_head(e, s, last, table)
@@ -498,16 +515,16 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
         e.linear(last, "head.lm", weights("lm_head.weight"), None)
     else:
         w = table.weight if s.tied else e.float_weight("head.weight", weights("lm_head.weight"))
-        flat_shape = e.const("head.flat", np.array([1, s.hidden], np.int64))
+        flat_shape = e.const("head.flat", np.array([-1, s.hidden], np.int64))
         flat = e.op("Reshape", [last, flat_shape], "head.flat")[0]
         logits = e.op("Gemm", [flat, w], "head.lm", transB=1)[0]
-        shape = e.const("head.shape", np.array([1, 1, s.vocab], np.int64))
+        shape = e.const("head.shape", np.array([1, -1, s.vocab], np.int64))
         e.op("Reshape", [logits, shape], "head.unflat")
     e.nodes[-1].output[0] = "logits"
 
 
 def emit(s: Shape, weights: Weights, opts: Options) -> tuple[onnx.ModelProto, dict[str, View]]:
-    """The whole decoder graph for one model (batch 1, last-position logits), and the
+    """The whole decoder graph for one model (batch 1, last positions' logits), and the
     initializers that are views of others (to be saved as such: builder._save)."""
     e = _Emitter(opts)
     e.const("cos_cache", s.cos)
@@ -546,8 +563,10 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
         *firsts,
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        # overridable: its initializer is the default (1)
+        helper.make_tensor_value_info(NUM_LOGITS, TensorProto.INT64, [1]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", f32, [1, 1, s.vocab])]
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, "num_logits", s.vocab])]
     for i in range(s.num_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(past_name(i, kind), f32, kv))

@@ -36,6 +36,7 @@ import numpy as np
 from runtime.engine.artifact import open_artifact
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.llm.embedding import table_lookup
+from runtime.engine.llm.lookup import LookupConfig, PromptLookup
 from runtime.engine.llm.runners import Runner, make_runner
 from runtime.engine.llm.sampling import Sampler, SamplingParams
 from runtime.engine.llm.text import ChatTemplate, StopFilter, TextStream, load_tokenizer
@@ -43,7 +44,13 @@ from runtime.engine.session import open_session
 from runtime.manifest import LlmInfo
 from runtime.profile import Profile
 
-__all__ = ["Generation", "GenerationConfig", "Llm", "max_length_for_budget"]
+__all__ = [
+    "Generation",
+    "GenerationConfig",
+    "Llm",
+    "LookupConfig",
+    "max_length_for_budget",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,13 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     time_budget_s: float | None = None
     truncate: bool = False  # keep the prompt's last tokens when it is too long
+    # Greedy speculative decoding with prompt-lookup drafts (lookup.py): same tokens, fewer
+    # graph runs when the output repeats its context. Used only for greedy sampling on graphs
+    # that can verify (fused exports with `num_logits`); None turns it off.
+    lookup: LookupConfig | None = None
+    # A guess at the output (text or token ids), e.g. the previous translation of a sentence
+    # that grew: drafted from while the output follows it. Needs `lookup`.
+    draft: str | Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 1 << 20:
@@ -248,6 +262,22 @@ class Llm:
         self._cached.append(token)
         return logits
 
+    def _verify(self, ids: list[int]) -> np.ndarray:
+        """Append ids to the cache; the logits [len(ids), vocab] after each of them."""
+        logits = self._runner.verify(np.asarray(ids, dtype=np.int64))
+        self._cached.extend(ids)
+        return logits
+
+    def _rollback(self, n: int) -> None:
+        """Keep the first n cached tokens (a draft's rejected ones go)."""
+        self._runner.truncate(n)
+        del self._cached[n:]
+
+    @property
+    def can_verify(self) -> bool:
+        """Whether the graph scores several positions per run (speculative decoding)."""
+        return self._runner.can_verify
+
     @property
     def session_seconds(self) -> float:
         return self._runner.run_seconds()
@@ -280,6 +310,21 @@ class Generation:
         self.decode_s = 0.0
         self.reused_tokens = 0
         self._last_logits: np.ndarray | None = None
+        # Speculative decoding state: accepted tokens (with their logits) not yet handed out
+        self._queue: list[tuple[int, np.ndarray]] = []
+        self._lookup: PromptLookup | None = None
+        self.decode_runs = 0  # graph runs after the prefill
+        self.verify_runs = 0  # of which verified a draft
+        self.drafted = 0  # draft tokens proposed
+        self.accepted = 0  # draft tokens accepted
+        if config.draft is not None and config.lookup is None:
+            raise EngineUsageError("a draft needs lookup=LookupConfig(...) in the config")
+        if config.lookup is not None and config.sampling.greedy and llm.can_verify:
+            draft = config.draft or ()
+            if isinstance(draft, str):
+                draft = llm.encode_chat(draft)
+            self._lookup = PromptLookup(config.lookup, prompt_ids, [int(t) for t in draft])
+        self._k = config.lookup.max_draft if config.lookup is not None else 0
 
     @property
     def done(self) -> bool:
@@ -306,18 +351,27 @@ class Generation:
             ):
                 self._finish("time")
                 return None
-            if len(llm._cached) + 1 >= llm.max_length:
+            # the cache as plain decoding holds it: prompt and all returned tokens but the last
+            if len(self.prompt_ids) + len(self.tokens) >= llm.max_length:
                 self._finish("length")
                 return None
             t0 = time.perf_counter()
-            logits = llm._feed_one(self.tokens[-1])
-            token = self._sampler(logits)
+            if self._queue:
+                token, logits = self._queue.pop(0)
+            elif self._lookup is not None:
+                token, logits = self._speculate()
+            else:
+                logits = llm._feed_one(self.tokens[-1])
+                token = self._sampler(logits)
+                self.decode_runs += 1
             self.decode_s += time.perf_counter() - t0
         else:
             before = len(llm._cached)
             logits = llm._feed(self.prompt_ids, reuse=True)
             self.reused_tokens = min(before, len(self.prompt_ids) - 1) if before else 0
             token = self._sampler(logits)
+            if self._lookup is not None:
+                self._lookup.generated([token])
             self.first_token_s = time.perf_counter() - self.started
         self._last_logits = logits
         self.tokens.append(token)
@@ -330,6 +384,47 @@ class Generation:
         elif len(self.tokens) >= self.config.max_new_tokens:
             self._finish("max_new_tokens")
         return token
+
+    def _speculate(self) -> tuple[int, np.ndarray]:
+        """One step with a draft: verify it with one run, queue the accepted tokens (greedy's
+        own choices at each position up to the first that differs from the draft, plus that
+        one), roll the cache back over the rest, and return the first."""
+        llm, lookup = self._llm, self._lookup
+        assert lookup is not None
+        last = self.tokens[-1]
+        base = len(llm._cached)  # the last token is not in the cache yet
+        room = min(
+            self._k,
+            self.config.max_new_tokens - len(self.tokens) - 1,
+            llm.max_length - base - 2,
+        )
+        draft = lookup.propose(room) if room > 0 else []
+        self.decode_runs += 1
+        if not draft:
+            logits = llm._feed_one(last)
+            token = self._sampler(logits)
+            lookup.generated([token])
+            return token, logits
+        rows = llm._verify([last, *draft])
+        self.verify_runs += 1
+        self.drafted += len(draft)
+        sampler, queue = self._sampler, self._queue
+        for i, row in enumerate(rows):
+            token = sampler(row)
+            sampler.observe([token])  # a repetition penalty sees it as the next step would
+            queue.append((token, row))
+            if i == len(draft) or draft[i] != token:
+                break
+        self.accepted += len(queue) - 1
+        # The draft length follows the acceptance (a verify costs more per position than it
+        # saves when drafts miss): longer after a full accept, shorter after a miss.
+        if len(queue) > len(draft):
+            self._k = min(self._k + 2, lookup.config.max_draft)
+        else:
+            self._k = max(1, self._k - 1)
+        llm._rollback(base + len(queue))  # keep the last token and the accepted draft
+        lookup.generated([t for t, _ in queue])
+        return queue.pop(0)
 
     def _emit(self, token: int) -> None:
         if token in self._llm.eos_ids:

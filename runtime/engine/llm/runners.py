@@ -17,6 +17,11 @@ the same blocks) and fed back as the next past without a copy through numpy. The
 mask is a view of one max-length buffer of ones.
 
 Both keep `length` (tokens in the cache) and `truncate(n)` to reuse a cached prefix.
+
+Speculative verify (`can_verify`, fused graphs that have the optional `num_logits` input):
+`verify(ids)` appends S tokens like a prefill and returns the logits of all S positions
+[S, vocab] (a preallocated buffer bound per S); rejected positions are dropped with
+`truncate`, which only moves the length back (the next run overwrites them).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ __all__ = ["FusedRunner", "OptimumRunner", "Runner", "make_runner"]
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 
+# The most positions one verify run scores (the draft plus one).
+VERIFY_MAX = 16
+# The fused graph's optional input: how many last positions get logits (default 1).
+NUM_LOGITS = "num_logits"
+
 _DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 
 
@@ -45,8 +55,12 @@ class Runner:
     length: int
     max_length: int
     kv_bytes: int
+    can_verify = False  # verify() is available
 
     def forward(self, ids: I64) -> F32:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def verify(self, ids: I64) -> F32:  # pragma: no cover - interface
         raise NotImplementedError
 
     def truncate(self, n: int) -> None:  # pragma: no cover - interface
@@ -172,12 +186,24 @@ class FusedRunner(Runner):
         out = {o.name: o for o in session.get_outputs()}
         logits_dtype = np.float16 if out[info.logits].type == "tensor(float16)" else np.float32
         self._logits = np.zeros((1, 1, info.vocab_size), logits_dtype)
-        self._binding.bind_ortvalue_output(
-            info.logits, ort.OrtValue.ortvalue_from_numpy(self._logits)
-        )
         self._ids_name = info.input_ids
         self._prefill: list[np.ndarray] = []  # a prefill's inputs, alive while bound
         self._prefill_bound = True  # the one-token input is not bound yet
+        # Speculative verify: graphs with the optional num_logits input (older exports have
+        # none and return the last position only).
+        optional = {i.name for i in session.get_overridable_initializers()}
+        optional |= {i.name for i in session.get_inputs()}
+        self.can_verify = NUM_LOGITS in optional
+        self._logits_name = info.logits
+        self._num_logits = np.ones(1, np.int64)
+        self._many = np.zeros((1, VERIFY_MAX, info.vocab_size), logits_dtype)
+        self._many_values: dict[int, ort.OrtValue] = {}
+        self._one_logits = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        self._binding.bind_ortvalue_output(self._logits_name, self._one_logits)
+        if self.can_verify:
+            self._binding.bind_ortvalue_input(
+                NUM_LOGITS, ort.OrtValue.ortvalue_from_numpy(self._num_logits)
+            )
 
     def forward(self, ids: I64) -> F32:
         n = self.length + ids.size
@@ -199,6 +225,33 @@ class FusedRunner(Runner):
         self._run_s += self._time() - t0
         self.length = n
         logits = self._logits[0, 0]
+        out: F32 = logits if logits.dtype == np.float32 else logits.astype(np.float32)
+        return out
+
+    def verify(self, ids: I64) -> F32:
+        """Append ids (2..VERIFY_MAX of them) and return every position's logits [S, vocab]."""
+        m = ids.size
+        if not self.can_verify or not 1 < m <= VERIFY_MAX:
+            raise ValueError(f"verify takes 2..{VERIFY_MAX} tokens on a graph with num_logits")
+        n = self.length + m
+        self._bind_prefill(ids)
+        value = self._many_values.get(m)
+        if value is None:
+            value = ort.OrtValue.ortvalue_from_numpy(self._many[:, :m])
+            self._many_values[m] = value
+        self._binding.bind_ortvalue_output(self._logits_name, value)
+        self._num_logits[0] = m
+        self._seqlens[0] = n - 1
+        self._total[()] = n
+        t0 = self._time()
+        try:
+            self.session.run_with_iobinding(self._binding)
+        finally:
+            self._num_logits[0] = 1
+            self._binding.bind_ortvalue_output(self._logits_name, self._one_logits)
+        self._run_s += self._time() - t0
+        self.length = n
+        logits = self._many[0, :m]
         out: F32 = logits if logits.dtype == np.float32 else logits.astype(np.float32)
         return out
 
