@@ -16,6 +16,12 @@ threads, peers alternating round by round; figures are medians over the rounds.
   tokens make more of a memory-mapped embedding table resident than random ids do, and a long
   prompt costs genai its whole prompt's logits in prefill, so these rows say what peak RSS is
   in real use.
+- Lookup ("lookup PRESET PROMPT"): greedy decoding with prompt-lookup drafts
+  (`GenerationConfig.lookup`) against the same artifact without them and against genai,
+  alternating; acceptance rate, tokens per graph run, and whether both decodings chose the same
+  tokens. Prompts: "free" (a chat request answered in the model's words), "text" (the
+  passage's first 64 tokens, continued), "copy" (a chat request to copy its first paragraph),
+  "random" (the plain cases' random ids; random weights repeat themselves, which flatters it).
 - VAD: microseconds per 32 ms chunk (model run, and the whole `push`).
 
 Models are built once into `.cache/bench-engines/` (delete it to rebuild). Cases (set
@@ -65,12 +71,13 @@ def _hf(preset: str) -> Path:
     return out
 
 
-def _llm(preset: str, spec: str) -> Path:
+def _llm(preset: str, spec: str, suffix: str = "") -> Path:
     """The fused artifact for `spec`: "int4" (the export's default, 8-bit embedding table),
-    "int4-e4" (`--embed-bits 4`: every weight at 4 bits, genai's bytes) or "int8"."""
+    "int4-e4" (`--embed-bits 4`: every weight at 4 bits, genai's bytes) or "int8". `suffix`
+    names a folder of its own (the lookup cases need an export with `num_logits`)."""
     quant, _, table = spec.partition("-e")
     embed_bits = int(table) if table else (8 if quant == "int4" else None)
-    out = CACHE / preset / f"ocula-{quant}-e{embed_bits or 8}"
+    out = CACHE / preset / f"ocula-{quant}-e{embed_bits or 8}{suffix}"
     if not (out / "manifest.json").exists():
         from export.llm import LlmOptions, export_llm
 
@@ -148,8 +155,13 @@ def _text_prompt(preset: str, n: int) -> list[int]:
     return [int(t) for t in ids]
 
 
-def worker_ocula_llm(path: str, reps: int, prompt_json: str = "") -> dict[str, Any]:
+def worker_ocula_llm(
+    path: str, reps: int, prompt_json: str = "", lookup_json: str = ""
+) -> dict[str, Any]:
     from runtime.engine.llm import GenerationConfig, Llm
+    from runtime.engine.llm.lookup import LookupConfig
+
+    lookup = LookupConfig(**json.loads(lookup_json)) if lookup_json else None
 
     # KV buffers for the prompt and the new tokens, as genai sizes its own (max_length)
     given = json.loads(prompt_json) if prompt_json else None
@@ -158,10 +170,12 @@ def worker_ocula_llm(path: str, reps: int, prompt_json: str = "") -> dict[str, A
     llm.eos_ids = frozenset()
     ids = given or _prompt(llm.info.vocab_size)
     out: dict[str, list[float]] = {"ttft": [], "decode": [], "overhead": []}
+    if lookup:
+        out |= {"accept_rate": [], "tokens_per_run": []}
     for r in range(reps + 1):
         llm.reset()
         n = 8 if r == 0 else NEW
-        gen = llm.start(ids, GenerationConfig(max_new_tokens=n))
+        gen = llm.start(ids, GenerationConfig(max_new_tokens=n, lookup=lookup))
         t0 = time.perf_counter()
         gen.step()
         t1 = time.perf_counter()
@@ -173,6 +187,9 @@ def worker_ocula_llm(path: str, reps: int, prompt_json: str = "") -> dict[str, A
             out["ttft"].append(t1 - t0)
             out["decode"].append((NEW - 1) / (t2 - t1))
             out["overhead"].append(1 - (llm.session_seconds - s0) / (t2 - t1))
+            if lookup:
+                out["accept_rate"].append(gen.accepted / max(1, gen.drafted))
+                out["tokens_per_run"].append((len(gen.tokens) - 1) / gen.decode_runs)
     return {k: statistics.median(v) for k, v in out.items()} | {
         "rss_mb": _rss_mb(),
         "mapped_weights_mb": _mapped_weights_mb(),
@@ -249,7 +266,28 @@ def worker_torch_llm(hf: str, reps: int) -> dict[str, Any]:
     return {k: statistics.median(v) for k, v in out.items()} | {"rss_mb": _rss_mb()}
 
 
+def worker_lookup_same(path: str, prompt_json: str, lookup_json: str) -> dict[str, Any]:
+    """Plain and lookup greedy decodings of the same prompt: where they first differ."""
+    from runtime.engine.llm import GenerationConfig, Llm
+    from runtime.engine.llm.lookup import LookupConfig
+
+    ids = json.loads(prompt_json)
+    llm = Llm.from_artifact(path, threads=THREADS, max_length=len(ids) + NEW + 1)
+    llm.eos_ids = frozenset()
+    outs = []
+    for lookup in (None, LookupConfig(**json.loads(lookup_json))):
+        llm.reset()
+        gen = llm.start(ids, GenerationConfig(max_new_tokens=NEW, lookup=lookup))
+        while not gen.done:
+            gen.step()
+        outs.append(gen.tokens)
+    a, b = outs
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+    return {"identical": a == b, "first_difference": first}
+
+
 WORKERS = {
+    "lookup_same": worker_lookup_same,
     "ocula_llm": worker_ocula_llm,
     "torch_llm": worker_torch_llm,
 }
@@ -332,6 +370,54 @@ def bench_llm(
     return res
 
 
+# Lookup cases: (preset, prompt). "free": a chat request the model answers in its own words
+# (drafts rarely hit); "copy": a chat request to copy the passage's first paragraph; "random":
+# the 64 random ids of the plain cases (random weights repeat themselves: flattering).
+LOOKUP_PROMPTS = {
+    "free": "Write a short story about a harbour town in winter.",
+    "copy": "Repeat the following text exactly, word for word:\n\n{passage}",
+}
+LOOKUP = {"max_draft": 8, "ngram": 3, "min_ngram": 2}
+
+
+def _lookup_prompt(art: Path, kind: str) -> list[int]:
+    if kind == "text":  # the plain " text" cases' prompt: the passage's first 64 tokens
+        return _text_prompt("smollm2", PROMPT)
+    if kind == "random":
+        return _prompt(json.loads((art / "manifest.json").read_text())["llm"]["vocab_size"])
+    from runtime.engine.llm import Llm
+
+    llm = Llm.from_artifact(art, verify=False)
+    passage = TEXT.read_text(encoding="utf-8").split("\n\n")[0]
+    text = LOOKUP_PROMPTS[kind].format(passage=passage)
+    return llm.encode_chat(llm.chat([{"role": "user", "content": text}]))
+
+
+def bench_lookup(preset: str, kind: str) -> dict[str, Any]:
+    """Greedy decoding with prompt-lookup drafts against the same artifact without them and
+    against genai, alternating round by round (same prompt, 128 new tokens, EOS ignored)."""
+    art = _llm(preset, "int4", suffix="-m")
+    ids = _lookup_prompt(art, kind)
+    prompt = json.dumps(ids)
+    genai = _genai(preset)
+    runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "ocula_lookup": [], "genai": []}
+    for _ in range(ROUNDS):
+        runs["ocula"].append(_spawn("ocula_llm", str(art), 2, prompt))
+        runs["ocula_lookup"].append(_spawn("ocula_llm", str(art), 2, prompt, json.dumps(LOOKUP)))
+        runs["genai"].append(_spawn("genai_llm", genai, prompt, NEW, 2))
+    res = {k: _median_rounds(v) for k, v in runs.items()}
+    # whether the two decodings chose the same tokens (int4 kernels' numerics differ between
+    # one-position and multi-position runs: see BENCHMARKS.md)
+    res["same_tokens"] = _spawn("lookup_same", str(art), prompt, json.dumps(LOOKUP))  # type: ignore[assignment]
+    o, g = res["ocula_lookup"], res["genai"]
+    o["prompt_tokens"] = len(ids)
+    o["lookup"] = LOOKUP  # type: ignore[assignment]
+    o["decode_vs_genai"] = round(o["decode"] / g["decode"], 3)
+    o["decode_vs_plain"] = round(o["decode"] / res["ocula"]["decode"], 3)
+    res["ocula"]["decode_vs_genai"] = round(res["ocula"]["decode"] / g["decode"], 3)
+    return res
+
+
 def bench_vad() -> dict[str, Any]:
     from runtime.engine.audio import read_wav
     from runtime.engine.vad import Vad
@@ -377,12 +463,18 @@ def run(out_dir: Path) -> dict[str, Any]:
         "llm smollm2 int4-e4 text-long",
         "llm qwen2.5-0.5b int4 text-long",
         "llm qwen2.5-0.5b int4-e4 text-long",
+        "lookup smollm2 free",
+        "lookup smollm2 text",
+        "lookup smollm2 copy",
+        "lookup qwen2.5-0.5b random",
     ]
     for key in cases:
         if not want(key):
             continue
         kind, *rest = key.split()
-        if kind == "llm":
+        if kind == "lookup":
+            result[key] = bench_lookup(*rest)
+        elif kind == "llm":
             name, spec, *prompt = rest
             text = {"text": PROMPT, "text-long": LONG_PROMPT}.get("".join(prompt), 0)
             peers = spec.startswith("int4")

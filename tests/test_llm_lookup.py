@@ -33,7 +33,7 @@ def _run(llm: Llm, prompt: list[int], **kw: object) -> tuple[list[int], list[np.
 
 
 def test_drafts_follow_the_latest_ngram_and_the_callers_draft() -> None:
-    p = PromptLookup(LookupConfig(max_draft=4, ngram=2), [1, 2, 3, 4, 1, 2, 5, 1])
+    p = PromptLookup(LookupConfig(max_draft=4, ngram=2, min_ngram=1), [1, 2, 3, 4, 1, 2, 5, 1])
     # the last 2-gram (5, 1) never occurred before; the 1-gram (1) last occurred at index 4
     assert p.propose(4) == [2, 5, 1]
     p.generated([2])  # (1, 2) last occurred at 4..5, followed by 5, 1, 2

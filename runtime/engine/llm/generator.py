@@ -16,6 +16,16 @@ Rules it keeps:
   max length, the caller's `max_length=` and what the board's RSS budget leaves.
 - A prompt that does not fit the max length is an error that says the numbers, unless the
   caller asked to keep only its last tokens (`truncate=True`).
+- Speculative decoding (`GenerationConfig.lookup`, off by default; greedy only, fused graphs
+  with `num_logits`): `step()` drafts the next tokens by prompt lookup (or from the caller's
+  `draft`, e.g. the previous translation), verifies them with one run over all of their
+  positions, and hands out the accepted ones one per call, so stops, budgets, cancellation
+  and the text stream behave as without it. Rejected positions are dropped by moving the
+  cache length back. On fp32 the tokens are plain decoding's; on int4 real weights a position
+  scored inside a multi-position run differs from the same position scored alone (attention
+  sums in another order, and MatMulNBits' int8 activations amplify it: up to ~0.8 in SmolLM2's
+  logits, as between one prefill and a prefill plus a decode step), so near-ties can go the
+  other way (BENCHMARKS.md).
 - `Generation.last_logits` is the model's output for the token that `step()` last returned:
   a read-only float32 view [vocab_size] of the raw logits (before repetition penalty,
   temperature or any filter), valid until the next `step()` of any generation on the same `Llm`

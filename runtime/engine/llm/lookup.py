@@ -25,7 +25,7 @@ class LookupConfig:
 
     max_draft: int = 8
     ngram: int = 3
-    min_ngram: int = 1
+    min_ngram: int = 2
 
     def __post_init__(self) -> None:
         from runtime.engine.errors import EngineUsageError
