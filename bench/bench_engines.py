@@ -21,7 +21,9 @@ threads, peers alternating round by round; figures are medians over the rounds.
   alternating; acceptance rate, tokens per graph run, and whether both decodings chose the same
   tokens. Prompts: "free" (a chat request answered in the model's words), "text" (the
   passage's first 64 tokens, continued), "copy" (a chat request to copy its first paragraph),
-  "random" (the plain cases' random ids; random weights repeat themselves, which flatters it).
+  "random" (the plain cases' random ids; random weights repeat themselves, which flatters it),
+  "retranslate" (the copy request on the whole paragraph, with the answer to the same request
+  on the paragraph minus its last sentence as the caller's draft).
 - VAD: microseconds per 32 ms chunk (model run, and the whole `push`).
 
 Models are built once into `.cache/bench-engines/` (delete it to rebuild). Cases (set
@@ -161,7 +163,9 @@ def worker_ocula_llm(
     from runtime.engine.llm import GenerationConfig, Llm
     from runtime.engine.llm.lookup import LookupConfig
 
-    lookup = LookupConfig(**json.loads(lookup_json)) if lookup_json else None
+    spec = json.loads(lookup_json) if lookup_json else None
+    draft = spec.pop("draft", None) if spec else None  # a caller's draft (token ids)
+    lookup = LookupConfig(**spec) if spec else None
 
     # KV buffers for the prompt and the new tokens, as genai sizes its own (max_length)
     given = json.loads(prompt_json) if prompt_json else None
@@ -175,7 +179,7 @@ def worker_ocula_llm(
     for r in range(reps + 1):
         llm.reset()
         n = 8 if r == 0 else NEW
-        gen = llm.start(ids, GenerationConfig(max_new_tokens=n, lookup=lookup))
+        gen = llm.start(ids, GenerationConfig(max_new_tokens=n, lookup=lookup, draft=draft))
         t0 = time.perf_counter()
         gen.step()
         t1 = time.perf_counter()
@@ -275,9 +279,14 @@ def worker_lookup_same(path: str, prompt_json: str, lookup_json: str) -> dict[st
     llm = Llm.from_artifact(path, threads=THREADS, max_length=len(ids) + NEW + 1)
     llm.eos_ids = frozenset()
     outs = []
-    for lookup in (None, LookupConfig(**json.loads(lookup_json))):
+    spec = json.loads(lookup_json)
+    draft = spec.pop("draft", None)
+    for lookup in (None, LookupConfig(**spec)):
         llm.reset()
-        gen = llm.start(ids, GenerationConfig(max_new_tokens=NEW, lookup=lookup))
+        config = GenerationConfig(
+            max_new_tokens=NEW, lookup=lookup, draft=draft if lookup else None
+        )
+        gen = llm.start(ids, config)
         while not gen.done:
             gen.step()
         outs.append(gen.tokens)
@@ -393,19 +402,43 @@ def _lookup_prompt(art: Path, kind: str) -> list[int]:
     return llm.encode_chat(llm.chat([{"role": "user", "content": text}]))
 
 
+def _retranslate_draft(art: Path) -> tuple[list[int], list[int]]:
+    """The re-translation case, with copying standing in for translating (SmolLM2-135M does
+    not translate): the request on the paragraph without its last sentence is answered first;
+    that answer is the draft for the same request on the whole paragraph."""
+    from runtime.engine.llm import GenerationConfig, Llm
+
+    llm = Llm.from_artifact(art, verify=False, max_length=MAX_LENGTH)
+    passage = TEXT.read_text(encoding="utf-8").split("\n\n")[0]
+    shorter = passage[: passage.rstrip(".").rfind(".") + 1]
+
+    def ids(text: str) -> list[int]:
+        request = LOOKUP_PROMPTS["copy"].format(passage=text)
+        return llm.encode_chat(llm.chat([{"role": "user", "content": request}]))
+
+    gen = llm.start(ids(shorter), GenerationConfig(max_new_tokens=NEW))
+    while not gen.done:
+        gen.step()
+    return ids(passage), gen.tokens
+
+
 def bench_lookup(preset: str, kind: str, quant: str = "int4") -> dict[str, Any]:
     """Greedy decoding with prompt-lookup drafts against the same artifact without them and
     against genai, alternating round by round (same prompt, 128 new tokens, EOS ignored).
     `quant` "fp32": no genai peer (its int4 only); there both decodings choose the same
     tokens, so the ratio to plain decoding is like for like."""
     art = _llm(preset, quant, suffix="-m")
-    ids = _lookup_prompt(art, kind)
+    lookup = dict(LOOKUP)
+    if kind == "retranslate":
+        ids, lookup["draft"] = _retranslate_draft(art)  # type: ignore[assignment]
+    else:
+        ids = _lookup_prompt(art, kind)
     prompt = json.dumps(ids)
     genai = _genai(preset) if quant == "int4" else None
     runs: dict[str, list[dict[str, Any]]] = {"ocula": [], "ocula_lookup": [], "genai": []}
     for _ in range(ROUNDS):
         runs["ocula"].append(_spawn("ocula_llm", str(art), 2, prompt))
-        runs["ocula_lookup"].append(_spawn("ocula_llm", str(art), 2, prompt, json.dumps(LOOKUP)))
+        runs["ocula_lookup"].append(_spawn("ocula_llm", str(art), 2, prompt, json.dumps(lookup)))
         if genai is not None:
             runs["genai"].append(_spawn("genai_llm", genai, prompt, NEW, 2))
     if genai is None:
@@ -413,7 +446,7 @@ def bench_lookup(preset: str, kind: str, quant: str = "int4") -> dict[str, Any]:
     res = {k: _median_rounds(v) for k, v in runs.items()}
     # whether the two decodings chose the same tokens (int4 kernels' numerics differ between
     # one-position and multi-position runs: see BENCHMARKS.md)
-    res["same_tokens"] = _spawn("lookup_same", str(art), prompt, json.dumps(LOOKUP))  # type: ignore[assignment]
+    res["same_tokens"] = _spawn("lookup_same", str(art), prompt, json.dumps(lookup))
     o = res["ocula_lookup"]
     o["prompt_tokens"] = len(ids)
     o["lookup"] = LOOKUP  # type: ignore[assignment]
@@ -477,6 +510,8 @@ def run(out_dir: Path) -> dict[str, Any]:
         "lookup smollm2 free fp32",
         "lookup smollm2 text fp32",
         "lookup smollm2 copy fp32",
+        "lookup smollm2 retranslate",
+        "lookup smollm2 retranslate fp32",
     ]
     for key in cases:
         if not want(key):

@@ -119,6 +119,9 @@ def test_callers_draft_and_repetition_penalty() -> None:
     # the previous output as the draft: accepted as far as it goes
     fast, _, gen = _run(llm, DISTINCT, max_new_tokens=32, lookup=LOOKUP, draft=plain[:20])
     assert fast == plain and gen.accepted >= 19  # type: ignore[attr-defined]
+    # as text (the previous translation): tokenized as the output would be
+    text_draft = _run(llm, DISTINCT, max_new_tokens=32, lookup=LOOKUP, draft=llm.decode(plain))
+    assert text_draft[0] == plain and text_draft[2].accepted > 0  # type: ignore[attr-defined]
     # a wrong draft costs nothing in tokens
     wrong = [(t + 1) % llm.info.vocab_size for t in plain]
     assert _run(llm, DISTINCT, max_new_tokens=32, lookup=LOOKUP, draft=wrong)[0] == plain
