@@ -42,6 +42,32 @@ def test_generate_streams_the_same_text_and_renders_chat() -> None:
     assert "tokens" in plain.err and "first token" in plain.err
 
 
+def test_generate_lookup_gives_plain_greedy_tokens_and_uses_the_draft() -> None:
+    art = str(llm_artifact("tiny-qwen2", "fp32", "fused"))
+    args = ("generate", art, "--prompt", "The harbour wakes slowly", "--max-new-tokens", "16")
+    plain = run_ocula(*args, "--json")
+    assert plain.code == 0, plain.err
+    want = json.loads(plain.out)
+    assert "lookup" not in want
+    # The plain output as the draft (a re-translation's previous text): the same tokens, and
+    # the draft is verified several tokens per run.
+    r = run_ocula(*args, "--json", "--lookup", "--draft", want["text"])
+    assert r.code == 0, r.err
+    got = json.loads(r.out)
+    assert got["token_ids"] == want["token_ids"] and got["text"] == want["text"]
+    stats = got["lookup"]
+    assert stats["verify_runs"] >= 1 and 0 < stats["accepted"] <= stats["drafted"]
+    r = run_ocula(*args, "--lookup", "--temperature", "0.7")
+    assert r.code == 2 and "greedy" in r.err and "Traceback" not in r.err
+    r = run_ocula(*args, "--draft", "x")
+    assert r.code == 2 and "--draft needs --lookup" in r.err
+    # A graph that scores one position per run decodes plainly and says so.
+    opt = str(llm_artifact("tiny-qwen2", "fp32", "optimum"))
+    r = run_ocula("generate", opt, *args[2:], "--json", "--lookup")
+    assert r.code == 0 and "decoding without drafts" in r.err, r.err
+    assert json.loads(r.out)["lookup"]["verify_runs"] == 0
+
+
 def test_generate_bad_input(tmp_path: Path) -> None:
     art = str(llm_artifact("tiny-qwen2", "fp32", "fused"))
     r = run_ocula("generate", str(tmp_path / "nope"), "--prompt", "x")

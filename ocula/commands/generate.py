@@ -37,6 +37,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--truncate", action="store_true", help="keep the end of a too-long prompt")
     p.add_argument("--threads", type=int, default=None, metavar="N")
     p.add_argument("--board", help="board profile for threads and memory budget (default: host)")
+    p.add_argument(
+        "--lookup",
+        action="store_true",
+        help="greedy only: draft tokens by prompt lookup and verify several per graph run "
+        "(the same tokens as plain decoding at fp32; at int4/int8 the multi-position kernels "
+        "round differently, so tokens can differ)",
+    )
+    p.add_argument(
+        "--draft", metavar="TEXT", help="with --lookup: text the output is expected to follow"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     p.set_defaults(func=_generate)
 
@@ -44,6 +54,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from runtime.engine.errors import EngineUsageError
     from runtime.engine.llm import GenerationConfig, Llm, SamplingParams
+    from runtime.engine.llm.lookup import LookupConfig
 
     profile = None
     if args.board:
@@ -57,16 +68,32 @@ def _generate(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
+    if args.draft is not None and not args.lookup:
+        raise EngineUsageError("--draft needs --lookup")
+    if args.lookup and not sampling.greedy:
+        raise EngineUsageError(
+            "--lookup verifies drafts against greedy decoding only: drop --temperature "
+            "(or drop --lookup to sample)"
+        )
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         sampling=sampling,
         stop=tuple(args.stop),
         time_budget_s=args.time_budget,
         truncate=args.truncate,
+        lookup=LookupConfig() if args.lookup else None,
+        draft=args.draft,
     )
     if args.system and not args.chat:
         raise EngineUsageError("--system needs --chat")
     llm = Llm.from_artifact(args.artifact, profile, threads=args.threads)
+    if args.lookup and not llm.can_verify:
+        print(
+            "ocula: note: this artifact's graph scores one position per run (exported before "
+            "--lookup existed, or not a fused graph): decoding without drafts; re-export it "
+            "to use --lookup",
+            file=sys.stderr,
+        )
     if args.chat:
         messages = [{"role": "user", "content": args.prompt}]
         if args.system:
@@ -91,6 +118,17 @@ def _generate(args: argparse.Namespace) -> int:
                     "decode_tokens_per_s": round(gen.decode_tokens_per_s, 3),
                     "prompt_tokens": len(gen.prompt_ids),
                     "new_tokens": len(gen.tokens),
+                    **(
+                        {
+                            "lookup": {
+                                "verify_runs": gen.verify_runs,
+                                "drafted": gen.drafted,
+                                "accepted": gen.accepted,
+                            }
+                        }
+                        if args.lookup
+                        else {}
+                    ),
                 },
                 ensure_ascii=False,
             )
