@@ -198,6 +198,9 @@ def test_table_rows_read_the_same_without_preadv(monkeypatch: pytest.MonkeyPatch
     for a, b in zip(got[0], got[1], strict=True):
         np.testing.assert_array_equal(a, b)
     assert got[0][1].all()  # every row's scales were read (a symmetric block's scale is not 0)
+    for bad in (-1, lookup.layout.rows):  # not another row's bytes: a clear refusal
+        with pytest.raises(EngineUsageError, match="outside the embedding table"):
+            lookup.read(np.array([bad], np.int64), got[0][0][0], got[0][1][0])
 
 
 def test_only_optimums_graph_is_cached_next_to_the_artifact(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from runtime.engine.errors import ArtifactError
+from runtime.engine.errors import ArtifactError, EngineUsageError
 from runtime.manifest import Manifest
 
 __all__ = ["EmbeddingLayout", "TableLookup", "table_lookup"]
@@ -127,6 +127,11 @@ class TableLookup:
         lay = self.layout
         row, srow = lay.row_bytes, lay.blocks * 4
         for i, token in enumerate(ids.tolist()):
+            if not 0 <= token < lay.rows:
+                raise EngineUsageError(
+                    f"token id {token} is outside the embedding table's {lay.rows} rows; "
+                    "pass ids from this artifact's tokenizer"
+                )
             got = _read_at(self._fd, codes[i].data, lay.weight_offset + token * row)
             got += _read_at(self._fd, scales[i].data, lay.scales_offset + token * srow)
             if got != row + srow:
