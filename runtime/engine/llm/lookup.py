@@ -1,7 +1,7 @@
 """Prompt-lookup drafts for greedy speculative decoding.
 
 A draft is a guess at the next tokens that costs nothing to make: the continuation of the most
-recent earlier occurrence of the context's last n-gram (n from `ngram` down to 1), or, while
+recent earlier occurrence of the context's last n-gram (n from `ngram` down to `min_ngram`), or, while
 the output so far equals a caller-supplied draft (the previous translation of a sentence that
 grew), that draft's next tokens. The generator verifies a draft with one graph run over
 its positions and keeps the longest prefix that greedy decoding would have produced, so the
