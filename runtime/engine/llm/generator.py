@@ -152,7 +152,8 @@ class Llm:
         weights = sum(
             f.size for f in m.files if f.role in ("model", "weights") or f.path.endswith(".onnx")
         )
-        budget_len = max_length_for_budget(info, weights, profile)
+        board_len = max_length_for_budget(info, weights, profile)
+        budget_len = board_len
         if max_length is not None:
             if not 16 <= max_length <= info.max_length:
                 raise EngineUsageError(
@@ -173,9 +174,7 @@ class Llm:
         cache = info.graph_kind != "fused"
         session = open_session(model, profile, threads=threads, identity=sha, cache=cache)
         runner = make_runner(session, info, where, budget_len, table_lookup(m, art.path))
-        if profile is not None and runner.max_length > max_length_for_budget(
-            info, weights, profile
-        ):
+        if profile is not None and runner.max_length > board_len:
             need = (weights + _kv_bytes(info, runner.max_length)) // MB + OVERHEAD_MB
             raise ArtifactError(
                 f"{where}: this fused artifact holds a KV buffer of {runner.max_length} tokens; "

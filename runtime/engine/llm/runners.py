@@ -205,6 +205,15 @@ class FusedRunner(Runner):
                 NUM_LOGITS, ort.OrtValue.ortvalue_from_numpy(self._num_logits)
             )
 
+    def _run(self, n: int) -> None:
+        """One run of the bound graph that leaves n tokens in the cache."""
+        self._seqlens[0] = n - 1
+        self._total[()] = n
+        t0 = self._time()
+        self.session.run_with_iobinding(self._binding)
+        self._run_s += self._time() - t0
+        self.length = n
+
     def forward(self, ids: I64) -> F32:
         n = self.length + ids.size
         if ids.size == 1:
@@ -218,12 +227,7 @@ class FusedRunner(Runner):
                 self._prefill_bound = False
         else:
             self._bind_prefill(ids)
-        self._seqlens[0] = n - 1
-        self._total[()] = n
-        t0 = self._time()
-        self.session.run_with_iobinding(self._binding)
-        self._run_s += self._time() - t0
-        self.length = n
+        self._run(n)
         logits = self._logits[0, 0]
         out: F32 = logits if logits.dtype == np.float32 else logits.astype(np.float32)
         return out
@@ -233,7 +237,6 @@ class FusedRunner(Runner):
         m = ids.size
         if not self.can_verify or not 1 < m <= VERIFY_MAX:
             raise ValueError(f"verify takes 2..{VERIFY_MAX} tokens on a graph with num_logits")
-        n = self.length + m
         self._bind_prefill(ids)
         value = self._many_values.get(m)
         if value is None:
@@ -241,16 +244,11 @@ class FusedRunner(Runner):
             self._many_values[m] = value
         self._binding.bind_ortvalue_output(self._logits_name, value)
         self._num_logits[0] = m
-        self._seqlens[0] = n - 1
-        self._total[()] = n
-        t0 = self._time()
         try:
-            self.session.run_with_iobinding(self._binding)
+            self._run(self.length + m)
         finally:
             self._num_logits[0] = 1
             self._binding.bind_ortvalue_output(self._logits_name, self._one_logits)
-        self._run_s += self._time() - t0
-        self.length = n
         logits = self._many[0, :m]
         out: F32 = logits if logits.dtype == np.float32 else logits.astype(np.float32)
         return out
