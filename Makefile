@@ -59,15 +59,15 @@ $(LABGRID_STAMP): pyproject.toml
 
 labgrid-venv: $(LABGRID_STAMP)
 
-# llama.cpp (llama-cpp-python built from source with native CPU flags, and its OpenAI-compatible
-# server) in its own venv: the reference for GGUF import, the real server behind the remote
-# engine's tests, and a peer in the benchmarks.
+# llama.cpp (llama-cpp-python built from source with native CPU flags, without its multimodal
+# library, and its OpenAI-compatible server) in its own venv: the reference for GGUF import, the
+# real server behind the remote engine's tests, and a peer in the benchmarks.
 LLAMA_VERSION := 0.3.36
 LLAMA_STAMP := .venv-llama/.installed-$(LLAMA_VERSION)
 $(LLAMA_STAMP):
 	@test -x .venv-llama/bin/python || $(PYTHON) -m venv .venv-llama
 	@echo "== building llama-cpp-python $(LLAMA_VERSION) from source (a few minutes, once)"
-	CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-llama/bin/python -m pip install -q --no-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_VERSION)'
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-llama/bin/python -m pip install -q --no-binary llama-cpp-python 'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	@touch $@
 
 llama-venv: $(LLAMA_STAMP)
