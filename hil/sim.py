@@ -13,29 +13,24 @@ again, which boots the committed slot. The slave side is put in raw mode at once
 the board writes is ever echoed back to it before the host opens the port.
 
 A board lives only as long as the process that started it: the ROM watches that process (a
-pidfd) and powers off, agent and all, when it exits, even by kill -9. The ROM holds the store's
-lock (a flock; the file names the ROM's pid). `start()` refuses a store whose board serves a live
-command ("busy", naming that command); a board whose command is gone is given
-ORPHAN_GRACE_S to power off, then killed; a lock left by a dead holder is taken over, said once.
+pidfd) and powers off, agent and all, when it exits, even by kill -9. `start()` takes the
+store's lock and shares it with the ROM (`hil.simlock`: busy, stale and orphaned holders).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 import tty
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from board import profiles
+from hil import simlock
 from hil.errors import PortError
 from runtime.agent import rpc
 from runtime.agent.boot import choose_slot
@@ -79,6 +74,7 @@ class SimBoard:
         self.proc: subprocess.Popen[bytes] | None = None
         self._master = -1
         self._slave = -1
+        self._lock = -1  # the store's lock, held from start() to stop() (hil.simlock)
         self.port = port or ""
         self.log_path = self.root / "console.log"
 
@@ -97,65 +93,10 @@ class SimBoard:
                 )
             trusted.write_bytes(self.key)
 
-    def _take_store(self) -> None:
-        """Refuse a store that a live command holds; wait out (or end) a board process whose
-        host is gone; say once when a lock left by a dead holder is taken over."""
-        lock = self.root / ".lock"
-        deadline = time.monotonic() + ORPHAN_GRACE_S
-        ended: int | None = None
-        while lock.exists():
-            free, holder = _probe(lock)
-            if free:
-                if ended is not None:
-                    log.warning(
-                        "sim://%s: board process %d outlived the command that started it; "
-                        "it is stopped and its store %s taken over",
-                        self.name,
-                        ended,
-                        self.root,
-                    )
-                elif holder is not None and holder != os.getpid():
-                    log.warning(
-                        "sim://%s: process %d held its store %s and is gone without letting "
-                        "go (killed or power cut); taking the store over",
-                        self.name,
-                        holder,
-                        self.root,
-                    )
-                return
-            rom = _board_process(holder, self.root)
-            if rom is None or rom.host_alive:
-                raise PortError(self._busy(holder, rom))
-            ended = rom.pid
-            if time.monotonic() < deadline:
-                _wait_exit(rom.pid, deadline)  # a board whose host died powers itself off
-                continue
-            log.info("sim://%s: board process %d did not power off; killing it", self.name, rom.pid)
-            _kill_group(rom.pid)
-            if not _wait_exit(rom.pid, time.monotonic() + ORPHAN_GRACE_S):
-                raise PortError(
-                    f"sim://{self.name}: board process {rom.pid} holds its store {self.root} "
-                    f"and does not stop; kill it ('kill -9 -- -{rom.pid}') and try again"
-                )
-
-    def _busy(self, holder: int | None, rom: _Rom | None) -> str:
-        where = f"sim://{self.name} is busy: its store {self.root}"
-        if rom is not None and rom.host is not None:
-            return (
-                f"{where} is held by process {rom.host} ({_describe(rom.host)}), through its "
-                f"board process {rom.pid}; close that command or use another board name"
-            )
-        if rom is not None:
-            return (
-                f"{where} is held by process {rom.pid} (a boot ROM started without a host); "
-                f"stop it ('kill -- -{rom.pid}') or use another board name"
-            )
-        who = f"{holder} ({_describe(holder)})" if holder is not None else "?"
-        return f"{where} is held by process {who}; close that command or use another board name"
-
     def start(self) -> SimBoard:
         self.provision()
-        self._take_store()
+        if self._lock < 0:
+            self._lock = simlock.take(self.root, self.name)
         if self._device_port is None and self._master < 0:
             self._master, self._slave = os.openpty()
             tty.setraw(self._slave)
@@ -169,8 +110,9 @@ class SimBoard:
             return
         cmd = [sys.executable, "-m", "runtime.agent.boot", "--store", str(self.root)]
         cmd += ["--parent-pid", str(os.getpid())]  # the board powers off when this process dies
+        cmd += ["--lock-fd", str(self._lock)]
         cmd += ["--port", self._device_port] if self._device_port else ["--fd", str(self._master)]
-        fds = () if self._device_port else (self._master,)
+        fds = (self._lock,) if self._device_port else (self._lock, self._master)
         log_file = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
         with log_file:
             self.proc = subprocess.Popen(
@@ -210,108 +152,15 @@ class SimBoard:
             if fd >= 0:
                 os.close(fd)
         self._master = self._slave = -1
+        if self._lock >= 0:
+            simlock.release(self._lock)
+            self._lock = -1
 
     def __enter__(self) -> SimBoard:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-ORPHAN_GRACE_S = 10.0  # how long a board process whose host died may take to power off
-
-
-@dataclass
-class _Rom:
-    """A boot ROM holding a store: its pid, the host it serves, and whether that host lives."""
-
-    pid: int
-    host: int | None
-    host_alive: bool
-
-
-def _probe(lock: Path) -> tuple[bool, int | None]:
-    """(whether the store's lock is free, the pid written in it)."""
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            free = True
-        except BlockingIOError:
-            free = False
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    finally:
-        os.close(fd)
-    return free, int(text) if text.isdigit() else None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return raw.decode(errors="replace").split("\0")
-
-
-def _describe(pid: int) -> str:
-    cmd = " ".join(_cmdline(pid)).strip()
-    return cmd[:80] if cmd else "gone, or not visible in /proc"
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state, ppid
-
-
-def _board_process(pid: int | None, root: Path) -> _Rom | None:
-    """The boot ROM `pid` if it serves the store `root`; its host is alive while the ROM is
-    still that host's child (a ROM whose host died is reparented)."""
-    if pid is None:
-        return None
-    argv = _cmdline(pid)
-    if "runtime.agent.boot" not in argv or "--store" not in argv:
-        return None
-    store = argv[argv.index("--store") + 1] if argv.index("--store") + 1 < len(argv) else ""
-    if Path(store).resolve() != root.resolve():
-        return None
-    given = argv[argv.index("--parent-pid") + 1 :][:1] if "--parent-pid" in argv else []
-    if not given or not given[0].isdigit():
-        return _Rom(pid, None, True)
-    host = int(given[0])
-    return _Rom(pid, host, _ppid(pid) == host)
-
-
-def _wait_exit(pid: int, deadline: float) -> bool:
-    """Whether process `pid` (not our child) exited before `deadline`."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except OSError:  # a kernel without pidfds (< 5.3): look every 0.1 s
-        while time.monotonic() < deadline:
-            if not Path(f"/proc/{pid}").exists():
-                return True
-            select.select([], [], [], 0.1)
-        return False
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            if select.select([fd], [], [], left)[0]:
-                return True
-        return False
-    finally:
-        os.close(fd)
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL a board process and its agent (the ROM leads its own process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
 
 
 class InProcessBoard:

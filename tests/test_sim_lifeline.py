@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from board.flash import LinkClient
-from hil import sim as simmod
+from hil import simlock
 from hil.sim import SimBoard
 from hil.transport import open_port
 from runtime.agent.lifeline import Backoff
@@ -56,26 +56,45 @@ def _agent_of(board: SimBoard) -> int:
     return kids[0]
 
 
+def _board_in_helper(tmp_path: Path, name: str) -> tuple[subprocess.Popen[str], int]:
+    """Another process (a host) with a sim board up and answering; its ROM's pid."""
+    helper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from tests.test_sim_lifeline import _hello; "
+            f"from hil.sim import SimBoard; b = SimBoard({name!r}, base=Path({str(tmp_path)!r})); "
+            "b.start(); _hello(b); print(b.proc.pid, flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert helper.stdout is not None
+    return helper, int(helper.stdout.readline())
+
+
 def test_a_stale_lock_is_taken_over_and_said_once(tmp_path: Path, caplog) -> None:
-    board = SimBoard("stale", base=tmp_path).start()
-    _hello(board)
-    assert board.proc is not None
-    dead = board.proc.pid
-    board.power_cut()  # the ROM dies holding the lock: its pid stays in the lock file
-    board.stop()
-    assert (tmp_path / "stale" / ".lock").read_text() == str(dead)
-    with caplog.at_level(logging.INFO, logger="hil.sim"), SimBoard("stale", base=tmp_path) as b:
+    helper, rom = _board_in_helper(tmp_path, "stale")
+    os.killpg(rom, signal.SIGKILL)  # host and board die at once: nobody lets go of the lock
+    helper.kill()
+    helper.wait()
+    assert _exits(rom, DEADLINE_S)
+    assert (tmp_path / "stale" / ".lock").read_text() == str(rom)
+    with caplog.at_level(logging.INFO, logger="hil"), SimBoard("stale", base=tmp_path) as b:
         _hello(b)
     said = [r.getMessage() for r in caplog.records if "taking the store over" in r.getMessage()]
-    assert len(said) == 1 and f"process {dead} held its store" in said[0]
-    console = (tmp_path / "stale" / "console.log").read_text()
-    assert console.count(f"process {dead} held the store's lock and is gone") == 1
+    assert len(said) == 1 and f"process {rom} held its store" in said[0]
     # a clean stop lets go of the lock: the next start says nothing
     assert (tmp_path / "stale" / ".lock").read_text() == ""
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="hil.sim"), SimBoard("stale", base=tmp_path) as b:
+    with caplog.at_level(logging.INFO, logger="hil"), SimBoard("stale", base=tmp_path) as b:
+        b.power_cut()  # within a command, a power cut keeps the store the command's
+        b.boot()
         _hello(b)
     assert not [r for r in caplog.records if "taking" in r.getMessage()]
+    assert (tmp_path / "stale" / ".lock").read_text() == ""
 
 
 def test_a_live_holder_is_busy_and_named(tmp_path: Path, ocula) -> None:
@@ -123,28 +142,14 @@ def test_a_board_started_from_a_thread_outlives_the_thread(tmp_path: Path) -> No
 def test_a_board_whose_host_is_gone_but_lingers_is_ended(tmp_path: Path, monkeypatch, caplog):
     """A board process left by a dead host that does not power off (stopped here, like one of
     an older Ocula) is given its grace, then killed, and its store taken over, said once."""
-    helper = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pathlib import Path; from tests.test_sim_lifeline import _hello; "
-            f"from hil.sim import SimBoard; b = SimBoard('orphan', base=Path({str(tmp_path)!r})); "
-            "b.start(); _hello(b); print(b.proc.pid, flush=True); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert helper.stdout is not None
-    rom = int(helper.stdout.readline())
+    helper, rom = _board_in_helper(tmp_path, "orphan")
     os.killpg(rom, signal.SIGSTOP)  # ROM and agent frozen: nothing watches the host now
     helper.kill()
     helper.wait()
-    monkeypatch.setattr(simmod, "ORPHAN_GRACE_S", 1.0)
+    monkeypatch.setattr(simlock, "ORPHAN_GRACE_S", 1.0)
     try:
         with (
-            caplog.at_level(logging.INFO, logger="hil.sim"),
+            caplog.at_level(logging.INFO, logger="hil"),
             SimBoard("orphan", base=tmp_path) as board,
         ):
             assert _hello(board)["board"] == "sim"

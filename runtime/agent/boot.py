@@ -65,14 +65,20 @@ def choose_slot(store: Store) -> tuple[str, bool]:
     return "factory", False
 
 
-def lock_store(root: Path) -> int:
+def lock_store(root: Path, inherited: int | None = None) -> int:
     """Hold the store's lock for the life of this process; exit BUSY if another holds it.
 
-    The lock file names its holder's pid while it runs and is emptied when the ROM stops
-    cleanly; a pid found in it when the lock is free is a holder that died without letting go
-    (a power cut, kill -9): the lock is taken over, and the console says so once."""
+    `inherited` is the lock file already open and locked by the host that started this board
+    (a sim board): the lock is then shared, held while either lives. The lock file names its
+    latest holder's pid and is emptied when the ROM stops cleanly; a pid found in it (other
+    than the host's) is a holder that died without letting go (a power cut, kill -9): the lock
+    is taken over, and the console says so once."""
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    if inherited is not None:
+        fd = inherited
+        os.set_inheritable(fd, False)  # the agent must not hold it
+    else:
+        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -83,7 +89,7 @@ def lock_store(root: Path) -> int:
         )
         sys.exit(BUSY)
     left = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    if left and left != str(os.getpid()):
+    if left and left not in (str(os.getpid()), str(os.getppid())):
         log.warning(
             "process %s held the store's lock and is gone without releasing it "
             "(a power cut or kill -9); taking it over",
@@ -133,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PID",
         help="power off when this process (the host that started the board) exits",
     )
+    parser.add_argument(
+        "--lock-fd", type=int, metavar="N", help="the store's lock, opened and held by the host"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="boot: %(message)s", stream=sys.stderr)
     host = HostWatch(args.parent_pid) if args.parent_pid else None
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("host process %d is gone before the board started; powering off", host.pid)
         return 0
     signal.signal(signal.SIGTERM, _stop)
-    lock = lock_store(args.store)
+    lock = lock_store(args.store, args.lock_fd)
     rom = Rom(args, host)
     try:
         rom.run()
