@@ -15,8 +15,9 @@ The agent exits with REBOOT (3) to ask for a restart; any other exit of a trial 
 boot that costs one of its boots. The store is locked (flock) while the ROM runs: a second ROM on
 the same store fails with BUSY (4), saying which process holds it.
 
-A simulated board's host passes `--parent-pid PID`: the ROM powers off (kills its agent, lets go
-of the store) when that process exits, however it died; the agent dies with the ROM
+A simulated board's host passes `--parent-pid PID` and `--lock-fd N` (the store's lock, which it
+holds too): the ROM powers off (kills its agent, lets go of the store) when that process exits,
+however it died; the agent dies with the ROM
 (`runtime.agent.lifeline`). A crashing agent is restarted after a delay that doubles up to a
 bound, waited on a deadline that the host's death cuts short.
 """
@@ -148,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     if host is not None and host.gone():
         log.warning("host process %d is gone before the board started; powering off", host.pid)
         return 0
-    signal.signal(signal.SIGTERM, _stop)
     lock = lock_store(args.store, args.lock_fd)
     rom = Rom(args, host)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         rom.run()
         log.warning("host process %d is gone; powering off", args.parent_pid)
