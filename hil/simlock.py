@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hil.errors import PortError
+from hil.ports import holders
 
 __all__ = ["ORPHAN_GRACE_S", "release", "take"]
 
@@ -77,9 +78,15 @@ def _acquire(fd: int, root: Path, name: str) -> None:
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             return
         rom = _board_process(holder, root)
-        if rom is None and (holder is None or not _alive(holder)) and time.monotonic() < deadline:
-            select.select([], [], [], TICK_S)  # the new holder has not written its pid yet
-            continue
+        if rom is None and (holder is None or not _alive(holder)):
+            # the lock text is stale (a board power-cut inside a live command), or its new
+            # holder has not written it yet: name whoever has the file open, if anyone
+            who = holders(str(root / ".lock"))
+            if who:
+                raise PortError(_busy(name, root, None, None, ", ".join(who)))
+            if time.monotonic() < deadline:
+                select.select([], [], [], TICK_S)
+                continue
         if rom is None or rom.host_alive:
             raise PortError(_busy(name, root, holder, rom))
         ended = rom.pid
@@ -114,8 +121,10 @@ def _say_taken(name: str, root: Path, ended: int | None, holder: int | None) -> 
         )
 
 
-def _busy(name: str, root: Path, holder: int | None, rom: _Rom | None) -> str:
+def _busy(name: str, root: Path, holder: int | None, rom: _Rom | None, who: str = "") -> str:
     where = f"sim://{name} is busy: its store {root}"
+    if who:
+        return f"{where} is held by process {who}; close that command or use another board name"
     if rom is not None and rom.host is not None:
         return (
             f"{where} is held by process {rom.host} ({_describe(rom.host)}), through its "

@@ -13,8 +13,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from board.flash import LinkClient
 from hil import simlock
+from hil.errors import PortError
 from hil.sim import SimBoard
 from hil.transport import open_port
 from runtime.agent.lifeline import Backoff
@@ -56,15 +59,19 @@ def _agent_of(board: SimBoard) -> int:
     return kids[0]
 
 
-def _board_in_helper(tmp_path: Path, name: str) -> tuple[subprocess.Popen[str], int]:
-    """Another process (a host) with a sim board up and answering; its ROM's pid."""
+def _board_in_helper(
+    tmp_path: Path, name: str, then: str = ""
+) -> tuple[subprocess.Popen[str], int]:
+    """Another process (a host) with a sim board up and answering, which then runs `then`
+    (Python, with the board as `b`); the ROM's pid."""
     helper = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys; from pathlib import Path; from tests.test_sim_lifeline import _hello; "
             f"from hil.sim import SimBoard; b = SimBoard({name!r}, base=Path({str(tmp_path)!r})); "
-            "b.start(); _hello(b); print(b.proc.pid, flush=True); sys.stdin.read()",
+            f"b.start(); _hello(b); rom = b.proc.pid; {then or 'pass'}; print(rom, flush=True); "
+            "sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -115,6 +122,18 @@ def test_a_live_holder_is_busy_and_named(tmp_path: Path, ocula) -> None:
     finally:
         holder.send_signal(signal.SIGTERM)
         assert holder.wait(timeout=DEADLINE_S) == 0
+
+
+def test_a_board_power_cut_inside_a_live_command_is_still_busy(tmp_path: Path) -> None:
+    """The command keeps its store while its board is off: the lock names the dead ROM, and
+    the busy message names the command that holds the file."""
+    helper, _rom = _board_in_helper(tmp_path, "cut", then="b.power_cut()")
+    try:
+        with pytest.raises(PortError, match=rf"busy: .* held by process {helper.pid} \("):
+            SimBoard("cut", base=tmp_path).start()
+    finally:
+        helper.kill()
+        helper.wait()
 
 
 def test_the_agent_dies_with_its_rom(tmp_path: Path) -> None:
