@@ -32,8 +32,8 @@ import pytest
 from board import bundle as bundles
 from board import profiles
 from export.packaged import export_packaged
-from tests.conftest import BIN, run_ocula
 
+BIN = Path(sys.executable).parent  # the venv's `ocula`
 KILLS = int(os.environ.get("OCULA_DEADHOST_KILLS", "2"))
 GONE_S = 60.0  # deadline for the board's processes to exit after the kill (a loaded host)
 BOOT_S = 120.0  # deadline for a command to start its board
@@ -160,6 +160,8 @@ CASES = [(cmd, i) for cmd in COMMANDS for i in range(KILLS)]
 def test_kill_9_of_the_host_leaves_no_board_behind(
     command: str, case: int, work_bundle: Path, tmp_path: Path
 ) -> None:
+    from tests.conftest import run_ocula
+
     rng = random.Random(f"{command}/{case}")
     argv_of, spread = COMMANDS[command]
     state = tmp_path / "state"
