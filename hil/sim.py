@@ -5,18 +5,21 @@ A sim board has a name and a store (its flash) at `$OCULA_SIM_DIR/NAME` (default
 provisioned once, like a board at the factory: `board.toml` (its profile, by default the profile
 of the same name) and, optionally, `trusted.pub` (the public key it accepts bundles from).
 
-`SimBoard.start()` opens a pty, runs `python -m runtime.agent.boot --fd MASTER` in its own
-process group and gives the host the slave path (`.port`), which pyserial opens like any serial
-device. The pty lives in this process, so the port survives the board's reboots and power cuts:
+`SimBoard.start()` opens a pty, runs `python -m runtime.agent.boot --fd MASTER --parent-pid
+HOST` in its own process group and gives the host the slave path (`.port`), which pyserial
+opens like any serial device. The pty lives in this process, so the port survives the board's reboots and power cuts:
 `power_cut()` is SIGKILL to the whole group (ROM and agent, mid-write), `boot()` starts the ROM
 again, which boots the committed slot. The slave side is put in raw mode at once, so nothing
 the board writes is ever echoed back to it before the host opens the port.
+
+A board lives only as long as the process that started it: the ROM watches that process (a
+pidfd) and powers off, agent and all, when it exits, even by kill -9. `start()` takes the
+store's lock and shares it with the ROM (`hil.simlock`: busy, stale and orphaned holders).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from board import profiles
+from hil import simlock
 from hil.errors import PortError
 from runtime.agent import rpc
 from runtime.agent.boot import choose_slot
@@ -70,6 +74,7 @@ class SimBoard:
         self.proc: subprocess.Popen[bytes] | None = None
         self._master = -1
         self._slave = -1
+        self._lock = -1  # the store's lock, held from start() to stop() (hil.simlock)
         self.port = port or ""
         self.log_path = self.root / "console.log"
 
@@ -88,25 +93,10 @@ class SimBoard:
                 )
             trusted.write_bytes(self.key)
 
-    def _check_free(self) -> None:
-        lock = self.root / ".lock"
-        if not lock.exists():
-            return
-        fd = os.open(lock, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise PortError(
-                f"sim://{self.name} is busy: its store {self.root} is held by process "
-                f"{holder or '?'}; close that command or use another name"
-            ) from None
-        finally:
-            os.close(fd)
-
     def start(self) -> SimBoard:
         self.provision()
-        self._check_free()
+        if self._lock < 0:
+            self._lock = simlock.take(self.root, self.name)
         if self._device_port is None and self._master < 0:
             self._master, self._slave = os.openpty()
             tty.setraw(self._slave)
@@ -119,8 +109,10 @@ class SimBoard:
         if self.proc is not None and self.proc.poll() is None:
             return
         cmd = [sys.executable, "-m", "runtime.agent.boot", "--store", str(self.root)]
+        cmd += ["--parent-pid", str(os.getpid())]  # the board powers off when this process dies
+        cmd += ["--lock-fd", str(self._lock)]
         cmd += ["--port", self._device_port] if self._device_port else ["--fd", str(self._master)]
-        fds = () if self._device_port else (self._master,)
+        fds = (self._lock,) if self._device_port else (self._lock, self._master)
         log_file = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
         with log_file:
             self.proc = subprocess.Popen(
@@ -160,6 +152,9 @@ class SimBoard:
             if fd >= 0:
                 os.close(fd)
         self._master = self._slave = -1
+        if self._lock >= 0:
+            simlock.release(self._lock)
+            self._lock = -1
 
     def __enter__(self) -> SimBoard:
         return self.start()
