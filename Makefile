@@ -84,7 +84,11 @@ hil-soak: $(STAMP) sysdeps
 faults: $(STAMP)
 	@rm -f .faults-tally.jsonl
 	OCULA_FAULTS=100 OCULA_FAULT_TALLY=$(CURDIR)/.faults-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_powercut.py -q -p no:cacheprovider; \
-	  status=$$?; $(BIN)/python tests/test_faults_powercut.py .faults-tally.jsonl; exit $$status
+	  status=$$?; $(BIN)/python tests/test_faults_powercut.py .faults-tally.jsonl; test $$status = 0
+	# kill -9 of every command holding a sim:// port at 10 seeded moments each, then the tally
+	@rm -f .deadhost-tally.jsonl
+	OCULA_DEADHOST_KILLS=10 OCULA_FAULT_TALLY=$(CURDIR)/.deadhost-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_deadhost.py -q -p no:cacheprovider; \
+	  status=$$?; $(BIN)/python tests/test_faults_deadhost.py .deadhost-tally.jsonl; test $$status = 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
