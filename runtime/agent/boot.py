@@ -5,10 +5,12 @@ on (the simulated board runs exactly this in a subprocess). It stays small and n
 with a bundle: it runs from the factory install, while the agent it starts runs from the
 booted slot's own `runtime/` code (PYTHONPATH), so a bundle with broken code is caught here.
 
-Slot choice, from state.json:
+Slot choice, from state.json, through the boot state machine (runtime.agent.bootstate):
 - a slot on trial with boots left: decrement its boot count (saved before the boot), boot it;
 - a slot on trial with no boots left: roll back (clear the trial, record why), boot the active;
-- otherwise the active slot if it is complete, else the factory code (no slot).
+- otherwise the active slot if it is complete, else the factory code (no slot);
+- when the boot state cannot be saved (a full or read-only store), the last good slot (the
+  active one) boots and nothing is written: no write on the boot path is fatal.
 A slot is booted only when its slot.json exists, so a half-written slot never runs.
 
 The agent exits with REBOOT (3) to ask for a restart; any other exit of a trial slot is a failed
@@ -27,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.agent import bootstate
+from runtime.agent.bootstate import BootMachine
+from runtime.agent.errors import StoreError
 from runtime.agent.store import Store
 
 __all__ = ["BUSY", "REBOOT", "choose_slot", "main"]
@@ -37,24 +42,27 @@ log = logging.getLogger(__name__)
 
 
 def choose_slot(store: Store) -> tuple[str, bool]:
-    """(slot to boot or "factory", whether it is a trial boot); saves the boot count first."""
-    state = store.state()
-    state.boot_count += 1
-    if state.trial is not None:
-        if state.boots_left > 0 and store.slot_manifest(state.trial) is not None:
-            state.boots_left -= 1
-            store.save_state(state)
-            return state.trial, True
-        state.last = {
-            "event": "rollback",
-            "slot": state.trial,
-            "reason": f"slot {state.trial} did not pass its health check within its boots",
-        }
-        state.trial, state.boots_left = None, 0
-    store.save_state(state)
-    if state.active is not None and store.slot_manifest(state.active) is not None:
-        return state.active, False
-    return "factory", False
+    """(slot to boot or "factory", whether it is a trial boot): the `boot` event of the boot
+    state machine (runtime.agent.bootstate), saved before the boot. Nothing here is fatal: a
+    boot state that cannot be read boots the factory code, one that cannot be saved (a full or
+    read-only store) boots the last good slot; both are logged."""
+    try:
+        saved = store.state()
+    except (OSError, StoreError) as exc:
+        log.error("cannot read the boot state (%s); booting the factory code", exc)
+        return "factory", False
+    machine = BootMachine(saved)
+
+    def complete(slot: str) -> bool:
+        try:
+            return store.slot_manifest(slot) is not None
+        except OSError:
+            return False
+
+    decision = bootstate.boot(machine, complete, store.save_boot_state)
+    if decision.degraded:
+        log.error("boot state not saved: booting slot %s without a trial", decision.slot)
+    return decision.slot, decision.trial
 
 
 def lock_store(root: Path) -> int:

@@ -19,6 +19,7 @@ parsed (paths, sizes) when it arrives and refused before it is stored.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import ed25519
+from runtime.agent.bootstate import MAX_BOOTS, Event
 from runtime.agent.bundlefmt import (
     CHUNK_SIZE,
     MAX_PIECE_BYTES,
@@ -55,7 +57,6 @@ AGENT_VERSION = "0.1.0"
 PART = 32 * 1024  # largest blob a request carries
 MAX_HAVE = 512
 MAX_MISSING = 32 * 1024
-MAX_BOOTS = 3
 MAX_RUN_S = 600
 Reply = tuple[dict[str, Any], bytes]
 
@@ -171,7 +172,10 @@ class Agent:
         except OSError as exc:
             self.counters["errors"] += 1
             self.note(f"{op}: storage error {exc}")
-            return {"ok": False, "error": f"storage error: {exc}", "kind": "StoreError"}, b""
+            error = f"storage error on board {self.profile.name}: {exc}"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                error += "; its store is full: free space on the board, then flash again"
+            return {"ok": False, "error": error, "kind": "StoreError"}, b""
         except OculaError as exc:  # an app, an engine or a model refused: say so, keep serving
             self.counters["errors"] += 1
             self.note(f"{op}: {exc}")
@@ -239,11 +243,11 @@ class Agent:
         manifest = parse_top(raw)
         check_bundle(manifest, blob, self.profile, self.key)
         slot = self.store.writable_slot()
-        need = manifest.total_bytes
-        if need > self.store.free_bytes():
+        space = self.store.space_for(manifest)
+        if space.missing:
             raise BundleRejected(
-                f"board {self.profile.name} has {self.store.free_bytes()} bytes free; "
-                f"the bundle needs {need}"
+                f"board {self.profile.name} has no room for bundle {manifest.digest[:12]}: "
+                f"{space.describe()}; free that much on the board or flash a smaller bundle"
             )
         self.store.stage(manifest, blob)
         self._incoming = bytearray()
@@ -335,9 +339,7 @@ class Agent:
         if installed is None or installed.digest != m.digest:
             raise RequestError(f"slot {slot} does not hold the staged bundle; install it first")
         deadline = _int(fields, "deadline_s", 1, 3600) if "deadline_s" in fields else 60
-        state.trial, state.boots_left, state.deadline_s = slot, MAX_BOOTS, float(deadline)
-        state.last = {"event": "commit", "slot": slot, "bundle": m.digest}
-        self.store.save_state(state)
+        self.store.transition(Event.COMMIT, slot=slot, bundle=m.digest, deadline_s=deadline)
         self.note(f"committed slot {slot} for a trial boot")
         return {"slot": slot, "boots": MAX_BOOTS, "deadline_s": deadline}, b""
 
@@ -347,9 +349,7 @@ class Agent:
             raise RequestError(f"nothing to confirm: slot {self.boot.slot} is not on trial")
         if not self.boot.health.get("ok"):
             raise RequestError(f"slot {self.boot.slot} failed its health check")
-        state.active, state.trial, state.boots_left = state.trial, None, 0
-        state.last = {"event": "confirmed", "slot": state.active}
-        self.store.save_state(state)
+        state = self.store.transition(Event.CONFIRM, slot=self.boot.slot)
         self.store.clear_staging()
         self.boot.trial = False
         self.note(f"slot {state.active} confirmed")
@@ -359,13 +359,13 @@ class Agent:
         self.reboot_requested = True
         return {}, b""
 
-    def rollback(self, reason: str) -> None:
-        """Give up the trial slot: the next boot runs the previous one."""
-        state = self.store.state()
-        slot = state.trial
-        state.trial, state.boots_left = None, 0
-        state.last = {"event": "rollback", "slot": slot, "reason": reason[:400]}
-        self.store.save_state(state)
+    def rollback(self, reason: str, event: Event = Event.HEALTH_FAIL) -> None:
+        """Give up the trial slot: the next boot runs the previous one. Never fails: when the
+        boot state cannot be saved, the trial's boots run out and the boot ROM rolls back."""
+        slot = self.store.state().trial
+        if slot is None:
+            return
+        self.store.transition(event, fatal=False, reason=reason)
         self.note(f"rolled back from slot {slot}: {reason}")
 
     # operation --------------------------------------------------------------------------------

@@ -18,14 +18,20 @@ Rules it keeps, so that a power cut at any moment leaves a bootable board:
 - a chunk enters the store only after its sha256 matches its name;
 - installing writes only the slot that is neither active nor on trial, and removes that slot's
   slot.json first, so a half-written slot is never booted;
-- the switch to a new slot is one atomic rename of state.json.
+- the switch to a new slot is one atomic rename of state.json, whose changes are the events of
+  `runtime.agent.bootstate` (`transition`);
+- a flash is accepted only when the store has room for all of it (`space_for`: the chunks still
+  to be staged, the whole slot copy, the boot state and a margin), and an install that fails
+  (a full disk, an I/O error) removes the partial slot it wrote before it reports the error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import zlib
@@ -33,28 +39,97 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.agent.bootstate import (
+    BootMachine,
+    BootState,
+    BootStateError,
+    Event,
+    drive,
+    parse_state,
+)
 from runtime.agent.bundlefmt import ChunkRef, Manifest, Top, parse_piece, parse_top, resolve
-from runtime.agent.errors import BundleRejected, StoreError
+from runtime.agent.errors import BundleRejected, RequestError, StoreError
 
-__all__ = ["SLOTS", "BootState", "Store", "atomic_write"]
+__all__ = ["SLOTS", "BootState", "Space", "Store", "atomic_write"]
+
+log = logging.getLogger(__name__)
 
 SLOTS = ("a", "b")
 SLOT_MARK = "slot.json"
+MARGIN = 256 * 1024  # kept free beyond a flash's need (logs, a trace, the filesystem's own)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees either the old or the new content."""
+    """Write `data` to `path` so that a reader sees either the old or the new content; a write
+    that fails (a full disk) removes its temporary file and raises."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
+
+
+def _usage(path: Path) -> int:
+    """Bytes a file or a tree takes on disk (allocated blocks)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return 0
+    if not path.is_dir():
+        return st.st_blocks * 512
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def _why(exc: OSError) -> str:
+    """An OSError in words a user acts on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the store is full ({exc.strerror})"
+    if exc.errno == errno.EROFS:
+        return "the store is read-only"
+    return f"{exc.strerror or exc} ({exc.filename or 'store'})"
+
+
+@dataclass
+class Space:
+    """What a flash needs on the store against what it has, in bytes."""
+
+    free: int  # free now
+    reclaim: int  # freed by the flash itself (the writable slot's old files, stale chunks)
+    staging: int  # chunks and index pieces still to be stored
+    slot: int  # the whole slot copy, slot.json included
+    reserve: int  # boot state, temporary files and a margin
+
+    @property
+    def need(self) -> int:
+        return self.staging + self.slot + self.reserve
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.need - self.free - self.reclaim)
+
+    def describe(self) -> str:
+        return (
+            f"the flash needs {self.need} bytes (staging {self.staging}, slot copy {self.slot}, "
+            f"boot state and margin {self.reserve}) and {self.free + self.reclaim} are "
+            f"available ({self.free} free, {self.reclaim} to be reclaimed): "
+            f"{self.missing} bytes ({self.missing / 1e6:.1f} MB) missing"
+        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -85,19 +160,6 @@ def unpack_chunk(ref: ChunkRef, data: bytes) -> bytes:
     return raw
 
 
-@dataclass
-class BootState:
-    active: str | None = None
-    trial: str | None = None
-    boots_left: int = 0
-    deadline_s: float = 60.0
-    last: dict[str, Any] | None = None
-    boot_count: int = 0
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
-
-
 class Store:
     """The store at `root`; every method checks its inputs and stays inside root."""
 
@@ -107,25 +169,40 @@ class Store:
         self.chunks = self.staging / "chunks"
         self._resolved: Manifest | None = None
         for d in (self.chunks, self.root / "slots" / "a", self.root / "slots" / "b"):
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only or full store still boots and answers
+                log.warning("store %s: cannot create %s (%s)", self.root, d.name, exc)
 
     # boot state -------------------------------------------------------------------------------
     def state(self) -> BootState:
         path = self.root / "state.json"
         try:
-            doc = json.loads(path.read_bytes())
+            return parse_state(path.read_bytes())
         except FileNotFoundError:
             return BootState()
         except ValueError as exc:  # cannot happen with atomic writes; say so if it does
-            raise StoreError(f"{path}: boot state is not JSON ({exc})") from exc
-        state = BootState()
-        for key in state.__dict__:
-            if key in doc:
-                setattr(state, key, doc[key])
-        return state
+            raise StoreError(f"{path}: boot state is damaged ({exc})") from exc
 
-    def save_state(self, state: BootState) -> None:
-        atomic_write(self.root / "state.json", state.to_json())
+    def save_boot_state(self, raw: bytes) -> None:
+        """Write state.json; only the boot state machine's `drive` calls it."""
+        atomic_write(self.root / "state.json", raw)
+
+    def transition(self, event: Event, *, fatal: bool = True, **args: Any) -> BootState:
+        """Feed one event to the boot state machine and save the result. A save that fails
+        raises StoreError when `fatal` (the request is refused, the state is unchanged), else
+        is logged and the state on disk stays as it was."""
+        machine = BootMachine(self.state())
+        try:
+            error = drive(machine, [(event, args)], self.save_boot_state)
+        except BootStateError as exc:
+            raise RequestError(str(exc)) from exc
+        if error is not None and fatal:
+            raise StoreError(
+                f"cannot record {event.value} in {self.root / 'state.json'}: {_why(error)}; "
+                "the boot state is unchanged"
+            ) from error
+        return machine.record
 
     # slots ------------------------------------------------------------------------------------
     def slot_dir(self, slot: str) -> Path:
@@ -281,18 +358,82 @@ class Store:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def space_for(self, top: Top) -> Space:
+        """The room a flash of `top` needs here, from what is known before its chunks arrive:
+        the index pieces already here (staged, or in the active slot) name their chunks
+        exactly; the files of the others are counted whole (their chunks may all be new)."""
+        block = max(512, os.statvfs(self.root).f_frsize)
+
+        def blocks(n: int) -> int:
+            return -(-n // block) * block
+
+        known = self._pieces([r.id for r in top.index])
+        sources = self._active_sources()
+        files: dict[str, int] = {}
+        chunks: dict[str, ChunkRef] = {}
+        for raw in known.values():
+            with contextlib.suppress(BundleRejected):
+                entries, refs = parse_piece(raw)
+                files.update((f.path, f.size) for f in entries)
+                chunks.update(refs)
+        unknown = [r for r in top.index if r.id not in known]
+        rest = max(0, top.total_bytes - sum(files.values()))  # bytes of files not listed here
+        per_file = 2 * block * max(1, len(unknown))  # a last partial block, per file and chunk
+        rest_blocks = blocks(rest) + (rest // (256 * 1024) + 1) * block + per_file
+        staging = sum(blocks(r.size) for r in unknown) + rest_blocks
+        staging += sum(
+            blocks(ref.size)
+            for cid, ref in chunks.items()
+            if cid not in sources and not (self.chunks / cid).is_file()
+        )
+        mark = 2 * len(top.raw) + sum(r.size for r in top.index) + 1024
+        slot = sum(blocks(n) for n in files.values()) + rest_blocks + blocks(mark)
+        reserve = 4 * blocks(4096) + MARGIN
+        reclaim = 0
+        with contextlib.suppress(StoreError):
+            reclaim += _usage(self.slot_dir(self.writable_slot()))
+        current = self.staged()
+        if current is not None and current.digest != top.digest:
+            keep = {r.id for r in top.index} | set(chunks)
+            with contextlib.suppress(OSError):
+                reclaim += sum(_usage(p) for p in self.chunks.iterdir() if p.name not in keep)
+        return Space(self.free_bytes(), reclaim, staging, slot, reserve)
+
     # install ----------------------------------------------------------------------------------
     def install_step(self, budget_bytes: int = 64 << 20) -> dict[str, Any]:
         """Write up to about `budget_bytes` of the staged bundle into the writable slot.
 
         Call again until it returns done; each call resumes after the files already in place
-        (a file is renamed into the slot only once it is whole and its sha256 matches).
+        (a file is renamed into the slot only once it is whole and its sha256 matches). When a
+        write fails (OSError: a full disk, an I/O error) the partial slot is removed and
+        StoreError says what is missing; the staged chunks stay, so a later flash resumes.
         """
         top = self.staged()
         if top is None:
             raise StoreError("no bundle is staged; send a manifest first")
         m = self.resolved(top)
         slot = self.writable_slot()
+        try:
+            return self._install(m, slot, budget_bytes)
+        except OSError as exc:
+            freed = _usage(self.slot_dir(slot))
+            self._empty_slot(slot)
+            space = self.space_for(top)
+            raise StoreError(
+                f"installing into slot {slot} failed: {_why(exc)}; the partial slot was removed "
+                f"({freed} bytes freed) and the active slot is untouched; "
+                f"{space.describe()}: free that much on the board, then flash again"
+            ) from exc
+
+    def _empty_slot(self, slot: str) -> None:
+        base = self.slot_dir(slot)
+        with contextlib.suppress(OSError):
+            (base / SLOT_MARK).unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            base.mkdir(parents=True, exist_ok=True)
+
+    def _install(self, m: Manifest, slot: str, budget_bytes: int) -> dict[str, Any]:
         base = self.slot_dir(slot)
         mark = base / SLOT_MARK
         existing = self.slot_manifest(slot)
