@@ -331,10 +331,12 @@ class Agent:
         m = self._staged()
         state = self.store.state()
         pending = self.store.slot_manifest(state.trial) if state.trial else None
-        # committing the bundle already on trial again is a no-op that renews its boots
-        slot = self.store.writable_slot()
+        # committing the bundle already on trial again renews its boots (a flash resumed, or
+        # a power-on that could not save its boot count and booted the active slot instead)
         if state.trial is not None and pending is not None and pending.digest == m.digest:
             slot = state.trial
+        else:
+            slot = self.store.writable_slot()
         installed = self.store.slot_manifest(slot)
         if installed is None or installed.digest != m.digest:
             raise RequestError(f"slot {slot} does not hold the staged bundle; install it first")
