@@ -10,8 +10,8 @@ says which events a phase accepts and the phase that follows. An event the table
 allow raises `BootStateError` and changes nothing (as h11's `_state.py` refuses an event its
 connection state does not allow). The machine is sans-IO: it never touches a file. The boot ROM
 and the agent drive it through `drive`, which feeds the event, saves the record, and when the
-save fails (a full or read-only disk: any OSError) feeds `disk_full` instead of failing. That
-event puts the record back to what is on disk and marks the machine degraded: this power-on
+save fails (a full or read-only disk: any OSError) puts the record back to what is on disk and
+feeds `disk_full` instead of failing. That event marks the machine degraded: this power-on
 boots the last good slot (the active one) and writes nothing. A trial boot whose boot count
 cannot be saved never runs, so a slot on trial cannot boot forever without being counted.
 
@@ -22,7 +22,8 @@ Events:
     health_fail(reason)                the trial slot failed its health check: roll back
     deadline(reason)                   the host did not confirm the trial in time: roll back
     confirm(slot)                      the trial slot is good: it becomes the active slot
-    disk_full(reason)                  a save failed: keep the record on disk, boot the last good
+    disk_full(reason)                  a save failed: the record is the one on disk; boot the last
+                                       good slot and write nothing more
 """
 
 from __future__ import annotations
@@ -214,9 +215,7 @@ def _confirm(m: BootMachine, s: BootState, a: dict[str, Any]) -> None:
 
 
 def _disk_full(m: BootMachine, s: BootState, a: dict[str, Any]) -> None:
-    m.degraded = True
-    for key, value in copy.deepcopy(m.saved).__dict__.items():
-        setattr(s, key, value)
+    m.degraded = True  # `drive` has put the record back to the saved one
 
 
 _EFFECTS: dict[Event, Callable[[BootMachine, BootState, dict[str, Any]], None]] = {
@@ -250,6 +249,7 @@ def drive(
         save(machine.record.to_json())
     except OSError as exc:
         log.error("cannot save the boot state (%s); the last good slot boots", exc)
+        machine.record = copy.deepcopy(machine.saved)  # the events never reached the disk
         machine.handle(Event.DISK_FULL, reason=str(exc))
         return exc
     machine.saved_ok()
