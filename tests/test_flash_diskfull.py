@@ -161,6 +161,7 @@ def test_a_full_disk_at_power_on_boots_the_good_slot(
             filling = FillBefore(client, mnt, "reboot")
             result = flash(new, filling, reboot_timeout=30)
             assert not result.ok and result.booted == "a", result
+            assert "could not save its boot count" in result.reason, result
             state = Store(mnt / "sim").state()
             assert state.trial == "b" and state.boots_left == 3  # nothing could be saved
             for _ in range(3):  # every power-on, not only the first
@@ -198,6 +199,7 @@ def test_a_read_only_store_boots_the_good_slot(
         result = flash(new, NoReboot())
         try:
             assert not result.ok and result.booted == "a", result
+            assert "could not save its boot count" in result.reason, result
             assert Store(root).state().trial == "b"
             for _ in range(3):
                 board.agent = board.power_on()

@@ -144,6 +144,7 @@ class Agent:
         self.boot = boot
         self.started = time.monotonic()
         self.reboot_requested = False
+        self._committed_here = False  # a commit in this boot: its trial starts at the next
         self.logs: deque[tuple[int, str]] = deque(maxlen=1000)
         self._log_seq = 0
         self._incoming = bytearray()
@@ -204,7 +205,7 @@ class Agent:
             "agent": AGENT_VERSION,
             "booted": self.boot.slot,
             "trial": self.boot.trial,
-            "health": self.boot.health,
+            "health": self._health(state.trial),
             "active": state.active,
             "pending": state.trial,
             "last": state.last,
@@ -215,6 +216,18 @@ class Agent:
             "code": self.boot.code_path,
             "limits": {"part": PART, "have": MAX_HAVE, "chunk": CHUNK_SIZE},
         }, b""
+
+    def _health(self, pending: str | None) -> dict[str, Any]:
+        """The boot's health check; a slot committed before this boot that did not boot is
+        one the boot ROM could not count (a full or read-only store), said as such."""
+        if pending is None or self.boot.trial or self._committed_here:
+            return self.boot.health
+        return {
+            "ok": False,
+            "reason": f"slot {pending} is committed but the board booted slot {self.boot.slot}: "
+            f"the boot ROM could not save its boot count (the store has {self.store.free_bytes()}"
+            " bytes free, or is read-only); free space on the board, then flash again",
+        }
 
     # flashing ---------------------------------------------------------------------------------
     def op_manifest(self, fields: dict[str, Any], blob: bytes) -> Reply:
@@ -342,6 +355,7 @@ class Agent:
             raise RequestError(f"slot {slot} does not hold the staged bundle; install it first")
         deadline = _int(fields, "deadline_s", 1, 3600) if "deadline_s" in fields else 60
         self.store.transition(Event.COMMIT, slot=slot, bundle=m.digest, deadline_s=deadline)
+        self._committed_here = True
         self.note(f"committed slot {slot} for a trial boot")
         return {"slot": slot, "boots": MAX_BOOTS, "deadline_s": deadline}, b""
 
