@@ -66,5 +66,5 @@ def fill(mnt: Path, leave: int = 0, name: str = "filler") -> Path:
 
 
 def remount(mnt: Path, mode: str) -> None:
-    """Remount `mnt` read-only ("ro") or read-write ("rw")."""
+    """Remount `mnt` with `mode`: "ro", "rw" or "size=N" (a tmpfs grows or shrinks)."""
     subprocess.run(["mount", "-o", f"remount,{mode}", str(mnt)], check=True, capture_output=True)

@@ -35,7 +35,6 @@ import logging
 import os
 import shutil
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from runtime.agent.bootstate import (
 )
 from runtime.agent.bundlefmt import ChunkRef, Manifest, Top, parse_piece, parse_top, resolve
 from runtime.agent.errors import BundleRejected, RequestError, StoreError
+from runtime.agent.space import Space, space_for, usage
 
 __all__ = ["SLOTS", "BootState", "Space", "Store", "atomic_write"]
 
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 SLOTS = ("a", "b")
 SLOT_MARK = "slot.json"
-MARGIN = 256 * 1024  # kept free beyond a flash's need (logs, a trace, the filesystem's own)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -80,22 +79,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _usage(path: Path) -> int:
-    """Bytes a file or a tree takes on disk (allocated blocks)."""
-    try:
-        st = path.lstat()
-    except OSError:
-        return 0
-    if not path.is_dir():
-        return st.st_blocks * 512
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
-
-
 def _why(exc: OSError) -> str:
     """An OSError in words a user acts on."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -103,33 +86,6 @@ def _why(exc: OSError) -> str:
     if exc.errno == errno.EROFS:
         return "the store is read-only"
     return f"{exc.strerror or exc} ({exc.filename or 'store'})"
-
-
-@dataclass
-class Space:
-    """What a flash needs on the store against what it has, in bytes."""
-
-    free: int  # free now
-    reclaim: int  # freed by the flash itself (the writable slot's old files, stale chunks)
-    staging: int  # chunks and index pieces still to be stored
-    slot: int  # the whole slot copy, slot.json included
-    reserve: int  # boot state, temporary files and a margin
-
-    @property
-    def need(self) -> int:
-        return self.staging + self.slot + self.reserve
-
-    @property
-    def missing(self) -> int:
-        return max(0, self.need - self.free - self.reclaim)
-
-    def describe(self) -> str:
-        return (
-            f"the flash needs {self.need} bytes (staging {self.staging}, slot copy {self.slot}, "
-            f"boot state and margin {self.reserve}) and {self.free + self.reclaim} are "
-            f"available ({self.free} free, {self.reclaim} to be reclaimed): "
-            f"{self.missing} bytes ({self.missing / 1e6:.1f} MB) missing"
-        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -254,7 +210,7 @@ class Store:
             return
         if current is not None:
             keep = {r.id for r in top.index}
-            for raw in self._pieces(list(keep)).values():  # and the chunks of those here
+            for raw in self.pieces_here(list(keep)).values():  # and the chunks of those here
                 with contextlib.suppress(BundleRejected):
                     keep.update(parse_piece(raw)[1])
             for p in self.chunks.iterdir():
@@ -271,7 +227,7 @@ class Store:
         except (FileNotFoundError, BundleRejected):
             return None
 
-    def _pieces(self, ids: list[str]) -> dict[str, bytes]:
+    def pieces_here(self, ids: list[str]) -> dict[str, bytes]:
         """The index pieces of `ids` that are here, from staging or the active slot."""
         slot = self._slot_pieces(self.state().active)
         out = {}
@@ -288,7 +244,7 @@ class Store:
         Pieces are immutable (content-addressed), so the result is kept for later requests."""
         if self._resolved is not None and self._resolved.digest == top.digest:
             return self._resolved
-        pieces = self._pieces([r.id for r in top.index])
+        pieces = self.pieces_here([r.id for r in top.index])
         for ref in top.index:
             if ref.id not in pieces:
                 raise StoreError(
@@ -303,7 +259,7 @@ class Store:
         except FileNotFoundError:
             return b""
 
-    def _active_sources(self) -> dict[str, tuple[Path, int]]:
+    def active_sources(self) -> dict[str, tuple[Path, int]]:
         """Chunk id -> (file, offset) for chunks the active slot already holds."""
         state = self.state()
         out: dict[str, tuple[Path, int]] = {}
@@ -323,7 +279,7 @@ class Store:
 
     def have(self, ids: list[str]) -> list[bool]:
         """Whether each chunk or index piece is here (staged, or in the active slot)."""
-        sources = self._active_sources()
+        sources = self.active_sources()
         pieces = self._slot_pieces(self.state().active)
         return [i in sources or i in pieces or (self.chunks / i).is_file() for i in ids]
 
@@ -359,45 +315,8 @@ class Store:
         return st.f_bavail * st.f_frsize
 
     def space_for(self, top: Top) -> Space:
-        """The room a flash of `top` needs here, from what is known before its chunks arrive:
-        the index pieces already here (staged, or in the active slot) name their chunks
-        exactly; the files of the others are counted whole (their chunks may all be new)."""
-        block = max(512, os.statvfs(self.root).f_frsize)
-
-        def blocks(n: int) -> int:
-            return -(-n // block) * block
-
-        known = self._pieces([r.id for r in top.index])
-        sources = self._active_sources()
-        files: dict[str, int] = {}
-        chunks: dict[str, ChunkRef] = {}
-        for raw in known.values():
-            with contextlib.suppress(BundleRejected):
-                entries, refs = parse_piece(raw)
-                files.update((f.path, f.size) for f in entries)
-                chunks.update(refs)
-        unknown = [r for r in top.index if r.id not in known]
-        rest = max(0, top.total_bytes - sum(files.values()))  # bytes of files not listed here
-        per_file = 2 * block * max(1, len(unknown))  # a last partial block, per file and chunk
-        rest_blocks = blocks(rest) + (rest // (256 * 1024) + 1) * block + per_file
-        staging = sum(blocks(r.size) for r in unknown) + rest_blocks
-        staging += sum(
-            blocks(ref.size)
-            for cid, ref in chunks.items()
-            if cid not in sources and not (self.chunks / cid).is_file()
-        )
-        mark = 2 * len(top.raw) + sum(r.size for r in top.index) + 1024
-        slot = sum(blocks(n) for n in files.values()) + rest_blocks + blocks(mark)
-        reserve = 4 * blocks(4096) + MARGIN
-        reclaim = 0
-        with contextlib.suppress(StoreError):
-            reclaim += _usage(self.slot_dir(self.writable_slot()))
-        current = self.staged()
-        if current is not None and current.digest != top.digest:
-            keep = {r.id for r in top.index} | set(chunks)
-            with contextlib.suppress(OSError):
-                reclaim += sum(_usage(p) for p in self.chunks.iterdir() if p.name not in keep)
-        return Space(self.free_bytes(), reclaim, staging, slot, reserve)
+        """The room a flash of `top` needs here against what it has (runtime.agent.space)."""
+        return space_for(self, top)
 
     # install ----------------------------------------------------------------------------------
     def install_step(self, budget_bytes: int = 64 << 20) -> dict[str, Any]:
@@ -416,7 +335,7 @@ class Store:
         try:
             return self._install(m, slot, budget_bytes)
         except OSError as exc:
-            freed = _usage(self.slot_dir(slot))
+            freed = usage(self.slot_dir(slot))
             self._empty_slot(slot)
             space = self.space_for(top)
             raise StoreError(
@@ -449,7 +368,7 @@ class Store:
             base.mkdir(parents=True)
             atomic_write(progress, m.digest.encode())
         sizes = m.chunk_map()
-        sources = self._active_sources()
+        sources = self.active_sources()
         written = 0
         done = 0
         for f in m.files:
@@ -468,7 +387,7 @@ class Store:
             done += 1
         if done < len(m.files):
             return {"done": False, "slot": slot, "files": done, "total": len(m.files)}
-        index = {i: raw.decode() for i, raw in self._pieces([r.id for r in m.index]).items()}
+        index = {i: raw.decode() for i, raw in self.pieces_here([r.id for r in m.index]).items()}
         if len(index) != len(m.index):
             raise StoreError("an index piece of the staged bundle went missing; send it again")
         doc = {"manifest": m.raw.hex(), "signature": self.staged_signature().hex(), "index": index}
