@@ -13,8 +13,10 @@ any point resumes by sending the same steps again):
     each missing chunk) -> install (repeat until done) -> commit -> reboot -> [trial boot, health
     check] -> hello/info -> confirm
 
-`begin` refuses a bundle (signature, board, budgets) from its top manifest alone; a piece is
-parsed (paths, sizes) when it arrives and refused before it is stored.
+`begin` refuses a bundle (signature, board, budgets, room on the store: runtime.agent.space)
+from its top manifest alone; the slot and boot state change only through the events of
+runtime.agent.bootstate; a piece is parsed (paths, sizes) when it arrives and refused before it
+is stored.
 """
 
 from __future__ import annotations
@@ -381,8 +383,13 @@ class Agent:
         slot = self.store.state().trial
         if slot is None:
             return
-        self.store.transition(event, fatal=False, reason=reason)
-        self.note(f"rolled back from slot {slot}: {reason}")
+        if self.store.transition(event, fatal=False, reason=reason).trial is None:
+            self.note(f"rolled back from slot {slot}: {reason}")
+        else:
+            self.note(
+                f"slot {slot}: {reason}; the rollback could not be saved, so the boot ROM "
+                "rolls back when its boots run out"
+            )
 
     # operation --------------------------------------------------------------------------------
     def op_stats(self, fields: dict[str, Any], blob: bytes) -> Reply:
