@@ -175,10 +175,7 @@ class Agent:
         except OSError as exc:
             self.counters["errors"] += 1
             self.note(f"{op}: storage error {exc}")
-            error = f"storage error on board {self.profile.name}: {exc}"
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                error += "; its store is full: free space on the board, then flash again"
-            return {"ok": False, "error": error, "kind": "StoreError"}, b""
+            return {"ok": False, "error": self._storage_error(exc), "kind": "StoreError"}, b""
         except OculaError as exc:  # an app, an engine or a model refused: say so, keep serving
             self.counters["errors"] += 1
             self.note(f"{op}: {exc}")
@@ -188,6 +185,19 @@ class Agent:
             log.exception("request %s failed", op)
             return {"ok": False, "error": f"internal error in '{op}': {exc!r}"[:500]}, b""
         return {"ok": True, **reply}, data
+
+    def _storage_error(self, exc: OSError) -> str:
+        """An OSError of the store in words: what failed and, for a full store, how much room
+        the staged flash still needs."""
+        error = f"storage error on board {self.profile.name}: {exc}"
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        staged = self.store.staged()
+        try:
+            need = f" ({self.store.space_for(staged).describe()})" if staged else ""
+        except (OSError, AgentError):
+            need = ""
+        return f"{error}; its store is full{need}: free space on the board, then flash again"
 
     # identity ---------------------------------------------------------------------------------
     def op_hello(self, fields: dict[str, Any], blob: bytes) -> Reply:
