@@ -1,9 +1,14 @@
-"""Power cuts: SIGKILL the simulated board at seeded random moments of a flash and a commit.
+"""Power cuts and full disks: SIGKILL the simulated board, or fill its store, at seeded random
+moments of a flash and a commit.
 
 After every cut the board must boot a complete slot (the old bundle or the new one, every file
-matching its manifest, never a mix), and the same flash must then resume to completion.
-`make test` runs 20 seeds; `make faults` runs 100 (OCULA_FAULTS=100) and prints the tally
-written to OCULA_FAULT_TALLY: `python tests/test_faults_powercut.py TALLY_FILE`.
+matching its manifest, never a mix), and the same flash must then resume to completion. A disk
+that fills (on a small tmpfs made by the test; root only) at a seeded moment, with a power cut
+in the same request for half the seeds, must end the flash in a clear refusal (the missing bytes
+or a full store named) or let it complete; either way the board then boots a complete slot, and
+once there is room again the same flash completes.
+`make test` runs 20 seeds of each; `make faults` runs 100 (OCULA_FAULTS=100) and prints the
+tally written to OCULA_FAULT_TALLY: `python tests/test_faults_powercut.py TALLY_FILE`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import threading
@@ -22,11 +28,12 @@ import pytest
 
 from board import bundle as bundles
 from board import profiles
-from board.flash import LinkClient, flash
+from board.flash import BoardRefused, LinkClient, flash
 from export.packaged import export_packaged
 from hil.sim import InProcessBoard, SimBoard
 from hil.transport import open_port
 from runtime.agent.store import Store
+from tests.smallfs import fill, small_fs
 
 CASES = int(os.environ.get("OCULA_FAULTS", "20"))
 TAIL_OPS = ("install", "commit", "reboot", "info", "confirm")
@@ -149,6 +156,7 @@ def test_power_cut(seed: int, world: dict[str, Any], tmp_path: Path) -> None:
     assert store.verify_slot(state.active) == []
     _tally(
         {
+            "fault": "power_cut",
             "seed": seed,
             "op": cutter.cut_op,
             "k": k,
@@ -156,6 +164,99 @@ def test_power_cut(seed: int, world: dict[str, Any], tmp_path: Path) -> None:
             "booted_after_cut": outcome,
             "resumed": result.resumed,
             "ok": result.ok,
+        }
+    )
+
+
+class FillAt(CutOnce):
+    """CutOnce that, at call number `k`, first fills the store's disk but `leave` bytes, and
+    SIGKILLs the board during that call only when `cut`."""
+
+    def __init__(self, client: LinkClient, board: SimBoard, k: int, mnt: Path, **how: Any) -> None:
+        super().__init__(client, board, k, how["delay"])
+        self.mnt, self.leave, self.cut = mnt, how["leave"], how["cut"]
+        self.filler: Path | None = None
+
+    def _fill(self, op: str) -> None:
+        self.cut_op = op
+        self.filler = fill(self.mnt, self.leave)
+
+    def call(self, op: str, fields: Any = None, blob: bytes = b"") -> Any:
+        if self.n + 1 == self.k:
+            self._fill(op)
+            if not self.cut:
+                self.n += 1
+                return self.client.call(op, fields, blob)
+        return super().call(op, fields, blob)
+
+    def pipeline(self, calls: list[Any]) -> list[Any]:
+        if self.n + 1 <= self.k <= self.n + len(calls):
+            self._fill(calls[self.k - self.n - 1][0])
+            if not self.cut:
+                self.n += len(calls)
+                return self.client.pipeline(calls)
+        return super().pipeline(calls)
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_disk_full(seed: int, world: dict[str, Any], tmp_path: Path) -> None:
+    rng = random.Random(10_000 + seed)
+    ops = world["ops"]
+    k = rng.randint(1, len(ops))
+    leave = rng.choice([0, 0, rng.randint(1, 1_500_000)])
+    cut = rng.random() < 0.5
+    old, new = world["old"].manifest.digest, world["new"].manifest.digest
+    size = _tree_bytes(world["template"]) + 2 * world["new"].manifest.total_bytes + (4 << 20)
+    with small_fs(tmp_path, size) as mnt:
+        root = mnt / "sim"
+        shutil.copytree(world["template"], root)
+        with SimBoard("sim", base=mnt) as board:
+            client = LinkClient(lambda: open_port(board.port), name=board.port)
+            filler = FillAt(client, board, k, mnt, delay=rng.uniform(0, 0.01), leave=leave, cut=cut)
+            try:
+                client.reconnect(30)
+                outcome = "completed"
+                try:
+                    result = flash(world["new"], filler, reboot_timeout=30)
+                    if not result.ok:
+                        outcome = f"booted {result.booted}, not confirmed"
+                except BoardRefused as exc:
+                    message = str(exc)
+                    assert re.search(r"missing|store is full|read-only", message), message
+                    outcome = "refused at " + message.split("'")[1]
+                board.power_cut()
+                board.boot()
+                client.reconnect(30)
+                info, _ = client.call("info")
+                booted = info["booted"]
+                assert booted in ("a", "b"), info
+                assert info["slots"][booted]["bundle"] in (old, new)
+                assert Store(root).verify_slot(booted) == []
+                after = "new" if info["slots"][booted]["bundle"] == new else "old"
+                if filler.filler is not None:
+                    filler.filler.unlink()
+                again = flash(world["new"], client, reboot_timeout=30)
+            finally:
+                client.close()
+        assert again.ok, again
+        store = Store(root)
+        assert store.slot_info(store.state().active)["bundle"] == new
+        assert store.verify_slot(store.state().active) == []
+    _tally(
+        {
+            "fault": "disk_full",
+            "seed": seed,
+            "op": filler.cut_op,
+            "k": k,
+            "leave": leave,
+            "cut": cut,
+            "outcome": outcome,
+            "booted_after": after,
+            "ok": again.ok,
         }
     )
 
@@ -169,15 +270,32 @@ def _tally(row: dict[str, Any]) -> None:
 
 def print_tally(path: str) -> int:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-    cut = [r for r in rows if r["cut"]]
-    print(f"power cuts: {len(rows)} cases, {len(cut)} landed while the board was up")
-    print(f"  flash completed after resume: {sum(r['ok'] for r in rows)}/{len(rows)}")
+    cuts = [r for r in rows if r.get("fault", "power_cut") == "power_cut"]
+    cut = [r for r in cuts if r["cut"]]
+    print(f"power cuts: {len(cuts)} cases, {len(cut)} landed while the board was up")
+    print(f"  flash completed after resume: {sum(r['ok'] for r in cuts)}/{len(cuts)}")
     booted = Counter(b for r in cut for b in r["booted_after_cut"])
     print(f"  slot booted after the cut: old {booted['old']}, new {booted['new']}, other 0")
     print(
         "  cut during: "
         + ", ".join(f"{op} {n}" for op, n in Counter(r["op"] for r in cut).most_common())
     )
+    full = [r for r in rows if r.get("fault") == "disk_full"]
+    if full:
+        print(
+            f"disk full: {len(full)} cases ({sum(r['cut'] for r in full)} with a power cut), "
+            f"flash completed once there was room: {sum(r['ok'] for r in full)}/{len(full)}"
+        )
+        after = Counter(r["booted_after"] for r in full)
+        print(f"  slot booted after: old {after['old']}, new {after['new']}, other 0")
+        print(
+            "  outcome: "
+            + ", ".join(f"{o} {n}" for o, n in Counter(r["outcome"] for r in full).most_common())
+        )
+        print(
+            "  filled during: "
+            + ", ".join(f"{op} {n}" for op, n in Counter(r["op"] for r in full).most_common())
+        )
     return 0
 
 

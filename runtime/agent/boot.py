@@ -5,10 +5,12 @@ on (the simulated board runs exactly this in a subprocess). It stays small and n
 with a bundle: it runs from the factory install, while the agent it starts runs from the
 booted slot's own `runtime/` code (PYTHONPATH), so a bundle with broken code is caught here.
 
-Slot choice, from state.json:
+Slot choice, from state.json, through the boot state machine (runtime.agent.bootstate):
 - a slot on trial with boots left: decrement its boot count (saved before the boot), boot it;
 - a slot on trial with no boots left: roll back (clear the trial, record why), boot the active;
-- otherwise the active slot if it is complete, else the factory code (no slot).
+- otherwise the active slot if it is complete, else the factory code (no slot);
+- when the boot state cannot be saved (a full or read-only store), the last good slot (the
+  active one) boots and nothing is written: no write on the boot path is fatal.
 A slot is booted only when its slot.json exists, so a half-written slot never runs.
 
 The agent exits with REBOOT (3) to ask for a restart; any other exit of a trial slot is a failed
@@ -35,6 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.agent import bootstate
+from runtime.agent.bootstate import BootMachine
+from runtime.agent.errors import StoreError
 from runtime.agent.lifeline import Backoff, HostWatch, die_with_parent, wait_agent, wait_until
 from runtime.agent.store import Store
 
@@ -46,24 +51,27 @@ log = logging.getLogger(__name__)
 
 
 def choose_slot(store: Store) -> tuple[str, bool]:
-    """(slot to boot or "factory", whether it is a trial boot); saves the boot count first."""
-    state = store.state()
-    state.boot_count += 1
-    if state.trial is not None:
-        if state.boots_left > 0 and store.slot_manifest(state.trial) is not None:
-            state.boots_left -= 1
-            store.save_state(state)
-            return state.trial, True
-        state.last = {
-            "event": "rollback",
-            "slot": state.trial,
-            "reason": f"slot {state.trial} did not pass its health check within its boots",
-        }
-        state.trial, state.boots_left = None, 0
-    store.save_state(state)
-    if state.active is not None and store.slot_manifest(state.active) is not None:
-        return state.active, False
-    return "factory", False
+    """(slot to boot or "factory", whether it is a trial boot): the `boot` event of the boot
+    state machine (runtime.agent.bootstate), saved before the boot. Nothing here is fatal: a
+    boot state that cannot be read boots the factory code, one that cannot be saved (a full or
+    read-only store) boots the last good slot; both are logged."""
+    try:
+        saved = store.state()
+    except (OSError, StoreError) as exc:
+        log.error("cannot read the boot state (%s); booting the factory code", exc)
+        return "factory", False
+    machine = BootMachine(saved)
+
+    def complete(slot: str) -> bool:
+        try:
+            return store.slot_manifest(slot) is not None
+        except OSError:
+            return False
+
+    decision = bootstate.boot(machine, complete, store.save_boot_state)
+    if decision.degraded:
+        log.error("boot state not saved: booting slot %s without a trial", decision.slot)
+    return decision.slot, decision.trial
 
 
 def lock_store(root: Path, inherited: int | None = None) -> int:
@@ -74,12 +82,17 @@ def lock_store(root: Path, inherited: int | None = None) -> int:
     latest holder's pid and is emptied when the ROM stops cleanly; a pid found in it (other
     than the host's) is a holder that died without letting go (a power cut, kill -9): the lock
     is taken over, and the console says so once."""
-    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # a read-only store already exists
+        root.mkdir(parents=True, exist_ok=True)
     if inherited is not None:
         fd = inherited
         os.set_inheritable(fd, False)  # the agent must not hold it
     else:
-        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only store: lock it all the same, write nothing
+            log.error("store %s is not writable (%s); locking it read-only", root, exc.strerror)
+            fd = os.open(root if not (root / ".lock").exists() else root / ".lock", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -96,15 +109,26 @@ def lock_store(root: Path, inherited: int | None = None) -> int:
             "(a power cut or kill -9); taking it over",
             left,
         )
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError as exc:  # read-only or full: the lock holds without the note of its holder
+        log.error("cannot record the lock's holder (%s); booting all the same", exc.strerror)
     return fd
 
 
 def release_store(fd: int) -> None:
     """Clean stop: empty the lock file (no stale pid for the next ROM) and let go."""
-    os.ftruncate(fd, 0)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
     os.close(fd)
+
+
+def _boot_id(store: Store) -> str:
+    try:
+        return str(store.state().boot_count)
+    except (OSError, StoreError):  # a damaged boot state: the boot goes on without its count
+        return "0"
 
 
 class Stopped(Exception):
@@ -182,7 +206,7 @@ class Rom:
                 code = factory
             env = {**os.environ, "PYTHONPATH": code, "OCULA_BOOT_SLOT": slot}
             env["OCULA_BOOT_TRIAL"] = "1" if trial else "0"
-            env["OCULA_BOOT_ID"] = str(store.state().boot_count)
+            env["OCULA_BOOT_ID"] = _boot_id(store)
             cmd = [sys.executable, "-m", "runtime.agent.serve", "--store", str(args.store)]
             cmd += ["--port", args.port] if args.port else ["--fd", str(args.fd)]
             fds = () if args.port else (args.fd,)

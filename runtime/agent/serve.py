@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from runtime.agent import rpc
+from runtime.agent.bootstate import Event
 from runtime.agent.health import InferenceCheck, check_slot
 from runtime.agent.service import Agent, BootInfo
 from runtime.agent.store import Store
@@ -104,7 +105,8 @@ def serve(agent: Agent, fd: int) -> int:
                 endpoint.flush(timeout=2.0)
                 return REBOOT
         if deadline is not None and agent.boot.trial and time.monotonic() > deadline:
-            agent.rollback(f"not confirmed by the host within {state.deadline_s:.0f} s")
+            reason = f"not confirmed by the host within {state.deadline_s:.0f} s"
+            agent.rollback(reason, Event.DEADLINE)
             return REBOOT
 
 

@@ -13,12 +13,15 @@ any point resumes by sending the same steps again):
     each missing chunk) -> install (repeat until done) -> commit -> reboot -> [trial boot, health
     check] -> hello/info -> confirm
 
-`begin` refuses a bundle (signature, board, budgets) from its top manifest alone; a piece is
-parsed (paths, sizes) when it arrives and refused before it is stored.
+`begin` refuses a bundle (signature, board, budgets, room on the store: runtime.agent.space)
+from its top manifest alone; the slot and boot state change only through the events of
+runtime.agent.bootstate; a piece is parsed (paths, sizes) when it arrives and refused before it
+is stored.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import ed25519
+from runtime.agent.bootstate import MAX_BOOTS, Event
 from runtime.agent.bundlefmt import (
     CHUNK_SIZE,
     MAX_PIECE_BYTES,
@@ -55,7 +59,6 @@ AGENT_VERSION = "0.1.0"
 PART = 32 * 1024  # largest blob a request carries
 MAX_HAVE = 512
 MAX_MISSING = 32 * 1024
-MAX_BOOTS = 3
 MAX_RUN_S = 600
 Reply = tuple[dict[str, Any], bytes]
 
@@ -143,6 +146,7 @@ class Agent:
         self.boot = boot
         self.started = time.monotonic()
         self.reboot_requested = False
+        self._committed_here = False  # a commit in this boot: its trial starts at the next
         self.logs: deque[tuple[int, str]] = deque(maxlen=1000)
         self._log_seq = 0
         self._incoming = bytearray()
@@ -171,7 +175,7 @@ class Agent:
         except OSError as exc:
             self.counters["errors"] += 1
             self.note(f"{op}: storage error {exc}")
-            return {"ok": False, "error": f"storage error: {exc}", "kind": "StoreError"}, b""
+            return {"ok": False, "error": self._storage_error(exc), "kind": "StoreError"}, b""
         except OculaError as exc:  # an app, an engine or a model refused: say so, keep serving
             self.counters["errors"] += 1
             self.note(f"{op}: {exc}")
@@ -181,6 +185,19 @@ class Agent:
             log.exception("request %s failed", op)
             return {"ok": False, "error": f"internal error in '{op}': {exc!r}"[:500]}, b""
         return {"ok": True, **reply}, data
+
+    def _storage_error(self, exc: OSError) -> str:
+        """An OSError of the store in words: what failed and, for a full store, how much room
+        the staged flash still needs."""
+        error = f"storage error on board {self.profile.name}: {exc}"
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        staged = self.store.staged()
+        try:
+            need = f" ({self.store.space_for(staged).describe()})" if staged else ""
+        except (OSError, AgentError):
+            need = ""
+        return f"{error}; its store is full{need}: free space on the board, then flash again"
 
     # identity ---------------------------------------------------------------------------------
     def op_hello(self, fields: dict[str, Any], blob: bytes) -> Reply:
@@ -200,7 +217,7 @@ class Agent:
             "agent": AGENT_VERSION,
             "booted": self.boot.slot,
             "trial": self.boot.trial,
-            "health": self.boot.health,
+            "health": self._health(state.trial),
             "active": state.active,
             "pending": state.trial,
             "last": state.last,
@@ -211,6 +228,18 @@ class Agent:
             "code": self.boot.code_path,
             "limits": {"part": PART, "have": MAX_HAVE, "chunk": CHUNK_SIZE},
         }, b""
+
+    def _health(self, pending: str | None) -> dict[str, Any]:
+        """The boot's health check; a slot committed before this boot that did not boot is
+        one the boot ROM could not count (a full or read-only store), said as such."""
+        if pending is None or self.boot.trial or self._committed_here:
+            return self.boot.health
+        return {
+            "ok": False,
+            "reason": f"slot {pending} is committed but the board booted slot {self.boot.slot}: "
+            f"the boot ROM could not save its boot count (the store has {self.store.free_bytes()}"
+            " bytes free, or is read-only); free space on the board, then flash again",
+        }
 
     # flashing ---------------------------------------------------------------------------------
     def op_manifest(self, fields: dict[str, Any], blob: bytes) -> Reply:
@@ -239,11 +268,11 @@ class Agent:
         manifest = parse_top(raw)
         check_bundle(manifest, blob, self.profile, self.key)
         slot = self.store.writable_slot()
-        need = manifest.total_bytes
-        if need > self.store.free_bytes():
+        space = self.store.space_for(manifest)
+        if space.missing:
             raise BundleRejected(
-                f"board {self.profile.name} has {self.store.free_bytes()} bytes free; "
-                f"the bundle needs {need}"
+                f"board {self.profile.name} has no room for bundle {manifest.digest[:12]}: "
+                f"{space.describe()}; free that much on the board or flash a smaller bundle"
             )
         self.store.stage(manifest, blob)
         self._incoming = bytearray()
@@ -327,17 +356,18 @@ class Agent:
         m = self._staged()
         state = self.store.state()
         pending = self.store.slot_manifest(state.trial) if state.trial else None
-        # committing the bundle already on trial again is a no-op that renews its boots
-        slot = self.store.writable_slot()
+        # committing the bundle already on trial again renews its boots (a flash resumed, or
+        # a power-on that could not save its boot count and booted the active slot instead)
         if state.trial is not None and pending is not None and pending.digest == m.digest:
             slot = state.trial
+        else:
+            slot = self.store.writable_slot()
         installed = self.store.slot_manifest(slot)
         if installed is None or installed.digest != m.digest:
             raise RequestError(f"slot {slot} does not hold the staged bundle; install it first")
         deadline = _int(fields, "deadline_s", 1, 3600) if "deadline_s" in fields else 60
-        state.trial, state.boots_left, state.deadline_s = slot, MAX_BOOTS, float(deadline)
-        state.last = {"event": "commit", "slot": slot, "bundle": m.digest}
-        self.store.save_state(state)
+        self.store.transition(Event.COMMIT, slot=slot, bundle=m.digest, deadline_s=deadline)
+        self._committed_here = True
         self.note(f"committed slot {slot} for a trial boot")
         return {"slot": slot, "boots": MAX_BOOTS, "deadline_s": deadline}, b""
 
@@ -347,9 +377,7 @@ class Agent:
             raise RequestError(f"nothing to confirm: slot {self.boot.slot} is not on trial")
         if not self.boot.health.get("ok"):
             raise RequestError(f"slot {self.boot.slot} failed its health check")
-        state.active, state.trial, state.boots_left = state.trial, None, 0
-        state.last = {"event": "confirmed", "slot": state.active}
-        self.store.save_state(state)
+        state = self.store.transition(Event.CONFIRM, slot=self.boot.slot)
         self.store.clear_staging()
         self.boot.trial = False
         self.note(f"slot {state.active} confirmed")
@@ -359,14 +387,19 @@ class Agent:
         self.reboot_requested = True
         return {}, b""
 
-    def rollback(self, reason: str) -> None:
-        """Give up the trial slot: the next boot runs the previous one."""
-        state = self.store.state()
-        slot = state.trial
-        state.trial, state.boots_left = None, 0
-        state.last = {"event": "rollback", "slot": slot, "reason": reason[:400]}
-        self.store.save_state(state)
-        self.note(f"rolled back from slot {slot}: {reason}")
+    def rollback(self, reason: str, event: Event = Event.HEALTH_FAIL) -> None:
+        """Give up the trial slot: the next boot runs the previous one. Never fails: when the
+        boot state cannot be saved, the trial's boots run out and the boot ROM rolls back."""
+        slot = self.store.state().trial
+        if slot is None:
+            return
+        if self.store.transition(event, fatal=False, reason=reason).trial is None:
+            self.note(f"rolled back from slot {slot}: {reason}")
+        else:
+            self.note(
+                f"slot {slot}: {reason}; the rollback could not be saved, so the boot ROM "
+                "rolls back when its boots run out"
+            )
 
     # operation --------------------------------------------------------------------------------
     def op_stats(self, fields: dict[str, Any], blob: bytes) -> Reply:

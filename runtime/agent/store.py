@@ -18,43 +18,74 @@ Rules it keeps, so that a power cut at any moment leaves a bootable board:
 - a chunk enters the store only after its sha256 matches its name;
 - installing writes only the slot that is neither active nor on trial, and removes that slot's
   slot.json first, so a half-written slot is never booted;
-- the switch to a new slot is one atomic rename of state.json.
+- the switch to a new slot is one atomic rename of state.json, whose changes are the events of
+  `runtime.agent.bootstate` (`transition`);
+- a flash is accepted only when the store has room for all of it (`space_for`: the chunks still
+  to be staged, the whole slot copy, the boot state and a margin), and an install that fails
+  (a full disk, an I/O error) removes the partial slot it wrote before it reports the error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.agent.bootstate import (
+    BootMachine,
+    BootState,
+    BootStateError,
+    Event,
+    drive,
+    parse_state,
+)
 from runtime.agent.bundlefmt import ChunkRef, Manifest, Top, parse_piece, parse_top, resolve
-from runtime.agent.errors import BundleRejected, StoreError
+from runtime.agent.errors import BundleRejected, RequestError, StoreError
+from runtime.agent.space import Space, space_for, usage
 
-__all__ = ["SLOTS", "BootState", "Store", "atomic_write"]
+__all__ = ["SLOTS", "BootState", "Space", "Store", "atomic_write"]
+
+log = logging.getLogger(__name__)
 
 SLOTS = ("a", "b")
 SLOT_MARK = "slot.json"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees either the old or the new content."""
+    """Write `data` to `path` so that a reader sees either the old or the new content; a write
+    that fails (a full disk) removes its temporary file and raises."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
+
+
+def _why(exc: OSError) -> str:
+    """An OSError in words a user acts on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the store is full ({exc.strerror})"
+    if exc.errno == errno.EROFS:
+        return "the store is read-only"
+    return f"{exc.strerror or exc} ({exc.filename or 'store'})"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -85,19 +116,6 @@ def unpack_chunk(ref: ChunkRef, data: bytes) -> bytes:
     return raw
 
 
-@dataclass
-class BootState:
-    active: str | None = None
-    trial: str | None = None
-    boots_left: int = 0
-    deadline_s: float = 60.0
-    last: dict[str, Any] | None = None
-    boot_count: int = 0
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
-
-
 class Store:
     """The store at `root`; every method checks its inputs and stays inside root."""
 
@@ -107,25 +125,40 @@ class Store:
         self.chunks = self.staging / "chunks"
         self._resolved: Manifest | None = None
         for d in (self.chunks, self.root / "slots" / "a", self.root / "slots" / "b"):
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only or full store still boots and answers
+                log.warning("store %s: cannot create %s (%s)", self.root, d.name, exc)
 
     # boot state -------------------------------------------------------------------------------
     def state(self) -> BootState:
         path = self.root / "state.json"
         try:
-            doc = json.loads(path.read_bytes())
+            return parse_state(path.read_bytes())
         except FileNotFoundError:
             return BootState()
         except ValueError as exc:  # cannot happen with atomic writes; say so if it does
-            raise StoreError(f"{path}: boot state is not JSON ({exc})") from exc
-        state = BootState()
-        for key in state.__dict__:
-            if key in doc:
-                setattr(state, key, doc[key])
-        return state
+            raise StoreError(f"{path}: boot state is damaged ({exc})") from exc
 
-    def save_state(self, state: BootState) -> None:
-        atomic_write(self.root / "state.json", state.to_json())
+    def save_boot_state(self, raw: bytes) -> None:
+        """Write state.json; only the boot state machine's `drive` calls it."""
+        atomic_write(self.root / "state.json", raw)
+
+    def transition(self, event: Event, *, fatal: bool = True, **args: Any) -> BootState:
+        """Feed one event to the boot state machine and save the result. A save that fails
+        raises StoreError when `fatal` (the request is refused, the state is unchanged), else
+        is logged and the state on disk stays as it was."""
+        machine = BootMachine(self.state())
+        try:
+            error = drive(machine, [(event, args)], self.save_boot_state)
+        except BootStateError as exc:
+            raise RequestError(str(exc)) from exc
+        if error is not None and fatal:
+            raise StoreError(
+                f"cannot record {event.value} in {self.root / 'state.json'}: {_why(error)}; "
+                "the boot state is unchanged"
+            ) from error
+        return machine.record
 
     # slots ------------------------------------------------------------------------------------
     def slot_dir(self, slot: str) -> Path:
@@ -177,7 +210,7 @@ class Store:
             return
         if current is not None:
             keep = {r.id for r in top.index}
-            for raw in self._pieces(list(keep)).values():  # and the chunks of those here
+            for raw in self.pieces_here(list(keep)).values():  # and the chunks of those here
                 with contextlib.suppress(BundleRejected):
                     keep.update(parse_piece(raw)[1])
             for p in self.chunks.iterdir():
@@ -194,7 +227,7 @@ class Store:
         except (FileNotFoundError, BundleRejected):
             return None
 
-    def _pieces(self, ids: list[str]) -> dict[str, bytes]:
+    def pieces_here(self, ids: list[str]) -> dict[str, bytes]:
         """The index pieces of `ids` that are here, from staging or the active slot."""
         slot = self._slot_pieces(self.state().active)
         out = {}
@@ -211,7 +244,7 @@ class Store:
         Pieces are immutable (content-addressed), so the result is kept for later requests."""
         if self._resolved is not None and self._resolved.digest == top.digest:
             return self._resolved
-        pieces = self._pieces([r.id for r in top.index])
+        pieces = self.pieces_here([r.id for r in top.index])
         for ref in top.index:
             if ref.id not in pieces:
                 raise StoreError(
@@ -226,7 +259,7 @@ class Store:
         except FileNotFoundError:
             return b""
 
-    def _active_sources(self) -> dict[str, tuple[Path, int]]:
+    def active_sources(self) -> dict[str, tuple[Path, int]]:
         """Chunk id -> (file, offset) for chunks the active slot already holds."""
         state = self.state()
         out: dict[str, tuple[Path, int]] = {}
@@ -246,7 +279,7 @@ class Store:
 
     def have(self, ids: list[str]) -> list[bool]:
         """Whether each chunk or index piece is here (staged, or in the active slot)."""
-        sources = self._active_sources()
+        sources = self.active_sources()
         pieces = self._slot_pieces(self.state().active)
         return [i in sources or i in pieces or (self.chunks / i).is_file() for i in ids]
 
@@ -281,18 +314,45 @@ class Store:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def space_for(self, top: Top) -> Space:
+        """The room a flash of `top` needs here against what it has (runtime.agent.space)."""
+        return space_for(self, top)
+
     # install ----------------------------------------------------------------------------------
     def install_step(self, budget_bytes: int = 64 << 20) -> dict[str, Any]:
         """Write up to about `budget_bytes` of the staged bundle into the writable slot.
 
         Call again until it returns done; each call resumes after the files already in place
-        (a file is renamed into the slot only once it is whole and its sha256 matches).
+        (a file is renamed into the slot only once it is whole and its sha256 matches). When a
+        write fails (OSError: a full disk, an I/O error) the partial slot is removed and
+        StoreError says what is missing; the staged chunks stay, so a later flash resumes.
         """
         top = self.staged()
         if top is None:
             raise StoreError("no bundle is staged; send a manifest first")
         m = self.resolved(top)
         slot = self.writable_slot()
+        try:
+            return self._install(m, slot, budget_bytes)
+        except OSError as exc:
+            freed = usage(self.slot_dir(slot))
+            self._empty_slot(slot)
+            space = self.space_for(top)
+            raise StoreError(
+                f"installing into slot {slot} failed: {_why(exc)}; the partial slot was removed "
+                f"({freed} bytes freed) and the active slot is untouched; "
+                f"{space.describe()}: free that much on the board, then flash again"
+            ) from exc
+
+    def _empty_slot(self, slot: str) -> None:
+        base = self.slot_dir(slot)
+        with contextlib.suppress(OSError):
+            (base / SLOT_MARK).unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            base.mkdir(parents=True, exist_ok=True)
+
+    def _install(self, m: Manifest, slot: str, budget_bytes: int) -> dict[str, Any]:
         base = self.slot_dir(slot)
         mark = base / SLOT_MARK
         existing = self.slot_manifest(slot)
@@ -308,7 +368,7 @@ class Store:
             base.mkdir(parents=True)
             atomic_write(progress, m.digest.encode())
         sizes = m.chunk_map()
-        sources = self._active_sources()
+        sources = self.active_sources()
         written = 0
         done = 0
         for f in m.files:
@@ -327,7 +387,7 @@ class Store:
             done += 1
         if done < len(m.files):
             return {"done": False, "slot": slot, "files": done, "total": len(m.files)}
-        index = {i: raw.decode() for i, raw in self._pieces([r.id for r in m.index]).items()}
+        index = {i: raw.decode() for i, raw in self.pieces_here([r.id for r in m.index]).items()}
         if len(index) != len(m.index):
             raise StoreError("an index piece of the staged bundle went missing; send it again")
         doc = {"manifest": m.raw.hex(), "signature": self.staged_signature().hex(), "index": index}
