@@ -1,8 +1,12 @@
 """Entry point: parse, dispatch, and turn Ocula's errors into one line and an exit code.
 
-Exit codes: 0 success, 1 failure (bad input, a board that misbehaves), 2 usage error,
-3 a bug in Ocula, 130 interrupted. A traceback is printed only for an exception that is not an OculaError:
-that is a bug in Ocula, and the message says so.
+Exit codes: 0 success, 1 failure (bad input, a board that misbehaves, a full disk), 2 usage
+error (an argument that cannot be used: checked by `ocula.argtypes` before anything starts),
+3 a bug in Ocula, 130 interrupted (Ctrl-C, or SIGTERM when run as the `ocula` command). Every
+error is one `ocula: error: ...` line on stderr. An OSError that escapes a command (a disk that
+fills, a folder that turns read-only mid-run) is the host's doing and is said in one line too; a
+traceback is printed only for any other exception: that is a bug in Ocula, and the message says
+so.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -28,8 +34,32 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         hint = f" (see '{self.prog} --help')"
-        sys.stderr.write(f"{PROG}: error: {message}{hint}\n")
+        _say(f"{message}{hint}")
         sys.exit(2)
+
+
+def _say(message: str) -> None:
+    """One `ocula: error:` line: newlines folded, undecodable bytes escaped."""
+    line = " ".join(str(message).split("\n")).encode("utf-8", "backslashreplace").decode()
+    sys.stderr.write(f"{PROG}: error: {line}\n")
+    sys.stderr.flush()
+
+
+def _os_error(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or str(exc)
+    hint = {
+        28: "; free some space and run again",  # ENOSPC
+        30: "; choose a writable place",  # EROFS
+        13: "; check the permissions",  # EACCES
+    }.get(exc.errno or 0, "")
+    return f"{where}: {what}{hint}" if where else f"{what}{hint}"
+
+
+def _terminate(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser() -> Parser:
@@ -72,18 +102,28 @@ def _setup_logging(verbose: int, quiet: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:  # the `ocula` command: SIGTERM unwinds like Ctrl-C (temporaries removed)
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
     _setup_logging(args.verbose, args.quiet)
     try:
         result = args.func(args)
     except OculaError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        _say(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+        _say("interrupted")
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
+        return 1
+    except OSError as exc:
+        _say(_os_error(exc))
         return 1
     except Exception:
         traceback.print_exc()
@@ -93,6 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 3
     return int(result or 0)
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader went away (`ocula board list | head -1`): drop what is left unsent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

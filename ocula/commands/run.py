@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import integer, label, number, out_file, port_or_local, text
 from runtime.errors import OculaError, UsageError
 
 APPS = ("captions", "translate", "look")
@@ -43,7 +44,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="APP", choices=APPS, help="captions | translate | look")
-    p.add_argument("--port", required=True, help="'local' (this host) or a board port")
+    p.add_argument(
+        "--port", required=True, type=port_or_local, help="'local' (this host) or a board port"
+    )
     p.add_argument(
         "--models",
         type=Path,
@@ -58,14 +61,25 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
         help="image, folder of images, 'pattern', or v4l2:/dev/videoN (with a board port: an image)",
     )
     p.add_argument("--display", help="folder for the virtual display, or fb:/dev/fbN")
-    p.add_argument("--trace", type=Path, help="write the Chrome trace-event JSON here")
-    p.add_argument("--duration", type=float, default=60.0, help="stop after S seconds (default 60)")
-    p.add_argument("--source-lang", default="en", help="spoken language (default en)")
-    p.add_argument("--target-lang", default="zh", help="translation language (default zh)")
+    p.add_argument("--trace", type=out_file, help="write the Chrome trace-event JSON here")
     p.add_argument(
-        "--question", help="look: what to ask about the text read (default: translate it)"
+        "--duration",
+        type=number(0, 7 * 86400, low_open=True),
+        default=60.0,
+        help="stop after S seconds (default 60)",
     )
-    p.add_argument("--max-tokens", type=int, default=48, help="LLM tokens per answer (default 48)")
+    p.add_argument("--source-lang", type=label, default="en", help="spoken language (default en)")
+    p.add_argument(
+        "--target-lang", type=label, default="zh", help="translation language (default zh)"
+    )
+    p.add_argument(
+        "--question",
+        type=text,
+        help="look: what to ask about the text read (default: translate it)",
+    )
+    p.add_argument(
+        "--max-tokens", type=integer(1, 4096), default=48, help="LLM tokens per answer (default 48)"
+    )
     p.add_argument("--once", action="store_true", help="look: answer one frame, then stop")
     p.add_argument(
         "--virtual", action="store_true", help="simulated time: as fast as compute allows"
@@ -221,8 +235,8 @@ def print_report(report: Any) -> None:
         print(f"  {name}: FAILED: {error}")
     for app, summary in report.app_summaries.items():
         for key in ("captions", "translations", "read", "answers"):
-            for text in summary.get(key, [])[:6]:
-                print(f"  {app} {key[:-1] if key.endswith('s') else key}: {text[:100]!r}")
+            for line in summary.get(key, [])[:6]:
+                print(f"  {app} {key[:-1] if key.endswith('s') else key}: {line[:100]!r}")
     print("\ncounters")
     keys = [
         "audio.dropped_samples",
