@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,6 +119,12 @@ def _check_glyphs(path: Path) -> None:
         raise BoardError(
             f"{exc} (given as the bundle's glyph atlas; build one with "
             "ocula.glyphatlas.cached_atlas())"
+        ) from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        # numpy's .npz reader raises these for an empty or truncated file
+        raise BoardError(
+            f"glyph atlas {path}: not a glyph atlas ({type(exc).__name__}: {exc}); build one "
+            "with ocula.glyphatlas.cached_atlas()"
         ) from exc
 
 

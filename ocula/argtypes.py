@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "OutPath",
     "in_dir",
     "in_file",
     "integer",
@@ -36,6 +37,15 @@ __all__ = [
 ]
 
 Bad = argparse.ArgumentTypeError
+
+
+class OutPath(type(Path())):  # type: ignore[misc]
+    """A path the command will write: `ocula.cli` removes the empty folders made for it when the
+    command fails, so a failed run leaves the disk as it found it."""
+
+    def missing(self) -> list[Path]:
+        """This path (when a folder to make) and its ancestors that do not exist yet."""
+        return [p for p in (self, *self.parents) if not os.path.lexists(p)]
 
 
 def _show(value: str) -> str:
@@ -100,9 +110,9 @@ def _read_only(path: Path) -> bool:
         return False
 
 
-def out_file(value: str) -> Path:
+def out_file(value: str) -> OutPath:
     """A file to write (created or replaced; its folder is created when missing)."""
-    path = _path(value)
+    path = OutPath(_path(value))
     _clean_name(value, path)
     if path.is_dir():
         raise Bad(f"{_show(value)}: is an existing folder; give a file name (e.g. {path}/out)")
@@ -114,9 +124,9 @@ def out_file(value: str) -> Path:
     return path
 
 
-def out_dir(value: str) -> Path:
+def out_dir(value: str) -> OutPath:
     """A folder to write into (created when missing)."""
-    path = _path(value)
+    path = OutPath(_path(value))
     _clean_name(value, path)
     if path.exists() and not path.is_dir():
         raise Bad(f"{_show(value)}: exists and is not a folder; give a folder path")

@@ -12,6 +12,7 @@ so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -20,11 +21,13 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from runtime.errors import OculaError
 
 from . import commands
+from .argtypes import OutPath
 
 PROG = "ocula"
 
@@ -111,8 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("interrupted")
         return 130
     _setup_logging(args.verbose, args.quiet)
+    made = [p for v in vars(args).values() if isinstance(v, OutPath) for p in v.missing()]
+    code = _run(args)
+    if code != 0:
+        _remove_empty(made)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
-        result = args.func(args)
+        return int(args.func(args) or 0)
     except OculaError as exc:
         _say(str(exc))
         return exc.exit_code
@@ -132,7 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "with the traceback above\n"
         )
         return 3
-    return int(result or 0)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders made for a failed command's output, deepest first, if still empty."""
+    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _quiet_stdout() -> None:

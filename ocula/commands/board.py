@@ -115,8 +115,9 @@ def _sim(args: argparse.Namespace) -> int:
     from board.keys import load_public_raw
     from hil.sim import SimBoard
 
+    profile = profiles.find(args.profile)  # a bad profile is said now, not by a silent board
     key = load_public_raw(args.key) if args.key else None
-    board = SimBoard(args.name or profiles.find(args.profile).name, profile=args.profile, key=key)
+    board = SimBoard(args.name or profile.name, profile=args.profile, key=key)
 
     def _stop(*_: object) -> None:
         raise KeyboardInterrupt

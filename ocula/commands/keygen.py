@@ -24,7 +24,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _keygen(args: argparse.Namespace) -> int:
     from board import keys
+    from ocula.argtypes import Bad
+    from runtime.errors import UsageError
 
+    try:  # KEY.pub too, so a failure cannot leave a private key without its public half
+        out_file(f"{args.key}.pub")
+    except Bad as exc:
+        raise UsageError(f"{args.key}: its public key {exc}") from None
     priv, pub = keys.generate(args.key, force=args.force)
     fingerprint = hashlib.sha256(keys.load_public_raw(pub)).hexdigest()[:16]
     print(f"private key: {priv}  (keep it secret)")
