@@ -19,8 +19,9 @@ from typing import Any
 from hil.errors import PortError
 
 FORMS = "PORT is a device path (/dev/ttyACM0), sim://NAME or rfc2217://HOST:PORT"
-# pyserial's own URL handlers (serial/urlhandler/protocol_*.py) and Ocula's sim://
-SCHEMES = ("sim", "rfc2217", "socket", "loop", "spy", "alt", "hwgrep", "cp2110")
+# pyserial's own URL handlers (serial/urlhandler/protocol_*.py), Ocula's sim:// and a labgrid
+# place (hil.labgrid_place, which checks its own form)
+SCHEMES = ("sim", "labgrid", "rfc2217", "socket", "loop", "spy", "alt", "hwgrep", "cp2110")
 SIM_OPTIONS = ("profile", "key", "dir")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -92,7 +93,8 @@ def _check_sim(url: str) -> None:
 
         key = Path(options["key"])
         if not key.is_file():
-            raise PortError(f"{url}: key {key}: no such file (the board's KEY.pub)")
+            what = "a folder" if key.is_dir() else "no such file"
+            raise PortError(f"{url}: key {key}: {what}; give the board's KEY.pub")
         if key.stat().st_size > 64 * 1024:
             raise PortError(f"{url}: key {key}: {key.stat().st_size} bytes is not a key file")
         try:

@@ -58,8 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (w / "art_trunc" / "manifest.json").write_text('{"schema_version": 1, "kind": "ll')
     (w / "notwav.wav").write_text("not audio")
     (w / "trunc.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
-    (w / "notpng.png").write_text("not an image")
-    priv, pub = keys.generate(w / "keys" / "dev")
+    priv, _ = keys.generate(w / "keys" / "dev")
     (w / "trunc.key").write_bytes(priv.read_bytes()[:40])
     (w / "pubdir").mkdir()
     (w / "pubdir" / "k.pub").mkdir()
@@ -434,6 +433,7 @@ PROFILE = [
 ]
 
 _R = ["run", "look", "--port", "local"]
+_RC = ["run", "captions", "--port", "local", "--models", "{W}/dir", "--audio"]
 RUN = [
     (2, ["run"]),
     (2, ["run", "look"]),
@@ -457,6 +457,11 @@ RUN = [
     (2, [*_R, "--target-lang", ""]),
     (1, [*_R, "--models", "{W}/dir", "--camera", "pattern"]),
     (1, ["run", "captions", "--port", "local", "--models", "{W}/dir", "--audio", "{W}/notwav.wav"]),
+    (1, [*_RC, "{W}/trunc.wav"]),
+    (1, [*_RC, "{W}/empty"]),
+    (1, [*_RC, "{W}/garbage.bin"]),
+    (1, [*_RC, "{W}/dir"]),
+    (1, [*_RC, "{W}/nofile.wav"]),
     (1, ["run", "look", "--port", "{W}/nodev", "--duration", "1"]),
     (2, ["run", "look", "--port", "{W}/nodev", "--models", "{W}/dir"]),
     (2, ["run", "look", "--port", "sim://x", "--virtual"]),
