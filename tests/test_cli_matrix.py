@@ -1,7 +1,7 @@
 """The command line under careless use: a matrix of bad invocations over every command.
 
-Every row is an argv that must fail as the README promises: one `ocula: error:` line (the last
-line on stderr), the documented exit code (1 a failure, 2 a usage error, 130 interrupted), no
+Every row is an argv that must fail as the README promises: one `ocula: error:` line (and
+nothing else on stderr), the documented exit code (1 a failure, 2 a usage error, 130 interrupted), no
 traceback, and nothing left behind: the world folder the rows point into and the sim boards'
 folder are the same, file by file, before and after. The rows cover missing, empty, wrong-type,
 truncated, read-only, existing, absurd and non-UTF-8 arguments of every command; most run
@@ -121,10 +121,9 @@ def _state(pid: int) -> str:
 def check_error(code: int, err: str, out: str, want: int) -> str:
     assert "Traceback" not in err and "Traceback" not in out, err
     lines = err.rstrip("\n").splitlines()
-    errors = [line for line in lines if line.startswith("ocula: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert len(lines) == 1 and lines[0].startswith("ocula: error: "), err
     assert code == want, (code, err)
-    return errors[0]
+    return lines[0]
 
 
 # -- the matrix ----------------------------------------------------------------------------

@@ -49,14 +49,16 @@ def _flash(args: argparse.Namespace) -> int:
 
     bundle = Bundle.open(args.bundle)
     client = LinkClient(lambda: open_port(args.port, baud=args.baud), name=args.port)
+    console = _stderr_console()
     bar = Progress(
         TextColumn("{task.description:<8}"),
         BarColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
-        console=_stderr_console(),
+        console=console,
         transient=args.json,
-        disable=args.quiet > 0,
+        # bars only on a terminal: in a log they are one frame, or an empty line above an error
+        disable=args.quiet > 0 or not console.is_terminal,
     )
     tasks: dict[str, Any] = {}
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,6 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _check_common(args)
     if args.port == "local":
         report, trace = run_local(args)
     else:
@@ -100,13 +99,6 @@ def _run(args: argparse.Namespace) -> int:
         if trace:
             print(f"\ntrace: {trace} (open in https://ui.perfetto.dev)")
     return 0 if report.apps else 1
-
-
-def _check_common(args: argparse.Namespace) -> None:
-    if args.duration <= 0 or not math.isfinite(args.duration):
-        raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
-    if not 1 <= args.max_tokens <= 4096:
-        raise UsageError(f"--max-tokens {args.max_tokens}: must be 1 to 4096")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -216,7 +208,14 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
     )
     models = Models.scan(args.models or Path("artifacts"))
     host = Host(profile, clock, devices, atlas, models, options)
-    if not host.add(make_app(args.app)):
+    host_log = logging.getLogger("runtime.apps.host")
+    said_here = _DropCannotRun()  # the one app's failure is this command's error line: say it once
+    host_log.addFilter(said_here)
+    try:
+        added = host.add(make_app(args.app))
+    finally:
+        host_log.removeFilter(said_here)
+    if not added:
         host.close()
         raise host.errors[args.app]
     report = host.run(args.duration)
@@ -226,6 +225,11 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
             args.trace, {"board": profile.name, "app": args.app, "virtual": args.virtual}
         )
     return report, trace
+
+
+class _DropCannotRun(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "cannot run" not in str(record.msg)
 
 
 def print_report(report: Any) -> None:

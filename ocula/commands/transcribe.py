@@ -47,15 +47,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def _transcribe(args: argparse.Namespace) -> int:
     from runtime.engine.asr import Whisper
     from runtime.engine.audio import read_wav
-    from runtime.engine.errors import EngineUsageError
 
     profile = None
     if args.board:
         from board import profiles
 
         profile = profiles.find(args.board)
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise EngineUsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     asr = Whisper.from_artifact(args.artifact, profile, threads=args.threads, trim=args.trim)
     audio = read_wav(args.audio, asr.sample_rate)
     segments = None
