@@ -163,17 +163,17 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
 
 def _fetch_trace(client: Any, args: argparse.Namespace, name: str, board: str) -> Path:
     from hil.boardio import fetch_trace
+    from ocula.atomic import write_bytes
 
     path: Path = args.trace
     data = fetch_trace(client, name, f"{args.port}: board {board}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+    return write_bytes(path, data, "trace")
 
 
 def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
     """Build the devices and the host from the arguments, run, write the trace."""
     from board import profiles
+    from ocula.atomic import write_bytes
     from ocula.glyphatlas import cached_atlas
     from runtime.apps import AppOptions, Devices, Host, Models, make_app
     from runtime.io import open_audio, open_camera, open_display
@@ -221,9 +221,8 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
     report = host.run(args.duration)
     trace = None
     if args.trace:
-        trace = host.trace.write(
-            args.trace, {"board": profile.name, "app": args.app, "virtual": args.virtual}
-        )
+        meta = {"board": profile.name, "app": args.app, "virtual": args.virtual}
+        trace = write_bytes(args.trace, json.dumps(host.trace.to_json(meta)).encode(), "trace")
     return report, trace
 
 
