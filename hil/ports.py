@@ -26,16 +26,23 @@ SIM_OPTIONS = ("profile", "key", "dir")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def check_port(url: str) -> None:
-    """Raise PortError naming what is wrong with `url` and the fix; open nothing."""
+def check_port(url: str, places: bool = False) -> None:
+    """Raise PortError naming what is wrong with `url` and the fix; open nothing.
+
+    `places`: also accept `labgrid://PLACE` (the HIL rigs acquire a place; a bare serial port
+    cannot)."""
     if not url or not url.isprintable():
         raise PortError(f"{url!r}: not a port; {FORMS}")
     if "://" not in url:
         _check_device(url)
         return
     scheme = url.split("://", 1)[0].lower()
+    if scheme == "labgrid" and not places:
+        raise PortError(f"{url}: a labgrid place is a port for 'ocula hil' only; {FORMS}")
     if scheme not in SCHEMES:
         raise PortError(f"{url}: unknown port scheme {scheme!r}; {FORMS}")
+    if scheme == "labgrid" and not urllib.parse.urlsplit(url).netloc:
+        raise PortError(f"{url}: expected labgrid://PLACE[?coordinator=HOST:PORT]")
     if scheme == "sim":
         _check_sim(url)
     elif scheme in ("rfc2217", "socket"):

@@ -32,6 +32,7 @@ __all__ = [
     "out_file",
     "port",
     "port_or_local",
+    "rig_port",
     "sim_name",
     "text",
 ]
@@ -210,7 +211,7 @@ def integer(low: int, high: int, *, unit: str = "") -> Callable[[str], int]:
     return parse
 
 
-def port(value: str) -> str:
+def port(value: str, places: bool = False) -> str:
     """A board's or fixture's port, checked without opening it (see `hil.ports.check_port`)."""
     from hil.errors import PortError
     from hil.ports import check_port
@@ -218,10 +219,15 @@ def port(value: str) -> str:
     if not value:
         raise Bad("an empty port; give /dev/ttyACM0, sim://NAME or rfc2217://HOST:PORT")
     try:
-        check_port(value)
+        check_port(value, places=places)
     except PortError as exc:
         raise Bad(str(exc)) from None
     return value
+
+
+def rig_port(value: str) -> str:
+    """A board's port for the HIL rigs: a port, or a labgrid place (`labgrid://PLACE`)."""
+    return port(value, places=True)
 
 
 def port_or_local(value: str) -> str:

@@ -324,6 +324,8 @@ FLASH = [
     (1, ["flash", "", "--port", "sim://x"]),
     (1, ["flash", NO_UTF8, "--port", "sim://x"]),
     (1, [*_FL, "{W}/nodev"]),
+    (1, ["flash", "{W}/good.bundle\n", "--port", "sim://x"]),
+    (2, [*_FL, "labgrid://"]),
 ]
 
 _G = ["generate", "{W}/dir", "--prompt", "hi"]
@@ -366,6 +368,7 @@ HIL = [
     (2, ["hil", "--port", "foo://x"]),
     (2, ["hil", "--port", ""]),
     (2, ["hil", "--port", "{W}/dir"]),
+    (2, ["hil", "--port", "labgrid://"]),
     (2, ["hil", "--port", "sim://x?profile=nope"]),
     (2, ["hil", "--port", "sim://x?profile={W}/bad.toml"]),
     (2, ["hil", "--inventory", "{W}/nofile"]),
@@ -392,6 +395,8 @@ INSPECT = [
     (1, ["inspect", "{W}/ro"]),
     (1, ["inspect", ""]),
     (1, ["inspect", NO_UTF8]),
+    (1, ["inspect", "{W}/a\nb"]),
+    (1, ["inspect", "{W}/dir\n"]),
 ]
 
 KEYGEN = [

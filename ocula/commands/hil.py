@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ocula.argtypes import in_file, integer, key_file, number, out_dir, port
+from ocula.argtypes import in_file, integer, key_file, number, out_dir, port, rig_port
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -20,9 +20,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--port",
-        type=port,
+        type=rig_port,
         metavar="PORT",
-        help="the board: /dev/ttyACM0, sim://sim, rfc2217://H:P",
+        help="the board: /dev/ttyACM0, sim://sim, rfc2217://H:P, labgrid://PLACE",
     )
     p.add_argument(
         "--inventory", type=in_file, metavar="FILE", help="take a free board from this inventory"
