@@ -3,16 +3,17 @@
 Exit codes: 0 success, 1 failure (bad input, a board that misbehaves, a full disk), 2 usage
 error (an argument that cannot be used: checked by `ocula.argtypes` before anything starts),
 3 a bug in Ocula, 130 interrupted (Ctrl-C, or SIGTERM when run as the `ocula` command). Every
-error is one `ocula: error: ...` line on stderr. An OSError that escapes a command (a disk that
-fills, a folder that turns read-only mid-run) is the host's doing and is said in one line too; a
-traceback is printed only for any other exception: that is a bug in Ocula, and the message says
-so.
+error is one `ocula: error: ...` line on stderr. An OSError the host causes (a disk that fills,
+a folder made read-only mid-run: HOST_ERRORS) is said in one line too; a traceback is printed
+only for any other exception: that is a bug in Ocula, and the message says so. When a command
+fails, the empty folders made for its output (`argtypes.OutPath`) are removed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -48,17 +49,34 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
+# What the host or the user's paths do to a command (a disk that fills, a folder made read-only,
+# a folder given for a file): said in one line. Any other OSError that escapes a command (EBADF,
+# EINVAL, ...) is a bug in Ocula and keeps its traceback.
+HOST_ERRORS = {
+    errno.ENOSPC: "; free some space and run again",
+    errno.EDQUOT: "; free some space and run again",
+    errno.EFBIG: "; write it to another file system",
+    errno.EROFS: "; choose a writable place",
+    errno.EACCES: "; check the permissions",
+    errno.EPERM: "; check the permissions",
+    errno.EIO: "; check the disk or the device",
+    errno.EMFILE: "; raise the open-file limit (ulimit -n)",
+    errno.ENFILE: "; close some programs",
+    errno.ENAMETOOLONG: "; use a shorter path",
+    # a path the user gave that is not what the command needs (a reader that did not check)
+    errno.ENOENT: "; check the path",
+    errno.EISDIR: "; give a file, not a folder",
+    errno.ENOTDIR: "; check the path",
+    errno.ELOOP: "; check the symbolic links in the path",
+}
+
+
 def _os_error(exc: OSError) -> str:
     where = exc.filename if exc.filename is not None else ""
     if exc.filename2 is not None:
         where = f"{where} -> {exc.filename2}"
-    what = exc.strerror or str(exc)
-    hint = {
-        28: "; free some space and run again",  # ENOSPC
-        30: "; choose a writable place",  # EROFS
-        13: "; check the permissions",  # EACCES
-    }.get(exc.errno or 0, "")
-    return f"{where}: {what}{hint}" if where else f"{what}{hint}"
+    what = f"{exc.strerror or exc}{HOST_ERRORS.get(exc.errno or 0, '')}"
+    return f"{where}: {what}" if where else what
 
 
 def _terminate(*_: object) -> None:
@@ -134,15 +152,21 @@ def _run(args: argparse.Namespace) -> int:
         _quiet_stdout()
         return 1
     except OSError as exc:
+        if exc.errno not in HOST_ERRORS:
+            return _bug()
         _say(_os_error(exc))
         return 1
     except Exception:
-        traceback.print_exc()
-        sys.stderr.write(
-            f"{PROG}: internal error: this is a bug in Ocula; please report it "
-            "with the traceback above\n"
-        )
-        return 3
+        return _bug()
+
+
+def _bug() -> int:
+    traceback.print_exc()
+    sys.stderr.write(
+        f"{PROG}: internal error: this is a bug in Ocula; please report it "
+        "with the traceback above\n"
+    )
+    return 3
 
 
 def _remove_empty(folders: list[Path]) -> None:
