@@ -291,6 +291,19 @@ def test_interrupted_bundle_write_leaves_no_temporary(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_profile_with_a_relative_out_as_the_readme_shows(tmp_path: Path, sim_dir: Path) -> None:
+    """`ocula profile --port sim://sim --app requests --out prof`: the board's work folder is
+    handed to other processes, so a relative --out must mean the user's folder."""
+    r = subprocess.run(
+        [str(BIN / "ocula"), "profile", "--port", "sim://rel", "--app", "requests", "--out",
+         "prof", "--seconds", "0.5"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "prof" / "index.html").is_file()
+    assert f"report: {tmp_path / 'prof' / 'index.html'}" in r.stdout
+
+
 def test_a_relative_out_means_the_folder_the_user_is_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
