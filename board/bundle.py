@@ -20,13 +20,17 @@ checks the file is complete (a truncated bundle is refused before anything is se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import tempfile
+import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import runtime
 from board.errors import BoardError
@@ -116,6 +120,12 @@ def _check_glyphs(path: Path) -> None:
             f"{exc} (given as the bundle's glyph atlas; build one with "
             "ocula.glyphatlas.cached_atlas())"
         ) from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        # numpy's .npz reader raises these for an empty or truncated file
+        raise BoardError(
+            f"glyph atlas {path}: not a glyph atlas ({type(exc).__name__}: {exc}); build one "
+            "with ocula.glyphatlas.cached_atlas()"
+        ) from exc
 
 
 def build(
@@ -184,15 +194,12 @@ def build(
         from board import keys
 
         signature = keys.sign(Path(key), raw)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    with open(tmp, "wb") as fh:
+    with _atomic(out) as fh:
         fh.write(HEADER.pack(MAGIC, len(raw)) + raw + SIG_LEN.pack(len(signature)) + signature)
         for z in packed:
             fh.write(z)
         for c in manifest.chunks:
             fh.write(chunks[c.id][2])
-    os.replace(tmp, out)
     return {
         "bundle": str(out),
         "board": profile.name,
@@ -209,6 +216,43 @@ def build(
         "signed": bool(signature),
         "glyphs": glyphs is not None,
     }
+
+
+@contextlib.contextmanager
+def _atomic(out: Path) -> Iterator[BinaryIO]:
+    """Write `out` through a temporary beside it, renamed into place once complete.
+
+    On any failure (a full disk, Ctrl-C) the temporary and the folders made for `out` are
+    removed and `out` is left as it was; an OSError becomes a BoardError naming `out`."""
+    if out.is_dir():
+        raise BoardError(f"{out}: is a folder; give the bundle a file name")
+    made = [p for p in reversed(out.parents) if not p.exists()]
+    fd, tmp, done = -1, "", False
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+        os.fchmod(fd, 0o644)  # as open() would make it under the usual umask
+        with os.fdopen(fd, "wb") as fh:
+            fd = -1
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        done = True
+    except OSError as exc:
+        raise BoardError(
+            f"{out}: cannot write the bundle: {exc.strerror or exc}; nothing was written"
+        ) from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not done:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _index_pieces(files: list[dict[str, Any]]) -> list[bytes]:

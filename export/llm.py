@@ -109,6 +109,11 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
                 model, hf_dir = source.load_llm(src, work)
             cfg = model.config
             max_length = min(opts.max_length, int(cfg.max_position_embeddings))
+            if max_length < opts.max_length:
+                log.warning(
+                    "--max-length %d: the model holds %d positions; exporting %d",
+                    opts.max_length, max_length, max_length,
+                )  # fmt: skip
             if opts.graph == "fused":
                 graph, info = _fused(hf_dir, tmp, opts, max_length, steps)
             else:

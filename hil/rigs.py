@@ -63,6 +63,11 @@ class BoardUnderTest:
         self.sim: Any = None
         self.place: Any = None
         self.replies = 0  # requests the board has answered (a sim rail's "work" model)
+        from hil.ports import check_port
+
+        check_port(
+            url, places=True
+        )  # a bad sim:// profile or key is said now, not by a board that never boots
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme == "sim":
             from hil.sim import SimBoard

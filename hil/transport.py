@@ -33,6 +33,9 @@ def open_port(url: str, baud: int = 921600, timeout: float = 0.05, write_timeout
     """An open pyserial port (or a sim board's port, with `.sim`) for `url`."""
     import serial
 
+    from hil.ports import check_port
+
+    check_port(url)  # a typo fails here, before a sim board is started
     register()
     local = "://" not in url
     if local and not os.path.exists(url):

@@ -102,7 +102,7 @@ def test_busy_and_missing_ports_say_so(tmp_path: Path) -> None:
         os.close(slave)
     with pytest.raises(PortError, match="no such port"):
         open_port(str(tmp_path / "ttyNOPE"))
-    with pytest.raises(PortError, match="protocol 'nope' not known"):
+    with pytest.raises(PortError, match="unknown port scheme 'nope'"):
         open_port("nope://x")
 
 

@@ -7,10 +7,10 @@ import dataclasses
 import json
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from board import profiles
+from ocula.argtypes import key_file, sim_name
 from runtime.profile import Profile
 
 
@@ -40,8 +40,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "$OCULA_SIM_DIR/NAME (default ~/.cache/ocula/sim/NAME). Runs until Ctrl-C.",
     )
     sim.add_argument("--profile", default="sim", help="board profile (default sim)")
-    sim.add_argument("--name", help="sim board name (default: the profile name)")
-    sim.add_argument("--key", type=Path, help="public key the board will trust (KEY.pub)")
+    sim.add_argument("--name", type=sim_name, help="sim board name (default: the profile name)")
+    sim.add_argument("--key", type=key_file, help="public key the board will trust (KEY.pub)")
     sim.set_defaults(func=_sim)
 
 
@@ -115,8 +115,9 @@ def _sim(args: argparse.Namespace) -> int:
     from board.keys import load_public_raw
     from hil.sim import SimBoard
 
+    profile = profiles.find(args.profile)  # a bad profile is said now, not by a silent board
     key = load_public_raw(args.key) if args.key else None
-    board = SimBoard(args.name or profiles.find(args.profile).name, profile=args.profile, key=key)
+    board = SimBoard(args.name or profile.name, profile=args.profile, key=key)
 
     def _stop(*_: object) -> None:
         raise KeyboardInterrupt

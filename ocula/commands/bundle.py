@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import in_file, key_file, label, out_file
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -19,12 +21,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--board", required=True, metavar="PROFILE", help="board name or .toml")
     for kind in ("llm", "asr", "vad", "vision"):
         p.add_argument(f"--{kind}", type=Path, metavar="DIR", help=f"{kind} artifact folder")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="bundle to write")
-    p.add_argument("--key", type=Path, metavar="KEY", help="private key from 'ocula keygen'")
+    p.add_argument("--out", required=True, type=out_file, metavar="FILE", help="bundle to write")
+    p.add_argument("--key", type=key_file, metavar="KEY", help="private key from 'ocula keygen'")
     glyphs = p.add_mutually_exclusive_group()
     glyphs.add_argument(
         "--glyphs",
-        type=Path,
+        type=in_file,
         metavar="NPZ",
         help="the display's glyph atlas to carry (default: one built from this host's fonts)",
     )
@@ -33,7 +35,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="carry no glyph atlas (the board's display then shows boxes for text)",
     )
-    p.add_argument("--version", dest="bundle_version", metavar="V", help="version string")
+    p.add_argument(
+        "--version", dest="bundle_version", type=label, metavar="V", help="version string"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_bundle)
 

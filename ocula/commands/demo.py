@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import out_dir
 from runtime.errors import OculaError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
-        "--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)"
+        "--out", type=out_dir, default="demo-out", help="output folder (default demo-out)"
     )
     demo.add_argument(
         "--fresh", action="store_true", help="rebuild the models even if DIR has them"

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import integer, out_dir, text
+
 QUANTS_LLM = ("int4", "int8", "fp16", "fp32")
 QUANTS_ASR = ("int8", "fp16", "fp32")
 
@@ -42,8 +44,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"one of: {', '.join(PRESETS)}",
     )
-    rnd.add_argument("--out", required=True, type=Path, metavar="DIR")
-    rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("--out", required=True, type=out_dir, metavar="DIR")
+    rnd.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
     rnd.add_argument("--force", action="store_true", help="replace DIR even if it is not ours")
     rnd.set_defaults(func=_random)
 
@@ -59,23 +61,32 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         description="SOURCE is a Hugging Face folder, a .gguf file, or a hub id (online only). "
         "Weight-only MatMulNBits quantization; validation against PyTorch is on by default.",
     )
-    llm.add_argument("source", metavar="SOURCE")
-    llm.add_argument("--out", required=True, type=Path, metavar="DIR")
-    llm.add_argument("--quant", default="int4", help=f"{' | '.join(QUANTS_LLM)} (default int4)")
-    llm.add_argument("--block-size", type=int, default=32, help="int4/int8 block: 32 | 64 | 128")
+    llm.add_argument("source", type=text, metavar="SOURCE")
+    llm.add_argument("--out", required=True, type=out_dir, metavar="DIR")
+    llm.add_argument(
+        "--quant",
+        default="int4",
+        help=f"{' | '.join(QUANTS_LLM)} (default int4)",
+    )
+    llm.add_argument(
+        "--block-size", type=integer(1, 4096), default=32, help="int4/int8 block: 32 | 64 | 128"
+    )
     llm.add_argument("--asymmetric", action="store_true", help="int4/int8 with zero points")
     llm.add_argument(
         "--accuracy-level",
-        type=int,
+        type=integer(0, 4),
         default=4,
         help="MatMulNBits compute: 4 = int8 (CPU), 0 = fp32",
     )
     llm.add_argument(
-        "--max-length", type=int, default=2048, help="tokens of context (default 2048)"
+        "--max-length",
+        type=integer(1, 1 << 20),
+        default=2048,
+        help="tokens of context (default 2048; at most the model's own)",
     )
     llm.add_argument(
         "--embed-bits",
-        type=int,
+        type=integer(2, 16),
         default=None,
         help="int4/int8: bits of the embedding table and the tied head that shares it "
         "(default 8 for int4, 8 for int8)",
@@ -96,9 +107,13 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         description="Encoder, decoder with self-attention KV cache, cross-attention K/V once "
         "per utterance; feature-extraction constants in the manifest.",
     )
-    asr.add_argument("source", metavar="SOURCE")
-    asr.add_argument("--out", required=True, type=Path, metavar="DIR")
-    asr.add_argument("--quant", default="int8", help=f"{' | '.join(QUANTS_ASR)} (default int8)")
+    asr.add_argument("source", type=text, metavar="SOURCE")
+    asr.add_argument("--out", required=True, type=out_dir, metavar="DIR")
+    asr.add_argument(
+        "--quant",
+        default="int8",
+        help=f"{' | '.join(QUANTS_ASR)} (default int8)",
+    )
     asr.add_argument(
         "--head",
         default=None,
@@ -216,7 +231,7 @@ def _register_packaged(cmds: Any, common: argparse.ArgumentParser) -> None:
         ("vision", "package the PP-OCR det/rec/cls ONNX models as an artifact"),
     ):
         c = cmds.add_parser(kind, parents=[common], help=help_text, description=help_text)
-        c.add_argument("--out", required=True, type=Path, metavar="DIR")
+        c.add_argument("--out", required=True, type=out_dir, metavar="DIR")
         c.add_argument("--force", action="store_true", help="replace DIR even if it is not ours")
         c.set_defaults(func=_packaged, kind=kind)
 

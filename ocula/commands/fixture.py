@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import out_dir, port
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     fixture = sub.add_parser(
@@ -24,8 +26,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="precompile with mpy-cross and copy to the board with mpremote",
         description="Precompile the firmware with mpy-cross and copy it with mpremote, then reset.",
     )
-    dep.add_argument("--port", required=True, help="the fixture's serial port (/dev/ttyACM0)")
-    dep.add_argument("--build", type=Path, help="keep the compiled files in this folder")
+    dep.add_argument(
+        "--port", required=True, type=port, help="the fixture's serial port (/dev/ttyACM0)"
+    )
+    dep.add_argument("--build", type=out_dir, help="keep the compiled files in this folder")
     dep.add_argument(
         "--dry-run", action="store_true", help="build, print the mpremote command, copy nothing"
     )

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import integer, port
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -19,13 +21,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "itself otherwise. PORT is a serial device, sim://NAME or rfc2217://HOST:PORT.",
     )
     p.add_argument("bundle", metavar="BUNDLE", type=Path, help="a file made by 'ocula bundle'")
-    p.add_argument("--port", required=True, metavar="PORT", help="the board's port")
-    p.add_argument("--baud", type=int, default=921600, help="line rate for a UART (default 921600)")
+    p.add_argument("--port", required=True, type=port, metavar="PORT", help="the board's port")
+    p.add_argument(
+        "--baud",
+        type=integer(300, 20_000_000),
+        default=921600,
+        help="line rate for a UART (default 921600)",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON result object")
     p.add_argument("--force", action="store_true", help="reinstall even if the board runs it")
     p.add_argument(
         "--deadline",
-        type=int,
+        type=integer(1, 24 * 3600),
         default=60,
         metavar="S",
         help="seconds the new slot has to pass its health check (default 60)",
@@ -42,14 +49,16 @@ def _flash(args: argparse.Namespace) -> int:
 
     bundle = Bundle.open(args.bundle)
     client = LinkClient(lambda: open_port(args.port, baud=args.baud), name=args.port)
+    console = _stderr_console()
     bar = Progress(
         TextColumn("{task.description:<8}"),
         BarColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
-        console=_stderr_console(),
+        console=console,
         transient=args.json,
-        disable=args.quiet > 0,
+        # bars only on a terminal: in a log they are one frame, or an empty line above an error
+        disable=args.quiet > 0 or not console.is_terminal,
     )
     tasks: dict[str, Any] = {}
 

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import integer, number, text
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -23,19 +25,33 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "streams to stdout as it is generated; --json prints one JSON object instead.",
     )
     p.add_argument("artifact", type=Path, metavar="ARTIFACT", help="LLM artifact folder")
-    p.add_argument("--prompt", required=True, help="the prompt (raw text unless --chat)")
+    p.add_argument("--prompt", required=True, type=text, help="the prompt (raw text unless --chat)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    p.add_argument("--system", help="system message for --chat")
-    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="1 = off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="1 = off")
-    p.add_argument("--seed", type=int, default=None, metavar="S")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--system", type=text, help="system message for --chat")
+    p.add_argument("--max-new-tokens", type=integer(1, 1 << 20), default=128, metavar="N")
+    p.add_argument(
+        "--temperature", type=number(0, 100), default=0.0, metavar="T", help="0 = greedy"
+    )
+    p.add_argument("--top-k", type=integer(0, 1 << 24), default=0, metavar="K", help="0 = off")
+    p.add_argument(
+        "--top-p", type=number(0, 1, low_open=True), default=1.0, metavar="P", help="1 = off"
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=number(0, 100, low_open=True),
+        default=1.0,
+        metavar="R",
+        help="1 = off",
+    )
+    p.add_argument("--seed", type=integer(0, 2**63 - 1), default=None, metavar="S")
+    p.add_argument(
+        "--stop", type=text, action="append", default=[], metavar="TEXT", help="stop string"
+    )
+    p.add_argument(
+        "--time-budget", type=number(0, 7 * 86400, low_open=True), default=None, metavar="SECONDS"
+    )
     p.add_argument("--truncate", action="store_true", help="keep the end of a too-long prompt")
-    p.add_argument("--threads", type=int, default=None, metavar="N")
+    p.add_argument("--threads", type=integer(1, 1024), default=None, metavar="N")
     p.add_argument("--board", help="board profile for threads and memory budget (default: host)")
     p.add_argument(
         "--lookup",
@@ -45,7 +61,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "round differently, so tokens can differ)",
     )
     p.add_argument(
-        "--draft", metavar="TEXT", help="with --lookup: text the output is expected to follow"
+        "--draft",
+        type=text,
+        metavar="TEXT",
+        help="with --lookup: text the output is expected to follow",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     p.set_defaults(func=_generate)

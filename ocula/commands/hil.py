@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import in_file, integer, key_file, number, out_dir, port, rig_port
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -17,15 +19,36 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "after '--' go to pytest (e.g. -- -k flash -x, or -- -n 2 with --inventory).",
     )
     p.add_argument(
-        "--port", metavar="PORT", help="the board: /dev/ttyACM0, sim://sim, rfc2217://H:P"
+        "--port",
+        type=rig_port,
+        metavar="PORT",
+        help="the board: /dev/ttyACM0, sim://sim, rfc2217://H:P, labgrid://PLACE",
     )
-    p.add_argument("--inventory", metavar="FILE", help="take a free board from this inventory")
-    p.add_argument("--bundle", metavar="FILE", help="flash this bundle before the suites")
-    p.add_argument("--fixture-port", metavar="PORT", help="the rig fixture's serial port")
-    p.add_argument("--report", metavar="DIR", type=Path, help="write index.html + junit.xml here")
-    p.add_argument("--soak-minutes", type=float, default=0.2, metavar="M", help="soak length")
-    p.add_argument("--retries", type=int, default=0, metavar="N", help="rerun link/power failures")
-    p.add_argument("--key", metavar="FILE", help="private key for the bundles the suites build")
+    p.add_argument(
+        "--inventory", type=in_file, metavar="FILE", help="take a free board from this inventory"
+    )
+    p.add_argument(
+        "--bundle", type=in_file, metavar="FILE", help="flash this bundle before the suites"
+    )
+    p.add_argument(
+        "--fixture-port", type=port, metavar="PORT", help="the rig fixture's serial port"
+    )
+    p.add_argument(
+        "--report", metavar="DIR", type=out_dir, help="write index.html + junit.xml here"
+    )
+    p.add_argument(
+        "--soak-minutes",
+        type=number(0, 7 * 24 * 60, low_open=True),
+        default=0.2,
+        metavar="M",
+        help="soak length",
+    )
+    p.add_argument(
+        "--retries", type=integer(0, 100), default=0, metavar="N", help="rerun link/power failures"
+    )
+    p.add_argument(
+        "--key", type=key_file, metavar="FILE", help="private key for the bundles the suites build"
+    )
     p.add_argument(
         "pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="after '--': arguments for pytest"
     )
@@ -43,11 +66,11 @@ def _hil(args: argparse.Namespace) -> int:
     argv = [str(Path(suites.__file__).parent), "-p", "no:cacheprovider"]
     for flag, value in (
         ("--board", args.port),
-        ("--hil-inventory", args.inventory),
-        ("--bundle", args.bundle),
+        ("--hil-inventory", str(args.inventory) if args.inventory else None),
+        ("--bundle", str(args.bundle) if args.bundle else None),
         ("--fixture-port", args.fixture_port),
         ("--hil-report", str(args.report) if args.report else None),
-        ("--hil-key", args.key),
+        ("--hil-key", str(args.key) if args.key else None),
     ):
         if value:
             argv += [flag, value]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from ocula.argtypes import integer, label, number, out_dir, port
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -16,14 +17,28 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "while the app runs, synchronise samples and trace through marker edges, and write "
         "power.csv, power.png, trace.json (with a power counter track), power.json, index.html.",
     )
-    p.add_argument("--port", required=True, metavar="PORT", help="the board (sim://sim, /dev/...)")
     p.add_argument(
-        "--app", required=True, help="an app the board runs, or 'requests' (the agent itself)"
+        "--port", required=True, type=port, metavar="PORT", help="the board (sim://sim, /dev/...)"
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder")
-    p.add_argument("--seconds", type=float, default=3.0, help="how long to run (default 3)")
-    p.add_argument("--fixture-port", metavar="PORT", help="the rig fixture (real boards)")
-    p.add_argument("--rate", type=int, default=2000, metavar="HZ", help="power sample rate")
+    p.add_argument(
+        "--app",
+        required=True,
+        type=label,
+        help="an app the board runs, or 'requests' (the agent itself)",
+    )
+    p.add_argument("--out", required=True, type=out_dir, metavar="DIR", help="report folder")
+    p.add_argument(
+        "--seconds",
+        type=number(0, 86400, low_open=True),
+        default=3.0,
+        help="how long to run (default 3)",
+    )
+    p.add_argument(
+        "--fixture-port", type=port, metavar="PORT", help="the rig fixture (real boards)"
+    )
+    p.add_argument(
+        "--rate", type=integer(1, 1_000_000), default=2000, metavar="HZ", help="power sample rate"
+    )
     p.set_defaults(func=_profile)
 
 

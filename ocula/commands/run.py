@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import logging
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import integer, label, number, out_file, port_or_local, text
 from runtime.errors import OculaError, UsageError
 
 APPS = ("captions", "translate", "look")
@@ -43,7 +44,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="APP", choices=APPS, help="captions | translate | look")
-    p.add_argument("--port", required=True, help="'local' (this host) or a board port")
+    p.add_argument(
+        "--port", required=True, type=port_or_local, help="'local' (this host) or a board port"
+    )
     p.add_argument(
         "--models",
         type=Path,
@@ -58,14 +61,25 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
         help="image, folder of images, 'pattern', or v4l2:/dev/videoN (with a board port: an image)",
     )
     p.add_argument("--display", help="folder for the virtual display, or fb:/dev/fbN")
-    p.add_argument("--trace", type=Path, help="write the Chrome trace-event JSON here")
-    p.add_argument("--duration", type=float, default=60.0, help="stop after S seconds (default 60)")
-    p.add_argument("--source-lang", default="en", help="spoken language (default en)")
-    p.add_argument("--target-lang", default="zh", help="translation language (default zh)")
+    p.add_argument("--trace", type=out_file, help="write the Chrome trace-event JSON here")
     p.add_argument(
-        "--question", help="look: what to ask about the text read (default: translate it)"
+        "--duration",
+        type=number(0, 7 * 86400, low_open=True),
+        default=60.0,
+        help="stop after S seconds (default 60)",
     )
-    p.add_argument("--max-tokens", type=int, default=48, help="LLM tokens per answer (default 48)")
+    p.add_argument("--source-lang", type=label, default="en", help="spoken language (default en)")
+    p.add_argument(
+        "--target-lang", type=label, default="zh", help="translation language (default zh)"
+    )
+    p.add_argument(
+        "--question",
+        type=text,
+        help="look: what to ask about the text read (default: translate it)",
+    )
+    p.add_argument(
+        "--max-tokens", type=integer(1, 4096), default=48, help="LLM tokens per answer (default 48)"
+    )
     p.add_argument("--once", action="store_true", help="look: answer one frame, then stop")
     p.add_argument(
         "--virtual", action="store_true", help="simulated time: as fast as compute allows"
@@ -74,7 +88,6 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _check_common(args)
     if args.port == "local":
         report, trace = run_local(args)
     else:
@@ -86,13 +99,6 @@ def _run(args: argparse.Namespace) -> int:
         if trace:
             print(f"\ntrace: {trace} (open in https://ui.perfetto.dev)")
     return 0 if report.apps else 1
-
-
-def _check_common(args: argparse.Namespace) -> None:
-    if args.duration <= 0 or not math.isfinite(args.duration):
-        raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
-    if not 1 <= args.max_tokens <= 4096:
-        raise UsageError(f"--max-tokens {args.max_tokens}: must be 1 to 4096")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,17 +163,17 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
 
 def _fetch_trace(client: Any, args: argparse.Namespace, name: str, board: str) -> Path:
     from hil.boardio import fetch_trace
+    from ocula.atomic import write_bytes
 
     path: Path = args.trace
     data = fetch_trace(client, name, f"{args.port}: board {board}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+    return write_bytes(path, data, "trace")
 
 
 def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
     """Build the devices and the host from the arguments, run, write the trace."""
     from board import profiles
+    from ocula.atomic import write_bytes
     from ocula.glyphatlas import cached_atlas
     from runtime.apps import AppOptions, Devices, Host, Models, make_app
     from runtime.io import open_audio, open_camera, open_display
@@ -202,16 +208,27 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
     )
     models = Models.scan(args.models or Path("artifacts"))
     host = Host(profile, clock, devices, atlas, models, options)
-    if not host.add(make_app(args.app)):
+    host_log = logging.getLogger("runtime.apps.host")
+    said_here = _DropCannotRun()  # the one app's failure is this command's error line: say it once
+    host_log.addFilter(said_here)
+    try:
+        added = host.add(make_app(args.app))
+    finally:
+        host_log.removeFilter(said_here)
+    if not added:
         host.close()
         raise host.errors[args.app]
     report = host.run(args.duration)
     trace = None
     if args.trace:
-        trace = host.trace.write(
-            args.trace, {"board": profile.name, "app": args.app, "virtual": args.virtual}
-        )
+        meta = {"board": profile.name, "app": args.app, "virtual": args.virtual}
+        trace = write_bytes(args.trace, json.dumps(host.trace.to_json(meta)).encode(), "trace")
     return report, trace
+
+
+class _DropCannotRun(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "cannot run" not in str(record.msg)
 
 
 def print_report(report: Any) -> None:
@@ -221,8 +238,8 @@ def print_report(report: Any) -> None:
         print(f"  {name}: FAILED: {error}")
     for app, summary in report.app_summaries.items():
         for key in ("captions", "translations", "read", "answers"):
-            for text in summary.get(key, [])[:6]:
-                print(f"  {app} {key[:-1] if key.endswith('s') else key}: {text[:100]!r}")
+            for line in summary.get(key, [])[:6]:
+                print(f"  {app} {key[:-1] if key.endswith('s') else key}: {line[:100]!r}")
     print("\ncounters")
     keys = [
         "audio.dropped_samples",

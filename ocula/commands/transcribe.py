@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ocula.argtypes import integer, label
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -27,9 +29,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("audio", type=Path, metavar="AUDIO.wav", help="a PCM WAV file")
     p.add_argument("--vad", type=Path, metavar="VAD_ARTIFACT", help="VAD artifact folder")
     p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
-    p.add_argument("--language", metavar="CODE", help="language code (default: detect)")
-    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N")
-    p.add_argument("--threads", type=int, default=None, metavar="N")
+    p.add_argument("--language", type=label, metavar="CODE", help="language code (default: detect)")
+    p.add_argument("--max-new-tokens", type=integer(1, 1 << 16), default=None, metavar="N")
+    p.add_argument("--threads", type=integer(1, 1024), default=None, metavar="N")
     p.add_argument("--board", help="board profile for threads (default: host)")
     p.add_argument(
         "--trim",
@@ -45,15 +47,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def _transcribe(args: argparse.Namespace) -> int:
     from runtime.engine.asr import Whisper
     from runtime.engine.audio import read_wav
-    from runtime.engine.errors import EngineUsageError
 
     profile = None
     if args.board:
         from board import profiles
 
         profile = profiles.find(args.board)
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise EngineUsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     asr = Whisper.from_artifact(args.artifact, profile, threads=args.threads, trim=args.trim)
     audio = read_wav(args.audio, asr.sample_rate)
     segments = None
