@@ -110,7 +110,8 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
             cfg = model.config
             max_length = min(opts.max_length, int(cfg.max_position_embeddings))
             if opts.graph == "fused":
-                graph, info = _fused(hf_dir, tmp, opts, max_length, steps)
+                gguf = src.path if src.kind == "gguf" else None
+                graph, info = _fused(hf_dir, tmp, opts, max_length, steps, gguf)
             else:
                 graph, info = _optimum(model, work, tmp, opts, max_length, steps)
             tok = _copy_tokenizer(hf_dir, tmp)
@@ -217,7 +218,12 @@ def _optimum(
 
 
 def _fused(
-    hf_dir: Path, tmp: Path, opts: LlmOptions, max_length: int, steps: Steps
+    hf_dir: Path,
+    tmp: Path,
+    opts: LlmOptions,
+    max_length: int,
+    steps: Steps,
+    gguf: Path | None = None,
 ) -> tuple[Graph, dict[str, Any]]:
     from export.fused import build
 
@@ -231,7 +237,10 @@ def _fused(
             accuracy_level=opts.accuracy_level,
             max_length=max_length,
             embed_quant=f"int{opts.table_bits}" if opts.table_bits else None,
+            gguf=gguf,
         )
+    if info.source_blocks is not None:
+        steps.note(_blocks_note(info.source_blocks))
     import onnx
 
     g = onnx.load(str(tmp / info.onnx_file), load_external_data=True)
@@ -246,6 +255,7 @@ def _fused(
         ops=q_ops,
         float_ops=f_ops,
         weights_dtype="float16" if opts.quant == "fp16" else "float32",
+        source_blocks=info.source_blocks,
     )
     graph = Graph(
         file=info.onnx_file,
@@ -262,6 +272,20 @@ def _fused(
         | ({"embedding": info.embedding} if info.embedding else {}),
     )
     return graph, {"kind": "fused", "files": list(info.files), "info": info}
+
+
+def _blocks_note(blocks: dict[str, Any]) -> str:
+    """One line on what became of a GGUF's blocks: kept exactly, or re-quantized (and why)."""
+    exact, redone = blocks["exact"], blocks["requantized"]
+    types = ", ".join(f"{n} {t}" for t, n in blocks["file_types"].items())
+    line = f"GGUF blocks ({types}): {len(exact)} weights kept exactly"
+    if redone:
+        first = next(iter(redone.items()))
+        line += (
+            f"; {len(redone)} RE-QUANTIZED, not the file's own weights (e.g. {first[0]}: "
+            f"{first[1]})"
+        )
+    return line
 
 
 def _copy_tokenizer(hf_dir: Path, tmp: Path) -> list[str]:

@@ -4,7 +4,8 @@ Every way a source can be wrong is checked here, before minutes of export, and r
 line: missing path, folder without config.json, unsupported architecture (with the list of
 supported ones), the wrong kind of model for the command, truncated or corrupt safetensors or
 GGUF. `load` returns the PyTorch model in float32 and a Hugging Face folder (the source folder
-itself, or for a GGUF file a folder written from it) that tokenizer and fused builder read.
+itself, or for a GGUF file a folder written from it) that tokenizer and fused builder read; a
+GGUF's own tokenizer metadata wins over transformers' converted defaults (`gguf_tokenizer`).
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ def load_llm(src: Source, work: Path) -> tuple[Any, Path]:
             folder = work / "hf"
             model.save_pretrained(folder, safe_serialization=True)
             tok.save_pretrained(folder)
+            from export import gguf_tokenizer
+
+            gguf_tokenizer.fix(folder, src.path)
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(folder)
         else:
