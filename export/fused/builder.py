@@ -159,8 +159,8 @@ def build(
     )
     plan = None
     if gguf is not None and opts.bits:
-        from export.fused.gguf_blocks import GgufBlocks, Plan
         from export.fused.arch import load_config
+        from export.fused.gguf_blocks import GgufBlocks, Plan
 
         plan = Plan(GgufBlocks(Path(gguf), load_config(model_dir)))
     model, views = emit(shape, weights, opts, plan)

@@ -191,7 +191,7 @@ def _combine(parts: list[_Codes], bits: int) -> Quantized:
         zps.append(np.full(p.scales.shape, zero, np.uint8))
         mins.append(p.mins if p.mins is not None else np.zeros_like(p.scales))
     c = np.concatenate(codes)
-    n, kb, _ = c.shape
+    kb = c.shape[1]
     return Quantized(
         pack(c, bits),
         np.concatenate(scales),
