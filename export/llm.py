@@ -115,6 +115,7 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
             else:
                 graph, info = _optimum(model, work, tmp, opts, max_length, steps)
             tok = _copy_tokenizer(hf_dir, tmp)
+            validate.check_tokenizer(tmp, spec)
             m = _manifest(src, tmp, cfg, graph, info, tok, max_length, hf_dir)
             if opts.validate:
                 with steps.run("validate"):
@@ -429,6 +430,8 @@ def _validate(
     art = validate.RuntimeLM(tmp, m)
     eos = frozenset(m.llm.eos_token_ids)
     metrics = validate.compare(validate.TorchLM(model), art, ids, eos)
+    if not _is_random(m):
+        validate.check_source(metrics["ppl_reference"], m.source.id)
     driver = "runtime.engine.llm (Llm + runner, the device path)"
     report = validate.judge(metrics, opts.quant)
     metrics["failures"] = report.failures
@@ -442,11 +445,17 @@ def _validate(
     )
 
 
+def _is_random(m: Manifest) -> bool:
+    """A random-weight preset (`ocula export random`), whose perplexity means nothing."""
+    path = Path(m.source.id)
+    return m.source.format == "random" or (path.is_dir() and (path / ".ocula-random").is_file())
+
+
 def _summary(v: Validation) -> str:
     x = v.metrics
     return (
         f"validation {'passed' if v.passed else 'FAILED'}: max|dlogit| {x['max_abs_logit_diff']:.3g}, "
         f"top-1 {x['top1_agreement']:.3f}, ppl {x['ppl_artifact']:.2f} vs {x['ppl_reference']:.2f} "
-        f"(x{x['ppl_ratio']:.3f}), greedy {x['greedy_matched']}/{x['greedy_tokens']} over "
-        f"{x['positions']} tokens"
+        f"(x{x['ppl_ratio']:.3f}) over {x['positions']} tokens; "
+        + validate.greedy_words(x["greedy_matched"], x["greedy_tokens"])
     )
