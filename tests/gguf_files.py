@@ -109,7 +109,7 @@ def _tokenizer(w: object, hf_dir: Path, cfg: dict, damage: str | None) -> None:
     if damage == "merges":
         merges = merges[: len(merges) // 50]
     w.add_tokenizer_model("llama" if damage == "spm" else "gpt2")  # type: ignore[attr-defined]
-    w.add_tokenizer_pre("gpt2")  # type: ignore[attr-defined]
+    w.add_tokenizer_pre("qwen2" if cfg["model_type"] == "qwen2" else "llama-bpe")  # type: ignore[attr-defined]
     w.add_token_list(tokens)  # type: ignore[attr-defined]
     w.add_token_types(types)  # type: ignore[attr-defined]
     if damage == "spm":
@@ -126,5 +126,7 @@ def _tokenizer(w: object, hf_dir: Path, cfg: dict, damage: str | None) -> None:
     w.add_add_bos_token(False)  # type: ignore[attr-defined]
     tc = hf_dir / "tokenizer_config.json"
     template = json.loads(tc.read_text()).get("chat_template") if tc.is_file() else None
+    if template is None and (hf_dir / "chat_template.jinja").is_file():
+        template = (hf_dir / "chat_template.jinja").read_text()
     if isinstance(template, str):
         w.add_chat_template(template)  # type: ignore[attr-defined]
