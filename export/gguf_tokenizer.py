@@ -109,7 +109,9 @@ def fix(folder: Path, gguf_path: Path) -> dict[str, Any]:
         for key in ("bos_token_id", "eos_token_id"):
             cfg.pop(key, None)  # transformers' converted ids; the token names above decide
         cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
-    applied = {k: meta[k] for k in ("add_bos_token", "add_eos_token", "pre") if k in meta}
+    applied: dict[str, Any] = {
+        k: meta[k] for k in ("add_bos_token", "add_eos_token", "pre") if k in meta
+    }
     log.info("GGUF tokenizer metadata applied: %s", applied)
     return applied
 

@@ -224,6 +224,7 @@ class _Emitter:
         xb = self.op("Reshape", [x, shape], name + ".by_block")[0]
         axes = self.const(name + ".block_axis", np.array([-1], np.int64))
         sums = self.op("ReduceSum", [xb, axes], name + ".block_sums", keepdims=0)[0]
+        assert q.mins is not None
         mins_t = np.ascontiguousarray(q.mins.T)
         if np.array_equal(mins_t.astype(np.float16).astype(np.float32), mins_t):
             half = self.const(name + ".mins_t.fp16", mins_t.astype(np.float16))
