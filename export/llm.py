@@ -115,10 +115,12 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
                     opts.max_length, max_length, max_length,
                 )  # fmt: skip
             if opts.graph == "fused":
-                graph, info = _fused(hf_dir, tmp, opts, max_length, steps)
+                gguf = src.path if src.kind == "gguf" else None
+                graph, info = _fused(hf_dir, tmp, opts, max_length, steps, gguf)
             else:
                 graph, info = _optimum(model, work, tmp, opts, max_length, steps)
             tok = _copy_tokenizer(hf_dir, tmp)
+            validate.check_tokenizer(tmp, spec)
             m = _manifest(src, tmp, cfg, graph, info, tok, max_length, hf_dir)
             if opts.validate:
                 with steps.run("validate"):
@@ -222,7 +224,12 @@ def _optimum(
 
 
 def _fused(
-    hf_dir: Path, tmp: Path, opts: LlmOptions, max_length: int, steps: Steps
+    hf_dir: Path,
+    tmp: Path,
+    opts: LlmOptions,
+    max_length: int,
+    steps: Steps,
+    gguf: Path | None = None,
 ) -> tuple[Graph, dict[str, Any]]:
     from export.fused import build
 
@@ -236,7 +243,10 @@ def _fused(
             accuracy_level=opts.accuracy_level,
             max_length=max_length,
             embed_quant=f"int{opts.table_bits}" if opts.table_bits else None,
+            gguf=gguf,
         )
+    if info.source_blocks is not None:
+        steps.note(_blocks_note(info.source_blocks))
     import onnx
 
     g = onnx.load(str(tmp / info.onnx_file), load_external_data=True)
@@ -251,6 +261,7 @@ def _fused(
         ops=q_ops,
         float_ops=f_ops,
         weights_dtype="float16" if opts.quant == "fp16" else "float32",
+        source_blocks=info.source_blocks,
     )
     graph = Graph(
         file=info.onnx_file,
@@ -267,6 +278,20 @@ def _fused(
         | ({"embedding": info.embedding} if info.embedding else {}),
     )
     return graph, {"kind": "fused", "files": list(info.files), "info": info}
+
+
+def _blocks_note(blocks: dict[str, Any]) -> str:
+    """One line on what became of a GGUF's blocks: kept exactly, or re-quantized (and why)."""
+    exact, redone = blocks["exact"], blocks["requantized"]
+    types = ", ".join(f"{n} {t}" for t, n in blocks["file_types"].items())
+    line = f"GGUF blocks ({types}): {len(exact)} weights kept exactly"
+    if redone:
+        first = next(iter(redone.items()))
+        line += (
+            f"; {len(redone)} RE-QUANTIZED, not the file's own weights (e.g. {first[0]}: "
+            f"{first[1]})"
+        )
+    return line
 
 
 def _copy_tokenizer(hf_dir: Path, tmp: Path) -> list[str]:
@@ -410,6 +435,8 @@ def _validate(
     art = validate.RuntimeLM(tmp, m)
     eos = frozenset(m.llm.eos_token_ids)
     metrics = validate.compare(validate.TorchLM(model), art, ids, eos)
+    if not _is_random(m):
+        validate.check_source(metrics["ppl_reference"], m.source.id)
     driver = "runtime.engine.llm (Llm + runner, the device path)"
     report = validate.judge(metrics, opts.quant)
     metrics["failures"] = report.failures
@@ -423,11 +450,17 @@ def _validate(
     )
 
 
+def _is_random(m: Manifest) -> bool:
+    """A random-weight preset (`ocula export random`), whose perplexity means nothing."""
+    path = Path(m.source.id)
+    return m.source.format == "random" or (path.is_dir() and (path / ".ocula-random").is_file())
+
+
 def _summary(v: Validation) -> str:
     x = v.metrics
     return (
         f"validation {'passed' if v.passed else 'FAILED'}: max|dlogit| {x['max_abs_logit_diff']:.3g}, "
         f"top-1 {x['top1_agreement']:.3f}, ppl {x['ppl_artifact']:.2f} vs {x['ppl_reference']:.2f} "
-        f"(x{x['ppl_ratio']:.3f}), greedy {x['greedy_matched']}/{x['greedy_tokens']} over "
-        f"{x['positions']} tokens"
+        f"(x{x['ppl_ratio']:.3f}) over {x['positions']} tokens; "
+        + validate.greedy_words(x["greedy_matched"], x["greedy_tokens"])
     )

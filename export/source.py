@@ -4,7 +4,8 @@ Every way a source can be wrong is checked here, before minutes of export, and r
 line: missing path, folder without config.json, unsupported architecture (with the list of
 supported ones), the wrong kind of model for the command, truncated or corrupt safetensors or
 GGUF. `load` returns the PyTorch model in float32 and a Hugging Face folder (the source folder
-itself, or for a GGUF file a folder written from it) that tokenizer and fused builder read.
+itself, or for a GGUF file a folder written from it) that tokenizer and fused builder read; a
+GGUF's own tokenizer metadata wins over transformers' converted defaults (`gguf_tokenizer`).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def _hub(spec: str) -> Source:
 def load_llm(src: Source, work: Path) -> tuple[Any, Path]:
     """The float32 PyTorch model and a Hugging Face folder holding its config and tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     try:
         if src.kind == "gguf":
@@ -177,10 +178,9 @@ def load_llm(src: Source, work: Path) -> tuple[Any, Path]:
             model = AutoModelForCausalLM.from_pretrained(
                 str(src.path.parent), gguf_file=src.path.name, dtype=torch.float32
             )
-            tok = AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
             folder = work / "hf"
             model.save_pretrained(folder, safe_serialization=True)
-            tok.save_pretrained(folder)
+            gguf_tokenizer_files(src.path, folder)
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(folder)
         else:
@@ -192,6 +192,18 @@ def load_llm(src: Source, work: Path) -> tuple[Any, Path]:
     except (OSError, ValueError, RuntimeError) as e:
         raise ExportError(f"{src.spec}: cannot load the model: {_first_line(e)}") from e
     return model.eval(), folder
+
+
+def gguf_tokenizer_files(gguf: Path, folder: Path) -> None:
+    """The GGUF's tokenizer as Hugging Face files in `folder`: transformers' conversion, then
+    the file's own metadata over its defaults (`gguf_tokenizer.fix`)."""
+    from transformers import AutoTokenizer
+
+    from export import gguf_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.save_pretrained(folder)
+    gguf_tokenizer.fix(folder, gguf)
 
 
 def _snapshot(spec: str) -> str:

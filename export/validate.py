@@ -6,6 +6,11 @@ Both run the same token ids: the fixed English passage in `export/data/passage.t
 difference, top-1 next-token agreement, perplexity of both over the passage and their ratio,
 and how many greedy tokens match.
 
+The source is checked too, since an artifact that matches a broken source passes every bound
+above: its tokenizer must give the validation passage back unchanged (`check_tokenizer`; a
+tokenizer damaged in conversion decodes `TheĠAmericanĠDream`), and a model that is not a
+random preset must reach a sane perplexity on the passage (`check_source`).
+
 Thresholds per scheme come from measurements on the real SmolLM2-135M-Instruct weights (see
 THRESHOLDS and BENCHMARKS.md); an artifact that misses one is not written.
 
@@ -50,6 +55,16 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "int8": {"top1_agreement": 0.90, "ppl_ratio": 1.05},
     "int4": {"top1_agreement": 0.63, "ppl_ratio": 26.3 / 21.6},
 }
+
+
+# A real model's perplexity over the passage: SmolLM2-135M-Instruct, the smallest real model
+# here, scores 25.0 from its GGUF (480 tokens, llama.cpp's digit split; 24.3 over the 512 tokens
+# of transformers' converted tokenizer); larger models score lower; a GGUF whose tokenizer was
+# damaged in conversion scored 140,700. The bound, 8x SmolLM2's figure, passes any real model.
+SMOLLM2_PPL = 25.0
+SOURCE_PPL_BOUND = 200.0
+# Fewer greedy tokens in agreement than this share of GREEDY_TOKENS reads as a warning.
+GREEDY_WARN = 0.5
 
 
 def passage() -> str:
@@ -183,6 +198,48 @@ def passage_ids(tokenizer_dir: Path, max_tokens: int) -> list[int]:
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     ids: list[int] = tok.encode(passage()).ids
     return ids[: min(MAX_PASSAGE_TOKENS, max_tokens)]
+
+
+def check_tokenizer(tokenizer_dir: Path, spec: str) -> None:
+    """The artifact's tokenizer gives the validation passage back unchanged, or a one-line
+    refusal that shows where it does not."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    text = passage()
+    back = tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False)
+    if back == text:
+        return
+    i = next((k for k, (a, b) in enumerate(zip(back, text, strict=False)) if a != b), None)
+    i = min(len(back), len(text)) if i is None else i
+    raise ValidationFailed(
+        f"{spec}: the source's tokenizer does not give text back: the validation passage "
+        f"decodes as {back[max(0, i - 8) : i + 24]!r} where it reads "
+        f"{text[max(0, i - 8) : i + 24]!r} (character {i}); the tokenizer is damaged "
+        "(a bad conversion?); nothing was written"
+    )
+
+
+def check_source(ppl_reference: float, spec: str) -> None:
+    """A real (not random-preset) source model reaches a sane perplexity on the passage."""
+    if ppl_reference <= SOURCE_PPL_BOUND:
+        return
+    raise ValidationFailed(
+        f"{spec}: the source model itself scores perplexity {ppl_reference:,.0f} on the "
+        f"validation passage, above the {SOURCE_PPL_BOUND:.0f} any real model stays under "
+        f"(SmolLM2-135M: {SMOLLM2_PPL}); its weights or tokenizer are broken; nothing was written"
+    )
+
+
+def greedy_words(matched: int, total: int) -> str:
+    """Greedy agreement as a user reads it: a warning when low."""
+    if matched >= total:
+        return f"greedy {matched}/{total} tokens as the source"
+    text = f"greedy {matched}/{total} tokens as the source before they diverge"
+    if matched < GREEDY_WARN * total:
+        text = f"WARNING: low greedy agreement: only {matched} of {total} tokens as the source"
+        text += "; generated text will differ from the source model's early on"
+    return text
 
 
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:

@@ -115,6 +115,9 @@ class Quantization:
     ops: dict[str, int] = field(default_factory=dict)
     float_ops: dict[str, int] = field(default_factory=dict)
     weights_dtype: str = "float32"  # dtype of the float weights that remain
+    # From a GGUF: its block types, the weights kept exactly as the file's blocks and those
+    # re-quantized, by name, with the reason ({"file_types", "exact", "requantized"}).
+    source_blocks: dict[str, Any] | None = None
 
 
 @dataclass

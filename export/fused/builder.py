@@ -92,6 +92,9 @@ class FusedInfo:
     # Set when the graph takes the rows' codes and scales: where the table lies in the data file
     # (runtime.engine.llm.embedding.EmbeddingLayout's fields); the runtime looks rows up.
     embedding: dict[str, Any] | None = None
+    # A GGUF source: its block types, the weights kept exactly and those re-quantized (by name,
+    # with the reason); see export.fused.gguf_blocks.
+    source_blocks: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +114,7 @@ def build(
     scale_search: bool = False,
     head_candidates: int = 0,
     runtime_lookup: bool = True,
+    gguf: Path | None = None,
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
@@ -118,6 +122,8 @@ def build(
     `runtime_lookup`: a quantized symmetric embedding table (not the split head's) is looked up
     by the runtime, which reads its rows from the data file and feeds their codes and scales
     (`FusedInfo.embedding` says where the table is); False keeps the lookup in the graph.
+    `gguf`: the GGUF file `model_dir` was converted from; its quantized blocks are kept as they
+    are where MatMulNBits holds them exactly (`FusedInfo.source_blocks` says which).
     Raises `FusedError` for unsupported architectures, rope types or options.
     """
     if quant not in QUANTS:
@@ -151,7 +157,13 @@ def build(
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
     )
-    model, views = emit(shape, weights, opts)
+    plan = None
+    if gguf is not None and opts.bits:
+        from export.fused.arch import load_config
+        from export.fused.gguf_blocks import GgufBlocks, Plan
+
+        plan = Plan(GgufBlocks(Path(gguf), load_config(model_dir)))
+    model, views = emit(shape, weights, opts, plan)
     files, offsets = _save(model, views, Path(out_dir))
     embedding = None
     if any(i.name == CODES for i in model.graph.input):
@@ -220,6 +232,7 @@ def build(
         build_seconds=round(time.perf_counter() - start, 3),
         opset={o.domain or "ai.onnx": o.version for o in model.opset_import},
         embedding=embedding,
+        source_blocks=plan.summary() if plan is not None else None,
     )
     log.info("fused graph: %d nodes, %.1f MB", info.node_count, info.size_bytes / 1e6)
     return info

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -58,6 +59,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.fused.arch import Shape
 from export.fused.quant import Quantized, quantize, split8, unpack
+
+if TYPE_CHECKING:
+    from export.fused.gguf_blocks import Plan
 
 Weights = Callable[[str], np.ndarray]
 
@@ -135,8 +139,9 @@ class View:
 class _Emitter:
     """Collects nodes and initializers; names are unique and readable."""
 
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, plan: Plan | None = None) -> None:
         self.opts = opts
+        self.plan = plan  # a GGUF source: weights whose blocks are kept as the file has them
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.views: dict[str, View] = {}
@@ -170,12 +175,29 @@ class _Emitter:
             return self.op("Cast", [half], name + "/cast", to=TensorProto.FLOAT)[0]
         return self.const(name, w.astype(np.float32))
 
-    def linear(self, x: str, name: str, w: np.ndarray, bias: np.ndarray | None) -> str:
-        """y = x @ W.T + b for W [N, K] (Hugging Face layout)."""
+    def quantized(
+        self, name: str, parts: list[str], w: np.ndarray, bits: int, block: int, lookup: bool
+    ) -> Quantized:
+        """W (the HF weights `parts`, concatenated) quantized: the source file's own blocks
+        where they map exactly (checked against W), otherwise quantized here."""
+        if self.plan is not None:
+            q = self.plan.quantized(name, parts, bits, block, allow_mins=not lookup)
+            if q is not None:
+                from export.fused.gguf_blocks import check_exact
+
+                check_exact(q, w, name)
+                return q
+        o = self.opts
+        return quantize(w, bits, block, o.symmetric, o.scale_search)
+
+    def linear(
+        self, x: str, name: str, w: np.ndarray, bias: np.ndarray | None, parts: list[str]
+    ) -> str:
+        """y = x @ W.T + b for W [N, K] (Hugging Face layout; `parts`: its HF names)."""
         n, k = w.shape
         o = self.opts
         if o.bits:
-            q = quantize(w, o.bits, o.block_size, o.symmetric, o.scale_search)
+            q = self.quantized(name, parts, w, o.bits, o.block_size, lookup=False)
             ins = [
                 x,
                 self.const(name + ".qweight", q.packed),
@@ -184,14 +206,33 @@ class _Emitter:
             ins.append("" if q.zero_points is None else self.const(name + ".zp", q.zero_points))
             if bias is not None:
                 ins += ["", self.const(name + ".bias", bias.astype(np.float32))]
-            attrs = {"K": k, "N": n, "bits": o.bits, "block_size": o.block_size}
-            return self.op("MatMulNBits", ins, name, accuracy_level=o.accuracy_level, **attrs)[0]
+            attrs = {"K": k, "N": n, "bits": o.bits, "block_size": q.block_size}
+            y = self.op("MatMulNBits", ins, name, accuracy_level=o.accuracy_level, **attrs)[0]
+            return y if q.mins is None else self.block_mins(x, y, name, q)
         y = self.op("MatMul", [x, self.float_weight(name + ".weight_t", w.T)], name)[0]
         if bias is not None:
             y = self.op(
                 "Add", [y, self.const(name + ".bias", bias.astype(np.float32))], name + "/bias"
             )[0]
         return y
+
+    def block_mins(self, x: str, y: str, name: str, q: Quantized) -> str:
+        """y + (x's sums over each block) @ mins.T: the blocks' minimums (w = ... + min), which
+        MatMulNBits has no input for. Minimums that are fp16 values (GGUF's) are stored so."""
+        kb = q.scales.shape[1]
+        shape = self.const(name + ".by_block", np.array([1, -1, kb, q.block_size], np.int64))
+        xb = self.op("Reshape", [x, shape], name + ".by_block")[0]
+        axes = self.const(name + ".block_axis", np.array([-1], np.int64))
+        sums = self.op("ReduceSum", [xb, axes], name + ".block_sums", keepdims=0)[0]
+        assert q.mins is not None
+        mins_t = np.ascontiguousarray(q.mins.T)
+        if np.array_equal(mins_t.astype(np.float16).astype(np.float32), mins_t):
+            half = self.const(name + ".mins_t.fp16", mins_t.astype(np.float16))
+            m = self.op("Cast", [half], name + ".mins_t/cast", to=TensorProto.FLOAT)[0]
+        else:
+            m = self.const(name + ".mins_t", mins_t)
+        offset = self.op("MatMul", [sums, m], name + ".mins")[0]
+        return self.op("Add", [y, offset], name + ".with_mins")[0]
 
 
 _CONTRIB = {
@@ -214,7 +255,7 @@ def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
     bias = None
     if s.attention_bias:
         bias = np.concatenate([weights(p + n + ".bias") for n in names])
-    qkv = e.linear(x, f"layers.{i}.attn.qkv", w, bias)
+    qkv = e.linear(x, f"layers.{i}.attn.qkv", w, bias, [p + n + ".weight" for n in names])
     ins = [
         qkv,
         "",
@@ -238,7 +279,8 @@ def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
     node.output[1] = present_name(i, "key")
     node.output[2] = present_name(i, "value")
     o_bias = _bias(weights, p + "o_proj.bias", s.attention_bias and not s.family.qkv_bias)
-    return e.linear(out, f"layers.{i}.attn.o", weights(p + "o_proj.weight"), o_bias)
+    o_name = p + "o_proj.weight"
+    return e.linear(out, f"layers.{i}.attn.o", weights(o_name), o_bias, [o_name])
 
 
 def _qk_norm(e: _Emitter, s: Shape, weights: Weights, i: int, qkv: str) -> str:
@@ -272,7 +314,9 @@ def _mlp(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
     bias = None
     if s.mlp_bias:
         bias = np.concatenate([weights(p + "gate_proj.bias"), weights(p + "up_proj.bias")])
-    gate_up = e.linear(x, f"layers.{i}.mlp.gate_up", w, bias)
+    gate_up = e.linear(
+        x, f"layers.{i}.mlp.gate_up", w, bias, [p + "gate_proj.weight", p + "up_proj.weight"]
+    )
     gate, up = e.op("Split", [gate_up, "split_sizes"], f"layers.{i}.mlp.split", n_out=2, axis=-1)
     act = e.op("QuickGelu", [gate], f"layers.{i}.mlp.silu", alpha=1.0)[0]
     h = e.op("Mul", [act, up], f"layers.{i}.mlp.mul")[0]
@@ -281,6 +325,7 @@ def _mlp(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
         f"layers.{i}.mlp.down",
         weights(p + "down_proj.weight"),
         _bias(weights, p + "down_proj.bias", s.mlp_bias),
+        [p + "down_proj.weight"],
     )
 
 
@@ -318,7 +363,8 @@ def _embedding(e: _Emitter, s: Shape, weights: Weights) -> tuple[str, _Table]:
         return e.op("Gather", [w, "input_ids"], "embed.lookup", axis=0)[0], _Table(w)
     if o.split_head(s.tied):
         return _split_embedding(e, s, table)
-    q = quantize(table, bits, o.embed_block, o.symmetric, o.scale_search)
+    embed = "model.embed_tokens.weight"
+    q = e.quantized("embed", [embed], table, bits, o.embed_block, lookup=True)
     kb = q.packed.shape[1]
     packed = e.const("embed.qweight", q.packed)
     if o.runtime_lookup and q.zero_points is None:
@@ -512,7 +558,7 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
     elif s.tied and o.bits:
         _tied_head(e, s, last, table)
     elif o.bits:
-        e.linear(last, "head.lm", weights("lm_head.weight"), None)
+        e.linear(last, "head.lm", weights("lm_head.weight"), None, ["lm_head.weight"])
     else:
         w = table.weight if s.tied else e.float_weight("head.weight", weights("lm_head.weight"))
         flat_shape = e.const("head.flat", np.array([-1, s.hidden], np.int64))
@@ -523,10 +569,13 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
     e.nodes[-1].output[0] = "logits"
 
 
-def emit(s: Shape, weights: Weights, opts: Options) -> tuple[onnx.ModelProto, dict[str, View]]:
+def emit(
+    s: Shape, weights: Weights, opts: Options, plan: Plan | None = None
+) -> tuple[onnx.ModelProto, dict[str, View]]:
     """The whole decoder graph for one model (batch 1, last positions' logits), and the
-    initializers that are views of others (to be saved as such: builder._save)."""
-    e = _Emitter(opts)
+    initializers that are views of others (to be saved as such: builder._save). With `plan`
+    (a GGUF source) weights keep the file's blocks where they map exactly."""
+    e = _Emitter(opts, plan)
     e.const("cos_cache", s.cos)
     e.const("sin_cache", s.sin)
     e.const("split_sizes", np.array([s.intermediate, s.intermediate], np.int64))

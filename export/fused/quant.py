@@ -6,6 +6,10 @@ Each block gets one scale (and, asymmetric, one zero point); the codes are unsig
 where blob = block_size * bits / 8; with 4 bits two codes share a byte, the first in the low
 nibble. Zero points, when present, are packed the same way: uint8 [N, ceil(k_blocks*bits/8)].
 
+A block may also carry a minimum added after scaling (`Quantized.mins`, w = (q - zero_point) *
+scale + min): MatMulNBits has no such input, so the graph adds the blocks' minimums times the
+input's block sums (export/fused/gguf_blocks.py keeps a GGUF Q4_1 file's blocks that way, exactly).
+
 Symmetric blocks use the implicit zero point 2^(bits-1) and map the block's largest-magnitude
 value exactly onto the code 0 (scale = that value / -2^(bits-1)), which uses the whole signed
 range [-8, 7] instead of [-7, 7]. GatherBlockQuantized reads the same bytes viewed as
@@ -30,6 +34,9 @@ class Quantized:
     bits: int
     block_size: int
     k: int  # logical K before padding
+    # float32 [N, k_blocks] or None: a per-block offset added after scaling, w = (q - zp) *
+    # scale + min (a GGUF Q4_1 block's minimum, kept exactly; see export/fused/gguf_blocks.py)
+    mins: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -157,6 +164,8 @@ def dequantize(q: Quantized) -> np.ndarray:
     else:
         zp = unpack(q.zero_points, q.bits, k_blocks).astype(np.float32)
     w = (codes - zp[..., None]) * q.scales[..., None]
+    if q.mins is not None:
+        w = w + q.mins[..., None]
     return w.reshape(n, -1)[:, : q.k]
 
 
