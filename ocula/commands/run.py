@@ -71,6 +71,18 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
         "--virtual", action="store_true", help="simulated time: as fast as compute allows"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        help="an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8080/v1) that answers while it "
+        "is up; the board's own model takes over when it is not (default: the profile's [remote])",
+    )
+    p.add_argument("--remote-model", default="", help="the model name to ask the endpoint for")
+    p.add_argument(
+        "--remote-key-file",
+        type=Path,
+        help="file holding the endpoint's API key (--port local; a board reads its profile's)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -93,6 +105,10 @@ def _check_common(args: argparse.Namespace) -> None:
         raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
     if not 1 <= args.max_tokens <= 4096:
         raise UsageError(f"--max-tokens {args.max_tokens}: must be 1 to 4096")
+    if args.remote and not args.remote.startswith(("http://", "https://")):
+        raise UsageError(
+            f"--remote {args.remote}: give the API's base URL, e.g. http://127.0.0.1:8080/v1"
+        )
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,6 +120,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.question:
         options["question"] = args.question
+    if args.remote:
+        options["remote"] = args.remote
+    if args.remote_model:
+        options["remote_model"] = args.remote_model
     return options
 
 
@@ -114,7 +134,9 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
     from runtime.apps import Report
 
     host_only = [
-        f"--{name}" for name in ("display", "models") if getattr(args, name) is not None
+        f"--{name.replace('_', '-')}"
+        for name in ("display", "models", "remote_key_file")
+        if getattr(args, name) is not None
     ] + (["--virtual"] if args.virtual else [])
     if host_only:
         raise UsageError(
@@ -199,6 +221,9 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
         question=args.question,
         max_tokens=args.max_tokens,
         once=args.once,
+        remote=args.remote or "",
+        remote_model=args.remote_model,
+        remote_key_file=str(args.remote_key_file or ""),
     )
     models = Models.scan(args.models or Path("artifacts"))
     host = Host(profile, clock, devices, atlas, models, options)

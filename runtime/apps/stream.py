@@ -10,15 +10,28 @@ generator of steps, used as `yield from stream_to_screen(...)` inside a job.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from runtime.engine.llm import Generation
 from runtime.io.screen import FINAL, CaptionScreen
 
-__all__ = ["stream_to_screen"]
+__all__ = ["TextStream", "stream_to_screen"]
+
+
+class TextStream(Protocol):
+    """A local generation or a routed answer (runtime/engine/remote): both stream text."""
+
+    text: str
+
+    @property
+    def done(self) -> bool: ...
+
+    def step(self) -> Any: ...
+
+    def take_text(self) -> str: ...
 
 
 def stream_to_screen(
-    screen: CaptionScreen, gen: Generation, on_first: Callable[[], None]
+    screen: CaptionScreen, gen: TextStream, on_first: Callable[[], None]
 ) -> Iterator[None]:
     screen.commit("", FINAL)
     first = True
