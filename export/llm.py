@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from export import budget, graphquant, source, validate
+from export.adapter import merge_lora
 from export.errors import ExportUsageError, ValidationFailed
 from export.output import atomic_dir, check_target
 from export.steps import Steps
@@ -66,6 +67,8 @@ class LlmOptions:
     validate: bool = True
     board: str | None = None
     force: bool = False
+    # a PEFT LoRA adapter folder merged into the weights before export (export/adapter.py)
+    adapter: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -107,6 +110,10 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
         with atomic_dir(out, opts.force) as tmp:
             with steps.run("load"):
                 model, hf_dir = source.load_llm(src, work)
+            adapter = None
+            if opts.adapter is not None:
+                with steps.run("merge adapter"):
+                    model, hf_dir, adapter = merge_lora(model, hf_dir, opts.adapter, work)
             cfg = model.config
             max_length = min(opts.max_length, int(cfg.max_position_embeddings))
             if opts.graph == "fused":
@@ -115,6 +122,8 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
                 graph, info = _optimum(model, work, tmp, opts, max_length, steps)
             tok = _copy_tokenizer(hf_dir, tmp)
             m = _manifest(src, tmp, cfg, graph, info, tok, max_length, hf_dir)
+            if adapter is not None:
+                m.extra["adapter"] = adapter
             if opts.validate:
                 with steps.run("validate"):
                     m.validation = _validate(model, tmp, m, opts, info)

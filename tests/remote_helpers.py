@@ -29,7 +29,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.artifacts import ROOT, smollm2_gguf
@@ -54,9 +55,15 @@ def _ready(port: int) -> bool:
         conn.close()
 
 
+@dataclass
+class Server:
+    url: str  # the API's base URL, http://127.0.0.1:PORT/v1
+    process: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
-def llama_server(model: Path | None = None, deadline_s: float = 180.0) -> Iterator[str]:
-    """llama.cpp's OpenAI-compatible server on loopback; yields its base URL (.../v1)."""
+def llama_server(model: Path | None = None, deadline_s: float = 300.0) -> Iterator[Server]:
+    """llama.cpp's OpenAI-compatible server on loopback."""
     if not LLAMA_PYTHON.exists():
         raise RuntimeError(
             f"{LLAMA_PYTHON} is missing: run `make llama-venv` (llama-cpp-python built from source)"
@@ -94,7 +101,7 @@ def llama_server(model: Path | None = None, deadline_s: float = 180.0) -> Iterat
             select.select([proc.stderr], [], [], 0.2)
             if select.select([proc.stderr], [], [], 0)[0]:
                 os.read(proc.stderr.fileno(), 65536)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield Server(f"http://127.0.0.1:{port}/v1", proc)
     finally:
         proc.kill()
         proc.wait()
@@ -121,10 +128,15 @@ class FaultProxy:
         self.status = status
         self.events_relayed = 0
         self.connections = 0
+        self._hook: tuple[int, Callable[[], None]] | None = None
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
         self.port = free_port()
+
+    def on_events(self, n: int, fn: Callable[[], None]) -> None:
+        """Call `fn` once, after the `n`-th event has been relayed (e.g. kill the server)."""
+        self._hook = (n, fn)
 
     @property
     def url(self) -> str:
@@ -169,7 +181,10 @@ class FaultProxy:
             if self.fault == "status":
                 self._answer_status(client)
                 return
-            upstream = socket.create_connection(self.upstream, timeout=30)
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=30)
+            except OSError:
+                return  # the server is gone: the client sees its connection closed
             gone = threading.Event()
             with upstream:
                 self._spawn(_pipe, client, upstream, self._closing, gone)
@@ -206,6 +221,9 @@ class FaultProxy:
                 if line.startswith(b"data:") and b"[DONE]" not in line:
                     self.events_relayed += 1
             client.sendall(data)
+            if self._hook is not None and self.events_relayed >= self._hook[0]:
+                fn, self._hook = self._hook[1], None
+                fn()
 
 
 def _pipe(

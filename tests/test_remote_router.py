@@ -34,8 +34,8 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with llama_server() as url:
-        yield url
+    with llama_server() as s:
+        yield s.url
 
 
 @pytest.fixture(scope="module")

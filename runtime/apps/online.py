@@ -68,7 +68,7 @@ def make_router(host: Host, llm: Llm | None) -> Router | None:
             host.metrics.inc("remote.failovers")
 
     router = Router(
-        RemoteLlm(config, host.clock),
+        RemoteLlm(config, host.clock, advance_clock=not host.virtual),
         llm,
         host.clock,
         budgets,

@@ -107,10 +107,19 @@ def read_key(path: str | Path) -> str:
 class RemoteLlm:
     """A remote chat model; `start()` opens one streamed request."""
 
-    def __init__(self, config: RemoteConfig, clock: Clock | None = None, poll_s: float = 0.02):
+    def __init__(
+        self,
+        config: RemoteConfig,
+        clock: Clock | None = None,
+        poll_s: float = 0.02,
+        advance_clock: bool = True,
+    ):
         self.config = config
         self.clock: Clock = clock or MonotonicClock()
         self.poll_s = poll_s
+        # move a virtual clock by each wait; off where a simulation counts the wait itself
+        # (the scheduler's virtual driver charges a step its measured time)
+        self.advance_clock = advance_clock
         parts = urlsplit(config.endpoint)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -212,7 +221,8 @@ class RemoteGeneration:
             )
         except queue.Empty:
             # the wait is over on the caller's clock too (a virtual clock moves by it)
-            self._clock.sleep_until(t0 + wait)
+            if self._remote.advance_clock:
+                self._clock.sleep_until(t0 + wait)
             return ""
         self.last_event_t = t
         if kind == "text":
