@@ -72,7 +72,7 @@ $(LLAMA_STAMP):
 
 llama-venv: $(LLAMA_STAMP)
 
-test: $(STAMP) sysdeps $(LABGRID_STAMP)
+test: $(STAMP) sysdeps $(LABGRID_STAMP) $(LLAMA_STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 	# the HIL suites against a simulated board (a short soak; `make hil-soak` runs a long one)
 	$(BIN)/python -m pytest hil/suites --board sim://sim --hil-soak-minutes 0.1 -p no:cacheprovider -q

@@ -170,6 +170,7 @@ class Answer:
         self.reason = reason
         self.started_t = router.clock.now()
         self.first_text_t: float | None = None
+        self.local_text_t: float | None = None  # the local model's first text on screen
         self.switch_t: float | None = None
         self.switch_reason = ""
         self.remote_last_t: float | None = None  # the remote's last event before a switch
@@ -204,8 +205,11 @@ class Answer:
 
     def _show(self, piece: str) -> None:
         if piece:
+            now = self._router.clock.now()
             if self.first_text_t is None:
-                self.first_text_t = self._router.clock.now()
+                self.first_text_t = now
+            if self._local is not None and self.local_text_t is None:
+                self.local_text_t = now
             self.text += piece
             self._pending += piece
 
