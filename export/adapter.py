@@ -23,7 +23,7 @@ from typing import Any
 
 from export.errors import ExportError
 
-__all__ = ["adapter_digest", "merge_lora"]
+__all__ = ["adapter_digest", "check_adapter", "merge_lora"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ def adapter_digest(folder: Path) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()
+
+
+def check_adapter(folder: Path) -> dict[str, Any]:
+    """The adapter's config, checked before the (slow) base model is loaded."""
+    return _config(folder)
 
 
 def _config(folder: Path) -> dict[str, Any]:

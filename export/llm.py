@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from export import budget, graphquant, source, validate
-from export.adapter import merge_lora
+from export.adapter import check_adapter, merge_lora
 from export.errors import ExportUsageError, ValidationFailed
 from export.output import atomic_dir, check_target
 from export.steps import Steps
@@ -105,6 +105,8 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
     profile = _profile(opts.board)
     check_target(out, opts.force)
     src = source.resolve(spec, "llm")
+    if opts.adapter is not None:
+        check_adapter(opts.adapter)
     work = Path(tempfile.mkdtemp(prefix=".ocula-work-", dir=out.resolve().parent))
     try:
         with atomic_dir(out, opts.force) as tmp:
