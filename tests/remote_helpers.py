@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import select
 import socket
 import subprocess
@@ -127,6 +128,7 @@ class FaultProxy:
         self.after = after
         self.status = status
         self.events_relayed = 0
+        self.text_events = 0  # events that carried text
         self.connections = 0
         self._hook: tuple[int, Callable[[], None]] | None = None
         self._closing = threading.Event()
@@ -135,7 +137,8 @@ class FaultProxy:
         self.port = free_port()
 
     def on_events(self, n: int, fn: Callable[[], None]) -> None:
-        """Call `fn` once, after the `n`-th event has been relayed (e.g. kill the server)."""
+        """Call `fn` once, after the `n`-th event with text has been relayed (e.g. kill the
+        server)."""
         self._hook = (n, fn)
 
     @property
@@ -220,8 +223,10 @@ class FaultProxy:
             for line in data.split(b"\n"):
                 if line.startswith(b"data:") and b"[DONE]" not in line:
                     self.events_relayed += 1
+                    if re.search(rb'"content": ?"[^"]', line):
+                        self.text_events += 1
             client.sendall(data)
-            if self._hook is not None and self.events_relayed >= self._hook[0]:
+            if self._hook is not None and self.text_events >= self._hook[0]:
                 fn, self._hook = self._hook[1], None
                 fn()
 

@@ -40,7 +40,7 @@ def env(tmp_path_factory):
 def test_translate_finishes_the_sentence_locally_when_the_server_dies(env, tmp_path: Path):
     models, glyphs = env
     with llama_server() as server, FaultProxy(server.url) as proxy:
-        proxy.on_events(4, server.process.kill)
+        proxy.on_events(3, server.process.kill)
         clock = VirtualClock()
         display = VirtualDisplay(tmp_path / "display", 480, 640)
         h = host(

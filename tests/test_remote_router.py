@@ -85,7 +85,7 @@ FAULTS = [
     ("refused", {}, r"connection refused", 0.0),
     ("status", {"status": 500}, r"HTTP 500", 0.0),
     ("status", {"status": 429}, r"HTTP 429.*rate-limiting", 0.0),
-    ("cut", {"after": 6}, r"ended before the answer", 0.0),
+    ("cut", {"after": 6}, r"connection was cut", 0.0),
     ("stall", {"after": 6}, r"no token for 2 s", BUDGETS.stall_s),
     ("slow", {}, r"no first token within 5 s", BUDGETS.first_token_s),
 ]

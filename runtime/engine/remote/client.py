@@ -296,7 +296,7 @@ class RemoteGeneration:
                     "error",
                     RemoteError(
                         f"{self._remote.config.endpoint}: the stream ended before the answer "
-                        "did (no [DONE])"
+                        "did (no [DONE]); the connection was cut"
                     ),
                 )
                 return
@@ -354,6 +354,8 @@ def _io_error(exc: BaseException, endpoint: str) -> RemoteError:
             f"{endpoint}: the server's TLS certificate did not verify ({exc.verify_message}); "
             "give the board the CA that signed it (remote.ca_file)"
         )
+    if isinstance(exc, http.client.IncompleteRead | http.client.RemoteDisconnected):
+        return RemoteError(f"{endpoint}: the connection was cut before the answer ended")
     if isinstance(exc, ConnectionRefusedError):
         return RemoteError(f"{endpoint}: connection refused (is the server running?)")
     if isinstance(exc, TimeoutError | socket.timeout):
