@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from export import budget, graphquant, source, validate
+from export.adapter import check_adapter, merge_lora
 from export.errors import ExportUsageError, ValidationFailed
 from export.output import atomic_dir, check_target
 from export.steps import Steps
@@ -66,6 +67,8 @@ class LlmOptions:
     validate: bool = True
     board: str | None = None
     force: bool = False
+    # a PEFT LoRA adapter folder merged into the weights before export (export/adapter.py)
+    adapter: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,11 +105,17 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
     profile = _profile(opts.board)
     check_target(out, opts.force)
     src = source.resolve(spec, "llm")
+    if opts.adapter is not None:
+        check_adapter(opts.adapter)
     work = Path(tempfile.mkdtemp(prefix=".ocula-work-", dir=out.resolve().parent))
     try:
         with atomic_dir(out, opts.force) as tmp:
             with steps.run("load"):
                 model, hf_dir = source.load_llm(src, work)
+            adapter = None
+            if opts.adapter is not None:
+                with steps.run("merge adapter"):
+                    model, hf_dir, adapter = merge_lora(model, hf_dir, opts.adapter, work)
             cfg = model.config
             max_length = min(opts.max_length, int(cfg.max_position_embeddings))
             if max_length < opts.max_length:
@@ -122,6 +131,8 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
             tok = _copy_tokenizer(hf_dir, tmp)
             validate.check_tokenizer(tmp, spec)
             m = _manifest(src, tmp, cfg, graph, info, tok, max_length, hf_dir)
+            if adapter is not None:
+                m.extra["adapter"] = adapter
             if opts.validate:
                 with steps.run("validate"):
                     m.validation = _validate(model, tmp, m, opts, info)

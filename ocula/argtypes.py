@@ -235,6 +235,22 @@ def port_or_local(value: str) -> str:
     return value if value == "local" else port(value)
 
 
+def http_url(value: str) -> str:
+    """An HTTP(S) API's base URL, such as http://127.0.0.1:8080/v1."""
+    from urllib.parse import urlsplit
+
+    text(value)
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        ok = False
+    if not ok or not value.isprintable():
+        raise Bad(f"{_show(value)[:80]}: give the API's base URL, e.g. http://127.0.0.1:8080/v1")
+    return value
+
+
 def label(value: str) -> str:
     """A short name or code (a language, an app, a version): printable UTF-8, one line."""
     text(value)

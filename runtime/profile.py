@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "Objectives",
     "Power",
     "Profile",
+    "Remote",
     "Serial",
     "Thermal",
     "load_profile",
@@ -43,13 +45,13 @@ __all__ = [
 ]
 
 
-def _num(lo: float, hi: float, unit: str = "") -> Any:
+def _num(lo: float, hi: float, unit: str = "", default: Any = dataclasses.MISSING) -> Any:
     """A numeric field that must lie in [lo, hi]."""
-    return field(metadata={"range": (lo, hi), "unit": unit})
+    return field(default=default, metadata={"range": (lo, hi), "unit": unit})
 
 
-def _choice(*options: str) -> Any:
-    return field(metadata={"choices": options})
+def _choice(*options: str, default: Any = dataclasses.MISSING) -> Any:
+    return field(default=default, metadata={"choices": options})
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,24 @@ class Objectives:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """The hosted model the board uses when online (runtime/engine/remote): an
+    OpenAI-compatible chat-completions endpoint. The API key lives in `key_file` on the board
+    (its secrets), never in a profile or a bundle. Budgets: the first token must arrive within
+    `first_token_s` and no gap between tokens may exceed `stall_s`, or the answer continues on
+    the board's own model. `prefer` is where answers go while both are up: "remote" saves the
+    board's CPU power, "local" saves radio energy, "auto" picks the cheaper by the power model."""
+
+    endpoint: str
+    model: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    first_token_s: float = _num(0.05, 120, "s", default=1.5)
+    stall_s: float = _num(0.05, 120, "s", default=2.0)
+    prefer: str = _choice("remote", "local", "auto", default="remote")
+
+
+@dataclass(frozen=True)
 class Profile:
     board: Board
     cpu: Cpu
@@ -168,6 +188,7 @@ class Profile:
     power: Power
     thermal: Thermal
     objectives: Objectives
+    remote: Remote | None = None
     source: str = field(default="", compare=False)
 
     @property
@@ -236,6 +257,9 @@ def _describe(key: str) -> str:
 
 def _convert(hint: Any, value: Any, f: dataclasses.Field[Any], source: str, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is types.UnionType:  # an optional section: `X | None`
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return hint(**_build(hint, value, source, key))
     if origin is tuple:
@@ -275,6 +299,13 @@ def _convert(hint: Any, value: Any, f: dataclasses.Field[Any], source: str, key:
     raise TypeError(f"unsupported schema type for {key}: {hint}")  # pragma: no cover
 
 
+def _section_type(name: str) -> Any:
+    hint = typing.get_type_hints(Profile)[name]
+    if typing.get_origin(hint) is types.UnionType:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
 def _kind(value: Any) -> str:
     names = {
         bool: "a boolean",
@@ -312,11 +343,7 @@ def _check_consistency(p: Profile, source: str) -> None:
         problems.append("power.burst_budget_w is below power.average_budget_w")
     if p.serial.kind == "uart" and p.serial.baud == 0:
         problems.append("serial.baud must be set for a UART (0 means USB CDC or a pty)")
-    known = {
-        f"{s}.{f.name}"
-        for s in _SECTIONS
-        for f in dataclasses.fields(typing.get_type_hints(Profile)[s])
-    }
+    known = {f"{s}.{f.name}" for s in _SECTIONS for f in dataclasses.fields(_section_type(s))}
     for key in p.board.estimates:
         if key not in known:
             problems.append(f"board.estimates names {key!r}, which is not a profile key")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ocula.glyphatlas import build_atlas, find_fonts
 from runtime.io.glyphs import GlyphAtlas
 from runtime.io.layout import NO_END, NO_START, units, wrap
-from runtime.io.screen import FINAL, PARTIAL, CaptionScreen
+from runtime.io.screen import FINAL, PARTIAL, SOURCE, CaptionScreen
 from runtime.telemetry.metrics import Metrics
 
 
@@ -162,3 +162,19 @@ def test_atlas_that_is_not_an_atlas_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IoError, match="not a glyph atlas"):
         GlyphAtlas.load(tmp_path / "bad.npz")
     assert np.load  # numpy loads atlases without pickle
+
+
+def test_a_stream_keeps_to_its_paragraph_when_a_caption_arrives_meanwhile(
+    atlas: GlyphAtlas,
+) -> None:
+    screen = CaptionScreen(480, 640, atlas)
+    answer = screen.commit("", FINAL)
+    screen.append("Le train ", answer)
+    screen.commit("the next caption", SOURCE)  # another app commits while the answer streams
+    screen.append("part du quai 4.", answer)
+    assert [(p.text, p.level) for p in screen.paras] == [
+        ("Le train part du quai 4.", FINAL),
+        ("the next caption", SOURCE),
+    ]
+    lines = [line for line, _, _ in screen.lines()]
+    assert lines[0].startswith("Le train part") and lines[-1] == "the next caption"

@@ -76,7 +76,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"  file: {p.source}")
     for section in dataclasses.fields(p):
         value = getattr(p, section.name)
-        if section.name in ("board", "source"):
+        if section.name in ("board", "source") or value is None:
             continue
         print(f"[{section.name}]")
         for f in dataclasses.fields(value):

@@ -97,6 +97,12 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         default="fused",
         help="fused (default: Ocula's graph of onnxruntime contrib ops) | optimum (reference)",
     )
+    llm.add_argument(
+        "--adapter",
+        type=Path,
+        metavar="DIR",
+        help="a PEFT LoRA adapter folder to merge into the weights first (a fine-tuned model)",
+    )
     _common_model_args(llm)
     llm.set_defaults(func=_llm)
 
@@ -163,6 +169,7 @@ def _llm(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         board=args.board,
         force=args.force,
+        adapter=args.adapter,
     )
     steps = Steps(_reporter(args.quiet > 0))
     t0 = time.perf_counter()

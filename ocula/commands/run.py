@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ocula.argtypes import integer, label, number, out_file, port_or_local, text
+from ocula.argtypes import http_url, in_file, integer, label, number, out_file, port_or_local, text
 from runtime.errors import OculaError, UsageError
 
 APPS = ("captions", "translate", "look")
@@ -85,6 +85,21 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
         "--virtual", action="store_true", help="simulated time: as fast as compute allows"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--remote",
+        type=http_url,
+        metavar="URL",
+        help="an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8080/v1) that answers while it "
+        "is up; the board's own model takes over when it is not (default: the profile's [remote])",
+    )
+    p.add_argument(
+        "--remote-model", type=label, default="", help="the model name to ask the endpoint for"
+    )
+    p.add_argument(
+        "--remote-key-file",
+        type=in_file,
+        help="file holding the endpoint's API key (--port local; a board reads its profile's)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -110,6 +125,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.question:
         options["question"] = args.question
+    if args.remote:
+        options["remote"] = args.remote
+    if args.remote_model:
+        options["remote_model"] = args.remote_model
     return options
 
 
@@ -120,7 +139,9 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
     from runtime.apps import Report
 
     host_only = [
-        f"--{name}" for name in ("display", "models") if getattr(args, name) is not None
+        f"--{name.replace('_', '-')}"
+        for name in ("display", "models", "remote_key_file")
+        if getattr(args, name) is not None
     ] + (["--virtual"] if args.virtual else [])
     if host_only:
         raise UsageError(
@@ -205,6 +226,9 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
         question=args.question,
         max_tokens=args.max_tokens,
         once=args.once,
+        remote=args.remote or "",
+        remote_model=args.remote_model,
+        remote_key_file=str(args.remote_key_file or ""),
     )
     models = Models.scan(args.models or Path("artifacts"))
     host = Host(profile, clock, devices, atlas, models, options)

@@ -94,6 +94,8 @@ OPTION_LIMITS: dict[str, tuple[type, int]] = {
     "stable_updates": (int, 10),
     "look_every_s": (float, 600),
     "once": (bool, 1),
+    "remote": (str, 500),
+    "remote_model": (str, 200),
 }
 
 

@@ -60,6 +60,10 @@ class AppOptions:
     stable_updates: int = 2
     look_every_s: float = 3.0
     once: bool = False
+    # the hosted model (runtime/apps/online.py): overrides of the profile's [remote]
+    remote: str = ""
+    remote_model: str = ""
+    remote_key_file: str = ""  # a host run's key file; a board reads its profile's
 
 
 class App(Protocol):

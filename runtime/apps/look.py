@@ -24,7 +24,8 @@ import numpy.typing as npt
 
 from runtime.apps.errors import AppUsageError
 from runtime.apps.host import Host
-from runtime.apps.stream import stream_to_screen
+from runtime.apps.online import frame_content, make_router
+from runtime.apps.stream import TextStream, stream_to_screen
 from runtime.apps.translate import LANGUAGES
 from runtime.engine.llm import GenerationConfig, Llm
 from runtime.engine.vision import Ocr
@@ -71,6 +72,7 @@ class Look:
         self.camera = host.devices.camera
         self.ocr = Ocr.from_artifact(vision_dir, host.profile, threads=host.threads("asr"))
         self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.threads("llm"))
+        self.router = make_router(host, self.llm)
         self.question = (
             host.options.question or f"Translate this into {LANGUAGES[host.options.target_lang]}."
         )
@@ -166,11 +168,26 @@ class Look:
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"The camera reads: {text}\n{self.question}"},
             ]
-            ids = self.llm.encode_chat(self.llm.chat(messages))
             policy = host.governor.policy
-            gen = self.llm.start(
-                ids, GenerationConfig(max_new_tokens=policy.max_tokens, truncate=True)
-            )
+            gen: TextStream
+            if self.router is not None:
+                # online, the hosted model sees the frame itself (a product, not only its label)
+                seen: list[dict[str, Any]] = [
+                    {"role": "system", "content": SYSTEM},
+                    {
+                        "role": "user",
+                        "content": [
+                            frame_content(item.value),
+                            {"type": "text", "text": f"The camera reads: {text}\n{self.question}"},
+                        ],
+                    },
+                ]
+                gen = self.router.start(seen, policy.max_tokens, local_messages=messages)
+            else:
+                ids = self.llm.encode_chat(self.llm.chat(messages))
+                gen = self.llm.start(
+                    ids, GenerationConfig(max_new_tokens=policy.max_tokens, truncate=True)
+                )
             yield from stream_to_screen(
                 host.screen, gen, lambda: marks.append(("frame_to_answer_s", item.t))
             )

@@ -28,8 +28,10 @@ from typing import Any
 
 from runtime.apps.captions import Captions
 from runtime.apps.host import Host
+from runtime.apps.online import make_router
 from runtime.apps.stream import stream_to_screen
 from runtime.engine.llm import GenerationConfig, Llm
+from runtime.engine.remote import Router
 from runtime.io.screen import SOURCE
 from runtime.sched.governor import Backlog, Policy
 from runtime.sched.scheduler import Job, Priority
@@ -74,6 +76,8 @@ class Translate(Captions):
         self.reused: list[int] = []
         self.prompt_tokens: list[int] = []
         self.skipped_backlog = 0
+        self.routes: list[str] = []
+        self.router: Router | None = None
         self._waiting: collections.deque[tuple[str, float]] = collections.deque()
         self._lock = threading.Lock()
         self._llm_busy = False
@@ -97,6 +101,7 @@ class Translate(Captions):
             if small is not None
             else None
         )
+        self.router = make_router(host, self.llm)
         host.metrics.gauge("memory.kv_tokens", self.llm.max_length)
         for llm in (self.llm, self.small):
             if llm is not None:
@@ -194,10 +199,15 @@ class Translate(Captions):
                 self._skipped_stale([text])
                 return
             llm = self.small if policy.tier == "small" and self.small is not None else self.llm
-            prompt = llm.chat(
-                [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
-            )
-            ids = llm.encode_chat(prompt)
+            messages = [
+                {"role": "system", "content": self.system},
+                {"role": "user", "content": text},
+            ]
+            if self.router is not None:
+                self.router.local = llm
+                yield from self._translate_routed(messages, end_t, marks, policy)
+                return
+            ids = llm.encode_chat(llm.chat(messages))
             gen = llm.start(ids, GenerationConfig(max_new_tokens=policy.max_tokens, truncate=True))
 
             def first() -> None:
@@ -224,6 +234,38 @@ class Translate(Captions):
                 self._llm_busy = False
             self._next()
 
+    def _translate_routed(
+        self,
+        messages: list[dict[str, str]],
+        end_t: float,
+        marks: list[tuple[str, float]],
+        policy: Policy,
+    ) -> Iterator[None]:
+        """The same sentence through the router: remote when it is up, local otherwise, and
+        local from the text already shown when the remote fails mid-sentence."""
+        host, router = self.host, self.router
+        assert host is not None and router is not None
+        answer = router.start(messages, max_tokens=policy.max_tokens)
+        yield from stream_to_screen(
+            host.screen,
+            answer,
+            lambda: marks.append(("speech_end_to_first_translation_s", end_t)),
+        )
+        self.translations.append(answer.text)
+        self.routes.append(answer.route)
+        host.trace.instant(
+            "translated",
+            "app",
+            "apps",
+            route=answer.route,
+            switch_reason=answer.switch_reason,
+            remote_chars=len(answer.remote_text),
+            finish=answer.finish_reason or "",
+            tier=policy.tier,
+            max_tokens=policy.max_tokens,
+        )
+        host.metrics.inc("translate.sentences")
+
     @property
     def finished(self) -> bool:
         with self._lock:
@@ -237,4 +279,5 @@ class Translate(Captions):
             "prompt_tokens": self.prompt_tokens,
             "reused_prefix_tokens": self.reused,
             "skipped_backlog": self.skipped_backlog,
+            **({"routes": self.routes} if self.router is not None else {}),
         }

@@ -80,21 +80,26 @@ class CaptionScreen:
 
     # -- editing (the app) ---------------------------------------------------------------
 
-    def commit(self, text: str, level: int = FINAL) -> None:
-        """A new finished paragraph; the partial line is cleared."""
+    def commit(self, text: str, level: int = FINAL) -> _Para:
+        """A new finished paragraph; the partial line is cleared. Returns it, for `append`."""
         para = _Para(text, level)
         self._wrap(para)  # layout is paid by the caller's thread, not the display's
         self.paras.append(para)
         self.partial, self.partial_stable = "", 0
         self._trim()
+        return para
 
-    def append(self, text: str) -> None:
-        """Extend the last paragraph (streamed tokens)."""
-        if not self.paras:
-            self.paras.append(_Para("", FINAL))
-        para = self.paras[-1]
+    def append(self, text: str, para: _Para | None = None) -> None:
+        """Extend a paragraph with streamed tokens: `para` (what `commit` returned), so that a
+        caption committed meanwhile by another app does not receive them, or the last one."""
+        if para is None:
+            if not self.paras:
+                self.paras.append(_Para("", FINAL))
+            para = self.paras[-1]
         para.text += text
         self._wrap(para)
+        if self.paras and para is not self.paras[-1]:
+            self._settled = ((-1, 0), [])  # a settled paragraph grew: lay them out again
 
     def set_partial(self, text: str, stable_chars: int = 0) -> None:
         """The utterance in progress; its first `stable_chars` characters are committed words
