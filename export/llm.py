@@ -42,6 +42,7 @@ QUANTS = ("int4", "int8", "fp16", "fp32")
 BITS = {"int4": 4, "int8": 8, "fp16": None, "fp32": None}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 GRAPHS = ("optimum", "fused")
+KV_DTYPES = ("float32", "float16")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -62,6 +63,8 @@ class LlmOptions:
     # `quant` otherwise. On SmolLM2 an 8-bit table took int4 perplexity from x1.247 of fp32 to
     # x1.140 and top-1 agreement from 0.635 to 0.695, for 14% more bytes (BENCHMARKS.md).
     embed_bits: int | None = None
+    # The KV cache's type (fused graph): float16 halves its memory (BENCHMARKS.md, "KV cache").
+    kv_dtype: str = "float32"
     graph: str = "fused"
     validate: bool = True
     board: str | None = None
@@ -94,6 +97,14 @@ class LlmOptions:
             raise ExportUsageError(f"--embed-bits {self.embed_bits}: choose 4 or 8")
         if self.graph not in GRAPHS:
             raise ExportUsageError(f"--graph {self.graph}: choose one of {', '.join(GRAPHS)}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ExportUsageError(
+                f"--kv-dtype {self.kv_dtype}: choose one of {', '.join(KV_DTYPES)}"
+            )
+        if self.kv_dtype != "float32" and self.graph != "fused":
+            raise ExportUsageError(
+                f"--kv-dtype {self.kv_dtype} needs --graph fused (optimum's graph keeps float32)"
+            )
 
 
 def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = None) -> Manifest:
@@ -231,6 +242,7 @@ def _fused(
             accuracy_level=opts.accuracy_level,
             max_length=max_length,
             embed_quant=f"int{opts.table_bits}" if opts.table_bits else None,
+            kv_dtype=opts.kv_dtype,
         )
     import onnx
 

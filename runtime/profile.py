@@ -125,6 +125,9 @@ class Serial:
 class Budget:
     max_artifact_mb: int = _num(1, 1 << 20, "MB")
     max_rss_mb: int = _num(16, 1 << 20, "MB")
+    # The tokens an LLM's KV cache holds (prompt + new tokens) when a run does not say: the
+    # cache is allocated for this many. Omitted: 2048.
+    llm_max_tokens: int = field(default=2048, metadata={"range": (16, 1 << 20), "unit": "tokens"})
 
 
 @dataclass(frozen=True)

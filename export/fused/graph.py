@@ -7,7 +7,8 @@ Per layer (10 nodes when quantized):
     GroupQueryAttention                rotary inside (cos/sin tables as initializers), per-head
                                        q/k RMS norm inside where the family has it, past and
                                        present KV sharing one [1, kv_heads, max_length, head_dim]
-                                       buffer
+                                       buffer (float32, or float16 with `Options.kv_dtype`:
+                                       q/k/v cast to fp16 before it, its output back after)
     MatMulNBits o
     SkipSimplifiedLayerNormalization
     MatMulNBits gate_up                gate and up packed into one weight
@@ -64,6 +65,7 @@ Weights = Callable[[str], np.ndarray]
 OPSET = 21
 MS = "com.microsoft"
 QUANTS = {"fp32": 0, "fp16": 0, "int8": 8, "int4": 4}
+KV_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class Options:
     # A quantized symmetric table is looked up by the runtime (the graph takes the rows' codes
     # and scales; see `_rows_input`); False keeps GatherBlockQuantized in the graph.
     runtime_lookup: bool = True
+    # The KV cache's element type: "float16" halves its memory; attention then runs in fp16
+    # (onnxruntime's GroupQueryAttention takes one type for query, cache and rotary tables).
+    kv_dtype: str = "float32"
 
     @property
     def embed_block(self) -> int:
@@ -232,11 +237,17 @@ def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
     }
     if s.family.qk_norm:
         ins[0] = _qk_norm(e, s, weights, i, qkv)
+    half = e.opts.kv_dtype == "float16"
+    if half:
+        ins[0] = e.op("Cast", [ins[0]], f"layers.{i}.attn.to_half", to=TensorProto.FLOAT16)[0]
+        ins[-2:] = ["cos_cache.fp16", "sin_cache.fp16"]
     out, _, _ = e.op("GroupQueryAttention", ins, f"layers.{i}.attn.gqa", n_out=3, **attrs)
     # The present outputs are named for the runtime: it binds them to the past buffers.
     node = e.nodes[-1]
     node.output[1] = present_name(i, "key")
     node.output[2] = present_name(i, "value")
+    if half:
+        out = e.op("Cast", [out], f"layers.{i}.attn.to_float", to=TensorProto.FLOAT)[0]
     o_bias = _bias(weights, p + "o_proj.bias", s.attention_bias and not s.family.qkv_bias)
     return e.linear(out, f"layers.{i}.attn.o", weights(p + "o_proj.weight"), o_bias)
 
@@ -527,8 +538,12 @@ def emit(s: Shape, weights: Weights, opts: Options) -> tuple[onnx.ModelProto, di
     """The whole decoder graph for one model (batch 1, last positions' logits), and the
     initializers that are views of others (to be saved as such: builder._save)."""
     e = _Emitter(opts)
-    e.const("cos_cache", s.cos)
-    e.const("sin_cache", s.sin)
+    if opts.kv_dtype == "float16":
+        e.const("cos_cache.fp16", s.cos.astype(np.float16))
+        e.const("sin_cache.fp16", s.sin.astype(np.float16))
+    else:
+        e.const("cos_cache", s.cos)
+        e.const("sin_cache", s.sin)
     e.const("split_sizes", np.array([s.intermediate, s.intermediate], np.int64))
     x, table = _embedding(e, s, weights)
     residual: str | None = None
@@ -549,6 +564,7 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     # expects, up to max_length (the rotary tables' length).
     kv: list[int | str] = [1, s.kv_heads, "max_length", s.head_dim]
     f32 = TensorProto.FLOAT
+    kv_type = KV_DTYPES[e.opts.kv_dtype]
     firsts = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"])]
     if any(CODES in n.input for n in e.nodes):
         kb = -(-s.hidden // e.opts.embed_block)
@@ -569,8 +585,8 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "num_logits", s.vocab])]
     for i in range(s.num_layers):
         for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(past_name(i, kind), f32, kv))
-            outputs.append(helper.make_tensor_value_info(present_name(i, kind), f32, kv))
+            inputs.append(helper.make_tensor_value_info(past_name(i, kind), kv_type, kv))
+            outputs.append(helper.make_tensor_value_info(present_name(i, kind), kv_type, kv))
     graph = helper.make_graph(e.nodes, "ocula_fused_decoder", inputs, outputs, e.inits)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="ocula.export.fused")

@@ -74,6 +74,12 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         "--max-length", type=int, default=2048, help="tokens of context (default 2048)"
     )
     llm.add_argument(
+        "--kv-dtype",
+        default="float32",
+        help="float32 (default) | float16: the KV cache's type; float16 halves its memory and "
+        "runs attention in fp16 (fused graph only)",
+    )
+    llm.add_argument(
         "--embed-bits",
         type=int,
         default=None,
@@ -144,6 +150,7 @@ def _llm(args: argparse.Namespace) -> int:
         accuracy_level=args.accuracy_level,
         max_length=args.max_length,
         embed_bits=args.embed_bits,
+        kv_dtype=args.kv_dtype,
         graph=args.graph,
         validate=not args.no_validate,
         board=args.board,

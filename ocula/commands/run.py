@@ -66,6 +66,14 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
         "--question", help="look: what to ask about the text read (default: translate it)"
     )
     p.add_argument("--max-tokens", type=int, default=48, help="LLM tokens per answer (default 48)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens the LLM's KV cache holds, prompts and answers (default: the board "
+        "profile's budget.llm_max_tokens)",
+    )
     p.add_argument("--once", action="store_true", help="look: answer one frame, then stop")
     p.add_argument(
         "--virtual", action="store_true", help="simulated time: as fast as compute allows"
@@ -93,6 +101,8 @@ def _check_common(args: argparse.Namespace) -> None:
         raise UsageError(f"--duration {args.duration}: must be a positive number of seconds")
     if not 1 <= args.max_tokens <= 4096:
         raise UsageError(f"--max-tokens {args.max_tokens}: must be 1 to 4096")
+    if args.max_length is not None and not 16 <= args.max_length <= 1 << 20:
+        raise UsageError(f"--max-length {args.max_length}: must be 16 to {1 << 20} tokens")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,6 +114,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.question:
         options["question"] = args.question
+    if args.max_length is not None:
+        options["max_length"] = args.max_length
     return options
 
 
@@ -198,6 +210,7 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
         target_lang=args.target_lang,
         question=args.question,
         max_tokens=args.max_tokens,
+        max_length=args.max_length,
         once=args.once,
     )
     models = Models.scan(args.models or Path("artifacts"))
