@@ -48,7 +48,8 @@ def estimate(m: Manifest, profile: Any, max_length: int | None = None) -> Fit:
     if m.llm is not None:
         L = max_length or m.llm.max_length
         i = m.llm
-        kv = i.layers * 2 * i.kv_heads * i.head_dim * L * 4 / MIB
+        size = 2 if i.kv is not None and i.kv.dtype == "float16" else 4
+        kv = i.layers * 2 * i.kv_heads * i.kv_head_dim * L * size / MIB
         p = min(L, PREFILL)
         logit_rows = 1 if i.graph_kind == "fused" else p
         inter = i.intermediate_size or 4 * i.hidden_size

@@ -24,6 +24,7 @@ from export.fused.graph import (
     past_name,
     present_name,
 )
+from export.fused.heads import attn_dim
 from export.fused.weights import SafetensorsWeights
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def build(
         inputs={v.name: _io(v) for v in model.graph.input},
         outputs={v.name: _io(v) for v in model.graph.output},
         kv=KvLayout(
-            shape=[1, shape.kv_heads, max_length, shape.head_dim],
+            shape=[1, shape.kv_heads, max_length, attn_dim(shape.head_dim)],
             dtype=kv_dtype,
             past=past_name(0, "{kind}").replace(".0.", ".{layer}."),
             present=present_name(0, "{kind}").replace(".0.", ".{layer}."),

@@ -58,6 +58,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.fused.arch import Shape
+from export.fused.heads import attn_dim, pad_heads, pad_norm_weight, pad_o_proj, pad_rotary
 from export.fused.quant import Quantized, quantize, split8, unpack
 
 Weights = Callable[[str], np.ndarray]
@@ -214,11 +215,16 @@ def _bias(weights: Weights, name: str, present: bool) -> np.ndarray | None:
 
 def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
     p = f"model.layers.{i}.self_attn."
-    names = ("q_proj", "k_proj", "v_proj")
-    w = np.concatenate([weights(p + n + ".weight") for n in names])
+    d, big = s.head_dim, attn_dim(s.head_dim)  # heads padded to what GQA runs (heads.py)
+    heads = {"q_proj": s.num_heads, "k_proj": s.kv_heads, "v_proj": s.kv_heads}
+
+    def proj(name: str, part: str) -> np.ndarray:
+        return pad_heads(weights(p + name + part), heads[name], d, big, name != "v_proj")
+
+    w = np.concatenate([proj(n, ".weight") for n in heads])
     bias = None
     if s.attention_bias:
-        bias = np.concatenate([weights(p + n + ".bias") for n in names])
+        bias = np.concatenate([proj(n, ".bias") for n in heads])
     qkv = e.linear(x, f"layers.{i}.attn.qkv", w, bias)
     ins = [
         qkv,
@@ -235,6 +241,8 @@ def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
         "kv_num_heads": s.kv_heads,
         "do_rotary": 1,
     }
+    if big != d:
+        attrs["scale"] = float(1 / np.sqrt(d))
     if s.family.qk_norm:
         ins[0] = _qk_norm(e, s, weights, i, qkv)
     half = e.opts.kv_dtype == "float16"
@@ -249,7 +257,8 @@ def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
     if half:
         out = e.op("Cast", [out], f"layers.{i}.attn.to_float", to=TensorProto.FLOAT)[0]
     o_bias = _bias(weights, p + "o_proj.bias", s.attention_bias and not s.family.qkv_bias)
-    return e.linear(out, f"layers.{i}.attn.o", weights(p + "o_proj.weight"), o_bias)
+    o = pad_o_proj(weights(p + "o_proj.weight"), s.num_heads, d, big)
+    return e.linear(out, f"layers.{i}.attn.o", o, o_bias)
 
 
 def _qk_norm(e: _Emitter, s: Shape, weights: Weights, i: int, qkv: str) -> str:
@@ -258,21 +267,23 @@ def _qk_norm(e: _Emitter, s: Shape, weights: Weights, i: int, qkv: str) -> str:
     multiplied by their own weights, so it costs one norm and one Mul per layer."""
     p = f"model.layers.{i}.self_attn."
     name = f"layers.{i}.attn.qk_norm"
+    d, big = s.head_dim, attn_dim(s.head_dim)
     heads = s.num_heads + s.kv_heads
-    sizes = e.const(name + ".sizes", np.array([heads * s.head_dim, s.kv_size], np.int64))
+    sizes = e.const(name + ".sizes", np.array([heads * big, s.kv_heads * big], np.int64))
     qk, v = e.op("Split", [qkv, sizes], name + ".split", n_out=2, axis=-1)
-    by_head = e.const(name + ".by_head", np.array([1, -1, heads, s.head_dim], np.int64))
+    by_head = e.const(name + ".by_head", np.array([1, -1, heads, big], np.int64))
     x = e.op("Reshape", [qk, by_head], name + ".by_head")[0]
-    ones = e.const(name + ".ones", np.ones(s.head_dim, np.float32))
-    x = e.op("SimplifiedLayerNormalization", [x, ones], name, axis=-1, epsilon=s.rms_eps)[0]
+    ones = e.const(name + ".ones", np.ones(big, np.float32))
+    eps = s.rms_eps * d / big
+    x = e.op("SimplifiedLayerNormalization", [x, ones], name, axis=-1, epsilon=eps)[0]
     gamma = np.concatenate(
         [
-            np.tile(weights(p + "q_norm.weight"), (s.num_heads, 1)),
-            np.tile(weights(p + "k_norm.weight"), (s.kv_heads, 1)),
+            np.tile(pad_norm_weight(weights(p + "q_norm.weight"), d, big), (s.num_heads, 1)),
+            np.tile(pad_norm_weight(weights(p + "k_norm.weight"), d, big), (s.kv_heads, 1)),
         ]
     )
     x = e.op("Mul", [x, e.const(name + ".weight", gamma.astype(np.float32))], name + ".scale")[0]
-    flat = e.const(name + ".flat", np.array([1, -1, heads * s.head_dim], np.int64))
+    flat = e.const(name + ".flat", np.array([1, -1, heads * big], np.int64))
     x = e.op("Reshape", [x, flat], name + ".flat")[0]
     return e.op("Concat", [x, v], name + ".packed", axis=-1)[0]
 
@@ -538,12 +549,14 @@ def emit(s: Shape, weights: Weights, opts: Options) -> tuple[onnx.ModelProto, di
     """The whole decoder graph for one model (batch 1, last positions' logits), and the
     initializers that are views of others (to be saved as such: builder._save)."""
     e = _Emitter(opts)
+    big = attn_dim(s.head_dim)
+    cos, sin = pad_rotary(s.cos, big, 1.0), pad_rotary(s.sin, big, 0.0)
     if opts.kv_dtype == "float16":
-        e.const("cos_cache.fp16", s.cos.astype(np.float16))
-        e.const("sin_cache.fp16", s.sin.astype(np.float16))
+        e.const("cos_cache.fp16", cos.astype(np.float16))
+        e.const("sin_cache.fp16", sin.astype(np.float16))
     else:
-        e.const("cos_cache", s.cos)
-        e.const("sin_cache", s.sin)
+        e.const("cos_cache", cos)
+        e.const("sin_cache", sin)
     e.const("split_sizes", np.array([s.intermediate, s.intermediate], np.int64))
     x, table = _embedding(e, s, weights)
     residual: str | None = None
@@ -562,7 +575,7 @@ def emit(s: Shape, weights: Weights, opts: Options) -> tuple[onnx.ModelProto, di
 def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     # The length axis is symbolic: the runtime sizes the shared buffers for the conversation it
     # expects, up to max_length (the rotary tables' length).
-    kv: list[int | str] = [1, s.kv_heads, "max_length", s.head_dim]
+    kv: list[int | str] = [1, s.kv_heads, "max_length", attn_dim(s.head_dim)]
     f32 = TensorProto.FLOAT
     kv_type = KV_DTYPES[e.opts.kv_dtype]
     firsts = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"])]

@@ -147,7 +147,11 @@ def max_length_for_budget(info: LlmInfo, weights_bytes: int, profile: Profile | 
     if profile is None or info.kv is None:
         return info.max_length
     per_token = (
-        2 * info.layers * info.kv_heads * info.head_dim * (2 if info.kv.dtype == "float16" else 4)
+        2
+        * info.layers
+        * info.kv_heads
+        * info.kv_head_dim
+        * (2 if info.kv.dtype == "float16" else 4)
     )
     free = profile.budget.max_rss_mb * MB - weights_bytes - OVERHEAD_MB * MB
     return max(0, min(info.max_length, free // per_token))
@@ -357,7 +361,7 @@ class Llm:
 
 def _kv_bytes(info: LlmInfo, length: int) -> int:
     size = 2 if info.kv is not None and info.kv.dtype == "float16" else 4
-    return 2 * info.layers * info.kv_heads * info.head_dim * size * length
+    return 2 * info.layers * info.kv_heads * info.kv_head_dim * size * length
 
 
 class Generation:

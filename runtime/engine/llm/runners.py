@@ -205,7 +205,7 @@ class FusedRunner(Runner):
         """KV buffers of `length` tokens, each bound as its layer's past and present."""
         info = self._info
         assert info.kv is not None
-        shape = (1, info.kv_heads, length, info.head_dim)
+        shape = (1, info.kv_heads, length, info.kv_head_dim)
         self._kv = []  # the old buffers go before the new ones are made
         # Zeros, not garbage: attention never reads past the cache length, but a NaN left in
         # an unused slot must not be able to leak through a 0 * NaN.
@@ -311,7 +311,7 @@ class OptimumRunner(Runner):
         self._mask = np.ones((1, info.max_length), np.int64)
         self._binding = session.io_binding()
         self.kv_bytes = 0
-        self._empty = np.zeros((1, info.kv_heads, 0, info.head_dim), self._dtype)
+        self._empty = np.zeros((1, info.kv_heads, 0, info.kv_head_dim), self._dtype)
         self._past: list[ort.OrtValue] = []
         self.truncate(0)
 
@@ -336,7 +336,7 @@ class OptimumRunner(Runner):
         b.clear_binding_outputs()
         self.length = n
         logits = outs[0].numpy()[0, -1]
-        self.kv_bytes = 2 * self._info.layers * n * self._info.kv_heads * self._info.head_dim * 4
+        self.kv_bytes = 2 * self._info.layers * n * self._info.kv_heads * self._info.kv_head_dim * 4
         out: F32 = logits.astype(np.float32, copy=False)
         return out
 
