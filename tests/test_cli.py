@@ -37,7 +37,7 @@ def test_board_list_and_show(ocula):
     assert [line.split()[0] for line in lines[1:]] == ["ar1-ref", "rpi5", "sim"]
     r = ocula("board", "show", "ar1-ref")
     assert r.code == 0
-    assert "ram_mb                 2048 MB  (estimate)" in r.out
+    assert "ram_mb                 2048 MiB  (estimate)" in r.out
     assert "colour                 mono-green" in r.out
 
 

@@ -183,7 +183,7 @@ def test_board_budget_is_checked(tmp_path: Path) -> None:
     assert small != toml
     path = tmp_path / "tiny.toml"
     path.write_text(small.replace('name = "sim"', 'name = "tiny"'))
-    with pytest.raises(BudgetError, match=r"memory \d+ MB .*> 16 MB; try a smaller model"):
+    with pytest.raises(BudgetError, match=r"memory \d+ MiB .*> 16 MiB; try a smaller model"):
         check(m, profiles.find(str(path)))
     fp32 = load_manifest(llm_artifact("tiny-qwen2", "fp32"))
     with pytest.raises(BudgetError, match=r"try a lower --quant \(fp16 or int8\)"):

@@ -193,7 +193,7 @@ def _done(out: Path, m: Any, steps: Any, total: float) -> None:
         f"{role}: {g.quantization.scheme} {g.quantization.ops or ''}".rstrip()
         for role, g in m.graphs.items()
     )
-    print(f"wrote {out}: {m.kind} {m.name}, {mb:.1f} MB, {len(m.files)} files")
+    print(f"wrote {out}: {m.kind} {m.name}, {mb:.1f} MiB, {len(m.files)} files")
     print(f"  quantization  {quant}")
     if m.validation is not None:
         x = m.validation.metrics
@@ -206,8 +206,8 @@ def _done(out: Path, m: Any, steps: Any, total: float) -> None:
     if "board_fit" in m.extra:
         f = m.extra["board_fit"]
         print(
-            f"  board {f['board']}   artifact {f['artifact_mb']}/{f['max_artifact_mb']} MB, "
-            f"memory {f['rss_mb']}/{f['max_rss_mb']} MB"
+            f"  board {f['board']}   artifact {f['artifact_mb']}/{f['max_artifact_mb']} MiB, "
+            f"memory {f['rss_mb']}/{f['max_rss_mb']} MiB"
         )
     times = ", ".join(f"{k} {v:.1f} s" for k, v in steps.timings.items())
     print(f"  timings       {times}; total {total:.1f} s")
