@@ -42,6 +42,7 @@ THREADS = 2
 PROMPT = 64
 NEW = 128
 ROUNDS = 3
+REPS = int(os.environ.get("OCULA_BENCH_KV_REPS", "2"))  # timed generations per process
 LLAMA_CTX = 512
 CHAT = (
     "What is the capital of France? Answer in one sentence.",
@@ -305,9 +306,9 @@ def bench_rss(preset: str) -> dict[str, Any]:
     vocab = json.loads((f32 / "manifest.json").read_text())["llm"]["vocab_size"]
     prompt = json.dumps(_prompt(vocab))
     engines: dict[str, Any] = {
-        "ocula int8 fp32-kv sized": lambda: _spawn("ocula", str(f32), need, 2),
-        "ocula int8 fp16-kv sized": lambda: _spawn("ocula", str(f16), need, 2),
-        "ocula int8 fp32-kv 2048": lambda: _spawn("ocula", str(f32), 2048, 2),
+        "ocula int8 fp32-kv sized": lambda: _spawn("ocula", str(f32), need, REPS),
+        "ocula int8 fp16-kv sized": lambda: _spawn("ocula", str(f16), need, REPS),
+        "ocula int8 fp32-kv 2048": lambda: _spawn("ocula", str(f32), 2048, REPS),
         "llama.cpp q8_0 f16-kv n_ctx 512": lambda: _run_worker(
             "llama.cpp",
             [
@@ -317,7 +318,7 @@ def bench_rss(preset: str) -> dict[str, Any]:
                 str(gguf),
                 prompt,
                 str(NEW),
-                "2",
+                str(REPS),
                 str(LLAMA_CTX),
                 str(THREADS),
             ],

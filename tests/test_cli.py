@@ -46,7 +46,7 @@ def test_board_json_for_scripts(ocula):
     assert {d["name"] for d in data} == {"ar1-ref", "rpi5", "sim"}
     shown = json.loads(ocula("board", "show", "rpi5", "--json").out)
     assert shown["cpu"]["clusters"][0]["cores"] == 4
-    assert shown["budget"] == {"max_artifact_mb": 4096, "max_rss_mb": 6144}
+    assert shown["budget"] == {"max_artifact_mb": 4096, "max_rss_mb": 6144, "llm_max_tokens": 2048}
 
 
 def test_user_error_is_one_line_exit_1(ocula):

@@ -112,7 +112,7 @@ def _bad(old: str, new: str, expect: str) -> None:
         (
             "max_rss_mb = 6144",
             "max_rss_mb = 9000",
-            "budget.max_rss_mb (9000 MB) exceeds memory.ram_mb (8192 MB)",
+            "budget.max_rss_mb (9000 MiB) exceeds memory.ram_mb (8192 MiB)",
         ),
         (
             "usable_bandwidth_gbs = 10.0",
