@@ -5,7 +5,7 @@ at max length + activations of a prefill + a fixed runtime overhead. The KV cach
 layers x 2 x kv_heads x head_dim x max_length x 4 bytes; activations are estimated for a
 prefill of `min(max_length, 512)` tokens: the logits the graph returns (every position in the
 optimum graph, the last one in the fused graph), and the widest per-layer tensors (MLP
-intermediate, attention scores). Figures are in MiB (what the profiles call MB).
+intermediate, attention scores). Figures are in MiB (2^20 bytes; the profiles' `_mb` keys are MiB too).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def estimate(m: Manifest, profile: Any, max_length: int | None = None) -> Fit:
     if m.llm is not None:
         L = max_length or m.llm.max_length
         i = m.llm
-        kv = i.layers * 2 * i.kv_heads * i.head_dim * L * 4 / MIB
+        size = 2 if i.kv is not None and i.kv.dtype == "float16" else 4
+        kv = i.layers * 2 * i.kv_heads * i.kv_head_dim * L * size / MIB
         p = min(L, PREFILL)
         logit_rows = 1 if i.graph_kind == "fused" else p
         inter = i.intermediate_size or 4 * i.hidden_size
@@ -75,12 +76,12 @@ def check(m: Manifest, profile: Any, max_length: int | None = None) -> Fit:
         return fit
     parts = []
     if fit.artifact_mb > fit.max_artifact_mb:
-        parts.append(f"artifact {fit.artifact_mb:.0f} MB > {fit.max_artifact_mb} MB")
+        parts.append(f"artifact {fit.artifact_mb:.0f} MiB > {fit.max_artifact_mb} MiB")
     if fit.rss_mb > fit.max_rss_mb:
         parts.append(
-            f"memory {fit.rss_mb:.0f} MB (weights {fit.weights_mb:.0f} + KV {fit.kv_mb:.0f} + "
+            f"memory {fit.rss_mb:.0f} MiB (weights {fit.weights_mb:.0f} + KV {fit.kv_mb:.0f} + "
             f"activations {fit.activations_mb:.0f} + runtime {RUNTIME_OVERHEAD_MB}) > "
-            f"{fit.max_rss_mb} MB"
+            f"{fit.max_rss_mb} MiB"
         )
     raise BudgetError(f"does not fit board {fit.board}: {'; '.join(parts)}; {_suggest(m, fit)}")
 

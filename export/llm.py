@@ -22,7 +22,7 @@ from typing import Any
 
 from export import budget, graphquant, source, validate
 from export.adapter import check_adapter, merge_lora
-from export.errors import ExportUsageError, ValidationFailed
+from export.errors import ExportError, ExportUsageError, ValidationFailed
 from export.output import atomic_dir, check_target
 from export.steps import Steps
 from runtime.manifest import (
@@ -43,6 +43,7 @@ QUANTS = ("int4", "int8", "fp16", "fp32")
 BITS = {"int4": 4, "int8": 8, "fp16": None, "fp32": None}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 GRAPHS = ("optimum", "fused")
+KV_DTYPES = ("float32", "float16")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -63,6 +64,8 @@ class LlmOptions:
     # `quant` otherwise. On SmolLM2 an 8-bit table took int4 perplexity from x1.247 of fp32 to
     # x1.140 and top-1 agreement from 0.635 to 0.695, for 14% more bytes (BENCHMARKS.md).
     embed_bits: int | None = None
+    # The KV cache's type (fused graph): float16 halves its memory (BENCHMARKS.md, "KV cache").
+    kv_dtype: str = "float32"
     graph: str = "fused"
     validate: bool = True
     board: str | None = None
@@ -97,6 +100,14 @@ class LlmOptions:
             raise ExportUsageError(f"--embed-bits {self.embed_bits}: choose 4 or 8")
         if self.graph not in GRAPHS:
             raise ExportUsageError(f"--graph {self.graph}: choose one of {', '.join(GRAPHS)}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ExportUsageError(
+                f"--kv-dtype {self.kv_dtype}: choose one of {', '.join(KV_DTYPES)}"
+            )
+        if self.kv_dtype != "float32" and self.graph != "fused":
+            raise ExportUsageError(
+                f"--kv-dtype {self.kv_dtype} needs --graph fused (optimum's graph keeps float32)"
+            )
 
 
 def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = None) -> Manifest:
@@ -119,10 +130,10 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
             cfg = model.config
             max_length = min(opts.max_length, int(cfg.max_position_embeddings))
             if max_length < opts.max_length:
-                log.warning(
-                    "--max-length %d: the model holds %d positions; exporting %d",
-                    opts.max_length, max_length, max_length,
-                )  # fmt: skip
+                steps.note(
+                    f"max length {max_length}: the model's max_position_embeddings "
+                    f"(--max-length {opts.max_length} asked for more)"
+                )
             if opts.graph == "fused":
                 gguf = src.path if src.kind == "gguf" else None
                 graph, info = _fused(hf_dir, tmp, opts, max_length, steps, gguf)
@@ -135,13 +146,16 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
                 m.extra["adapter"] = adapter
             if opts.validate:
                 with steps.run("validate"):
-                    m.validation = _validate(model, tmp, m, opts, info)
+                    m.validation = _checked_run(
+                        lambda: _validate(model, tmp, m, opts, info), spec, opts, m
+                    )
                 steps.note(_summary(m.validation))
                 if not m.validation.passed:
                     fails = "; ".join(m.validation.metrics.get("failures", []))
+                    hint = _fidelity_hint(src, model, hf_dir, work, opts, max_length, steps)
                     raise ValidationFailed(
                         f"{spec}: the {opts.quant} artifact fails validation ({fails}); "
-                        "nothing was written; try a higher --quant or a smaller --block-size"
+                        f"nothing was written; {hint}"
                     )
             if profile is not None:
                 fit = budget.check(m, profile, max_length)
@@ -151,6 +165,77 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return m
+
+
+def _checked_run(run: Any, spec: str, opts: LlmOptions, m: Manifest) -> Any:
+    """`run()`, with onnxruntime refusing the graph turned into one line: a kernel
+    precondition the builder does not know (export/fused checks the known ones first)."""
+    import onnxruntime as ort
+
+    fails: tuple[type[BaseException], ...] = (
+        RuntimeError,
+        ort.capi.onnxruntime_pybind11_state.Fail,
+    )
+    try:
+        return run()
+    except fails as exc:
+        first = str(exc).split("Status Message:")[-1].strip().splitlines()[0][:300]
+        i = m.llm
+        shape = (
+            f"{i.layers} layers, hidden {i.hidden_size}, {i.heads} heads / {i.kv_heads} KV "
+            f"heads of {i.head_dim}, vocab {i.vocab_size}"
+            if i is not None
+            else "?"
+        )
+        way = "use --graph optimum" if opts.graph == "fused" else "try --graph fused"
+        raise ExportError(
+            f"{spec}: onnxruntime cannot run the {opts.graph} graph of this shape ({shape}): "
+            f"{first}; {way}"
+        ) from exc
+
+
+def _fidelity_hint(
+    src: source.Source,
+    model: Any,
+    hf_dir: Path,
+    work: Path,
+    opts: LlmOptions,
+    max_length: int,
+    steps: Steps,
+) -> str:
+    """What to try after a failed validation. A fused int4/int8 graph computes MatMulNBits
+    with int8 activations (--accuracy-level 4); when the same weights pass with float
+    activations, those were the cause, and the hint says so."""
+    default = "try a higher --quant or a smaller --block-size"
+    if opts.graph != "fused" or not BITS.get(opts.quant) or opts.accuracy_level == 0:
+        return default
+    from dataclasses import replace
+
+    trial = replace(opts, accuracy_level=0)
+    folder = work / "accuracy-level-0"
+    folder.mkdir()
+    with steps.run("validate (--accuracy-level 0, to find the cause)"):
+        graph, info = _fused(hf_dir, folder, trial, max_length, steps)
+        tok = _copy_tokenizer(hf_dir, folder)
+        m = _manifest(
+            src,
+            folder,
+            model.config,
+            graph,
+            info,
+            tok,
+            max_length,
+            hf_dir,
+        )
+        v = _validate(model, folder, m, trial, info)
+    if v.passed:
+        return (
+            f"with --accuracy-level 0 (float activations in MatMulNBits instead of int8) the "
+            f"same weights pass (ppl x{v.metrics['ppl_ratio']:.3f}, top-1 "
+            f"{v.metrics['top1_agreement']:.3f}): the int8 activations are the cause; export "
+            "with --accuracy-level 0, or a higher --quant"
+        )
+    return default + " (--accuracy-level 0 fails too: the weights' quantization is the cause)"
 
 
 def _profile(name: str | None) -> Any:
@@ -255,6 +340,7 @@ def _fused(
             max_length=max_length,
             embed_quant=f"int{opts.table_bits}" if opts.table_bits else None,
             gguf=gguf,
+            kv_dtype=opts.kv_dtype,
         )
     if info.source_blocks is not None:
         steps.note(_blocks_note(info.source_blocks))
@@ -449,7 +535,11 @@ def _validate(
     if not _is_random(m):
         validate.check_source(metrics["ppl_reference"], m.source.id)
     driver = "runtime.engine.llm (Llm + runner, the device path)"
-    report = validate.judge(metrics, opts.quant)
+    # An fp16 KV cache rounds every attention input to fp16, as fp16 weights round the
+    # matmuls: float weights over it are held to fp16's bounds (SmolLM2 fp32 weights with an
+    # fp16 cache: max |dlogit| 0.03, above fp32's 0.01).
+    scheme = "fp16" if opts.quant == "fp32" and opts.kv_dtype == "float16" else opts.quant
+    report = validate.judge(metrics, scheme)
     metrics["failures"] = report.failures
     return Validation(
         passed=report.passed,

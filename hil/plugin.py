@@ -78,7 +78,7 @@ def profile_objectives(profile: Any) -> dict[str, tuple[float, str, str]]:
     out = {
         "power.average_w": (p.power.average_budget_w, "W", "max"),
         "power.burst_w": (p.power.burst_budget_w, "W", "max"),
-        "rss_mb": (float(p.budget.max_rss_mb), "MB", "max"),
+        "rss_mb": (float(p.budget.max_rss_mb), "MiB", "max"),
         "energy.repeatability_pct": (2.0, "%", "max"),
     }
     if p.display.refresh_hz > 0:

@@ -176,6 +176,13 @@ class LlmInfo:
     intermediate_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kv_head_dim(self) -> int:
+        """Elements per head in the KV cache: `head_dim`, or the padded head size a fused
+        graph's attention runs (the KV layout's last axis, when it is a number)."""
+        last = self.kv.shape[-1] if self.kv is not None and self.kv.shape else None
+        return last if isinstance(last, int) else self.head_dim
+
 
 @dataclass
 class AsrInfo:

@@ -8,7 +8,8 @@ Rules the validator keeps:
 - every section and key is declared below; an unknown key, a missing key, a wrong type or a
   value outside its declared range is an error that names the file, the key and what is
   expected, never a silent default;
-- numbers carry their unit in the key name (`_mb`, `_mhz`, `_w`, `_gbs`, `_hz`);
+- numbers carry their unit in the key name (`_mb`, `_mhz`, `_w`, `_gbs`, `_hz`); `_mb` is
+  MiB (2^20 bytes), as the runtime counts RSS and every tool prints it;
 - `board.estimates` lists the keys whose figures are estimates (public figures, not measured),
   each of which must name a real key, so that tools can mark them.
 """
@@ -87,8 +88,8 @@ class Cpu:
 
 @dataclass(frozen=True)
 class Memory:
-    ram_mb: int = _num(64, 1 << 20, "MB")
-    flash_mb: int = _num(16, 1 << 24, "MB")
+    ram_mb: int = _num(64, 1 << 20, "MiB")
+    flash_mb: int = _num(16, 1 << 24, "MiB")
     peak_bandwidth_gbs: float = _num(0.1, 2000, "GB/s")
     usable_bandwidth_gbs: float = _num(0.1, 2000, "GB/s")
 
@@ -125,8 +126,11 @@ class Serial:
 
 @dataclass(frozen=True)
 class Budget:
-    max_artifact_mb: int = _num(1, 1 << 20, "MB")
-    max_rss_mb: int = _num(16, 1 << 20, "MB")
+    max_artifact_mb: int = _num(1, 1 << 20, "MiB")
+    max_rss_mb: int = _num(16, 1 << 20, "MiB")
+    # The tokens an LLM's KV cache holds (prompt + new tokens) when a run does not say: the
+    # cache is allocated for this many. Omitted: 2048.
+    llm_max_tokens: int = field(default=2048, metadata={"range": (16, 1 << 20), "unit": "tokens"})
 
 
 @dataclass(frozen=True)
@@ -331,13 +335,13 @@ def _check_consistency(p: Profile, source: str) -> None:
         )
     if p.budget.max_rss_mb > p.memory.ram_mb:
         problems.append(
-            f"budget.max_rss_mb ({p.budget.max_rss_mb} MB) exceeds memory.ram_mb "
-            f"({p.memory.ram_mb} MB); the budget must fit in RAM"
+            f"budget.max_rss_mb ({p.budget.max_rss_mb} MiB) exceeds memory.ram_mb "
+            f"({p.memory.ram_mb} MiB); the budget must fit in RAM"
         )
     if p.budget.max_artifact_mb > p.memory.flash_mb:
         problems.append(
-            f"budget.max_artifact_mb ({p.budget.max_artifact_mb} MB) exceeds memory.flash_mb "
-            f"({p.memory.flash_mb} MB); artifacts must fit in flash"
+            f"budget.max_artifact_mb ({p.budget.max_artifact_mb} MiB) exceeds memory.flash_mb "
+            f"({p.memory.flash_mb} MiB); artifacts must fit in flash"
         )
     if p.power.burst_budget_w < p.power.average_budget_w:
         problems.append("power.burst_budget_w is below power.average_budget_w")

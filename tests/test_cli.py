@@ -37,7 +37,7 @@ def test_board_list_and_show(ocula):
     assert [line.split()[0] for line in lines[1:]] == ["ar1-ref", "rpi5", "sim"]
     r = ocula("board", "show", "ar1-ref")
     assert r.code == 0
-    assert "ram_mb                 2048 MB  (estimate)" in r.out
+    assert "ram_mb                 2048 MiB  (estimate)" in r.out
     assert "colour                 mono-green" in r.out
 
 
@@ -46,7 +46,7 @@ def test_board_json_for_scripts(ocula):
     assert {d["name"] for d in data} == {"ar1-ref", "rpi5", "sim"}
     shown = json.loads(ocula("board", "show", "rpi5", "--json").out)
     assert shown["cpu"]["clusters"][0]["cores"] == 4
-    assert shown["budget"] == {"max_artifact_mb": 4096, "max_rss_mb": 6144}
+    assert shown["budget"] == {"max_artifact_mb": 4096, "max_rss_mb": 6144, "llm_max_tokens": 2048}
 
 
 def test_user_error_is_one_line_exit_1(ocula):

@@ -130,3 +130,21 @@ def test_transcribe_resamples_and_refuses_bad_files(tmp_path: Path) -> None:
     assert r.code == 1 and "empty" in r.err
     r = run_ocula("transcribe", art, str(DATA / "speech_short.wav"), "--language", "xx")
     assert r.code == 2 and "unknown language" in r.err
+
+
+def test_generate_sizes_the_kv_cache_to_the_run() -> None:
+    art = str(llm_artifact("tiny-qwen2", "fp32", "fused"))
+    r = run_ocula(
+        "generate", art, "--prompt", "The harbour wakes", "--max-new-tokens", "20", "--json"
+    )
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["max_length"] == out["prompt_tokens"] + 20
+    r = run_ocula("generate", art, "--prompt", "x", "--max-length", "64", "--json")
+    assert r.code == 0 and json.loads(r.out)["max_length"] == 64, r.err
+    # a length above the artifact's is refused, naming the limit; nothing is clamped
+    r = run_ocula("generate", art, "--prompt", "x", "--max-length", "1000000000000")
+    assert r.code == 2 and "above this artifact's 256 tokens" in r.err, r.err
+    assert "Traceback" not in r.err and r.err.count("\n") == 1
+    r = run_ocula("generate", art, "--prompt", "x", "--max-length", "4")
+    assert r.code == 2 and "at least 16" in r.err

@@ -426,10 +426,64 @@ def test_board_budget_limits_the_kv_cache() -> None:
     small.eos_ids = llm.eos_ids = frozenset()
     ids = small.encode(PROMPT)
     assert greedy(small, ids, 8) == greedy(llm, ids, 8)
-    with pytest.raises(EngineUsageError, match="max_length must be between 16"):
+    with pytest.raises(EngineUsageError, match="max length 10000 is above this artifact's 256"):
         Llm.from_artifact(art, max_length=10_000)
     with pytest.raises(ArtifactError, match=r"no room for a KV cache within board sim"):
         Llm.from_artifact(art, board(200))
+
+
+def test_kv_cache_is_sized_to_the_run_within_named_limits() -> None:
+    import dataclasses
+
+    from board import profiles
+
+    art = llm_artifact("tiny-qwen2", "fp32", "fused")
+    sim = profiles.find("sim")
+    # The board's default length when the caller names none
+    short = dataclasses.replace(sim, budget=dataclasses.replace(sim.budget, llm_max_tokens=96))
+    llm = Llm.from_artifact(art, short)
+    assert llm.max_length == 96 and all(a.shape[2] == 96 for a in llm._runner._kv)  # type: ignore[attr-defined]
+    # A run's own need (what `ocula generate` asks for): new buffers of that length, the same
+    # tokens as the export's whole length gives
+    ids = llm.encode(PROMPT)
+    whole = Llm.from_artifact(art)
+    whole.eos_ids = llm.eos_ids = frozenset()
+    llm.resize(len(ids) + 8)
+    assert llm.max_length == len(ids) + 8
+    assert llm.kv_bytes * 256 == whole.kv_bytes * (len(ids) + 8)
+    assert greedy(llm, ids, 8) == greedy(whole, ids, 8)
+    # Above a limit is an error that names it; nothing is clamped
+    with pytest.raises(EngineUsageError, match="above this artifact's 256 tokens"):
+        llm.resize(257)
+    with pytest.raises(EngineUsageError, match="at least 16"):
+        Llm.from_artifact(art, max_length=8)
+
+
+def test_fp16_kv_cache_halves_the_buffers_and_keeps_the_tokens(tmp_path: Path) -> None:
+    from export.fused import build
+    from runtime.manifest import file_entry, load_manifest
+
+    art = llm_artifact("tiny-qwen2", "fp32", "fused")
+    m = load_manifest(art)
+    assert m.llm is not None and m.llm.kv is not None
+    out = tmp_path / "fp16-kv"
+    shutil.copytree(art, out, ignore=shutil.ignore_patterns(".ocula-cache"))
+    for name in ("model.onnx", "model.onnx.data"):
+        (out / name).unlink(missing_ok=True)
+    info = build(
+        hf_model("tiny-qwen2"), out, quant="fp32", max_length=m.llm.max_length, kv_dtype="float16"
+    )
+    m.llm.kv.dtype = info.kv.dtype
+    m.files = [
+        file_entry(out, f, "model" if f.endswith(".onnx") else "weights") for f in info.files
+    ] + [f for f in m.files if not f.path.startswith("model.onnx")]
+    m.write(out)
+    half, full = Llm.from_artifact(out), Llm.from_artifact(art)
+    assert half._runner._kv[0].dtype == np.float16  # type: ignore[attr-defined]
+    assert half.kv_bytes * 2 == full.kv_bytes
+    half.eos_ids = full.eos_ids = frozenset()
+    ids = half.encode(PROMPT)
+    assert greedy(half, ids, 16) == greedy(full, ids, 16)
 
 
 # -- sampling against transformers' logits processors ------------------------------------

@@ -183,9 +183,26 @@ def test_board_budget_is_checked(tmp_path: Path) -> None:
     assert small != toml
     path = tmp_path / "tiny.toml"
     path.write_text(small.replace('name = "sim"', 'name = "tiny"'))
-    with pytest.raises(BudgetError, match=r"memory \d+ MB .*> 16 MB; try a smaller model"):
+    with pytest.raises(BudgetError, match=r"memory \d+ MiB .*> 16 MiB; try a smaller model"):
         check(m, profiles.find(str(path)))
     fp32 = load_manifest(llm_artifact("tiny-qwen2", "fp32"))
     with pytest.raises(BudgetError, match=r"try a lower --quant \(fp16 or int8\)"):
         check(fp32, profiles.find(str(path)))
     assert estimate(m, profiles.find(str(path))).weights_mb > 0
+
+
+def test_a_refused_int_export_names_accuracy_level_0_when_float_activations_pass(tmp_path):
+    """The hint after a failed int validation: the same weights validated with float
+    activations (--accuracy-level 0); when they pass, the int8 activations are named."""
+    from export import source
+    from export.llm import LlmOptions, _fidelity_hint
+    from export.steps import Steps
+
+    src = source.resolve(str(hf_model("tiny-qwen2")), "llm")
+    model, hf_dir = source.load_llm(src, tmp_path)
+    hint = _fidelity_hint(src, model, hf_dir, tmp_path, LlmOptions(quant="int4"), 256, Steps())
+    assert "--accuracy-level 0" in hint and "int8 activations are the cause" in hint
+    # float activations already: nothing more to try there
+    opts = LlmOptions(quant="int4", accuracy_level=0)
+    hint = _fidelity_hint(src, model, hf_dir, tmp_path, opts, 256, Steps())
+    assert "--accuracy-level" not in hint and "--block-size" in hint

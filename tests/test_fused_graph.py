@@ -437,3 +437,69 @@ def test_cache_fills_to_max_length_then_refuses(tmp_path):
     np.testing.assert_allclose(decoder.run(tokens[-1:]), _last_logits(model, tokens), atol=1e-4)
     with pytest.raises(FusedError, match="exceed the graph's max length 64"):
         decoder.run([1])
+
+
+# head_dim 8, 24, 40, 72: not a multiple of 16, which onnxruntime's GroupQueryAttention needs
+# with rotary inside; hidden 72 (head_dim 18) and 80 (head_dim 20, an odd vocabulary, an
+# intermediate size that is not a multiple of the block): sizes that are not multiples of 32.
+ODD_SHAPES = {
+    "qwen3-hd8": ("qwen3", {"head_dim": 8}),
+    "qwen3-hd24": ("qwen3", {"head_dim": 24}),
+    "qwen3-hd40": ("qwen3", {"head_dim": 40}),
+    "qwen3-hd72": ("qwen3", {"head_dim": 72}),
+    "qwen2-hidden72": ("qwen2", {"hidden_size": 72}),
+    "llama-hidden80-vocab517": (
+        "llama",
+        {"hidden_size": 80, "vocab_size": 517, "intermediate_size": 100},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_SHAPES))
+def test_odd_head_and_hidden_sizes_run_exactly(name, tmp_path):
+    """Heads padded to GroupQueryAttention's size compute the model itself (heads.py)."""
+    family, changes = ODD_SHAPES[name]
+    config_cls, model_cls, extra = MODELS[family]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**{**COMMON, **extra, **changes})).eval()
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    info = build(folder, out, quant="fp32", max_length=MAX_LENGTH)
+    c = model.config
+    assert info.head_dim == (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    assert info.kv.shape[3] % 16 == 0
+    decoder = FusedDecoder(out, info)
+    assert decoder.greedy(PROMPT, 24) == _greedy_reference(model, PROMPT, 24)
+    decoder.reset()
+    np.testing.assert_allclose(decoder.run(PROMPT), _last_logits(model, PROMPT), atol=1e-4)
+    out4 = tmp_path / "int4"
+    out4.mkdir()
+    int4 = FusedDecoder(out4, build(folder, out4, quant="int4", max_length=MAX_LENGTH))
+    assert np.isfinite(int4.run(PROMPT)).all()
+
+
+def test_heads_that_do_not_share_kv_heads_evenly_are_refused(tmp_path):
+    _, folder = _hf_model("qwen2", tmp_path)
+    _edit_config(folder, num_key_value_heads=3)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    with pytest.raises(FusedError, match=r"4 attention heads over 3 KV heads.*--graph optimum"):
+        build(folder, out, quant="fp32", max_length=MAX_LENGTH)
+    assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize("name", ["qwen2", "qwen3"])
+def test_fp16_kv_cache_stays_close_to_float32(name, tmp_path):
+    """An fp16 KV cache (attention in fp16): the cache is half the bytes, the logits within
+    fp16 rounding of transformers' and the greedy tokens the same."""
+    model, folder = _hf_model(name, tmp_path)
+    out = tmp_path / "artifact"
+    out.mkdir()
+    info = build(folder, out, quant="fp32", max_length=MAX_LENGTH, kv_dtype="float16")
+    assert info.kv.dtype == "float16"
+    decoder = FusedDecoder(out, info)
+    assert decoder.greedy(PROMPT, 24) == _greedy_reference(model, PROMPT, 24)
+    decoder.reset()
+    np.testing.assert_allclose(decoder.run(PROMPT), _last_logits(model, PROMPT), atol=2e-2)

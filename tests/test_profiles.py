@@ -93,7 +93,7 @@ def _bad(old: str, new: str, expect: str) -> None:
         ("idle_w = 2.7", "idle_w = true", "power.idle_w: expected a number, got a boolean (True)"),
         ('soc = "Broadcom BCM2712"', "soc = 2712", "board.soc: expected a string"),
         # negative and absurd values
-        ("ram_mb = 8192", "ram_mb = -5", "memory.ram_mb: -5 MB is out of range; expected 64 to"),
+        ("ram_mb = 8192", "ram_mb = -5", "memory.ram_mb: -5 MiB is out of range; expected 64 to"),
         (
             "max_mhz = 2400",
             "max_mhz = 240000",
@@ -112,7 +112,7 @@ def _bad(old: str, new: str, expect: str) -> None:
         (
             "max_rss_mb = 6144",
             "max_rss_mb = 9000",
-            "budget.max_rss_mb (9000 MB) exceeds memory.ram_mb (8192 MB)",
+            "budget.max_rss_mb (9000 MiB) exceeds memory.ram_mb (8192 MiB)",
         ),
         (
             "usable_bandwidth_gbs = 10.0",

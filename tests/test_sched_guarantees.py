@@ -218,7 +218,7 @@ def test_kv_cache_length_from_the_rss_budget() -> None:
     room = (700 - 400 - 160) * 2**20
     assert n == (room // per_token) // 64 * 64
     assert kv_cache_len(ar1, weights_mb=10, layers=2, kv_heads=1, head_dim=8, max_len=256) == 256
-    with pytest.raises(BudgetError, match=r"ar1-ref.*max_rss_mb = 700 MB"):
+    with pytest.raises(BudgetError, match=r"ar1-ref.*max_rss_mb = 700 MiB"):
         kv_cache_len(ar1, weights_mb=600, layers=24, kv_heads=2, head_dim=64, max_len=32768)
 
 

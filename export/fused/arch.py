@@ -110,7 +110,17 @@ def read_shape(model_dir: Path, max_length: int) -> Shape:
             f"is not supported; use --max-length {cfg.get('sliding_window')} or less"
         )
     if head_dim % 2:
-        raise FusedError(f"{model_dir}: head_dim {head_dim} is odd; rotary needs an even one")
+        raise FusedError(
+            f"{model_dir}: head_dim {head_dim} is odd; the fused graph's rotary needs an even "
+            "one; use --graph optimum"
+        )
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    if kv_heads < 1 or heads % kv_heads:
+        raise FusedError(
+            f"{model_dir}: {heads} attention heads over {kv_heads} KV heads: "
+            "GroupQueryAttention shares each KV head among a whole number of query heads; "
+            "use --graph optimum"
+        )
     rope_type, cos, sin = rope_tables(model_dir, cfg, head_dim, max_length)
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
@@ -120,7 +130,7 @@ def read_shape(model_dir: Path, max_length: int) -> Shape:
         hidden=hidden,
         intermediate=int(cfg["intermediate_size"]),
         num_heads=heads,
-        kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        kv_heads=kv_heads,
         head_dim=head_dim,
         vocab=int(cfg["vocab_size"]),
         rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),

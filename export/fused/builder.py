@@ -13,7 +13,18 @@ import onnx
 
 from export.fused.arch import read_shape
 from export.fused.errors import FusedError
-from export.fused.graph import CODES, QUANTS, SCALES, Options, View, emit, past_name, present_name
+from export.fused.graph import (
+    CODES,
+    KV_DTYPES,
+    QUANTS,
+    SCALES,
+    Options,
+    View,
+    emit,
+    past_name,
+    present_name,
+)
+from export.fused.heads import attn_dim
 from export.fused.weights import SafetensorsWeights
 
 log = logging.getLogger(__name__)
@@ -115,6 +126,7 @@ def build(
     head_candidates: int = 0,
     runtime_lookup: bool = True,
     gguf: Path | None = None,
+    kv_dtype: str = "float32",
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
@@ -141,6 +153,8 @@ def build(
         raise FusedError(f"{model_dir}: untied embeddings but no lm_head.weight in the weights")
     if embed_quant not in (None, "int4", "int8"):
         raise FusedError(f"embed_quant must be int4 or int8, got {embed_quant!r}")
+    if kv_dtype not in KV_DTYPES:
+        raise FusedError(f"KV dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
     if not 0 <= head_candidates <= 4096:
         raise FusedError(f"head_candidates must be between 0 and 4096, got {head_candidates}")
     opts = Options(
@@ -153,6 +167,7 @@ def build(
         scale_search,
         head_candidates,
         runtime_lookup,
+        kv_dtype,
     )
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers
@@ -186,8 +201,8 @@ def build(
         inputs={v.name: _io(v) for v in model.graph.input},
         outputs={v.name: _io(v) for v in model.graph.output},
         kv=KvLayout(
-            shape=[1, shape.kv_heads, max_length, shape.head_dim],
-            dtype="float32",
+            shape=[1, shape.kv_heads, max_length, attn_dim(shape.head_dim)],
+            dtype=kv_dtype,
             past=past_name(0, "{kind}").replace(".0.", ".{layer}."),
             present=present_name(0, "{kind}").replace(".0.", ".{layer}."),
             shared_buffer=True,
@@ -294,6 +309,7 @@ def _external(t: onnx.TensorProto, offset: int) -> None:
 
 _DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.INT32: "int32",
     onnx.TensorProto.UINT8: "uint8",

@@ -7,7 +7,8 @@ Per layer (10 nodes when quantized):
     GroupQueryAttention                rotary inside (cos/sin tables as initializers), per-head
                                        q/k RMS norm inside where the family has it, past and
                                        present KV sharing one [1, kv_heads, max_length, head_dim]
-                                       buffer
+                                       buffer (float32, or float16 with `Options.kv_dtype`:
+                                       q/k/v cast to fp16 before it, its output back after)
     MatMulNBits o
     SkipSimplifiedLayerNormalization
     MatMulNBits gate_up                gate and up packed into one weight
@@ -58,6 +59,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.fused.arch import Shape
+from export.fused.heads import attn_dim, pad_heads, pad_norm_weight, pad_o_proj, pad_rotary
 from export.fused.quant import Quantized, quantize, split8, unpack
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ Weights = Callable[[str], np.ndarray]
 OPSET = 21
 MS = "com.microsoft"
 QUANTS = {"fp32": 0, "fp16": 0, "int8": 8, "int4": 4}
+KV_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class Options:
     # A quantized symmetric table is looked up by the runtime (the graph takes the rows' codes
     # and scales; see `_rows_input`); False keeps GatherBlockQuantized in the graph.
     runtime_lookup: bool = True
+    # The KV cache's element type: "float16" halves its memory; attention then runs in fp16
+    # (onnxruntime's GroupQueryAttention takes one type for query, cache and rotary tables).
+    kv_dtype: str = "float32"
 
     @property
     def embed_block(self) -> int:
@@ -180,7 +186,9 @@ class _Emitter:
     ) -> Quantized:
         """W (the HF weights `parts`, concatenated) quantized: the source file's own blocks
         where they map exactly (checked against W), otherwise quantized here."""
-        if self.plan is not None:
+        if self.plan is not None and not parts:
+            self.plan.record[name] = f"re-quantized to {bits}-bit (head size padded)"
+        if self.plan is not None and parts:
             q = self.plan.quantized(name, parts, bits, block, allow_mins=not lookup)
             if q is not None:
                 from export.fused.gguf_blocks import check_exact
@@ -250,12 +258,19 @@ def _bias(weights: Weights, name: str, present: bool) -> np.ndarray | None:
 
 def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
     p = f"model.layers.{i}.self_attn."
-    names = ("q_proj", "k_proj", "v_proj")
-    w = np.concatenate([weights(p + n + ".weight") for n in names])
+    d, big = s.head_dim, attn_dim(s.head_dim)  # heads padded to what GQA runs (heads.py)
+    heads = {"q_proj": s.num_heads, "k_proj": s.kv_heads, "v_proj": s.kv_heads}
+
+    def proj(name: str, part: str) -> np.ndarray:
+        return pad_heads(weights(p + name + part), heads[name], d, big, name != "v_proj")
+
+    w = np.concatenate([proj(n, ".weight") for n in heads])
     bias = None
     if s.attention_bias:
-        bias = np.concatenate([weights(p + n + ".bias") for n in names])
-    qkv = e.linear(x, f"layers.{i}.attn.qkv", w, bias, [p + n + ".weight" for n in names])
+        bias = np.concatenate([proj(n, ".bias") for n in heads])
+    # a source file's own blocks are kept only where the heads are not padded
+    parts = [p + n + ".weight" for n in heads] if big == d else []
+    qkv = e.linear(x, f"layers.{i}.attn.qkv", w, bias, parts)
     ins = [
         qkv,
         "",
@@ -271,16 +286,25 @@ def _attention(e: _Emitter, s: Shape, weights: Weights, i: int, x: str) -> str:
         "kv_num_heads": s.kv_heads,
         "do_rotary": 1,
     }
+    if big != d:
+        attrs["scale"] = float(1 / np.sqrt(d))
     if s.family.qk_norm:
         ins[0] = _qk_norm(e, s, weights, i, qkv)
+    half = e.opts.kv_dtype == "float16"
+    if half:
+        ins[0] = e.op("Cast", [ins[0]], f"layers.{i}.attn.to_half", to=TensorProto.FLOAT16)[0]
+        ins[-2:] = ["cos_cache.fp16", "sin_cache.fp16"]
     out, _, _ = e.op("GroupQueryAttention", ins, f"layers.{i}.attn.gqa", n_out=3, **attrs)
     # The present outputs are named for the runtime: it binds them to the past buffers.
     node = e.nodes[-1]
     node.output[1] = present_name(i, "key")
     node.output[2] = present_name(i, "value")
+    if half:
+        out = e.op("Cast", [out], f"layers.{i}.attn.to_float", to=TensorProto.FLOAT)[0]
     o_bias = _bias(weights, p + "o_proj.bias", s.attention_bias and not s.family.qkv_bias)
     o_name = p + "o_proj.weight"
-    return e.linear(out, f"layers.{i}.attn.o", weights(o_name), o_bias, [o_name])
+    o = pad_o_proj(weights(o_name), s.num_heads, d, big)
+    return e.linear(out, f"layers.{i}.attn.o", o, o_bias, [o_name] if big == d else [])
 
 
 def _qk_norm(e: _Emitter, s: Shape, weights: Weights, i: int, qkv: str) -> str:
@@ -289,21 +313,23 @@ def _qk_norm(e: _Emitter, s: Shape, weights: Weights, i: int, qkv: str) -> str:
     multiplied by their own weights, so it costs one norm and one Mul per layer."""
     p = f"model.layers.{i}.self_attn."
     name = f"layers.{i}.attn.qk_norm"
+    d, big = s.head_dim, attn_dim(s.head_dim)
     heads = s.num_heads + s.kv_heads
-    sizes = e.const(name + ".sizes", np.array([heads * s.head_dim, s.kv_size], np.int64))
+    sizes = e.const(name + ".sizes", np.array([heads * big, s.kv_heads * big], np.int64))
     qk, v = e.op("Split", [qkv, sizes], name + ".split", n_out=2, axis=-1)
-    by_head = e.const(name + ".by_head", np.array([1, -1, heads, s.head_dim], np.int64))
+    by_head = e.const(name + ".by_head", np.array([1, -1, heads, big], np.int64))
     x = e.op("Reshape", [qk, by_head], name + ".by_head")[0]
-    ones = e.const(name + ".ones", np.ones(s.head_dim, np.float32))
-    x = e.op("SimplifiedLayerNormalization", [x, ones], name, axis=-1, epsilon=s.rms_eps)[0]
+    ones = e.const(name + ".ones", np.ones(big, np.float32))
+    eps = s.rms_eps * d / big
+    x = e.op("SimplifiedLayerNormalization", [x, ones], name, axis=-1, epsilon=eps)[0]
     gamma = np.concatenate(
         [
-            np.tile(weights(p + "q_norm.weight"), (s.num_heads, 1)),
-            np.tile(weights(p + "k_norm.weight"), (s.kv_heads, 1)),
+            np.tile(pad_norm_weight(weights(p + "q_norm.weight"), d, big), (s.num_heads, 1)),
+            np.tile(pad_norm_weight(weights(p + "k_norm.weight"), d, big), (s.kv_heads, 1)),
         ]
     )
     x = e.op("Mul", [x, e.const(name + ".weight", gamma.astype(np.float32))], name + ".scale")[0]
-    flat = e.const(name + ".flat", np.array([1, -1, heads * s.head_dim], np.int64))
+    flat = e.const(name + ".flat", np.array([1, -1, heads * big], np.int64))
     x = e.op("Reshape", [x, flat], name + ".flat")[0]
     return e.op("Concat", [x, v], name + ".packed", axis=-1)[0]
 
@@ -576,8 +602,14 @@ def emit(
     initializers that are views of others (to be saved as such: builder._save). With `plan`
     (a GGUF source) weights keep the file's blocks where they map exactly."""
     e = _Emitter(opts, plan)
-    e.const("cos_cache", s.cos)
-    e.const("sin_cache", s.sin)
+    big = attn_dim(s.head_dim)
+    cos, sin = pad_rotary(s.cos, big, 1.0), pad_rotary(s.sin, big, 0.0)
+    if opts.kv_dtype == "float16":
+        e.const("cos_cache.fp16", cos.astype(np.float16))
+        e.const("sin_cache.fp16", sin.astype(np.float16))
+    else:
+        e.const("cos_cache", cos)
+        e.const("sin_cache", sin)
     e.const("split_sizes", np.array([s.intermediate, s.intermediate], np.int64))
     x, table = _embedding(e, s, weights)
     residual: str | None = None
@@ -596,8 +628,9 @@ def emit(
 def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     # The length axis is symbolic: the runtime sizes the shared buffers for the conversation it
     # expects, up to max_length (the rotary tables' length).
-    kv: list[int | str] = [1, s.kv_heads, "max_length", s.head_dim]
+    kv: list[int | str] = [1, s.kv_heads, "max_length", attn_dim(s.head_dim)]
     f32 = TensorProto.FLOAT
+    kv_type = KV_DTYPES[e.opts.kv_dtype]
     firsts = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"])]
     if any(CODES in n.input for n in e.nodes):
         kb = -(-s.hidden // e.opts.embed_block)
@@ -618,8 +651,8 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "num_logits", s.vocab])]
     for i in range(s.num_layers):
         for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(past_name(i, kind), f32, kv))
-            outputs.append(helper.make_tensor_value_info(present_name(i, kind), f32, kv))
+            inputs.append(helper.make_tensor_value_info(past_name(i, kind), kv_type, kv))
+            outputs.append(helper.make_tensor_value_info(present_name(i, kind), kv_type, kv))
     graph = helper.make_graph(e.nodes, "ocula_fused_decoder", inputs, outputs, e.inits)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="ocula.export.fused")

@@ -38,7 +38,7 @@ class FusedDecoder:
         self._kv = []
         for layer in range(info.num_layers):
             for kind in kv.kinds:
-                buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(kv.shape, np.float32))
+                buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(kv.shape, np.dtype(kv.dtype)))
                 self._kv.append(buf)
                 past, present = kv.names(layer, kind)
                 self.binding.bind_ortvalue_input(past, buf)

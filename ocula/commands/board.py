@@ -58,8 +58,8 @@ def _list(args: argparse.Namespace) -> int:
                 p.board.soc,
                 p.board.arch,
                 str(p.cpu.total_cores),
-                f"{p.memory.ram_mb} MB",
-                f"{p.budget.max_artifact_mb}/{p.budget.max_rss_mb} MB",
+                f"{p.memory.ram_mb} MiB",
+                f"{p.budget.max_artifact_mb}/{p.budget.max_rss_mb} MiB",
                 p.board.description,
             )
         )

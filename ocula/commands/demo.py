@@ -133,7 +133,7 @@ def _environment() -> None:
     for name in profiles.names():
         p = profiles.find(name)
         print(
-            f"   board {p.name:<8} {p.cpu.total_cores} cores, {p.memory.ram_mb} MB RAM: {p.board.description}"
+            f"   board {p.name:<8} {p.cpu.total_cores} cores, {p.memory.ram_mb} MiB RAM: {p.board.description}"
         )
 
 
@@ -174,7 +174,7 @@ def _models(root: Path, fresh: bool) -> Path:
         shutil.rmtree(target / ".ocula-cache", ignore_errors=True)
         size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
         print(
-            f"   {kind:<7} {target}  {size:.1f} MB  ({time.perf_counter() - t:.1f} s)", flush=True
+            f"   {kind:<7} {target}  {size:.1f} MiB  ({time.perf_counter() - t:.1f} s)", flush=True
         )
     shutil.rmtree(hf, ignore_errors=True)
     return root
@@ -235,7 +235,7 @@ def _flash(out: Path, arts: Path) -> Path | None:
         glyphs=cached_atlas(28),
     )
     print(
-        f"   bundle {bundle} ({bundle.stat().st_size / 2**20:.1f} MB, with the display's glyph "
+        f"   bundle {bundle} ({bundle.stat().st_size / 2**20:.1f} MiB, with the display's glyph "
         f"atlas), signed with {key}"
     )
     sim_dir = out / "sim"
@@ -264,7 +264,7 @@ def _flash(out: Path, arts: Path) -> Path | None:
 def _flash_words(result: dict[str, Any]) -> str:
     return (
         f"slot {result.get('slot')}, {result.get('chunks_sent')} of {result.get('chunks_total')} chunks "
-        f"sent ({result.get('wire_bytes_sent', 0) / 2**20:.1f} MB on the wire), booted "
+        f"sent ({result.get('wire_bytes_sent', 0) / 2**20:.1f} MiB on the wire), booted "
         f"{result.get('booted')}, health check {'passed' if result.get('ok') else 'FAILED'}"
     )
 

@@ -85,6 +85,12 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         help="tokens of context (default 2048; at most the model's own)",
     )
     llm.add_argument(
+        "--kv-dtype",
+        default="float32",
+        help="float32 (default) | float16: the KV cache's type; float16 halves its memory and "
+        "runs attention in fp16 (fused graph only)",
+    )
+    llm.add_argument(
         "--embed-bits",
         type=integer(2, 16),
         default=None,
@@ -165,6 +171,7 @@ def _llm(args: argparse.Namespace) -> int:
         accuracy_level=args.accuracy_level,
         max_length=args.max_length,
         embed_bits=args.embed_bits,
+        kv_dtype=args.kv_dtype,
         graph=args.graph,
         validate=not args.no_validate,
         board=args.board,
@@ -208,7 +215,7 @@ def _done(out: Path, m: Any, steps: Any, total: float) -> None:
         f"{role}: {g.quantization.scheme} {g.quantization.ops or ''}".rstrip()
         for role, g in m.graphs.items()
     )
-    print(f"wrote {out}: {m.kind} {m.name}, {mb:.1f} MB, {len(m.files)} files")
+    print(f"wrote {out}: {m.kind} {m.name}, {mb:.1f} MiB, {len(m.files)} files")
     print(f"  quantization  {quant}")
     if m.validation is not None:
         x = m.validation.metrics
@@ -221,8 +228,8 @@ def _done(out: Path, m: Any, steps: Any, total: float) -> None:
     if "board_fit" in m.extra:
         f = m.extra["board_fit"]
         print(
-            f"  board {f['board']}   artifact {f['artifact_mb']}/{f['max_artifact_mb']} MB, "
-            f"memory {f['rss_mb']}/{f['max_rss_mb']} MB"
+            f"  board {f['board']}   artifact {f['artifact_mb']}/{f['max_artifact_mb']} MiB, "
+            f"memory {f['rss_mb']}/{f['max_rss_mb']} MiB"
         )
     times = ", ".join(f"{k} {v:.1f} s" for k, v in steps.timings.items())
     print(f"  timings       {times}; total {total:.1f} s")

@@ -30,6 +30,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--system", type=text, help="system message for --chat")
     p.add_argument("--max-new-tokens", type=integer(1, 1 << 20), default=128, metavar="N")
     p.add_argument(
+        "--max-length",
+        type=integer(16, 1 << 20),
+        default=None,
+        metavar="N",
+        help="tokens the KV cache holds (prompt + new tokens); default: what this run needs, "
+        "within the artifact's and the board's limits",
+    )
+    p.add_argument(
         "--temperature", type=number(0, 100), default=0.0, metavar="T", help="0 = greedy"
     )
     p.add_argument("--top-k", type=integer(0, 1 << 24), default=0, metavar="K", help="0 = off")
@@ -105,7 +113,11 @@ def _generate(args: argparse.Namespace) -> int:
     )
     if args.system and not args.chat:
         raise EngineUsageError("--system needs --chat")
-    llm = Llm.from_artifact(args.artifact, profile, threads=args.threads)
+    if args.max_length is not None and args.max_length < 16:
+        raise EngineUsageError(f"--max-length {args.max_length}: must be at least 16 tokens")
+    llm = Llm.from_artifact(
+        args.artifact, profile, threads=args.threads, max_length=args.max_length
+    )
     if args.lookup and not llm.can_verify:
         print(
             "ocula: note: this artifact's graph scores one position per run (exported before "
@@ -120,6 +132,9 @@ def _generate(args: argparse.Namespace) -> int:
         ids = llm.encode_chat(llm.chat(messages))
     else:
         ids = llm.encode(args.prompt)
+    if args.max_length is None:
+        # The cache this run needs: the prompt and every new token (at least 16)
+        llm.resize(max(16, min(len(ids) + args.max_new_tokens, llm.length_limit)))
     gen = llm.start(ids, config)
     for delta in gen:
         if not args.json:
@@ -137,6 +152,8 @@ def _generate(args: argparse.Namespace) -> int:
                     "decode_tokens_per_s": round(gen.decode_tokens_per_s, 3),
                     "prompt_tokens": len(gen.prompt_ids),
                     "new_tokens": len(gen.tokens),
+                    "max_length": llm.max_length,
+                    "kv_bytes": llm.kv_bytes,
                     **(
                         {
                             "lookup": {

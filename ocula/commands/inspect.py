@@ -77,9 +77,9 @@ def _inspect(args: argparse.Namespace) -> int:
         ops = ", ".join(f"{k} x{v}" for k, v in q.ops.items()) or "none"
         flt = ", ".join(f"{k} x{v}" for k, v in q.float_ops.items()) or "none"
         print(f"  {role:<13} {', '.join(detail)}; quantized ops: {ops}; float weight ops: {flt}")
-    print(f"  files         {len(m.files)}, {mb:.1f} MB")
+    print(f"  files         {len(m.files)}, {mb:.1f} MiB")
     for f in m.files:
-        print(f"    {f.path:<32} {f.size / (1 << 20):9.2f} MB  {f.role}")
+        print(f"    {f.path:<32} {f.size / (1 << 20):9.2f} MiB  {f.role}")
     v = m.validation
     if v is None:
         print("  validation    none (exported with --no-validate)")
@@ -91,8 +91,8 @@ def _inspect(args: argparse.Namespace) -> int:
     for f in fits:
         verdict = "fits" if f["fits"] else "DOES NOT FIT"
         print(
-            f"    {f['board']:<10} {verdict:<13} artifact {f['artifact_mb']}/{f['max_artifact_mb']} MB, "
-            f"memory ~{f['rss_mb']}/{f['max_rss_mb']} MB (weights {f['weights_mb']}, "
+            f"    {f['board']:<10} {verdict:<13} artifact {f['artifact_mb']}/{f['max_artifact_mb']} MiB, "
+            f"memory ~{f['rss_mb']}/{f['max_rss_mb']} MiB (weights {f['weights_mb']}, "
             f"KV {f['kv_mb']}, activations {f['activations_mb']})"
         )
     return 0

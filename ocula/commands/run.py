@@ -80,6 +80,14 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-tokens", type=integer(1, 4096), default=48, help="LLM tokens per answer (default 48)"
     )
+    p.add_argument(
+        "--max-length",
+        type=integer(16, 1 << 20),
+        default=None,
+        metavar="N",
+        help="tokens the LLM's KV cache holds, prompts and answers (default: the board "
+        "profile's budget.llm_max_tokens)",
+    )
     p.add_argument("--once", action="store_true", help="look: answer one frame, then stop")
     p.add_argument(
         "--virtual", action="store_true", help="simulated time: as fast as compute allows"
@@ -129,6 +137,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["remote"] = args.remote
     if args.remote_model:
         options["remote_model"] = args.remote_model
+    if args.max_length is not None:
+        options["max_length"] = args.max_length
     return options
 
 
@@ -225,6 +235,7 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
         target_lang=args.target_lang,
         question=args.question,
         max_tokens=args.max_tokens,
+        max_length=args.max_length,
         once=args.once,
         remote=args.remote or "",
         remote_model=args.remote_model,

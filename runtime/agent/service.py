@@ -106,21 +106,21 @@ def check_bundle(manifest: Top, signature: bytes, profile: Profile, key: bytes |
             f"the bundle is for board {manifest.board!r}, this board is {profile.name!r}; "
             f"build it with --board {profile.name}"
         )
-    mb = manifest.artifact_bytes / 1e6
+    mb = manifest.artifact_bytes / 2**20
     if mb > profile.budget.max_artifact_mb:
         raise BundleRejected(
-            f"the bundle's artifacts take {mb:.1f} MB; board {profile.name} allows "
-            f"{profile.budget.max_artifact_mb} MB (budget.max_artifact_mb)"
+            f"the bundle's artifacts take {mb:.1f} MiB; board {profile.name} allows "
+            f"{profile.budget.max_artifact_mb} MiB (budget.max_artifact_mb)"
         )
     if manifest.rss_mb > profile.budget.max_rss_mb:
         raise BundleRejected(
-            f"the bundle needs about {manifest.rss_mb} MB of RAM; board {profile.name} allows "
-            f"{profile.budget.max_rss_mb} MB (budget.max_rss_mb)"
+            f"the bundle needs about {manifest.rss_mb} MiB of RAM; board {profile.name} allows "
+            f"{profile.budget.max_rss_mb} MiB (budget.max_rss_mb)"
         )
-    if manifest.total_bytes / 1e6 > profile.memory.flash_mb / 2:
+    if manifest.total_bytes / 2**20 > profile.memory.flash_mb / 2:
         raise BundleRejected(
-            f"the bundle is {manifest.total_bytes / 1e6:.1f} MB; two slots of it do not fit in "
-            f"board {profile.name}'s {profile.memory.flash_mb} MB of flash"
+            f"the bundle is {manifest.total_bytes / 2**20:.1f} MiB; two slots of it do not fit in "
+            f"board {profile.name}'s {profile.memory.flash_mb} MiB of flash"
         )
 
 

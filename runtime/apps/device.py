@@ -90,6 +90,7 @@ OPTION_LIMITS: dict[str, tuple[type, int]] = {
     "target_lang": (str, 8),
     "question": (str, 500),
     "max_tokens": (int, 4096),
+    "max_length": (int, 1 << 20),
     "partial_every_s": (float, 60),
     "stable_updates": (int, 10),
     "look_every_s": (float, 600),

@@ -56,6 +56,9 @@ class AppOptions:
     target_lang: str = "zh"
     question: str | None = None
     max_tokens: int = 48
+    # Tokens the LLM's KV cache holds (prompt + answer); None: the board profile's
+    # budget.llm_max_tokens
+    max_length: int | None = None
     partial_every_s: float = 1.0
     stable_updates: int = 2
     look_every_s: float = 3.0

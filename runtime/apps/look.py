@@ -71,7 +71,9 @@ class Look:
         llm_dir = host.models.need("llm", self.name)
         self.camera = host.devices.camera
         self.ocr = Ocr.from_artifact(vision_dir, host.profile, threads=host.threads("asr"))
-        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.threads("llm"))
+        self.llm = Llm.from_artifact(
+            llm_dir, host.profile, threads=host.threads("llm"), max_length=host.options.max_length
+        )
         self.router = make_router(host, self.llm)
         self.question = (
             host.options.question or f"Translate this into {LANGUAGES[host.options.target_lang]}."

@@ -94,10 +94,14 @@ class Translate(Captions):
         llm_dir = host.models.need("llm", self.name)
         super().setup(host)
         self.system = SYSTEM.format(src=LANGUAGES[o.source_lang], tgt=LANGUAGES[o.target_lang])
-        self.llm = Llm.from_artifact(llm_dir, host.profile, threads=host.threads("llm"))
+        self.llm = Llm.from_artifact(
+            llm_dir, host.profile, threads=host.threads("llm"), max_length=host.options.max_length
+        )
         small = host.models.smaller("llm")
         self.small = (
-            Llm.from_artifact(small, host.profile, threads=host.threads("llm"))
+            Llm.from_artifact(
+                small, host.profile, threads=host.threads("llm"), max_length=host.options.max_length
+            )
             if small is not None
             else None
         )

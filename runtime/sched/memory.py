@@ -55,9 +55,9 @@ def kv_cache_len(
     if tokens < ALIGN:
         need = weights_mb + reserve_mb + other_mb + ALIGN * per_token / 2**20
         raise BudgetError(
-            f"board {profile.name}: the models ({weights_mb + other_mb:.0f} MB) leave room for "
-            f"fewer than {ALIGN} tokens of KV cache in budget.max_rss_mb = {budget} MB "
-            f"(needs about {need:.0f} MB); use a smaller model or quantization"
+            f"board {profile.name}: the models ({weights_mb + other_mb:.0f} MiB) leave room for "
+            f"fewer than {ALIGN} tokens of KV cache in budget.max_rss_mb = {budget} MiB "
+            f"(needs about {need:.0f} MiB); use a smaller model or quantization"
         )
     return tokens
 
@@ -94,6 +94,6 @@ class MemoryWatch:
                 rss_mb=round(mb, 1),
                 budget_mb=self.budget_mb,
             )
-            log.warning("RSS %.0f MB is over the board's budget of %.0f MB", mb, self.budget_mb)
+            log.warning("RSS %.0f MiB is over the board's budget of %.0f MiB", mb, self.budget_mb)
         self.over = over
         return 0.0

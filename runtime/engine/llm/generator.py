@@ -12,8 +12,10 @@ Rules it keeps:
 - `step()` does one graph run and one sample; `cancel()` (any thread) takes effect before the
   next run. Stops: EOS ids from the manifest, stop strings, max new tokens, the cache's max
   length, a time budget. `finish_reason` says which.
-- KV memory: the fused runner's buffers hold `max_length` tokens, the smallest of the export's
-  max length, the caller's `max_length=` and what the board's RSS budget leaves.
+- KV memory: the fused runner's buffers hold `max_length` tokens: the caller's `max_length=`
+  (or the board profile's `budget.llm_max_tokens`), which must not be above the export's max
+  length or what the board's RSS budget leaves (an error names the limit). `resize(n)` sizes
+  them for one run's need (prompt + new tokens), as `ocula generate` does.
 - A prompt that does not fit the max length is an error that says the numbers, unless the
   caller asked to keep only its last tokens (`truncate=True`).
 - Speculative decoding (`GenerationConfig.lookup`, off by default; greedy only, fused graphs
@@ -59,6 +61,7 @@ __all__ = [
     "GenerationConfig",
     "Llm",
     "LookupConfig",
+    "cache_length",
     "max_length_for_budget",
 ]
 
@@ -92,12 +95,63 @@ class GenerationConfig:
             raise EngineUsageError(f"time budget must be > 0 s, got {self.time_budget_s}")
 
 
+def cache_length(
+    info: LlmInfo,
+    weights_bytes: int,
+    profile: Profile | None,
+    requested: int | None,
+    where: str,
+) -> int:
+    """The KV cache's length in tokens: `requested`, or the board's default
+    (`budget.llm_max_tokens`, else the export's max length) bounded by the export's max length
+    and what the board's RSS budget leaves. A requested length above either limit is an error
+    that names it; a default above them is lowered, and the log says so."""
+    board_len = max_length_for_budget(info, weights_bytes, profile)
+    board = f"board {profile.name}" if profile is not None else "the host"
+    if board_len < 16:
+        raise ArtifactError(
+            f"{where}: the weights leave no room for a KV cache within {board}'s RSS budget; "
+            "use a smaller model or quant"
+        )
+    if requested is not None:
+        if requested < 16:
+            raise EngineUsageError(f"max length {requested}: must be at least 16 tokens")
+        if requested > info.max_length:
+            raise EngineUsageError(
+                f"max length {requested} is above this artifact's {info.max_length} tokens "
+                "(its export's --max-length); ask for fewer, or re-export with a larger one"
+            )
+        if requested > board_len:
+            raise EngineUsageError(
+                f"max length {requested}: the KV cache would not fit {board}'s "
+                f"{profile.budget.max_rss_mb if profile else 0} MiB RSS budget beside the weights "
+                f"(room for {board_len} tokens); ask for at most {board_len}"
+            )
+        return requested
+    want = profile.budget.llm_max_tokens if profile is not None else info.max_length
+    length = min(want, info.max_length, board_len)
+    if length < want:
+        log.info(
+            "KV cache: %d tokens (%s's default %d; export %d, RSS budget %d)",
+            length,
+            board,
+            want,
+            info.max_length,
+            board_len,
+        )
+    return length
+
+
 def max_length_for_budget(info: LlmInfo, weights_bytes: int, profile: Profile | None) -> int:
     """The longest KV cache the board's RSS budget leaves room for (capped by the export's)."""
     if profile is None or info.kv is None:
         return info.max_length
     per_token = (
-        2 * info.layers * info.kv_heads * info.head_dim * (2 if info.kv.dtype == "float16" else 4)
+        2
+        * info.layers
+        * info.kv_heads
+        * info.kv_head_dim
+        * (2 if info.kv.dtype == "float16" else 4)
     )
     free = profile.budget.max_rss_mb * MB - weights_bytes - OVERHEAD_MB * MB
     return max(0, min(info.max_length, free // per_token))
@@ -124,6 +178,8 @@ class Llm:
         self.eos_ids = frozenset(info.eos_token_ids)
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self._active: Generation | None = None
+        self._weights = 0
+        self._profile: Profile | None = None
 
     @classmethod
     def from_artifact(
@@ -135,10 +191,12 @@ class Llm:
         verify: bool = True,
         max_length: int | None = None,
     ) -> Llm:
-        """Load an artifact. `max_length` caps the tokens one conversation holds (prompt + new
-        tokens); the board's RSS budget may cap it further. A fused graph whose KV length is
-        symbolic (exports from this version on) allocates its KV buffers for exactly that
-        many tokens; an older fused graph allocates the length it was exported with."""
+        """Load an artifact. `max_length` is the tokens one conversation holds (prompt + new
+        tokens); None takes the board profile's `budget.llm_max_tokens` (without a profile,
+        the export's max length), bounded by the export's and the RSS budget's. A fused graph
+        whose KV length is symbolic (exports from this version on) allocates its KV buffers
+        for exactly that many tokens; an older fused graph allocates the length it was
+        exported with. A `max_length` above the export's or the budget's is an error."""
         art = open_artifact(path, "llm", verify=verify)
         m = art.manifest
         info = m.llm
@@ -152,20 +210,7 @@ class Llm:
         weights = sum(
             f.size for f in m.files if f.role in ("model", "weights") or f.path.endswith(".onnx")
         )
-        board_len = max_length_for_budget(info, weights, profile)
-        budget_len = board_len
-        if max_length is not None:
-            if not 16 <= max_length <= info.max_length:
-                raise EngineUsageError(
-                    f"max_length must be between 16 and the export's {info.max_length} tokens, "
-                    f"got {max_length}"
-                )
-            budget_len = min(budget_len, max_length)
-        if budget_len < 16:
-            raise ArtifactError(
-                f"{where}: the weights leave no room for a KV cache within board "
-                f"{profile.name if profile else ''}'s RSS budget; use a smaller model or quant"
-            )
+        length = cache_length(info, weights, profile, max_length, where)
         model, sha = art.graph_file("decoder")
         # The fused graph (~10 nodes a layer) optimizes at load in as little time as the cached
         # graph takes to read (qwen2.5-0.5b int4: 0.38 s either way), and the cache would be a
@@ -173,18 +218,40 @@ class Llm:
         # (thousands of nodes) is.
         cache = info.graph_kind != "fused"
         session = open_session(model, profile, threads=threads, identity=sha, cache=cache)
-        runner = make_runner(session, info, where, budget_len, table_lookup(m, art.path))
+        runner = make_runner(session, info, where, length, table_lookup(m, art.path))
+        board_len = max_length_for_budget(info, weights, profile)
         if profile is not None and runner.max_length > board_len:
             need = (weights + _kv_bytes(info, runner.max_length)) // MB + OVERHEAD_MB
             raise ArtifactError(
                 f"{where}: this fused artifact holds a KV buffer of {runner.max_length} tokens; "
-                f"weights + KV + overhead need about {need} MB, over board "
-                f"{profile.name}'s {profile.budget.max_rss_mb} MB RSS budget; re-export with "
-                f"--max-length {max(64, budget_len // 64 * 64)} or a smaller quantization"
+                f"weights + KV + overhead need about {need} MiB, over board "
+                f"{profile.name}'s {profile.budget.max_rss_mb} MiB RSS budget; re-export with "
+                f"--max-length {max(64, length // 64 * 64)} or a smaller quantization"
             )
-        return cls(
-            info, runner, art.file(tok), m.tokenizer.chat_template, where, max_length=budget_len
+        llm = cls(info, runner, art.file(tok), m.tokenizer.chat_template, where, length)
+        llm._weights, llm._profile = weights, profile
+        return llm
+
+    def resize(self, max_length: int) -> None:
+        """Size the KV cache for `max_length` tokens (prompt + new tokens) from now on, e.g.
+        exactly what one run needs; the same limits as `from_artifact`'s. Forgets the cache."""
+        length = cache_length(self.info, self._weights, self._profile, max_length, self.where)
+        self.reset()
+        self._runner.resize(length)
+        self.max_length = min(length, self._runner.max_length)
+
+    @property
+    def length_limit(self) -> int:
+        """The most tokens `resize` takes: the export's max length, or less where the board's
+        RSS budget leaves less room."""
+        return min(
+            self.info.max_length, max_length_for_budget(self.info, self._weights, self._profile)
         )
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the KV buffers as allocated (fused graphs; optimum's grows per token)."""
+        return self._runner.kv_bytes
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -294,7 +361,7 @@ class Llm:
 
 def _kv_bytes(info: LlmInfo, length: int) -> int:
     size = 2 if info.kv is not None and info.kv.dtype == "float16" else 4
-    return 2 * info.layers * info.kv_heads * info.head_dim * size * length
+    return 2 * info.layers * info.kv_heads * info.kv_head_dim * size * length
 
 
 class Generation:

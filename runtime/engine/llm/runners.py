@@ -66,6 +66,10 @@ class Runner:
     def truncate(self, n: int) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def resize(self, max_length: int) -> None:
+        """Hold at most `max_length` tokens from now on (the cache is emptied)."""
+        self.truncate(0)
+
     def run_seconds(self) -> float:
         return self._run_s
 
@@ -148,24 +152,16 @@ class FusedRunner(Runner):
         declared = next(i.shape for i in session.get_inputs() if i.name == first)[2]
         # A symbolic length axis takes buffers of any length up to the export's (its rotary
         # tables); a fixed one only its own.
-        if isinstance(declared, int):
-            self.max_length = declared
+        self._fixed = declared if isinstance(declared, int) else None
+        if self._fixed is not None:
+            self.max_length = self._fixed
         else:
             self.max_length = min(max_length or info.max_length, info.max_length)
         self.length = 0
-        dtype = _kv_dtype(info)
-        shape = (1, info.kv_heads, self.max_length, info.head_dim)
+        self._info = info
         self._binding = session.io_binding()
-        # Zeros, not garbage: attention never reads past the cache length, but a NaN left in
-        # an unused slot must not be able to leak through a 0 * NaN.
-        self._kv = [np.zeros(shape, dtype) for _ in _kv_names(info, info.kv.past)]  # type: ignore[union-attr]
-        self.kv_bytes = sum(a.nbytes for a in self._kv)
-        pasts = _kv_names(info, info.kv.past)  # type: ignore[union-attr]
-        presents = _kv_names(info, info.kv.present)  # type: ignore[union-attr]
-        self._kv_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv]
-        for p, q, v in zip(pasts, presents, self._kv_values, strict=True):
-            self._binding.bind_ortvalue_input(p, v)
-            self._binding.bind_ortvalue_output(q, v)
+        self._kv: list[np.ndarray] = []
+        self._allocate(self.max_length)
         self._ids1 = np.zeros((1, 1), np.int64)
         self._lookup = lookup
         # The one-token inputs, bound once: its id, or its row's codes and scales
@@ -204,6 +200,32 @@ class FusedRunner(Runner):
             self._binding.bind_ortvalue_input(
                 NUM_LOGITS, ort.OrtValue.ortvalue_from_numpy(self._num_logits)
             )
+
+    def _allocate(self, length: int) -> None:
+        """KV buffers of `length` tokens, each bound as its layer's past and present."""
+        info = self._info
+        assert info.kv is not None
+        shape = (1, info.kv_heads, length, info.kv_head_dim)
+        self._kv = []  # the old buffers go before the new ones are made
+        # Zeros, not garbage: attention never reads past the cache length, but a NaN left in
+        # an unused slot must not be able to leak through a 0 * NaN.
+        self._kv = [np.zeros(shape, _kv_dtype(info)) for _ in _kv_names(info, info.kv.past)]
+        self.kv_bytes = sum(a.nbytes for a in self._kv)
+        pasts = _kv_names(info, info.kv.past)
+        presents = _kv_names(info, info.kv.present)
+        self._kv_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv]
+        for p, q, v in zip(pasts, presents, self._kv_values, strict=True):
+            self._binding.bind_ortvalue_input(p, v)
+            self._binding.bind_ortvalue_output(q, v)
+        self.max_length = length
+
+    def resize(self, max_length: int) -> None:
+        """New KV buffers of `max_length` tokens (a graph whose length axis is fixed keeps its
+        own); the cache is emptied."""
+        self.length = 0
+        if self._fixed is None and max_length != self.max_length:
+            self._kv_values = []
+            self._allocate(min(max_length, self._info.max_length))
 
     def _run(self, n: int) -> None:
         """One run of the bound graph that leaves n tokens in the cache."""
@@ -289,7 +311,7 @@ class OptimumRunner(Runner):
         self._mask = np.ones((1, info.max_length), np.int64)
         self._binding = session.io_binding()
         self.kv_bytes = 0
-        self._empty = np.zeros((1, info.kv_heads, 0, info.head_dim), self._dtype)
+        self._empty = np.zeros((1, info.kv_heads, 0, info.kv_head_dim), self._dtype)
         self._past: list[ort.OrtValue] = []
         self.truncate(0)
 
@@ -314,7 +336,7 @@ class OptimumRunner(Runner):
         b.clear_binding_outputs()
         self.length = n
         logits = outs[0].numpy()[0, -1]
-        self.kv_bytes = 2 * self._info.layers * n * self._info.kv_heads * self._info.head_dim * 4
+        self.kv_bytes = 2 * self._info.layers * n * self._info.kv_heads * self._info.kv_head_dim * 4
         out: F32 = logits.astype(np.float32, copy=False)
         return out
 
