@@ -68,6 +68,15 @@ def test_optimized_graph_is_cached_outside_the_artifact_and_invalidated(
     again = sorted(cache.glob("*.vad.*.onnx"))
     assert len(again) == 1 and again != cached
     assert _files(model.parent) == art  # the artifact folder is untouched
+    gone = model.parent.parent / "gone" / "vad.onnx"
+    gone.parent.mkdir()
+    shutil.copyfile(model, gone)
+    open_session(gone, identity="f" * 64, cache_folder=cache)
+    assert len(list(cache.glob("*.vad.*.onnx"))) == 2
+    shutil.rmtree(gone.parent)  # a removed artifact: its entry goes at the next cache write
+    open_session(model, identity="g" * 64, cache_folder=cache)
+    assert len(list(cache.glob("*.vad.*.onnx"))) == 1
+    assert not [p for p in cache.iterdir() if p.name.startswith(again[0].name)]
 
 
 def test_the_default_cache_follows_the_environment(

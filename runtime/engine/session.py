@@ -21,12 +21,14 @@ opens the model file.
   key covers the model's identity (its manifest sha256 when given, else size and mtime), the
   onnxruntime version, the machine and the optimization level, so a new artifact or runtime
   never reuses a stale graph; `<where>` (a hash of the model's folder) keeps models of
-  different folders apart, and a new key evicts the old entries of the same model. An
-  unwritable cache folder is logged and the session opens uncached.
+  different folders apart, a new key evicts the old entries of the same model, and entries
+  whose model file is gone (`<entry>.source` names it) are removed. An unwritable cache
+  folder is logged and the session opens uncached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -265,12 +267,22 @@ def _prepare_cache(cached: Path, source: Path) -> bool:
             exc.strerror or exc,
         )
         return False
-    for old in folder.glob(f"{_model_prefix(source)}.*.onnx*"):
-        if not old.name.startswith(cached.name):
+    for old in folder.glob(f"{_model_prefix(source)}.*.onnx"):
+        if old.name != cached.name:
             _remove(old)
+    # entries of models that are gone (a removed artifact, a test's temporary copy)
+    for note in folder.glob("*.onnx.source"):
+        try:
+            gone = not Path(note.read_text(encoding="utf-8").strip()).is_file()
+        except OSError:
+            gone = True
+        if gone:
+            _remove(note.with_suffix(""))
+    with contextlib.suppress(OSError):
+        cached.with_name(cached.name + ".source").write_text(str(source.resolve()))
     return True
 
 
 def _remove(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".data")):
+    for p in (path, path.with_name(path.name + ".data"), path.with_name(path.name + ".source")):
         p.unlink(missing_ok=True)
