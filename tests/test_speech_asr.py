@@ -31,11 +31,13 @@ from tests.speech import (
     tiny_en_artifact,
 )
 
-# Measured on this set (BENCHMARKS.md "ASR on speech"): fp32 WER 0.035 against the spoken
-# text, as transformers; int8 0.040, and 0.016 against fp32's transcripts. The bounds leave
-# room for other CPUs' kernels, not for a broken quantization.
-INT8_WER_SPOKEN = 0.08
-INT8_WER_VS_FP32 = 0.05
+# Measured on this set (BENCHMARKS.md "ASR on speech: Whisper tiny.en"): fp32 WER 0.190
+# against the spoken text, as transformers (espeak-ng at 185 words a minute is hard for
+# tiny.en); int8 0.208, and 0.118 against fp32's transcripts (13 of 25 clips token for token:
+# near-ties flip on the hard clips). The bounds leave room for other CPUs' kernels, not for a
+# broken quantization (which lands far above: the words stop being the sentence's).
+INT8_WER_SPOKEN = 0.25
+INT8_WER_VS_FP32 = 0.16
 # The captions app decodes VAD segments: cut at every 100 ms pause, they lose words the whole
 # clip keeps (measured 0.45 on the long clip, whole-clip transcription 0.2 against the spoken
 # text); this bound says the English-only model captions real speech, not how well the
