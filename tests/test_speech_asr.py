@@ -12,6 +12,7 @@ transcribes, and nothing is written into it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -55,6 +56,7 @@ def int8() -> Path:
     return tiny_en_artifact("int8")
 
 
+@functools.cache
 def _transcripts(art: Path) -> dict[str, tuple[list[int], str]]:
     asr = Whisper.from_artifact(art, threads=2)
     out = {}
