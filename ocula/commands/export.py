@@ -96,7 +96,12 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         description="Encoder, decoder with self-attention KV cache, cross-attention K/V once "
         "per utterance; feature-extraction constants in the manifest.",
     )
-    asr.add_argument("source", metavar="SOURCE")
+    asr.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a Hugging Face Whisper folder, a CTranslate2 / faster-whisper folder (model.bin), "
+        "or a hub id (online only)",
+    )
     asr.add_argument("--out", required=True, type=Path, metavar="DIR")
     asr.add_argument("--quant", default="int8", help=f"{' | '.join(QUANTS_ASR)} (default int8)")
     asr.add_argument(
