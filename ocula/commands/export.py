@@ -119,13 +119,15 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         description="Encoder, decoder with self-attention KV cache, cross-attention K/V once "
         "per utterance; feature-extraction constants in the manifest.",
     )
-    asr.add_argument("source", type=text, metavar="SOURCE")
-    asr.add_argument("--out", required=True, type=out_dir, metavar="DIR")
     asr.add_argument(
-        "--quant",
-        default="int8",
-        help=f"{' | '.join(QUANTS_ASR)} (default int8)",
+        "source",
+        type=text,
+        metavar="SOURCE",
+        help="a Hugging Face Whisper folder, a CTranslate2 / faster-whisper folder (model.bin), "
+        "or a hub id (online only)",
     )
+    asr.add_argument("--out", required=True, type=out_dir, metavar="DIR")
+    asr.add_argument("--quant", default="int8", help=f"{' | '.join(QUANTS_ASR)} (default int8)")
     asr.add_argument(
         "--head",
         default=None,

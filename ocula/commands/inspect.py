@@ -54,9 +54,14 @@ def _inspect(args: argparse.Namespace) -> int:
             f"  model         whisper, {a.encoder_layers}+{a.decoder_layers} layers, d_model "
             f"{a.d_model}, {a.decoder_heads} heads, vocab {a.vocab_size}"
         )
+        langs = (
+            f"{len(a.language_token_ids)} languages"
+            if a.multilingual
+            else f"{a.language or 'one language'} only (no language or task tokens)"
+        )
         print(
             f"  features      {a.sample_rate} Hz, n_fft {a.n_fft}, hop {a.hop_length}, "
-            f"{a.n_mels} mel bins, {a.chunk_length_s} s chunks; {len(a.language_token_ids)} languages"
+            f"{a.n_mels} mel bins, {a.chunk_length_s} s chunks; {langs}"
         )
         head = a.extra.get("decoder_head", "logits")
         what = "greedy token out, no logits" if head == "rescore8" else "logits out"

@@ -101,7 +101,7 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
         "is up; the board's own model takes over when it is not (default: the profile's [remote])",
     )
     p.add_argument(
-        "--remote-model", type=label, default="", help="the model name to ask the endpoint for"
+        "--remote-model", type=label, default=None, help="the model name to ask the endpoint for"
     )
     p.add_argument(
         "--remote-key-file",
@@ -121,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
         print_report(report)
         if trace:
             print(f"\ntrace: {trace} (open in https://ui.perfetto.dev)")
-    return 0 if report.apps else 1
+    # an app that failed (to start, or its work: every failed speech segment) fails the run
+    return 0 if report.apps and not report.failures else 1
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,7 +239,7 @@ def run_local(args: argparse.Namespace) -> tuple[Any, Path | None]:
         max_length=args.max_length,
         once=args.once,
         remote=args.remote or "",
-        remote_model=args.remote_model,
+        remote_model=args.remote_model or "",
         remote_key_file=str(args.remote_key_file or ""),
     )
     models = Models.scan(args.models or Path("artifacts"))
