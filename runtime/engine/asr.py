@@ -51,6 +51,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from runtime.engine.artifact import open_artifact
+from runtime.engine.asr_guard import Guard
 from runtime.engine.asr_window import FEEDS, AsrResult, Decoding
 from runtime.engine.audio import check_audio
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
@@ -60,7 +61,7 @@ from runtime.engine.session import open_session
 from runtime.manifest import AsrInfo
 from runtime.profile import Profile
 
-__all__ = ["AsrResult", "Decoding", "Whisper"]
+__all__ = ["AsrResult", "Decoding", "Guard", "Whisper"]
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,13 @@ class Whisper:
         rate: int | None = None,
         max_new_tokens: int | None = None,
         offset_s: float = 0.0,
+        prev: Sequence[int] = (),
+        guard: Guard | None = None,
+        trim: bool | None = None,
     ) -> Decoding:
-        """A decoding job for one window of audio (at most `chunk_length_s` seconds)."""
+        """A decoding job for one window of audio (at most `chunk_length_s` seconds). `prev`:
+        the previous text's tokens, a prompt; `guard`: retry an attempt that loops or is
+        unsure (see asr_guard); `trim`: this window's trimming (default: the model's)."""
         samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
         if samples.size > self.info.n_samples:
             raise InputError(
@@ -233,7 +239,17 @@ class Whisper:
                 f"{self.info.chunk_length_s} s window; use transcribe() for long audio"
             )
         self._check_task(task, language)
-        return Decoding(self, samples, task, language, max_new_tokens, offset_s)
+        return Decoding(
+            self,
+            samples,
+            task,
+            language,
+            max_new_tokens,
+            offset_s,
+            prev=prev,
+            guard=guard,
+            trim=trim,
+        )
 
     def transcribe(
         self,
@@ -244,9 +260,10 @@ class Whisper:
         rate: int | None = None,
         segments: Sequence[tuple[int, int]] | None = None,
         max_new_tokens: int | None = None,
+        guard: Guard | None = None,
     ) -> AsrResult:
         """The whole buffer, in windows; `segments` (sample ranges from a VAD) choose the cuts
-        and skip the silence."""
+        and skip the silence; `guard` (see asr_guard) retries a window that loops."""
         samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
         self._check_task(task, language)
         result = AsrResult("", [], audio_s=samples.size / self.sample_rate)
@@ -257,6 +274,7 @@ class Whisper:
                 language=language,
                 max_new_tokens=max_new_tokens,
                 offset_s=a / self.sample_rate,
+                guard=guard,
             )
             while not job.done:
                 job.step()
@@ -307,8 +325,8 @@ class Whisper:
 
     # -- one window's work, used by Decoding -----------------------------------------------
 
-    def _frames(self, n: int) -> int:
-        if not self.trim:
+    def _frames(self, n: int, trim: bool) -> int:
+        if not trim:
             return self.mel.n_frames
         frames = math.ceil(n / self.info.hop_length)
         return min(self.mel.n_frames, frames + frames % 2)
