@@ -48,6 +48,7 @@ F32 = npt.NDArray[np.float32]
 ENDPOINT_MS = 500  # trailing silence that ends an utterance: a sentence's pause
 MIN_SEGMENT_S = 2.0  # shorter utterances wait `HOLD_S` for more speech to join them
 HOLD_S = 0.5
+PREV_TOKENS = 223  # the prompt's previous text: Whisper's n_text_ctx // 2 - 1, as openai/whisper
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ class StreamingRecognizer:
         r = job.decoding.result()
         start_s, end_s = job.start / self.rate, job.end / self.rate
         if job.kind == "final":
-            self._prev += r.tokens
+            self._prev = (self._prev + r.tokens)[-PREV_TOKENS:]
             self.agreement.reset()
             return [Transcript("final", r.text, start_s, end_s, r.tokens)]
         stable, tentative = self.agreement.update(r.text)
