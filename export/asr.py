@@ -128,7 +128,7 @@ def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = Non
     try:
         with atomic_dir(out, opts.force) as tmp:
             with steps.run("load"):
-                model, fe, hf_dir = _load(src)
+                model, fe, hf_dir = _load(src, work)
             with steps.run("export (encoder + decoder)"):
                 max_length = int(model.config.max_target_positions)
                 graphquant.save(asr_graphs.encoder(model), work / "encoder.onnx")
@@ -176,10 +176,15 @@ def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = Non
     return m
 
 
-def _load(src: source.Source) -> tuple[Any, Any, Path]:
+def _load(src: source.Source, work: Path) -> tuple[Any, Any, Path]:
     import torch
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
+    if src.kind == "ct2":
+        from export import ctranslate2
+
+        assert src.path is not None
+        return ctranslate2.load_whisper(src.path, work)
     if src.kind == "gguf":
         raise ExportError(f"{src.spec}: GGUF is supported for LLMs only; give a Whisper folder")
     where = str(src.path) if src.path else src.spec
@@ -353,7 +358,7 @@ def _manifest(
     return Manifest(
         kind="asr",
         name=src.path.resolve().name if src.path else src.spec,
-        source=Source(id=src.spec, format=src.kind, revision=src.revision),
+        source=Source(id=src.spec, format=src.kind, revision=src.revision, sha256=src.sha256),
         files=entries,
         graphs=graphs,
         tokenizer=TokenizerInfo(files=tok_files, special_tokens=special),

@@ -1,4 +1,5 @@
-"""Resolve and load a SOURCE: a Hugging Face folder, a GGUF file, or a hub id (online only).
+"""Resolve and load a SOURCE: a Hugging Face folder, a CTranslate2 (faster-whisper) folder, a
+GGUF file, or a hub id (online only).
 
 Every way a source can be wrong is checked here, before minutes of export, and reported in one
 line: missing path, folder without config.json, unsupported architecture (with the list of
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export import ctranslate2
 from export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -31,18 +33,22 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 @dataclass
 class Source:
     spec: str  # what the user typed
-    kind: str  # hf | gguf | hub
+    kind: str  # hf | ct2 | gguf | hub
     path: Path | None  # folder or file
     model_type: str
     config: dict[str, Any]
-    sha256: str | None = None  # of a GGUF file
+    sha256: str | None = None  # of a GGUF file or a CTranslate2 model.bin
     revision: str | None = None
 
 
 def resolve(spec: str, want: str) -> Source:
     """Check SOURCE without loading weights; `want` is "llm" or "asr"."""
     p = Path(spec).expanduser()
-    if p.is_dir():
+    if p.is_dir() and ctranslate2.is_ct2_folder(p):
+        spec_name = ctranslate2.peek_spec(p / ctranslate2.MODEL_FILE)
+        arch = ctranslate2.SPEC_ARCHITECTURES.get(spec_name, spec_name or "unknown")
+        src = Source(spec, "ct2", p, arch, {}, sha256=_sha256(p / ctranslate2.MODEL_FILE))
+    elif p.is_dir():
         cfg_path = p / "config.json"
         if not cfg_path.is_file():
             raise ExportError(
