@@ -118,6 +118,9 @@ class Whisper:
         # A re-scoring head takes the suppression as a mask and returns the token itself.
         self.rescore = "logit_mask" in {i.name for i in self.decoder.get_inputs()}
         self.head = "rescore8" if self.rescore else "logits"
+        # logits, or the re-scoring head's 8-bit scores (exports since the loop guard): what
+        # the guard's log-probability, no-speech probability and sampling read
+        self.scored = not self.rescore or "scores" in {o.name for o in self.decoder.get_outputs()}
         said = extra.get("decoder_head")
         if said is not None and said != self.head:
             raise ArtifactError(
@@ -133,9 +136,10 @@ class Whisper:
             first[self._begin_suppress] = -np.inf
             lang = np.full(info.vocab_size, -np.inf, np.float32)
             lang[list(self._lang_ids.values())] = 0.0
+            none = np.zeros(info.vocab_size, np.float32)
             self._masks = {
                 k: ort.OrtValue.ortvalue_from_numpy(a)
-                for k, a in (("step", step), ("first", first), ("lang", lang))
+                for k, a in (("step", step), ("first", first), ("lang", lang), ("none", none))
             }
 
     @classmethod

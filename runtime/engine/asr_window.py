@@ -103,7 +103,7 @@ class Decoding:
         if guard is not None:
             if self.trim:
                 plan.append((0.0, False))
-            if not asr.rescore:
+            if asr.scored:
                 plan += [(t, False) for t in guard.temperatures[1:]]
         self._plan = plan
         self._attempt = 0
@@ -144,6 +144,8 @@ class Decoding:
         if asr.rescore:
             b.bind_ortvalue_output("token", ort.OrtValue.ortvalue_from_numpy(self._token))
             b.bind_ortvalue_output("candidates", ort.OrtValue.ortvalue_from_numpy(self._candidates))
+            if asr.scored:
+                b.bind_ortvalue_output("scores", ort.OrtValue.ortvalue_from_numpy(self._logits))
         else:
             b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
         self._stream = TextStream(asr.tokenizer)
@@ -235,7 +237,7 @@ class Decoding:
             self._finish()
             return
         n = len(self.tokens) + (0 if looped else 1)
-        self.avg_logprob = None if self.asr.rescore else self._sum_logprob / max(1, n)
+        self.avg_logprob = self._sum_logprob / max(1, n) if self.asr.scored else None
         text = self.text
         failed, silent = guard.verdict(text, self.avg_logprob, self.no_speech_prob)
         failed = failed or looped
@@ -328,7 +330,7 @@ class Decoding:
         if detect and asr.rescore:
             self._run([*prefix, sot], 0, "lang")
             lang_id = int(self._token[0])
-        split = not asr.rescore and (
+        split = asr.scored and (
             detect
             or (
                 self.guard is not None
@@ -338,20 +340,20 @@ class Decoding:
         )
         sot_logits: F32 | None = None
         if split:
-            self._run([*prefix, sot], 0, None)
+            self._run([*prefix, sot], 0, "none")
             sot_logits = self._logits[0, 0].copy()
             if info.no_speech_token_id is not None:
                 self.no_speech_prob = float(
                     np.exp(log_softmax_at(sot_logits, info.no_speech_token_id))
                 )
-            if detect:
+            if detect and not asr.rescore:
                 lang = np.array(list(asr._lang_ids.values()))
                 lang_id = int(lang[np.argmax(sot_logits[lang])])
         if detect:
             self.language = next(k for k, v in asr._lang_ids.items() if v == lang_id)
         prompt = asr._prompt(self.task, lang_id)
         self.prompt = [*prefix, *prompt]
-        if split and prompt[0] == sot:
+        if split and prompt[0] == sot and (len(prompt) > 1 or not asr.rescore):
             if len(prompt) > 1:
                 self._run(prompt[1:], len(prefix) + 1, "first")
             else:
@@ -362,7 +364,6 @@ class Decoding:
             self._binding.bind_ortvalue_input(name, value)
         if asr.rescore:
             self._binding.bind_ortvalue_input("logit_mask", asr._masks["step"])
-            return int(self._token[0])
         return self._pick(first=True)
 
     def _next(self, token: int) -> int:
@@ -377,14 +378,21 @@ class Decoding:
         self._past = p + 1
         if self.asr.rescore:
             self.rescored += int(self._candidates)
-            return int(self._token[0])
         return self._pick(first=False)
 
     def _pick(self, first: bool) -> int:
-        """The next token from the logits head: greedy, or sampled at the attempt's
-        temperature; its log-probability adds to the attempt's (when guarded)."""
-        logits = self.asr._logits_filter(self._logits[0, 0], first=first)
-        if self.temperature > 0:
+        """The next token: greedy (the re-scoring head's, or the logits' argmax), or sampled at
+        the attempt's temperature; its log-probability adds to the attempt's (when guarded and
+        the head gives logits or scores; the re-scoring head's scores come masked)."""
+        asr = self.asr
+        if asr.rescore and (self.guard is None or not asr.scored):
+            return int(self._token[0])
+        logits = (
+            self._logits[0, 0] if asr.rescore else asr._logits_filter(self._logits[0, 0], first)
+        )
+        if asr.rescore and self.temperature == 0:
+            token = int(self._token[0])
+        elif self.temperature > 0:
             gumbel = -np.log(-np.log(self._rng.random(logits.size)))
             token = int(np.argmax(logits / self.temperature + gumbel))
         else:
