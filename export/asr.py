@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from export import asr_graphs, budget, graphquant, source, validate
+from export import asr_graphs, asr_speech, budget, graphquant, source, validate
 from export.errors import ExportError, ExportUsageError, ValidationFailed
 from export.output import atomic_dir, check_target
 from export.steps import Steps
@@ -66,6 +66,14 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.99, "greedy_match": 1.0},
     "fp16": {"top1_agreement": 0.95},
     "int8": {"top1_agreement": 0.85},
+}
+# Real weights are also checked on speech (export.asr_speech: bundled espeak-ng clips, the
+# runtime engine against transformers' generate). fp32 must give transformers' tokens on every
+# clip; the quantized bounds are on the WER of the artifact's text against transformers' text.
+SPEECH_THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"speech_exact": 1.0},
+    "fp16": {"speech_wer": 0.05},
+    "int8": {"speech_wer": 0.10},
 }
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -153,14 +161,26 @@ def export_asr(spec: str, out: Path, opts: AsrOptions, steps: Steps | None = Non
                 with steps.run("validate"):
                     logits = work / "decoder-logits.onnx"
                     m.validation = _validate(
-                        model, fe, tmp, m, opts.quant, logits if logits.exists() else None
+                        model,
+                        fe,
+                        tmp,
+                        m,
+                        opts.quant,
+                        logits if logits.exists() else None,
+                        speech=not _random_weights(src),
                     )
                 x = m.validation.metrics
+                heard = (
+                    f"; speech: {x['speech_exact']:.0%} of clips exact, token agreement "
+                    f"{x['speech_token_agreement']:.3f}, WER vs transformers {x['speech_wer']:.3f}"
+                    if "speech_wer" in x
+                    else "; speech not checked (random weights)"
+                )
                 steps.note(
                     f"validation {'passed' if m.validation.passed else 'FAILED'}: "
                     f"cross K/V max diff {x['cross_kv_max_abs_diff']:.3g}, "
                     f"max|dlogit| {x['max_abs_logit_diff']:.3g}, top-1 {x['top1_agreement']:.3f}, "
-                    f"greedy {x['greedy_matched']}/{x['greedy_tokens']}"
+                    f"greedy {x['greedy_matched']}/{x['greedy_tokens']}{heard}"
                 )
                 if not m.validation.passed:
                     raise ValidationFailed(
@@ -292,6 +312,12 @@ def _manifest(
     tasks = getattr(gen, "task_to_id", None) or {}
     nospeech = ids.get("<|nospeech|>", ids.get("<|nocaptions|>"))
     forced = getattr(gen, "forced_decoder_ids", None) or []
+    # English-only Whisper (`*.en`): generation_config says is_multilingual false; it has
+    # no language or task tokens in its prompt, whatever its vocabulary holds.
+    said = getattr(gen, "is_multilingual", None)
+    multilingual = bool(lang or tasks) if said is None else bool(said)
+    if not multilingual:
+        lang, tasks = {}, {}
     asr = AsrInfo(
         architecture="whisper",
         encoder_layers=int(c.encoder_layers),
@@ -323,6 +349,8 @@ def _manifest(
         begin_suppress_tokens=list(getattr(gen, "begin_suppress_tokens", None) or []),
         decoder_layout=DECODER_LAYOUT,
         forced_decoder_ids=[list(x) for x in forced],
+        multilingual=multilingual,
+        language=None if multilingual else "en",
         extra={
             "features": "log-mel: reflect-padded STFT (hann, n_fft, hop), power, mel_filters @ "
             "power, log10(max(x, 1e-10)), max(x, x.max() - 8), (x + 4) / 4, padded or cut to "
@@ -378,8 +406,19 @@ def test_audio(sample_rate: int, seconds: float = 3.0) -> np.ndarray:
     return (0.1 * voice * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+def _random_weights(src: source.Source) -> bool:
+    """A random-weight preset (`ocula export random` marks its folders): it hears nothing."""
+    return src.path is not None and (src.path / ".ocula-random").is_file()
+
+
 def _validate(
-    model: Any, fe: Any, tmp: Path, m: Manifest, quant: str, logits_graph: Path | None = None
+    model: Any,
+    fe: Any,
+    tmp: Path,
+    m: Manifest,
+    quant: str,
+    logits_graph: Path | None = None,
+    speech: bool = True,
 ) -> Validation:
     import onnxruntime as ort
     import torch
@@ -438,7 +477,16 @@ def _validate(
         "greedy_matched": diff,
         "greedy_match": float(diff == n),
     }
-    report = validate.judge(metrics, quant, THRESHOLDS)
+    table = THRESHOLDS
+    if speech:
+        metrics.update(asr_speech.check(model, fe, tmp, m))
+        table = {q: {**THRESHOLDS[q], **SPEECH_THRESHOLDS[q]} for q in THRESHOLDS}
+    else:
+        metrics["speech"] = (
+            "not checked: random weights hear nothing; shapes and logit parity on the "
+            "synthetic signal only"
+        )
+    report = validate.judge(metrics, quant, table)
     metrics["failures"] = report.failures
     return Validation(
         passed=report.passed,

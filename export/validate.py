@@ -227,9 +227,14 @@ def judge(
     fails = []
     for key, bound in th.items():
         v = float(metrics[key])
-        upper = key in ("max_abs_logit_diff", "ppl_ratio")
+        upper = key in ("max_abs_logit_diff", "ppl_ratio") or key.endswith("wer")
         if (v > bound) if upper else (v < bound):
-            if key == "greedy_match":
+            if key == "speech_exact":
+                fails.append(
+                    f"tokens differ from transformers' on {1 - v:.0%} of the speech clips "
+                    f"(token agreement {metrics['speech_token_agreement']:.3f})"
+                )
+            elif key == "greedy_match":
                 fails.append(
                     f"greedy tokens differ from PyTorch after {metrics['greedy_matched']} of "
                     f"{metrics['greedy_tokens']}"

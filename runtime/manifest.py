@@ -208,6 +208,10 @@ class AsrInfo:
     begin_suppress_tokens: list[int]
     decoder_layout: str  # how the decoder graphs split the work, see export/asr.py
     forced_decoder_ids: list[list[int]] = field(default_factory=list)
+    # False for English-only models (`*.en`): no language or task token, the prompt is
+    # start-of-transcript (+ no-timestamps), and `language` is the one language they know.
+    multilingual: bool = True
+    language: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,5 +1,5 @@
-"""The session factory: threads and spinning from the board profile, the optimized-graph cache,
-clear errors for unloadable models."""
+"""The session factory: threads and spinning from the board profile, the optimized-graph cache
+(outside the artifact folder: nothing writes into one), clear errors for unloadable models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from board import profiles
 from runtime.engine.errors import ArtifactError, EngineUsageError
-from runtime.engine.session import CACHE_DIR, big_cpus, open_session, session_config
+from runtime.engine.session import big_cpus, open_session, session_config
 from tests.test_engine_helpers import vad_artifact
 
 
@@ -47,35 +47,60 @@ def test_threads_and_spinning_follow_the_profile() -> None:
         session_config(None, optimization="max")
 
 
-def test_optimized_graph_is_cached_and_invalidated(model: Path) -> None:
+def _files(folder: Path) -> dict[str, int]:
+    return {str(f.relative_to(folder)): f.stat().st_size for f in folder.rglob("*")}
+
+
+def test_optimized_graph_is_cached_outside_the_artifact_and_invalidated(
+    model: Path, tmp_path: Path
+) -> None:
+    art = _files(model.parent)
+    cache = tmp_path / "cache"
     ref = _run(open_session(model, cache=False))
-    s1 = open_session(model, identity="a" * 64)
-    cached = list((model.parent / CACHE_DIR).glob("vad.*.onnx"))
+    s1 = open_session(model, identity="a" * 64, cache_folder=cache)
+    cached = sorted(cache.glob("*.vad.*.onnx"))
     assert len(cached) == 1
     assert _run(s1) == pytest.approx(ref, abs=1e-6)
-    s2 = open_session(model, identity="a" * 64)  # loads the cached graph
+    s2 = open_session(model, identity="a" * 64, cache_folder=cache)  # loads the cached graph
     assert _run(s2) == pytest.approx(ref, abs=1e-6)
-    assert list((model.parent / CACHE_DIR).glob("vad.*.onnx")) == cached
-    open_session(model, identity="b" * 64)  # a new artifact: new key, the stale entry goes
-    again = list((model.parent / CACHE_DIR).glob("vad.*.onnx"))
+    assert sorted(cache.glob("*.vad.*.onnx")) == cached
+    open_session(model, identity="b" * 64, cache_folder=cache)  # new key: the stale entry goes
+    again = sorted(cache.glob("*.vad.*.onnx"))
     assert len(again) == 1 and again != cached
+    assert _files(model.parent) == art  # the artifact folder is untouched
 
 
-def test_unwritable_folder_is_logged_and_the_session_still_opens(
-    model: Path, caplog: pytest.LogCaptureFixture
+def test_the_default_cache_follows_the_environment(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (model.parent / CACHE_DIR).write_text("not a folder")  # mkdir fails, even as root
+    monkeypatch.setenv("OCULA_CACHE_DIR", str(tmp_path / "env-cache"))
+    open_session(model, identity="d" * 64)
+    assert len(list((tmp_path / "env-cache").glob("*.vad.*.onnx"))) == 1
+    monkeypatch.setenv("OCULA_CACHE_DIR", "off")
+    art = _files(model.parent)
+    assert 0.0 <= _run(open_session(model, identity="e" * 64)) <= 1.0
+    assert _files(model.parent) == art
+    with pytest.raises(EngineUsageError, match="cannot be the model's own folder"):
+        open_session(model, cache_folder=model.parent)
+
+
+def test_unwritable_cache_is_logged_and_the_session_still_opens(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")  # mkdir fails under it, even as root
     with caplog.at_level(logging.INFO, logger="runtime.engine.session"):
-        s = open_session(model)
+        s = open_session(model, cache_folder=blocker / "cache")
     assert "not writable" in caplog.text and "not cached" in caplog.text
     assert 0.0 <= _run(s) <= 1.0
 
 
-def test_a_broken_cached_graph_is_rebuilt(model: Path) -> None:
-    open_session(model, identity="c" * 64)
-    (cached,) = (model.parent / CACHE_DIR).glob("vad.*.onnx")
+def test_a_broken_cached_graph_is_rebuilt(model: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    open_session(model, identity="c" * 64, cache_folder=cache)
+    (cached,) = cache.glob("*.vad.*.onnx")
     cached.write_bytes(b"garbage")
-    assert 0.0 <= _run(open_session(model, identity="c" * 64)) <= 1.0
+    assert 0.0 <= _run(open_session(model, identity="c" * 64, cache_folder=cache)) <= 1.0
 
 
 def test_unloadable_models_are_artifact_errors(tmp_path: Path) -> None:

@@ -85,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
         print_report(report)
         if trace:
             print(f"\ntrace: {trace} (open in https://ui.perfetto.dev)")
-    return 0 if report.apps else 1
+    # an app that failed (to start, or its work: every failed speech segment) fails the run
+    return 0 if report.apps and not report.failures else 1
 
 
 def _check_common(args: argparse.Namespace) -> None:

@@ -78,6 +78,8 @@ class Captions:
         self._last_partial = 0.0
         self._partial_cost = 0.0
         self._flushed = False
+        self.failed_finals = 0  # final ASR jobs that raised, and the first error
+        self.first_error: str | None = None
         # (samples in the ring so far, capture time): when each sample arrived, for latencies
         self._captured: collections.deque[tuple[int, float]] = collections.deque(maxlen=30_000)
 
@@ -260,6 +262,11 @@ class Captions:
                 text = job.text.strip()
                 if final:
                     self._prev = (self._prev + job.tokens)[-PREV_TOKENS:]
+        except Exception as exc:
+            if final:  # the scheduler logs and traces it; the report says how many failed
+                self.failed_finals += 1
+                self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             if final:
                 self._pending_finals -= 1
@@ -312,9 +319,19 @@ class Captions:
             and not self._asr_busy
         )
 
+    def failure(self) -> str | None:
+        """Why the captions failed (None: every speech segment was transcribed)."""
+        if not self.failed_finals:
+            return None
+        return (
+            f"{self.failed_finals} of {self.utterances} speech segments failed to transcribe "
+            f"(first: {self.first_error})"
+        )
+
     def summary(self) -> dict[str, Any]:
         return {
             "utterances": self.utterances,
+            "failed_segments": self.failed_finals,
             "partial_updates": self.partials,
             "captions": self.finals,
             "retracted_words": self.stab.retracted,

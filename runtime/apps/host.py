@@ -12,6 +12,8 @@
   board whose ASR and LLM cores are disjoint (ar1-ref, rpi5) each has a worker of its own.
 `add(app)` sets an app up; an app that cannot start (a model missing from the bundle, a device
 that cannot be opened) is reported in `failures` and the trace, and the others keep running.
+An app that started but whose work failed (every ASR job raising, say) says so through an
+optional `failure()` method (None when all went well), which the report adds to `failures`.
 `run(duration)` runs until `duration` or until every app is finished, then closes the devices
 and returns a `Report`.
 """
@@ -213,10 +215,16 @@ class Host:
         unrecorded = getattr(self.devices.display, "dropped", None)
         if isinstance(unrecorded, int):
             self.metrics.set_counter("display.unrecorded_frames", unrecorded)
+        failures = dict(self.failures)
+        for a in self.apps:
+            said = getattr(a, "failure", None)
+            problem = said() if callable(said) else None
+            if problem:
+                failures[a.name] = str(problem)
         return Report(
             duration_s=duration,
             apps=[a.name for a in self.apps],
-            failures=dict(self.failures),
+            failures=failures,
             notes=list(self.notes),
             metrics=self.metrics.summary(),
             energy_j={k: v.joules for k, v in stages.items()},

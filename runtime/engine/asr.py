@@ -22,7 +22,10 @@ How it works:
   caller that needs them calls `require_logits`, which refuses it clearly;
 - prompt: start-of-transcript, language, task (transcribe or translate), no-timestamps, as the
   model's generation config says; without a language, it is detected like transformers does
-  (one decoder run on start-of-transcript, argmax over the language tokens);
+  (one decoder run on start-of-transcript, argmax over the language tokens). An English-only
+  model (`*.en`; the manifest's `asr.multilingual` false) has no language or task token: its
+  prompt is start-of-transcript and no-timestamps, it transcribes its one language
+  (`asr.language`) and refuses translation or another language by name;
 - greedy decoding with the generation config's `suppress_tokens` everywhere and
   `begin_suppress_tokens` at the first generated position; stops at EOS or the decoder's
   maximum target length;
@@ -217,7 +220,14 @@ class Whisper:
             )
 
     @property
+    def multilingual(self) -> bool:
+        return self.info.multilingual
+
+    @property
     def languages(self) -> list[str]:
+        """The languages this model transcribes ([asr.language] for an English-only one)."""
+        if not self.info.multilingual:
+            return [self.info.language] if self.info.language else []
         return sorted(self._lang_ids)
 
     def start(
@@ -243,6 +253,8 @@ class Whisper:
                 f"{self.info.chunk_length_s} s window; use transcribe() for long audio"
             )
         self._check_task(task, language)
+        if not self.info.multilingual:
+            language = self.info.language
         return Decoding(
             self,
             samples,
@@ -317,6 +329,20 @@ class Whisper:
     def _check_task(self, task: str, language: str | None) -> None:
         if task not in TASKS:
             raise EngineUsageError(f"unknown task {task!r}; use transcribe or translate")
+        if not self.info.multilingual:
+            known = self.info.language or "one language"
+            said = {"en": "English"}.get(known, known)
+            if task != "transcribe":
+                raise EngineUsageError(
+                    f"{self.where}: this model is {said}-only (no task tokens): it "
+                    f"transcribes {said} and cannot {task}; use a multilingual Whisper"
+                )
+            if language is not None and self.info.language and language != self.info.language:
+                raise EngineUsageError(
+                    f"unknown language {language!r}: this model is {said}-only; use "
+                    f"--language {known} or a multilingual Whisper"
+                )
+            return
         token = (
             self.info.translate_token_id if task == "translate" else self.info.transcribe_token_id
         )
@@ -343,8 +369,13 @@ class Whisper:
         return logits
 
     def _prompt(self, task: str, language_id: int | None) -> list[int]:
+        """Start-of-transcript, [language, task,] no-timestamps: every id from the manifest."""
         info = self.info
         ids = [info.decoder_start_token_id]
+        if not info.multilingual:
+            if info.no_timestamps_token_id is not None:
+                ids.append(info.no_timestamps_token_id)
+            return ids
         if language_id is not None:
             ids.append(language_id)
         task_id = info.translate_token_id if task == "translate" else info.transcribe_token_id

@@ -13,11 +13,16 @@ opens the model file.
   `session.intra_op.allow_spinning` is off (spinning burns power while the loop waits).
 - Memory: the CPU arena stays on (it reuses the same blocks every token), with the memory
   pattern planner; `arena_extend_strategy` is kSameAsRequested so the arena does not double.
-- Optimized-model cache: on first load the optimized graph is written next to the model as
-  `.ocula-cache/<name>.<key>.onnx`; later loads open it with graph optimizations off. The key
-  covers the model's identity (its manifest sha256 when given, else size and mtime), the
+- Optimized-model cache: nothing is ever written into an artifact folder (on a board it is
+  read-only, and a cached graph is a second full copy of the weights). On first load the
+  optimized graph goes to a cache folder outside it (`cache_dir`, else `$OCULA_CACHE_DIR`, else
+  `$XDG_CACHE_HOME/ocula/graphs` or `~/.cache/ocula/graphs`; `OCULA_CACHE_DIR=off` turns it
+  off) as `<where>.<name>.<key>.onnx`; later loads open it with graph optimizations off. The
+  key covers the model's identity (its manifest sha256 when given, else size and mtime), the
   onnxruntime version, the machine and the optimization level, so a new artifact or runtime
-  never reuses a stale graph. A read-only folder is logged and the session opens uncached.
+  never reuses a stale graph; `<where>` (a hash of the model's folder) keeps models of
+  different folders apart, and a new key evicts the old entries of the same model. An
+  unwritable cache folder is logged and the session opens uncached.
 """
 
 from __future__ import annotations
@@ -35,11 +40,11 @@ import onnxruntime as ort
 from runtime.engine.errors import ArtifactError, EngineUsageError
 from runtime.profile import Profile
 
-__all__ = ["SessionConfig", "big_cpus", "open_session", "session_config"]
+__all__ = ["SessionConfig", "big_cpus", "cache_dir", "open_session", "session_config"]
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = ".ocula-cache"
+CACHE_ENV = "OCULA_CACHE_DIR"
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -128,20 +133,29 @@ def open_session(
     cache: bool = True,
     identity: str | None = None,
     pin: bool = True,
+    cache_folder: str | Path | None = None,
 ) -> ort.InferenceSession:
     """Open `model` with options from `profile`.
 
     `identity` is the file's sha256 from the artifact manifest, used as the cache key (cheaper
     and stronger than size and mtime). `pin=False` leaves the calling thread's affinity alone
-    (for a process that runs other work on the little cores).
+    (for a process that runs other work on the little cores). `cache_folder`: where optimized
+    graphs go (default `cache_dir()`); never the model's own folder.
     """
     path = Path(model)
     if not path.is_file():
         raise ArtifactError(f"{path}: model file not found")
+    folder = Path(cache_folder) if cache_folder is not None else cache_dir()
+    if folder is not None and folder.resolve() == path.parent.resolve():
+        raise EngineUsageError(
+            f"{folder}: the optimized-graph cache cannot be the model's own folder (an "
+            "artifact folder is never written to); choose another cache folder"
+        )
+    cache = cache and folder is not None
     cfg = session_config(profile, threads=threads, optimization=optimization, cache=cache)
     opts = _options(cfg, pin)
     target = path
-    cached = _cache_path(path, cfg, identity) if cache else None
+    cached = _cache_path(path, cfg, identity, folder) if cache and folder is not None else None
     if cached is not None and cached.is_file():
         target = cached
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -209,7 +223,22 @@ def _apply_affinity(opts: ort.SessionOptions, cfg: SessionConfig, pin: bool) -> 
     log.debug("thread affinity: %d threads on CPUs %s", cfg.threads, cfg.cpus)
 
 
-def _cache_path(path: Path, cfg: SessionConfig, identity: str | None) -> Path | None:
+def cache_dir() -> Path | None:
+    """The optimized-graph cache folder: `$OCULA_CACHE_DIR` ("off": none), else the user's
+    cache folder (`$XDG_CACHE_HOME` or `~/.cache`) / ocula / graphs."""
+    said = os.environ.get(CACHE_ENV)
+    if said is not None:
+        return None if said.strip().lower() in ("", "off", "0", "none") else Path(said)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ocula" / "graphs"
+
+
+def _model_prefix(path: Path) -> str:
+    where = hashlib.sha256(str(path.resolve().parent).encode()).hexdigest()[:8]
+    return f"{where}.{path.stem}"
+
+
+def _cache_path(path: Path, cfg: SessionConfig, identity: str | None, folder: Path) -> Path | None:
     if cfg.optimization == "disable":
         return None
     if identity is None:
@@ -217,25 +246,26 @@ def _cache_path(path: Path, cfg: SessionConfig, identity: str | None) -> Path | 
         identity = f"{st.st_size}-{st.st_mtime_ns}"
     key = "|".join([identity, ort.__version__, platform.machine(), cfg.optimization])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return path.parent / CACHE_DIR / f"{path.stem}.{digest}.onnx"
+    return folder / f"{_model_prefix(path)}.{digest}.onnx"
 
 
 def _prepare_cache(cached: Path, source: Path) -> bool:
     """Make the cache folder and drop stale entries for `source`; False when read-only."""
     folder = cached.parent
     try:
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         log.info(
-            "%s: folder not writable (%s); the optimized graph is not cached, loads stay slower",
-            source.parent,
+            "%s: cache folder not writable (%s); the optimized graph is not cached, loads "
+            "stay slower",
+            folder,
             exc.strerror or exc,
         )
         return False
-    for old in folder.glob(f"{source.stem}.*.onnx*"):
+    for old in folder.glob(f"{_model_prefix(source)}.*.onnx*"):
         if not old.name.startswith(cached.name):
             _remove(old)
     return True

@@ -1,0 +1,182 @@
+"""A speech test set made at test time: traveller's sentences spoken by espeak-ng, and a WER.
+
+    from tests.speech import speech_set, long_clip, read_wav, wer
+    clips = speech_set()            # 24 Clip(name, path, text, voice, speed, seconds), 16 kHz
+    clip = long_clip()              # the clips laid end to end with pauses, about 30 s
+    wer(clip.text, "the train to ...")  # word error rate after `normalize`
+
+Two dozen sentences a traveller hears or says (directions, prices, times, platform
+announcements), 2 to 25 s, spoken by espeak-ng in a few voices (American, British, Scottish,
+a female variant) and speeds (130 to 185 words per minute), resampled to 16 kHz mono 16-bit by
+sox. Built once and cached beside the test artifacts (`tests.artifacts.CACHE`), keyed on the
+sentences, voices and espeak-ng's version, under the same lock-and-rename scheme, so a reader
+never sees half a set. The texts are what was spoken; `normalize` makes Whisper's way of
+writing numbers, times and prices comparable with them (digits to words, punctuation and
+case dropped; `export.asr_speech`, which validates exports on speech the same way), so WER
+counts words heard wrong, not spelling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.asr_speech import corpus_wer, edit_distance, normalize, wer
+from tests.artifacts import _cached
+
+__all__ = [
+    "Clip",
+    "corpus_wer",
+    "edit_distance",
+    "long_clip",
+    "normalize",
+    "read_wav",
+    "speech_set",
+    "wer",
+]
+
+RATE = 16000
+PAUSE_S = 0.6
+LONG_S = 30.0
+VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland")
+SPEEDS = (160, 140, 185, 130)
+
+SENTENCES = (
+    "Excuse me, where is the train station?",
+    "The next train to London leaves from platform four.",
+    "How much is a return ticket to the airport?",
+    "Turn left at the church and walk two hundred meters.",
+    "The museum is open from nine in the morning until six in the evening.",
+    "Could you call me a taxi, please?",
+    "This train is delayed by twenty minutes.",
+    "A coffee and a croissant cost five euros fifty.",
+    "Please mind the gap between the train and the platform.",
+    "The bus to the city centre stops across the road.",
+    "Is there a pharmacy near the hotel?",
+    "Your flight boards at gate twelve at half past three.",
+    "We would like a table for two by the window.",
+    "The last ferry to the island departs at eleven tonight.",
+    "Go straight on for about five minutes, then take the second street on the right.",
+    "Can I pay by card, or do you only take cash?",
+    "Passengers for Edinburgh should change at York.",
+    "The hotel breakfast is served between seven and ten.",
+    "How long does it take to walk to the old town from here?",
+    "The ticket machine does not accept notes larger than twenty pounds.",
+    "Attention please. The train now arriving at platform two is the delayed service to "
+    "Manchester Piccadilly, calling at Stockport only. Please stand well back from the edge "
+    "of the platform.",
+    "Good morning. I booked a double room for three nights, but I would like to stay one more "
+    "night if that is possible, and I would also like to know what time the restaurant opens "
+    "for dinner.",
+    "To get to the beach, take the number seven bus from the main square, get off after four "
+    "stops at the lighthouse, and then follow the signs down the hill for about ten minutes. "
+    "If you miss the bus, a taxi costs around fifteen euros and takes a quarter of an hour.",
+    "Ladies and gentlemen, welcome aboard this service to Paris. Our journey time today is two "
+    "hours and sixteen minutes. The buffet car is in coach eight and serves hot and cold drinks, "
+    "sandwiches and snacks. Please keep your luggage with you at all times, and report anything "
+    "suspicious to a member of staff. We wish you a pleasant journey.",
+)
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    path: Path
+    text: str
+    voice: str
+    speed: int
+    seconds: float
+
+
+def _espeak_version() -> str:
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(
+                f"{tool} is missing: the speech tests speak their sentences with it; install "
+                "it with 'apt-get install espeak-ng sox'"
+            )
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def _speak(text: str, voice: str, speed: int, out: Path) -> None:
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    raw.unlink()
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """float32 mono samples in [-1, 1) of a 16-bit WAV written here."""
+    with wave.open(str(path)) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    return data.astype(np.float32) / 32768.0
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(np.clip(samples * 32768.0, -32768, 32767).astype(np.int16).tobytes())
+
+
+def _build(out: Path) -> None:
+    out.mkdir()
+    index = []
+    for i, text in enumerate(SENTENCES):
+        voice, speed = VOICES[i % len(VOICES)], SPEEDS[(i // len(VOICES)) % len(SPEEDS)]
+        name = f"s{i:02d}"
+        _speak(text, voice, speed, out / f"{name}.wav")
+        seconds = read_wav(out / f"{name}.wav").size / RATE
+        index.append({"name": name, "text": text, "voice": voice, "speed": speed, "s": seconds})
+    # the long clip: whole sentences end to end with pauses, up to LONG_S
+    parts, texts, total = [], [], 0.0
+    pause = np.zeros(int(PAUSE_S * RATE), np.float32)
+    for item in sorted(index, key=lambda x: x["s"]):
+        if total + float(item["s"]) + PAUSE_S > LONG_S:
+            continue
+        parts += [read_wav(out / f"{item['name']}.wav"), pause]
+        texts.append(str(item["text"]))
+        total += float(item["s"]) + PAUSE_S
+    _write_wav(out / "long.wav", np.concatenate(parts))
+    index.append(
+        {"name": "long", "text": " ".join(texts), "voice": "mixed", "speed": 0, "s": total}
+    )
+    (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+def _folder() -> Path:
+    h = hashlib.sha256(json.dumps([SENTENCES, VOICES, SPEEDS, PAUSE_S, LONG_S]).encode())
+    h.update(_espeak_version().encode())
+    return _cached("speech", {"set": h.hexdigest()[:12]}, _build)
+
+
+def _clips() -> list[Clip]:
+    folder = _folder()
+    index = json.loads((folder / "index.json").read_text())
+    return [
+        Clip(x["name"], folder / f"{x['name']}.wav", x["text"], x["voice"], x["speed"], x["s"])
+        for x in index
+    ]
+
+
+def speech_set() -> list[Clip]:
+    """The 24 sentences, each its own clip (2 to 25 s)."""
+    return [c for c in _clips() if c.name != "long"]
+
+
+def long_clip() -> Clip:
+    """Sentences end to end with 0.6 s pauses, about 30 s (one Whisper window or just over)."""
+    return next(c for c in _clips() if c.name == "long")
