@@ -48,6 +48,7 @@ F32 = npt.NDArray[np.float32]
 ENDPOINT_MS = 500  # trailing silence that ends an utterance: a sentence's pause
 MIN_SEGMENT_S = 2.0  # shorter utterances wait `HOLD_S` for more speech to join them
 HOLD_S = 0.5
+PAD_S = 0.2  # audio around an utterance the ASR also hears (the VAD's own pad clips onsets)
 PREV_TOKENS = 223  # the prompt's previous text: Whisper's n_text_ctx // 2 - 1, as openai/whisper
 
 
@@ -171,14 +172,18 @@ class StreamingRecognizer:
         endpoint_ms: int = ENDPOINT_MS,
         min_segment_s: float = MIN_SEGMENT_S,
         hold_s: float = HOLD_S,
+        pad_s: float = PAD_S,
         prompt: bool = True,
         guard: Guard | None = None,
         agree: int = 2,
     ) -> None:
         if partial_every_s is not None and partial_every_s <= 0:
             raise EngineUsageError(f"partial_every_s must be > 0, got {partial_every_s}")
-        if endpoint_ms < 0 or min_segment_s < 0 or hold_s < 0:
-            raise EngineUsageError("endpoint_ms, min_segment_s and hold_s must be >= 0")
+        if endpoint_ms < 0 or min_segment_s < 0 or hold_s < 0 or not 0 <= pad_s <= 1:
+            raise EngineUsageError(
+                "endpoint_ms, min_segment_s and hold_s must be >= 0, pad_s between 0 and 1"
+            )
+        self.pad = int(pad_s * asr.sample_rate)
         asr._check_task(task, language)
         self.asr = asr
         self.vad = vad
@@ -238,7 +243,7 @@ class StreamingRecognizer:
             keep_from = min(keep_from, s)
         if self._job is not None:
             keep_from = min(keep_from, self._job.start)
-        drop = keep_from - self._base
+        drop = keep_from - self.pad - self._base
         if drop > 0:
             self._buf = self._buf[drop:]
             self._base += drop
@@ -284,7 +289,7 @@ class StreamingRecognizer:
         return None
 
     def _job_for(self, kind: str, start: int, end: int) -> _Job | None:
-        audio = self._audio(start, end)
+        audio = self._audio(start - self.pad, min(end + self.pad, self._total))
         if audio.size == 0:
             return None
         decoding = self.asr.start(
