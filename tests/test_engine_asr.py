@@ -15,7 +15,7 @@ from runtime.engine.asr import Guard, Whisper
 from runtime.engine.audio import read_wav
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.mel import LogMel
-from runtime.engine.stream import StreamingRecognizer
+from runtime.engine.stream import StreamingRecognizer, Window
 from runtime.engine.vad import Vad, speech_segments
 from tests.test_engine_helpers import asr_artifact, hf_model, vad_artifact
 
@@ -226,15 +226,18 @@ def test_streaming_finals_equal_offline_decoding_of_the_same_segments(whisper: W
         out += rec.step()
     finals = [t for t in out if t.kind == "final"]
     assert len(finals) == len(truth)
-    prev: list[int] = []  # each final is decoded after the previous finals' text
+    # each final hears its window from the start (0.2 s of pad around the utterance), the
+    # window's earlier finals forced as the transcript's start
+    window, pad = Window(whisper.info.n_samples), rec.pad
     for t, (t0, t1) in zip(finals, truth, strict=True):
         assert abs(t.start_s - t0) < 0.15 and abs(t.end_s - t1) < 0.15
-        a, b = round(t.start_s * RATE), round(t.end_s * RATE)
-        job = whisper.start(audio[a:b], language="en", prev=prev, guard=Guard())
+        a, b = round(t.start_s * RATE) - pad, min(round(t.end_s * RATE) + pad, audio.size)
+        a, forced, prev = window.span(a, b, True)
+        job = whisper.start(audio[a:b], language="en", prev=prev, forced=forced, guard=Guard())
         while not job.done:
             job.step()
         assert t.tokens == job.tokens
-        prev += job.tokens
+        window.done(job.tokens)
     partials = [t for t in out if t.kind == "partial"]
     assert partials
     for p, q in itertools.pairwise(partials):  # a stable prefix is never retracted

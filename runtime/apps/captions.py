@@ -13,8 +13,10 @@ Tasks (see `runtime.sched`):
   through the `Stabilizer`, committed words in the final style and the rest dimmer;
 - when the VAD confirms the end, the final ASR job for the segment (never skipped), whose text
   replaces the partial line as a finished paragraph (`on_sentence` hook: translate builds on it);
-- every ASR job is guarded against loops (asr_guard) and gets the previous finals' tokens as its
-  prompt (`<|startofprev|>`), so the context of the conversation carries over.
+- every ASR job is guarded against loops (asr_guard) and hears its context (`Window`): the
+  window's audio from its start up to the utterance's end, the window's earlier finals forced
+  as the transcript's start (only the new words are decoded), earlier windows' text as the
+  prompt (`<|startofprev|>`).
 
 Latency `speech_end_to_caption_s`: from the moment the speech ended (the capture tick that
 brought in the segment's last sample, padding included) to the final caption on screen.
@@ -40,8 +42,8 @@ from runtime.engine.stream import (
     ENDPOINT_MS,
     HOLD_S,
     MIN_SEGMENT_S,
-    PREV_TOKENS,
     Segmenter,
+    Window,
     endpointing,
 )
 from runtime.engine.vad import SpeechEnd, SpeechStart, Vad, VadParams
@@ -70,7 +72,7 @@ class Captions:
         self.finals: list[str] = []
         self._asr_busy = False
         self._pending_finals = 0
-        self._prev: list[int] = []  # the finals' tokens so far: the next job's prompt
+        self._unstarted: list[int] = []  # starts of the utterances whose ASR job has not begun
         self.guard = Guard()
         self._buf: list[F32] = []
         self._buf_start = 0  # sample index of self._buf[0][0]
@@ -101,6 +103,8 @@ class Captions:
         )
         self.vad = Vad.from_artifact(vad_dir, params, host.profile)
         rate = self.asr.sample_rate
+        # a margin below the ring's utterance bound: the window's start stays in the buffer
+        self.window = Window(min(self.asr.info.n_samples, int((UTTERANCE_S - 2.0) * rate)))
         self.segmenter = Segmenter(
             int(MIN_SEGMENT_S * rate), int(HOLD_S * rate), int(UTTERANCE_S * rate)
         )
@@ -158,13 +162,14 @@ class Captions:
             and self._pending_finals == 0
         ):
             self._last_partial = now
-            audio = self._slice(self.segmenter.start or 0, self._seen)
-            if len(audio) >= self.rate // 2:
+            start = self.segmenter.start or 0
+            if self._seen - start >= self.rate // 2:
                 self._asr_busy = True
+                self._unstarted.append(start)
                 host.sched.submit(
                     Job(
                         f"{self.name}.asr.partial",
-                        self._asr(audio, False),
+                        self._asr(start, self._seen, False),
                         PARTIAL_PRIORITY,
                         pool="asr",
                     )
@@ -192,12 +197,12 @@ class Captions:
         assert host is not None
         self.utterances += 1
         end_t = self._sample_time(end)
-        audio = self._slice(start, end)
         self._pending_finals += 1
+        self._unstarted.append(start)
         marks: list[tuple[str, float]] = []
         job = Job(
             f"{self.name}.asr",
-            self._asr(audio, True, end_t, marks),
+            self._asr(start, end, True, end_t, marks),
             Priority.ASR,
             marks=marks,
             pool="asr",
@@ -225,6 +230,10 @@ class Captions:
         """Keep audio from the utterance in progress (or the last second), at most one window."""
         start = self.segmenter.start
         keep_from = start if start is not None else self._seen - self.rate
+        if self.window.start is not None:
+            keep_from = min(keep_from, self.window.start)
+        for s in self._unstarted:
+            keep_from = min(keep_from, s)
         keep_from = max(keep_from, self._seen - int(UTTERANCE_S * self.rate))
         total = sum(len(b) for b in self._buf)
         if keep_from - self._buf_start > self.rate and total:
@@ -235,7 +244,8 @@ class Captions:
 
     def _asr(
         self,
-        audio: F32,
+        start: int,
+        end: int,
         final: bool,
         end_t: float = 0.0,
         marks: list[tuple[str, float]] | None = None,
@@ -244,14 +254,19 @@ class Captions:
         assert host is not None
         spent = 0.0
         try:
-            if len(audio) < self.rate // 10:
+            # the window's audio up to this utterance's end, its earlier finals forced (Window)
+            a, forced, prev = self.window.span(start, end, final)
+            audio = self._slice(a, end)
+            self._unstarted.remove(start)
+            if end - start < self.rate // 10:
                 text = ""
             else:
                 job = self.asr.start(
                     audio,
                     task="transcribe",
                     language=host.options.source_lang,
-                    prev=self._prev,
+                    prev=prev,
+                    forced=forced,
                     guard=self.guard,
                 )
                 while not job.done:
@@ -261,7 +276,7 @@ class Captions:
                     yield None
                 text = job.text.strip()
                 if final:
-                    self._prev = (self._prev + job.tokens)[-PREV_TOKENS:]
+                    self.window.done(job.tokens)
         except Exception as exc:
             if final:  # the scheduler logs and traces it; the report says how many failed
                 self.failed_finals += 1

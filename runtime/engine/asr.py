@@ -242,10 +242,12 @@ class Whisper:
         prev: Sequence[int] = (),
         guard: Guard | None = None,
         trim: bool | None = None,
+        forced: Sequence[int] = (),
     ) -> Decoding:
         """A decoding job for one window of audio (at most `chunk_length_s` seconds). `prev`:
         the previous text's tokens, a prompt; `guard`: retry an attempt that loops or is
-        unsure (see asr_guard); `trim`: this window's trimming (default: the model's)."""
+        unsure (see asr_guard); `trim`: this window's trimming (default: the model's); `forced`:
+        the transcript of the audio's start, known already (only the rest is decoded)."""
         samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
         if samples.size > self.info.n_samples:
             raise InputError(
@@ -265,6 +267,7 @@ class Whisper:
             prev=prev,
             guard=guard,
             trim=trim,
+            forced=forced,
         )
 
     def transcribe(

@@ -18,7 +18,9 @@ the 448-token limit) or whose average log-probability is too low is retried: a t
 untrimmed first, then at the guard's higher temperatures (sampling needs the logits head). The
 encoder runs again only when the window's frames change; a retry at the same frames re-runs
 the prompt over the bound cross K/V. `prev` (the previous text's tokens) goes before the prompt
-after `<|startofprev|>`, as Whisper was trained to condition on it.
+after `<|startofprev|>`, as Whisper was trained to condition on it; `forced` (the text already
+known for the start of this window's audio, as openai/whisper's `prefix`) goes after the prompt,
+and only what follows it is decoded.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Decoding:
         prev: Sequence[int] = (),
         guard: Guard | None = None,
         trim: bool | None = None,
+        forced: Sequence[int] = (),
     ) -> None:
         self.asr = asr
         self.audio = audio
@@ -98,6 +101,8 @@ class Decoding:
         prev_id = asr.tokenizer.token_to_id("<|startofprev|>")
         keep = [int(t) for t in prev if t < info.eos_token_id][-(self._limit // 2 - 1) :]
         self._prefix = [prev_id, *keep] if keep and prev_id is not None else []
+        # the transcript's known start (the window's earlier text), after the prompt
+        self._forced = [int(t) for t in forced if t < info.eos_token_id][-(self._limit // 2) :]
         # attempts: (temperature, trimmed); the first is greedy at the caller's trimming
         plan = [(0.0, self.trim)]
         if guard is not None:
@@ -352,6 +357,7 @@ class Decoding:
         if detect:
             self.language = next(k for k, v in asr._lang_ids.items() if v == lang_id)
         prompt = asr._prompt(self.task, lang_id)
+        prompt = [*prompt, *self._forced]
         self.prompt = [*prefix, *prompt]
         if split and prompt[0] == sot and (len(prompt) > 1 or not asr.rescore):
             if len(prompt) > 1:

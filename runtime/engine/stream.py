@@ -15,8 +15,10 @@ How it works:
   context Whisper needs), or when it reaches the VAD's `max_speech_s`; an utterance shorter
   than `min_segment_s` is held for `hold_s` and continues if speech resumes by then. The
   utterance's audio, padded as the VAD pads segments, is decoded to a *final* transcript;
-- the previous finals' tokens are the prompt of the next decoding (after `<|startofprev|>`,
-  as Whisper was trained: names and spelling carry over from one utterance to the next);
+- context (`Window`): consecutive utterances share one Whisper window; a final decodes the
+  window's audio up to its end with the window's earlier finals forced as the transcript's
+  start, so Whisper hears the context that whole-window decoding gives it and decodes only
+  the new words; the text of earlier windows is the prompt (after `<|startofprev|>`);
 - every decoding is guarded (asr_guard): a window that loops is retried, never run to the
   448-token limit;
 - while someone speaks, a *partial* transcript of the utterance so far is decoded every
@@ -160,6 +162,37 @@ class _Job:
     decoding: Decoding
 
 
+class Window:
+    """The audio context of finals: consecutive utterances share one Whisper window. A final
+    decodes the window's audio from its start to the utterance's end, with the window's
+    earlier finals forced as the transcript's start (`Decoding`'s `forced`), so Whisper hears
+    the whole context, as whole-window decoding does, and decodes only the new words. When an
+    utterance would overflow the window, a new one starts at that utterance and the old
+    window's text becomes the previous-text prompt."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.reset()
+
+    def reset(self) -> None:
+        self.start: int | None = None
+        self.tokens: list[int] = []  # the finals decoded in this window
+        self.prev: list[int] = []  # the text before it
+
+    def span(self, start: int, end: int, final: bool) -> tuple[int, list[int], list[int]]:
+        """(audio start, forced tokens, previous-text tokens) for an utterance (`start`, `end`);
+        a final that does not fit opens a new window."""
+        if self.start is not None and end - self.start <= self.size:
+            return self.start, list(self.tokens), list(self.prev)
+        prev = (self.prev + self.tokens)[-PREV_TOKENS:]
+        if final:
+            self.start, self.tokens, self.prev = start, [], prev
+        return start, [], prev
+
+    def done(self, tokens: list[int]) -> None:
+        self.tokens += tokens
+
+
 class StreamingRecognizer:
     def __init__(
         self,
@@ -198,19 +231,20 @@ class StreamingRecognizer:
             int(min_segment_s * self.rate), int(hold_s * self.rate), asr.info.n_samples
         )
         self.agreement = LocalAgreement(agree)
+        self.window = Window(asr.info.n_samples)
         self.reset()
 
     def reset(self) -> None:
         self.vad.reset()
         self.segmenter.reset()
         self.agreement.reset()
+        self.window.reset()
         self._buf = np.zeros(0, dtype=np.float32)
         self._base = 0  # absolute sample index of _buf[0]
         self._total = 0
         self._last_partial = 0
         self._finals: deque[tuple[int, int]] = deque()
         self._job: _Job | None = None
-        self._prev: list[int] = []  # the finals' tokens so far: the next prompt
 
     @property
     def busy(self) -> bool:
@@ -243,6 +277,8 @@ class StreamingRecognizer:
             keep_from = min(keep_from, s)
         if self._job is not None:
             keep_from = min(keep_from, self._job.start)
+        if self.window.start is not None and self.prompt:
+            keep_from = min(keep_from, self.window.start)
         drop = keep_from - self.pad - self._base
         if drop > 0:
             self._buf = self._buf[drop:]
@@ -267,7 +303,7 @@ class StreamingRecognizer:
         r = job.decoding.result()
         start_s, end_s = job.start / self.rate, job.end / self.rate
         if job.kind == "final":
-            self._prev = (self._prev + r.tokens)[-PREV_TOKENS:]
+            self.window.done(r.tokens)
             self.agreement.reset()
             return [Transcript("final", r.text, start_s, end_s, r.tokens)]
         stable, tentative = self.agreement.update(r.text)
@@ -289,14 +325,19 @@ class StreamingRecognizer:
         return None
 
     def _job_for(self, kind: str, start: int, end: int) -> _Job | None:
-        audio = self._audio(start - self.pad, min(end + self.pad, self._total))
+        b = min(end + self.pad, self._total)
+        a, forced, prev = max(0, start - self.pad), list[int](), list[int]()
+        if self.prompt:
+            a, forced, prev = self.window.span(a, b, kind == "final")
+        audio = self._audio(a, b)
         if audio.size == 0:
             return None
         decoding = self.asr.start(
             audio,
             task=self.task,
             language=self.language,
-            prev=self._prev if self.prompt else (),
+            prev=prev,
+            forced=forced,
             guard=self.guard,
         )
         return _Job(kind, start, end, decoding)
