@@ -209,6 +209,7 @@ def _models(root: Path, fresh: bool, toy: bool) -> Path:
                 AsrOptions(quant="int8", force=True),
             ),
             "vad": lambda p: export_packaged("vad", p, force=True),
+            "vision": lambda p: export_packaged("vision", p, force=True),
         }
         if toy
         else {
@@ -380,6 +381,7 @@ def _speak(out: Path) -> Path:
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise OculaError("espeak-ng is missing: apt-get install espeak-ng (make sysdeps)")
+    logging.getLogger("runtime.engine.audio").setLevel(logging.WARNING)  # espeak's 22 kHz
     pause = np.zeros(int(float(SCRIPT["pause_s"]) * 16000), np.float32)
     parts = [pause]
     with tempfile.TemporaryDirectory() as tmp:
@@ -556,7 +558,7 @@ def _findings(reports: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"spoken:     {spoken}")
         lines.append(f"transcript: {heard}")
         lines.append(
-            f"word error rate: {wer(spoken, heard):.1%} (Whisper tiny.en on espeak-ng speech)"
+            f"word error rate: {wer(spoken, heard):.1%} (the demo's ASR on espeak-ng speech)"
         )
         for a in summ.values():
             for t in a.get("translations", [])[:3]:
