@@ -11,10 +11,10 @@ import pytest
 
 from runtime.apps import Devices, make_app
 from runtime.apps.translate import chat_prefix
-from runtime.engine.asr import Guard, Whisper
+from runtime.engine.asr import Whisper
 from runtime.engine.audio import read_wav
 from runtime.engine.llm import Llm
-from runtime.engine.stream import Window
+from runtime.engine.stream import LIVE_GUARD, Window
 from runtime.io import VirtualDisplay, WavSource
 from runtime.sched import VirtualClock
 from tests.apps_helpers import atlas, host, models_dir
@@ -56,7 +56,7 @@ def test_captions_transcribe_each_utterance_like_the_asr_alone(env, tmp_path: Pa
     for cut in vad_cuts:
         start, forced, prev = window.span(cut["start"], cut["end"], True)
         job = asr.start(
-            audio[start : cut["end"]], language="en", prev=prev, forced=forced, guard=Guard()
+            audio[start : cut["end"]], language="en", prev=prev, forced=forced, guard=LIVE_GUARD
         )
         while not job.done:
             job.step()

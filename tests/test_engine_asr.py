@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.engine.asr import Guard, Whisper
+from runtime.engine.asr import Whisper
 from runtime.engine.audio import read_wav
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.mel import LogMel
-from runtime.engine.stream import StreamingRecognizer, Window
+from runtime.engine.stream import LIVE_GUARD, StreamingRecognizer, Window
 from runtime.engine.vad import Vad, speech_segments
 from tests.test_engine_helpers import asr_artifact, hf_model, vad_artifact
 
@@ -233,7 +233,7 @@ def test_streaming_finals_equal_offline_decoding_of_the_same_segments(whisper: W
         assert abs(t.start_s - t0) < 0.15 and abs(t.end_s - t1) < 0.15
         a, b = round(t.start_s * RATE) - pad, min(round(t.end_s * RATE) + pad, audio.size)
         a, forced, prev = window.span(a, b, True)
-        job = whisper.start(audio[a:b], language="en", prev=prev, forced=forced, guard=Guard())
+        job = whisper.start(audio[a:b], language="en", prev=prev, forced=forced, guard=LIVE_GUARD)
         while not job.done:
             job.step()
         assert t.tokens == job.tokens

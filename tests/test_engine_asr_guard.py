@@ -124,3 +124,33 @@ def test_previous_text_equals_transformers_prompt_ids(speech: np.ndarray, head: 
             feats, language="en", prompt_ids=torch.tensor([start_of_prev, *prev])
         )[0].tolist()
     assert job.tokens == [t for t in ref if t != w.info.eos_token_id]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_forced_start_is_continued_as_transformers_continues_it(
+    speech: np.ndarray, head: str | None
+) -> None:
+    """`forced` (a window's earlier finals) goes after the prompt and only the rest is
+    decoded: transformers' greedy continuation of the same ids (suppression as generate
+    applies it, the begin suppression at the first generated position)."""
+    import torch
+
+    w = Whisper.from_artifact(asr_artifact("tiny-whisper", "fp32", head=head))
+    forced = _run(w, speech).tokens[:10]  # type: ignore[attr-defined]
+    job = _run(w, speech, forced=forced)
+    assert job.prompt[-10:] == forced  # type: ignore[attr-defined]
+    model, fe = _model()
+    feats = fe(speech, sampling_rate=RATE, return_tensors="pt").input_features  # type: ignore[operator]
+    ids, out = list(job.prompt), []  # type: ignore[attr-defined]
+    with torch.no_grad():
+        for i in range(w.info.max_target_positions - len(ids)):
+            logits = model(feats, decoder_input_ids=torch.tensor([ids])).logits[0, -1]  # type: ignore[operator]
+            logits[w.info.suppress_tokens] = -np.inf
+            if i == 0:
+                logits[w.info.begin_suppress_tokens] = -np.inf
+            token = int(logits.argmax())
+            if token == w.info.eos_token_id:
+                break
+            out.append(token)
+            ids.append(token)
+    assert job.tokens == out  # type: ignore[attr-defined]

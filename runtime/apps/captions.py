@@ -37,10 +37,11 @@ import numpy.typing as npt
 from runtime.apps.errors import AppUsageError
 from runtime.apps.host import Host
 from runtime.apps.stabilize import Stabilizer
-from runtime.engine.asr import Guard, Whisper
+from runtime.engine.asr import Whisper
 from runtime.engine.stream import (
     ENDPOINT_MS,
     HOLD_S,
+    LIVE_GUARD,
     MIN_SEGMENT_S,
     Segmenter,
     Window,
@@ -73,7 +74,7 @@ class Captions:
         self._asr_busy = False
         self._pending_finals = 0
         self._unstarted: list[int] = []  # starts of the utterances whose ASR job has not begun
-        self.guard = Guard()
+        self.guard = LIVE_GUARD
         self._buf: list[F32] = []
         self._buf_start = 0  # sample index of self._buf[0][0]
         self._seen = 0  # samples pulled from the ring so far

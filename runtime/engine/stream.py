@@ -19,7 +19,8 @@ How it works:
   window's audio up to its end with the window's earlier finals forced as the transcript's
   start, so Whisper hears the context that whole-window decoding gives it and decodes only
   the new words; the text of earlier windows is the prompt (after `<|startofprev|>`);
-- every decoding is guarded (asr_guard): a window that loops is retried, never run to the
+- every decoding is guarded (asr_guard, `LIVE_GUARD` by default): a loop stops where it
+  starts (a trimmed window is retried untrimmed), silence is dropped, nothing runs to the
   448-token limit;
 - while someone speaks, a *partial* transcript of the utterance so far is decoded every
   `partial_every_s`; its words go through `LocalAgreement` (whisper-streaming's policy: a
@@ -51,6 +52,9 @@ ENDPOINT_MS = 500  # trailing silence that ends an utterance: a sentence's pause
 MIN_SEGMENT_S = 2.0  # shorter utterances wait `HOLD_S` for more speech to join them
 HOLD_S = 0.5
 PAD_S = 0.2  # audio around an utterance the ASR also hears (the VAD's own pad clips onsets)
+# Live captions: a loop stops where it starts and silence is dropped, but no re-decoding at
+# higher temperatures (five more decodes of a window do not fit a caption's latency budget)
+LIVE_GUARD = Guard(temperatures=(0.0,))
 PREV_TOKENS = 223  # the prompt's previous text: Whisper's n_text_ctx // 2 - 1, as openai/whisper
 
 
@@ -224,7 +228,7 @@ class StreamingRecognizer:
         self.language = language
         self.rate = asr.sample_rate
         self.prompt = prompt
-        self.guard = guard if guard is not None else Guard()
+        self.guard = guard if guard is not None else LIVE_GUARD
         self.partial_every = None if partial_every_s is None else int(partial_every_s * self.rate)
         vad.params = endpointing(vad.params, asr, endpoint_ms, min_segment_s)
         self.segmenter = Segmenter(
