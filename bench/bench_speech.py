@@ -188,9 +188,16 @@ WORKERS = {"ocula": worker_ocula, "stream": worker_stream, "hf": worker_hf}
 
 def _spawn(name: str, *args: Any) -> dict[str, Any]:
     if name == "fw":
-        cmd = [str(fw_python()), "-c", FW_WORKER, *(a if isinstance(a, str) else json.dumps(a) for a in args)]
+        cmd = [
+            str(fw_python()),
+            "-c",
+            FW_WORKER,
+            *(a if isinstance(a, str) else json.dumps(a) for a in args),
+        ]
         return run_worker(name, cmd)
-    return run_worker(name, [sys.executable, "-m", "bench.bench_speech", name, json.dumps(list(args))])
+    return run_worker(
+        name, [sys.executable, "-m", "bench.bench_speech", name, json.dumps(list(args))]
+    )
 
 
 def run(out_dir: Path) -> dict[str, Any]:
@@ -213,23 +220,27 @@ def run(out_dir: Path) -> dict[str, Any]:
         "faster-whisper-int8": ("fw", (folder, "int8", str(THREADS), paths)),
     }
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
-    for _ in range(ROUNDS):
-        for k, (worker, args) in engines.items():
-            runs[k].append(_spawn(worker, *args))
     result: dict[str, Any] = {"clips": len(clips), "audio_s": round(audio_s, 1), "threads": THREADS}
-    for k, rs in runs.items():
-        hyp = rs[-1]["texts"]
-        result[k] = {
-            "wer": round(corpus_wer(list(zip(texts, hyp, strict=True))), 4),
-            "rtf": round(statistics.median(r["seconds"] for r in rs) / audio_s, 4),
-            "long_clip": hyp[-1],
-        }
+    partial = out_dir / "bench_speech.partial.json"
     s = _spawn("stream", fp32, str(vad_artifact()), paths[-1])
     result["stream-30s"] = s | {
         "wer_whole": round(corpus_wer([(texts[-1], s["whole"])]), 4),
         "wer_stream": round(corpus_wer([(texts[-1], s["stream"])]), 4),
         "spoken": texts[-1],
     }
+    partial.write_text(json.dumps(result, indent=2))
+    for _ in range(ROUNDS):
+        for k, (worker, args) in engines.items():
+            runs[k].append(_spawn(worker, *args))
+            rs = runs[k]
+            hyp = rs[-1]["texts"]
+            result[k] = {
+                "wer": round(corpus_wer(list(zip(texts, hyp, strict=True))), 4),
+                "rtf": round(statistics.median(r["seconds"] for r in rs) / audio_s, 4),
+                "rounds": len(rs),
+                "long_clip": hyp[-1],
+            }
+            partial.write_text(json.dumps(result, indent=2))
     (out_dir / "bench_speech.json").write_text(json.dumps(result, indent=2))
     return result
 
