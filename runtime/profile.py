@@ -10,7 +10,10 @@ Rules the validator keeps:
   expected, never a silent default;
 - numbers carry their unit in the key name (`_mb`, `_mhz`, `_w`, `_gbs`, `_hz`);
 - `board.estimates` lists the keys whose figures are estimates (public figures, not measured),
-  each of which must name a real key, so that tools can mark them.
+  each of which must name a real key, so that tools can mark them;
+- the text is checked before `tomllib` sees it (runtime.textlimits): at most
+  MAX_PROFILE_BYTES, nested at most 8 levels, numbers of at most 100 digits; `tomllib`
+  recurses per level and `int()` refuses 4300 digits, neither with a ProfileError.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ProfileError
+from runtime.textlimits import check_text
 
 __all__ = [
     "Audio",
@@ -179,6 +183,8 @@ class Profile:
         return key in self.board.estimates
 
 
+MAX_PROFILE_BYTES = 256 << 10  # the shipped profiles are 2 kB
+
 _SECTIONS = [f.name for f in dataclasses.fields(Profile) if f.name != "source"]
 
 
@@ -186,6 +192,12 @@ def load_profile(path: str | Path) -> Profile:
     """Read and validate the profile at `path`."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PROFILE_BYTES:
+            raise ProfileError(
+                f"{path}: {size} bytes is more than a board profile may hold "
+                f"(MAX_PROFILE_BYTES, {MAX_PROFILE_BYTES >> 10} KiB)"
+            )
         raw = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read the board profile ({exc.strerror})") from exc
@@ -194,14 +206,21 @@ def load_profile(path: str | Path) -> Profile:
 
 def parse_profile(text: str, source: str = "<profile>") -> Profile:
     """Validate TOML text into a Profile; errors name `source`, the key and the expectation."""
+    check_text(text, source, _too_big, toml=True, max_bytes=MAX_PROFILE_BYTES, max_depth=8)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{source}: not valid TOML: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # check_text should have caught it
+        raise ProfileError(f"{source}: not a TOML profile this reader takes ({exc})") from exc
     values = _build(Profile, data, source, "", skip=frozenset({"source"}))
     profile = Profile(**values, source=source)
     _check_consistency(profile, source)
     return profile
+
+
+def _too_big(message: str) -> ProfileError:
+    return ProfileError(f"{message}: a board profile is a few flat tables of numbers")
 
 
 def _build(
