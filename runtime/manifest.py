@@ -452,10 +452,20 @@ def _safe_relpath(path: str, where: str) -> None:
 # -- a small typed reader: JSON -> dataclasses, with the key path in every error --------------
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a schema class (resolving them compiles; done once)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _build(cls: type[Any], data: Any, where: str, key: str = "") -> Any:
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: {key or 'top level'}: expected an object")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -223,13 +223,23 @@ def _too_big(message: str) -> ProfileError:
     return ProfileError(f"{message}: a board profile is a few flat tables of numbers")
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a schema class (resolving them compiles; done once)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _build(
     cls: type, data: Any, source: str, where: str, skip: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     label = f"[{where}]" if where else "the top level"
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: {label}: expected a table, got {_kind(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -331,11 +341,7 @@ def _check_consistency(p: Profile, source: str) -> None:
         problems.append("power.burst_budget_w is below power.average_budget_w")
     if p.serial.kind == "uart" and p.serial.baud == 0:
         problems.append("serial.baud must be set for a UART (0 means USB CDC or a pty)")
-    known = {
-        f"{s}.{f.name}"
-        for s in _SECTIONS
-        for f in dataclasses.fields(typing.get_type_hints(Profile)[s])
-    }
+    known = {f"{s}.{f.name}" for s in _SECTIONS for f in dataclasses.fields(_hints(Profile)[s])}
     for key in p.board.estimates:
         if key not in known:
             problems.append(f"board.estimates names {key!r}, which is not a profile key")

@@ -40,6 +40,7 @@ __all__ = [
     "parse_wav",
     "read_wav",
     "resample",
+    "wav_samples",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,15 +102,20 @@ def read_wav(path: str | Path, rate: int) -> F32:
         raise InputError(f"{path}: audio file not found") from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot read the audio file ({exc.strerror or exc})") from exc
-    samples, file_rate = decode_wav(data, str(path), rate)
+    return wav_samples(data, str(path), rate)
+
+
+def wav_samples(data: bytes, where: str, rate: int) -> F32:
+    """`read_wav` on bytes already read: mono float32 at `rate` Hz."""
+    samples, file_rate = decode_wav(data, where, rate)
     if samples.shape[1] > 1:
-        log.info("%s: %d channels mixed down to mono", path, samples.shape[1])
+        log.info("%s: %d channels mixed down to mono", where, samples.shape[1])
     mono = samples.mean(axis=1, dtype=np.float32)
     del samples
     if file_rate != rate:
-        log.info("%s: resampled from %d Hz to %d Hz", path, file_rate, rate)
+        log.info("%s: resampled from %d Hz to %d Hz", where, file_rate, rate)
         mono = resample(mono, file_rate, rate)
-    return check_audio(mono, rate, rate, where=str(path))
+    return check_audio(mono, rate, rate, where=where)
 
 
 def parse_wav(data: bytes, where: str = "<wav>", rate: int = 16000) -> WavHeader:
@@ -185,7 +191,10 @@ def decode_wav(data: bytes, where: str = "<wav>", rate: int = 16000) -> tuple[F3
     n = h.frames * h.channels
     raw = memoryview(data)[h.offset : h.offset + n * h.bits // 8]
     if h.fmt == _FLOAT:
-        x = np.frombuffer(raw, dtype="<f4" if h.bits == 32 else "<f8").astype(np.float32)
+        v = np.frombuffer(raw, dtype="<f4" if h.bits == 32 else "<f8")
+        if v.size and not (np.isfinite(v).all() and np.abs(v).max() < 1e30):
+            raise InputError(f"{where}: float samples that are NaN, infinite or absurd; corrupt")
+        x = v.astype(np.float32)
     elif h.bits == 8:
         x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif h.bits == 24:
@@ -203,6 +212,8 @@ def resample(x: F32, src: int, dst: int) -> F32:
     if src == dst or x.size == 0:
         return x.astype(np.float32)
     n_out = round(x.size * dst / src)
+    if n_out == 0:  # a few samples at a much higher rate
+        return np.zeros(0, dtype=np.float32)
     spec = np.fft.rfft(x.astype(np.float64))
     keep = min(spec.size, n_out // 2 + 1)
     out_spec = np.zeros(n_out // 2 + 1, dtype=np.complex128)

@@ -25,6 +25,7 @@ import logging
 import math
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,14 @@ def _read_npz(data: bytes, where: str) -> dict[str, Any]:
             for name, (kinds, most) in _MEMBERS.items():
                 raw = z.read(infos[name])
                 out[name] = _npy(raw, kinds, most, f"{bad} ({name})")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+    ) as exc:
         raise IoError(f"{bad} ({exc}); rebuild it") from exc
     except (NotImplementedError, RuntimeError) as exc:  # zip features numpy never writes
         raise IoError(f"{bad} ({exc}); rebuild it") from exc
