@@ -520,7 +520,9 @@ def _value(tp: Any, v: Any, where: str, key: str) -> Any:
         str: isinstance(v, str),
     }.get(tp, False)
     if ok and tp is int and abs(v) > MAX_INT:
-        raise ManifestError(f"{where}: {key}: {v} is larger than the limit ({MAX_INT})")
+        raise ManifestError(
+            f"{where}: {key}: {v} is larger than the limit ({MAX_INT}); re-export the artifact"
+        )
     if ok:
         return float(v) if tp is float else v
     raise ManifestError(f"{where}: {key}: expected {_name(tp)}, got {_json_type(v)}")

@@ -74,7 +74,7 @@ def _netpbm(data: bytes, path: str) -> U8:
         if data[pos : pos + 1] == b"#":
             end = data.find(b"\n", pos)
             if end < 0:
-                raise ImageError(f"{path}: truncated PGM/PPM header (a comment never ends)")
+                raise ImageError(f"{path}: truncated PGM/PPM header (a comment never ends): {FIX}")
             pos = end + 1
             continue
         end = pos
@@ -82,7 +82,7 @@ def _netpbm(data: bytes, path: str) -> U8:
             end += 1
         field = data[pos:end]
         if not field:
-            raise ImageError(f"{path}: truncated PGM/PPM header")
+            raise ImageError(f"{path}: truncated PGM/PPM header: {FIX}")
         if not field.isdigit() or len(field) > _MAX_DIGITS:
             raise ImageError(
                 f"{path}: PGM/PPM header field {field[:12]!r} is not a number of at most "
@@ -99,5 +99,5 @@ def _netpbm(data: bytes, path: str) -> U8:
     ch = 3 if data[:2] == b"P6" else 1
     body = data[pos + 1 : pos + 1 + w * h * ch]
     if len(body) != w * h * ch:
-        raise ImageError(f"{path}: truncated PGM/PPM ({len(body)} of {w * h * ch} bytes)")
+        raise ImageError(f"{path}: truncated PGM/PPM ({len(body)} of {w * h * ch} bytes): {FIX}")
     return np.frombuffer(body, dtype=np.uint8).reshape(h, w, ch)
