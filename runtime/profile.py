@@ -183,7 +183,7 @@ class Profile:
         return key in self.board.estimates
 
 
-MAX_PROFILE_BYTES = 256 << 10  # the shipped profiles are 2 kB
+MAX_PROFILE_BYTES = 64 << 10  # the shipped profiles are 2 kB
 
 _SECTIONS = [f.name for f in dataclasses.fields(Profile) if f.name != "source"]
 

@@ -267,10 +267,10 @@ def test_a_manifest_path_through_a_file_is_a_manifest_error(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     "edit,named",
     [
-        (lambda t: t + "\nx = " + "[" * 100_000, "nested more than 8 levels"),
-        (lambda t: t + "\nx = " + "{a = " * 50_000, "nested more than 8 levels"),
+        (lambda t: t + "\nx = " + "[" * 10_000, "nested more than 8 levels"),
+        (lambda t: t + "\nx = " + "{a = " * 5_000, "nested more than 8 levels"),
         (lambda t: t + "\nx = " + "9" * 5000, "more than 100 digits"),
-        (lambda t: t + "\n# " + "x" * (300 << 10), "more than the limit of 262144"),
+        (lambda t: t + "\n# " + "x" * (70 << 10), "more than the limit of 65536"),
     ],
 )
 def test_profiles_outside_the_limits_are_refused_by_name(edit, named: str) -> None:  # type: ignore[no-untyped-def]
