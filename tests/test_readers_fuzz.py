@@ -297,7 +297,7 @@ def test_an_atlas_whose_header_asks_for_gigabytes_is_refused() -> None:
             for k, v in members.items():
                 z.writestr(k, v)
         with pytest.raises(
-            IoError, match=r"not a glyph atlas \(bitmap\).*more than an atlas holds"
+            IoError, match=r"not a glyph atlas \(bitmap\).*more than this file holds"
         ):
             GlyphAtlas.parse(out.getvalue())
         _check("atlas", out.getvalue())

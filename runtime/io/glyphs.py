@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import unicodedata
 import zipfile
 import zlib
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.lib.format as npformat
 import numpy.typing as npt
 
 from runtime.io.errors import IoError
+from runtime.npyfile import parse_npy
 from runtime.textlimits import loads_json
 
 __all__ = ["BUNDLE_NAME", "Glyph", "GlyphAtlas", "is_wide", "script_of"]
@@ -225,7 +224,7 @@ def _read_npz(data: bytes, where: str) -> dict[str, Any]:
             out: dict[str, Any] = {}
             for name, (kinds, most) in _MEMBERS.items():
                 raw = z.read(infos[name])
-                out[name] = _npy(raw, kinds, most, f"{bad} ({name})")
+                out[name] = parse_npy(raw, f"{bad} ({name})", IoError, kinds=kinds, most=most)
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
@@ -238,25 +237,6 @@ def _read_npz(data: bytes, where: str) -> dict[str, Any]:
     except (NotImplementedError, RuntimeError) as exc:  # zip features numpy never writes
         raise IoError(f"{bad} ({exc}); rebuild it") from exc
     return {k: (str(v) if k == "meta" else v) for k, v in out.items()}
-
-
-def _npy(raw: bytes, kinds: str, most: int, where: str) -> npt.NDArray[Any]:
-    f = io.BytesIO(raw)
-    version = npformat.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = npformat.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = npformat.read_array_header_2_0(f)
-    else:
-        raise IoError(f"{where}: .npy version {version}")
-    count = math.prod(shape)
-    if dtype.kind not in kinds or dtype.hasobject or len(shape) > 2 or fortran:
-        raise IoError(f"{where}: an array of {dtype} {shape}, not what an atlas holds")
-    if count > most or dtype.itemsize > 4 * MAX_META_CHARS:
-        raise IoError(f"{where}: {shape} of {dtype} is more than an atlas holds ({most} at most)")
-    if count * dtype.itemsize != len(raw) - f.tell():
-        raise IoError(f"{where}: the header says {shape} of {dtype}, the file holds other bytes")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=f.tell()).reshape(shape)
 
 
 def _checked(
