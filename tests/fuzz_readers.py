@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readers", default="wav,image,manifest,profile,atlas")
     p.add_argument("--engine", choices=("auto", "atheris", "mutate"), default="auto")
     p.add_argument("--jobs", type=int, default=1, help="readers fuzzed at once")
-    p.add_argument("--time-bound", type=float, default=10.0, help="seconds per input")
+    p.add_argument("--time-bound", type=float, default=30.0, help="seconds per input (a hang)")
     p.add_argument("--trace-every", type=int, default=20, help="tracemalloc every Nth input")
     p.add_argument("--out", default=str(ROOT / ".fuzz-readers"), help="tallies and failing inputs")
     p.add_argument("--child", help=argparse.SUPPRESS)

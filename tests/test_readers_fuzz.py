@@ -15,6 +15,7 @@ import io
 import json
 import random
 import struct
+import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
@@ -177,6 +178,26 @@ def test_a_png_that_inflates_to_a_gibibyte_is_inflated_only_as_far_as_its_header
     assert len(data) < MB
     _check("image", data)
     assert decode_image(data).shape == (64, 64, 3)  # the first 64 rows; the rest is ignored
+
+
+@pytest.mark.parametrize("w,h,colour", [(2048, 2048, 6), (8192, 512, 2), (512, 8192, 0)])
+def test_the_largest_paeth_pngs_allowed_stay_under_the_allocation_bound(
+    w: int, h: int, colour: int
+) -> None:
+    # a 20 kB file: every row Paeth over zeros, the most work per byte the decoder can be given
+    ch = {0: 1, 2: 3, 6: 4}[colour]
+    rows = np.zeros((h, w * ch + 1), np.uint8)
+    rows[:, 0] = 4
+    data = _png(w, h, colour, zlib.compress(rows.tobytes(), 9))
+    del rows
+    assert len(data) < 30_000
+    tracemalloc.start()
+    try:
+        img = decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * MB and img.shape == (h, w, 3) and not img.any()
 
 
 def test_a_paeth_png_decodes_exactly_as_pillow_does() -> None:
