@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hil.errors import InventoryError
+from runtime.textlimits import check_text
 
 __all__ = ["Board", "Lease", "acquire", "load"]
 
@@ -53,7 +54,9 @@ def load(path: Path) -> list[Board]:
             raise InventoryError(
                 f"{path}: more than {MAX_INVENTORY_BYTES >> 10} KiB; an inventory lists boards"
             )
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        check_text(text, str(path), InventoryError, toml=True, max_bytes=MAX_INVENTORY_BYTES)
+        data = tomllib.loads(text)
     except FileNotFoundError as e:
         raise InventoryError(f"{path}: inventory file not found") from e
     except OSError as e:

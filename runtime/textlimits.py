@@ -1,8 +1,10 @@
 """Limits for the text formats the runtime parses (JSON manifests, TOML profiles, atlas meta).
 
 The stdlib parsers trust their input: `json` and `tomllib` recurse once per nesting level (a
-file of 100 000 `[` is a RecursionError), and an integer of 5000 digits is a ValueError from
-`int()` (CPython's 4300-digit guard), neither of them the parser's own error. So before a
+file of 100 000 `[` is a RecursionError), `tomllib` takes time and memory quadratic in the
+parts of a dotted key (a 40 kB key of 20 000 parts: minutes and gigabytes), and an integer of
+5000 digits is a ValueError from `int()` (CPython's 4300-digit guard), none of them the
+parser's own error. So before a
 text is parsed, `check_text` scans it once at C speed (regular expressions, no per-character
 Python loop in the common case) for its size, its nesting depth and its longest number, and
 calls `error(message)` naming the limit that is broken; a caller passes its module's error
@@ -35,6 +37,10 @@ _TOML_STRINGS = re.compile(
     r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"[^"\\\n]*(?:\\.[^"\\\n]*)*"|\'[^\'\n]*\'|#[^\n]*'
 )
 _BRACKETS = re.compile(r"[\[{]+|[\]}]+")
+# a TOML dotted key (`a.b.c = 1`, `[a.b.c]`) nests one table per part, and tomllib spends
+# time and memory quadratic in the parts; a part starts where a word starts (no rescans)
+_KEY_PART = r'(?:(?<![A-Za-z0-9_-])(?>[A-Za-z0-9_-]+)|"")'
+
 _LONG_NUMBER = re.compile("[0-9_]{" + str(MAX_DIGITS + 1) + ",}")
 
 
@@ -48,7 +54,8 @@ def check_text(
     max_depth: int = MAX_DEPTH,
 ) -> None:
     """Refuse `text` if it is longer than `max_bytes` characters, nests deeper than
-    `max_depth` or holds a number of more than MAX_DIGITS digits."""
+    `max_depth` (brackets; for TOML also the parts of a dotted key) or holds a number of more
+    than MAX_DIGITS digits."""
     if len(text) > max_bytes:
         raise error(f"{where}: {len(text)} characters is more than the limit of {max_bytes}")
     bare = (_TOML_STRINGS if toml else _JSON_STRINGS).sub('""', text)
@@ -61,6 +68,11 @@ def check_text(
                 f"{where}: nested more than {max_depth} levels deep (the limit for this file); "
                 "flatten it"
             )
+    if toml and re.search(rf"(?:{_KEY_PART}\s*+\.\s*+){{{max_depth}}}", bare):
+        raise error(
+            f"{where}: a dotted key of more than {max_depth} parts (the nesting limit for this "
+            "file); flatten it"
+        )
     if _LONG_NUMBER.search(bare):
         raise error(f"{where}: a number of more than {MAX_DIGITS} digits (the limit); shorten it")
 

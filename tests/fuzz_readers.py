@@ -437,14 +437,17 @@ class Checker:
             t.peak_alloc_bytes, t.peak_alloc_input_bytes = peak, len(data)
         if dt > t.slowest_s:
             t.slowest_s, t.slowest_input_bytes = dt, len(data)
-        problem = None if outcome in ("accepted", "refused") else outcome
-        rss = _rss() - self._rss0
-        if problem is None and len(data) < MB and max(peak, rss) > self.max_alloc:
-            problem = f"allocated {max(peak, rss) / MB:.0f} MB for a {len(data)}-byte input"
-            self._rss0 = _rss()  # report the next one afresh
-        if problem is not None:
+        problems = [] if outcome in ("accepted", "refused") else [outcome]
+        grown = _rss() - self._rss0  # the high-water mark: this input raised it
+        if len(data) < MB and max(peak, grown) > self.max_alloc:
+            problems.append(
+                f"allocated {max(peak, grown) / MB:.0f} MB for a {len(data)}-byte input"
+            )
+        if grown > self.max_alloc:
+            self._rss0 = _rss()  # the next input is measured afresh
+        for problem in problems:
             self._fail(problem, data)
-        return problem
+        return "; ".join(problems) or None
 
     def _run(self, data: bytes, traced: bool) -> tuple[str, float, int]:
         if traced:

@@ -291,6 +291,9 @@ def test_a_manifest_path_through_a_file_is_a_manifest_error(tmp_path: Path) -> N
         (lambda t: t + "\nx = " + "[" * 10_000, "nested more than 8 levels"),
         (lambda t: t + "\nx = " + "{a = " * 5_000, "nested more than 8 levels"),
         (lambda t: t + "\nx = " + "9" * 5000, "more than 100 digits"),
+        # tomllib: minutes and gigabytes for a 40 kB dotted key (found by the fuzz run)
+        (lambda t: t + "\nx" + ".u" * 20_000 + " = 1", "a dotted key of more than 8 parts"),
+        (lambda t: t + "\n[a.b.c.d.e.f.g.h.i]\n", "a dotted key of more than 8 parts"),
         (lambda t: t + "\n# " + "x" * (70 << 10), "more than the limit of 65536"),
     ],
 )
