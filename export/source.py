@@ -51,8 +51,10 @@ def resolve(spec: str, want: str) -> Source:
             )
         try:
             config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON
             raise ExportError(f"{cfg_path}: not valid JSON ({e})") from e
+        if not isinstance(config, dict):
+            raise ExportError(f"{cfg_path}: not a model config (a JSON object); re-download it")
         src = Source(spec, "hf", p, str(config.get("model_type", "")), config)
         _check_safetensors(p)
     elif p.is_file():
