@@ -603,10 +603,11 @@ def main(argv: list[str] | None = None) -> int:
                    "--time-bound", str(args.time_bound), "--trace-every", str(args.trace_every)]  # fmt: skip
             log = open(out / f"log-{name}.txt", "w")  # noqa: SIM115 - closed when it ends
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        name, proc, log = running[0]
-        proc.wait()
-        log.close()
-        running.pop(0)
+        while all(proc.poll() is None for _, proc, _ in running):
+            time.sleep(0.5)  # a supervisor's poll: whichever reader ends first frees a slot
+        for job in [j for j in running if j[1].poll() is not None]:
+            job[2].close()
+            running.remove(job)
     return report(names, out)
 
 
