@@ -80,7 +80,12 @@ test: $(STAMP) sysdeps $(LABGRID_STAMP) $(LLAMA_STAMP)
 hil-soak: $(STAMP) sysdeps
 	$(BIN)/python -m pytest hil/suites/test_soak.py --board sim://sim --hil-soak-minutes $(SOAK_MINUTES) -p no:cacheprovider -v
 
-# power cuts at 100 seeded moments of a flash and a commit, then the tally (make test runs 20)
+# power cuts at 100 seeded moments of a flash and a commit, then the tally (make test runs 20);
+# then every reader of untrusted bytes (WAV, images, manifest, profile, glyph atlas) fuzzed:
+# FUZZ_INPUTS seeded format-aware mutations each, then FUZZ_ATHERIS_INPUTS guided by coverage
+# (tests/fuzz_readers.py; failing inputs and the tallies in .fuzz-readers/)
+FUZZ_INPUTS ?= 1000000
+FUZZ_ATHERIS_INPUTS ?= 100000
 faults: $(STAMP)
 	@rm -f .faults-tally.jsonl
 	OCULA_FAULTS=100 OCULA_FAULT_TALLY=$(CURDIR)/.faults-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_powercut.py -q -p no:cacheprovider; \
@@ -89,6 +94,9 @@ faults: $(STAMP)
 	@rm -f .deadhost-tally.jsonl
 	OCULA_DEADHOST_KILLS=10 OCULA_FAULT_TALLY=$(CURDIR)/.deadhost-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_deadhost.py -q -p no:cacheprovider; \
 	  status=$$?; $(BIN)/python tests/test_faults_deadhost.py .deadhost-tally.jsonl; test $$status = 0
+	# every reader of untrusted bytes: 1 M seeded mutations each, then 100 k guided by atheris
+	$(BIN)/python tests/fuzz_readers.py --engine mutate --inputs $(FUZZ_INPUTS) --seed 1 --jobs 2
+	$(BIN)/python tests/fuzz_readers.py --engine atheris --inputs $(FUZZ_ATHERIS_INPUTS) --seed 1 --jobs 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -58,8 +58,10 @@ def resolve(spec: str, want: str) -> Source:
             )
         try:
             config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON
             raise ExportError(f"{cfg_path}: not valid JSON ({e})") from e
+        if not isinstance(config, dict):
+            raise ExportError(f"{cfg_path}: not a model config (a JSON object); re-download it")
         src = Source(spec, "hf", p, str(config.get("model_type", "")), config)
         _check_safetensors(p)
     elif p.is_file():
@@ -107,16 +109,33 @@ def _check_safetensors(folder: Path) -> None:
                 if n > size - 8 or n > 100 << 20:
                     raise ValueError("header length beyond the file")
                 header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError) as e:
+            end = _safetensors_end(header)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise ExportError(f"{f}: corrupt safetensors file ({e}); re-download it") from e
-        end = max(
-            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
-        )
         if 8 + n + end > size:
             raise ExportError(
                 f"{f}: truncated safetensors file ({size} bytes, the header needs "
                 f"{8 + n + end}); re-download it"
             )
+
+
+def _safetensors_end(header: object) -> int:
+    """The end of the last tensor's data, from a header that is checked to be one."""
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and o >= 0 for o in offsets)
+        ):
+            raise ValueError(f"tensor {str(k)[:60]!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    return end
 
 
 def _is_gguf(p: Path) -> bool:

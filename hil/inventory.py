@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hil.errors import InventoryError
+from runtime.textlimits import check_text
 
 __all__ = ["Board", "Lease", "acquire", "load"]
 
@@ -44,13 +45,26 @@ class Board:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
+MAX_INVENTORY_BYTES = 1 << 20
+
+
 def load(path: Path) -> list[Board]:
     try:
-        data = tomllib.loads(path.read_text())
+        if path.stat().st_size > MAX_INVENTORY_BYTES:
+            raise InventoryError(
+                f"{path}: more than {MAX_INVENTORY_BYTES >> 10} KiB; an inventory lists boards"
+            )
+        text = path.read_text()
+        check_text(text, str(path), InventoryError, toml=True, max_bytes=MAX_INVENTORY_BYTES)
+        data = tomllib.loads(text)
     except FileNotFoundError as e:
         raise InventoryError(f"{path}: inventory file not found") from e
+    except OSError as e:
+        raise InventoryError(f"{path}: cannot read the inventory ({e.strerror or e})") from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InventoryError(f"{path}: not valid TOML ({e})") from e
+    except (RecursionError, ValueError) as e:  # nested too deep, a number of 4300+ digits
+        raise InventoryError(f"{path}: not an inventory this reader takes ({e})") from e
     boards = []
     for i, entry in enumerate(data.get("board", [])):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):

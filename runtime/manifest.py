@@ -22,6 +22,10 @@ Rules it keeps:
   refuses a schema version newer than this runtime knows, refuses file paths that leave the
   folder, and (by default) checks the size and sha256 of every listed file, so a corrupt or
   truncated flash is caught before a session opens.
+- The file is not trusted before it is parsed: at most MAX_MANIFEST_BYTES, nested at most
+  `runtime.textlimits.MAX_DEPTH` deep, numbers of at most MAX_DIGITS digits, finite floats,
+  integers within MAX_INT; a listed path that is missing, a folder, or runs through a file
+  is a ManifestError like any other.
 - The runtime never hard-codes a model fact: token ids, layers, KV layout, mel constants and
   graph input/output names come from here.
 - `extra` dicts (top level, per graph, per kind) carry builder-specific facts without a schema
@@ -44,6 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime.errors import OculaError
+from runtime.textlimits import loads_json
 
 __all__ = [
     "FORMAT",
@@ -63,6 +68,7 @@ __all__ = [
     "Validation",
     "file_entry",
     "load_manifest",
+    "parse_manifest",
     "sha256_file",
 ]
 
@@ -71,6 +77,8 @@ FORMAT = "ocula-artifact"
 MANIFEST_NAME = "manifest.json"
 KINDS = ("llm", "asr", "vad", "vision")
 GRAPH_KINDS = ("optimum", "fused")
+MAX_MANIFEST_BYTES = 4 << 20  # a manifest is a few kB; its tokenizer files are separate
+MAX_INT = 2**53  # integers JSON readers everywhere agree on
 
 
 class ManifestError(OculaError):
@@ -385,22 +393,39 @@ def load_manifest(directory: Path | str, verify_files: bool = True) -> Manifest:
     if not directory.is_dir():
         raise ManifestError(f"{directory}: no such artifact folder")
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{path}: {size} bytes is more than a manifest may hold (MAX_MANIFEST_BYTES, "
+                f"{MAX_MANIFEST_BYTES >> 20} MiB); re-export the artifact"
+            )
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(
             f"{directory}: no {MANIFEST_NAME}; this folder is not an Ocula artifact "
             "(make one with 'ocula export')"
         ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read: {e}") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e}); re-export the artifact") from e
-    m = Manifest.from_dict(data, str(path))
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read: {e.strerror or e}") from e
+    m = parse_manifest(raw, str(path))
     if verify_files:
         verify(m, directory)
     return m
+
+
+def parse_manifest(raw: bytes, where: str = MANIFEST_NAME) -> Manifest:
+    """Validate manifest bytes: size, nesting, number sizes (runtime.textlimits), then the
+    schema; every problem is a ManifestError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{where}: not UTF-8 text ({e}); re-export the artifact") from e
+    data = loads_json(text, where, _bad_json, max_bytes=MAX_MANIFEST_BYTES)
+    return Manifest.from_dict(data, where)
+
+
+def _bad_json(message: str) -> ManifestError:
+    return ManifestError(f"{message}; re-export the artifact")
 
 
 def verify(m: Manifest, directory: Path) -> None:
@@ -408,18 +433,23 @@ def verify(m: Manifest, directory: Path) -> None:
     for f in m.files:
         p = directory / f.path
         try:
-            size = p.stat().st_size
-        except FileNotFoundError:
+            size = p.stat().st_size if p.is_file() else -1
+        except OSError:  # a path through a file, a loop of links, no permission
+            size = -1
+        if size < 0:
             raise ManifestError(
-                f"{directory}: {f.path} is listed in the manifest but missing; re-flash or "
-                "re-export the artifact"
-            ) from None
+                f"{directory}: {f.path} is listed in the manifest but missing (or not a file); "
+                "re-flash or re-export the artifact"
+            )
         if size != f.size:
             raise ManifestError(
                 f"{directory}: {f.path} is {size} bytes, the manifest says {f.size} "
                 "(truncated or replaced); re-flash or re-export the artifact"
             )
-        digest = sha256_file(p)
+        try:
+            digest = sha256_file(p)
+        except OSError as e:
+            raise ManifestError(f"{directory}: {f.path}: cannot read: {e.strerror or e}") from e
         if digest != f.sha256:
             raise ManifestError(
                 f"{directory}: {f.path} does not match its sha256 in the manifest (corrupt); "
@@ -436,10 +466,20 @@ def _safe_relpath(path: str, where: str) -> None:
 # -- a small typed reader: JSON -> dataclasses, with the key path in every error --------------
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a schema class (resolving them compiles; done once)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _build(cls: type[Any], data: Any, where: str, key: str = "") -> Any:
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: {key or 'top level'}: expected an object")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -493,6 +533,10 @@ def _value(tp: Any, v: Any, where: str, key: str) -> Any:
         float: isinstance(v, (int, float)) and not isinstance(v, bool),
         str: isinstance(v, str),
     }.get(tp, False)
+    if ok and tp is int and abs(v) > MAX_INT:
+        raise ManifestError(
+            f"{where}: {key}: {v} is larger than the limit ({MAX_INT}); re-export the artifact"
+        )
     if ok:
         return float(v) if tp is float else v
     raise ManifestError(f"{where}: {key}: expected {_name(tp)}, got {_json_type(v)}")

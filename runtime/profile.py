@@ -11,7 +11,10 @@ Rules the validator keeps:
 - numbers carry their unit in the key name (`_mb`, `_mhz`, `_w`, `_gbs`, `_hz`); `_mb` is
   MiB (2^20 bytes), as the runtime counts RSS and every tool prints it;
 - `board.estimates` lists the keys whose figures are estimates (public figures, not measured),
-  each of which must name a real key, so that tools can mark them.
+  each of which must name a real key, so that tools can mark them;
+- the text is checked before `tomllib` sees it (runtime.textlimits): at most
+  MAX_PROFILE_BYTES, nested at most 8 levels, numbers of at most 100 digits; `tomllib`
+  recurses per level and `int()` refuses 4300 digits, neither with a ProfileError.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ProfileError
+from runtime.textlimits import check_text
 
 __all__ = [
     "Audio",
@@ -204,6 +208,8 @@ class Profile:
         return key in self.board.estimates
 
 
+MAX_PROFILE_BYTES = 64 << 10  # the shipped profiles are 2 kB
+
 _SECTIONS = [f.name for f in dataclasses.fields(Profile) if f.name != "source"]
 
 
@@ -211,6 +217,12 @@ def load_profile(path: str | Path) -> Profile:
     """Read and validate the profile at `path`."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PROFILE_BYTES:
+            raise ProfileError(
+                f"{path}: {size} bytes is more than a board profile may hold "
+                f"(MAX_PROFILE_BYTES, {MAX_PROFILE_BYTES >> 10} KiB)"
+            )
         raw = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read the board profile ({exc.strerror})") from exc
@@ -219,14 +231,31 @@ def load_profile(path: str | Path) -> Profile:
 
 def parse_profile(text: str, source: str = "<profile>") -> Profile:
     """Validate TOML text into a Profile; errors name `source`, the key and the expectation."""
+    check_text(text, source, _too_big, toml=True, max_bytes=MAX_PROFILE_BYTES, max_depth=8)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{source}: not valid TOML: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # check_text should have caught it
+        raise ProfileError(f"{source}: not a TOML profile this reader takes ({exc})") from exc
     values = _build(Profile, data, source, "", skip=frozenset({"source"}))
     profile = Profile(**values, source=source)
     _check_consistency(profile, source)
     return profile
+
+
+def _too_big(message: str) -> ProfileError:
+    return ProfileError(f"{message}: a board profile is a few flat tables of numbers")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a schema class (resolving them compiles; done once)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _build(
@@ -235,7 +264,7 @@ def _build(
     label = f"[{where}]" if where else "the top level"
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: {label}: expected a table, got {_kind(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -304,7 +333,7 @@ def _convert(hint: Any, value: Any, f: dataclasses.Field[Any], source: str, key:
 
 
 def _section_type(name: str) -> Any:
-    hint = typing.get_type_hints(Profile)[name]
+    hint = _hints(Profile)[name]
     if typing.get_origin(hint) is types.UnionType:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     return hint

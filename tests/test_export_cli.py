@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,25 @@ def test_corrupt_safetensors_header(tmp_path: Path) -> None:
     data = bytearray(w.read_bytes())
     data[8:16] = b"\xff" * 8
     w.write_bytes(bytes(data))
+    line = _one_line_error(run_ocula("export", "llm", str(src), "--out", str(tmp_path / "a")))
+    assert "corrupt safetensors" in line
+
+
+@pytest.mark.parametrize("config", [b"[1, 2]", b"[" * 100_000, b"\xff\xfe{}"])
+def test_a_config_json_that_is_not_one(tmp_path: Path, config: bytes) -> None:
+    src = _folder(tmp_path, "tiny-qwen2")
+    (src / "config.json").write_bytes(config)
+    line = _one_line_error(run_ocula("export", "llm", str(src), "--out", str(tmp_path / "a")))
+    assert "config.json: not" in line
+
+
+@pytest.mark.parametrize(
+    "header", [b"[" * 100_000 + b"]" * 100_000, b'{"w": 3}', b'{"w": {"data_offsets": "x"}}']
+)
+def test_safetensors_header_that_is_not_one(tmp_path: Path, header: bytes) -> None:
+    src = _folder(tmp_path, "tiny-qwen2")
+    w = src / "model.safetensors"
+    w.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
     line = _one_line_error(run_ocula("export", "llm", str(src), "--out", str(tmp_path / "a")))
     assert "corrupt safetensors" in line
 

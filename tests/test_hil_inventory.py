@@ -86,6 +86,9 @@ def test_lock_of_a_killed_worker_is_reclaimed(tmp_path: Path) -> None:
         ("[[board]]\nname = 'a'\nport = 'x'\n[[board]]\nname = 'a'\nport = 'y'\n", "repeat"),
         ("", "lists no boards"),
         ("[[board]\n", "not valid TOML"),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels"),
+        ("x = " + "9" * 5000 + "\n", "more than 100 digits"),
+        ("x" + ".u" * 20_000 + " = 1\n", "a dotted key of more than 64 parts"),
     ],
 )
 def test_bad_inventory_files_are_refused(tmp_path: Path, text: str, match: str) -> None:

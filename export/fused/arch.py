@@ -81,9 +81,11 @@ def load_config(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FusedError(f"{model_dir}: no config.json; give a Hugging Face model folder")
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
         raise FusedError(f"{path}: not readable JSON ({e}); re-download or re-save it") from e
+    if not isinstance(data, dict):
+        raise FusedError(f"{path}: not a model config (a JSON object); re-download or re-save it")
     return data
 
 

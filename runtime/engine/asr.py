@@ -62,6 +62,7 @@ from runtime.engine.llm.text import load_tokenizer
 from runtime.engine.mel import LogMel
 from runtime.engine.session import open_session
 from runtime.manifest import AsrInfo
+from runtime.npyfile import parse_npy
 from runtime.profile import Profile
 
 __all__ = ["AsrResult", "Decoding", "Guard", "Whisper"]
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 TASKS = ("transcribe", "translate")
 LAYOUT = "cross-kv-shared-buffer"
+MAX_MEL_BYTES = 16 << 20  # a mel filter bank is 80 x 201 floats (64 kB)
 
 
 class Whisper:
@@ -171,7 +173,12 @@ class Whisper:
             model, sha = art.graph_file(role)
             sessions[role] = open_session(model, profile, threads=threads, identity=sha)
         try:
-            filters = np.load(art.file(info.mel_filters), allow_pickle=False)
+            path = art.file(info.mel_filters)
+            if path.stat().st_size > MAX_MEL_BYTES:
+                raise ArtifactError(f"{where}: mel filters {info.mel_filters}: over 16 MiB")
+            filters = parse_npy(
+                path.read_bytes(), f"{where}: mel filters", ArtifactError, kinds="f", most=1 << 22
+            )
             mel = LogMel(filters, info.n_fft, info.hop_length, info.n_samples)
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{where}: mel filters {info.mel_filters}: {exc}") from exc

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from runtime.engine.audio import read_wav
+from runtime.engine.audio import MAX_WAV_BYTES, parse_wav, read_wav
 from runtime.engine.errors import InputError
 from runtime.io.errors import DeviceError
 from runtime.sched.clock import Clock
@@ -107,41 +107,25 @@ class SilenceSource:
 
 def _inspect(path: Path, rate: int) -> list[str]:
     """Plain words for what `read_wav` will do to this file, read from its header."""
-    import wave
-
     try:
-        with wave.open(str(path), "rb") as w:
-            file_rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-            promised = w.getnframes()
-    except (OSError, EOFError, wave.Error):
-        return []  # read_wav gives the error (or reads the float WAV wave cannot)
+        if path.stat().st_size > MAX_WAV_BYTES:
+            return []  # read_wav names the limit
+        head = parse_wav(path.read_bytes(), str(path), rate)
+    except (OSError, InputError):
+        return []  # read_wav gives the error
     notes = []
-    held = _data_bytes(path) // max(1, channels * width)
-    if held < promised:
+    if head.frames < head.promised_frames:
         notes.append(
-            f"{path.name}: truncated: the header promises {promised / file_rate:.2f} s, the file "
-            f"holds {held / file_rate:.2f} s; playing what is there"
+            f"{path.name}: truncated: the header promises {head.promised_frames / head.rate:.2f} s, "
+            f"the file holds {head.frames / head.rate:.2f} s; playing what is there"
         )
-    if channels > 1:
-        notes.append(f"{path.name}: {channels} channels mixed down to mono")
-    if file_rate != rate:
-        notes.append(f"{path.name}: resampled from {file_rate} Hz to {rate} Hz")
+    if head.channels > 1:
+        notes.append(f"{path.name}: {head.channels} channels mixed down to mono")
+    if head.rate != rate:
+        notes.append(f"{path.name}: resampled from {head.rate} Hz to {rate} Hz")
     for n in notes:
         log.log(logging.WARNING if "truncated" in n else logging.INFO, "%s", n)
     return notes
-
-
-def _data_bytes(path: Path) -> int:
-    """Bytes of sample data actually present in the file's data chunk."""
-    data = path.read_bytes()
-    pos = 12
-    while pos + 8 <= len(data):
-        cid = data[pos : pos + 4]
-        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        if cid == b"data":
-            return min(size, len(data) - pos - 8)
-        pos += 8 + size + (size & 1)
-    return 0
 
 
 def open_audio(spec: str, rate: int, clock: Clock, channels: int = 1) -> AudioSource:

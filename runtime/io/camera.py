@@ -5,7 +5,8 @@ it raises `DeviceLost` when the camera went away (the app stops its camera task 
 the other apps keep running). Backends:
 - `FileCamera`: an image file, or a folder of PNG/PPM images taken in name order (looping);
   a file that is not an image is skipped with a warning and counted in `bad_frames`, a folder
-  that disappears mid-run is a lost camera;
+  that disappears mid-run is a lost camera; a file or folder with no readable image at all is
+  a `DeviceError` when the camera is opened;
 - `PatternCamera`: a synthetic pattern (moving bars and the frame number), deterministic;
 - `V4l2Camera` (`runtime.io.v4l2`): a Linux video device, through linuxpy.
 `open_camera(spec)`: "pattern", "v4l2:/dev/videoN", or a file/folder path.
@@ -59,6 +60,24 @@ class FileCamera:
             raise DeviceError(f"camera {self.path}: no such file or folder")
         self._i = 0
         self._cache: dict[Path, tuple[object, U8]] = {}
+        self._probe()
+
+    def _probe(self) -> None:
+        """A camera none of whose files is an image is refused when it is opened, not
+        mid-run; the first image that decodes is cached for the first capture."""
+        first: ImageError | None = None
+        for f in self._files:
+            try:
+                self._decode(f)
+                return
+            except ImageError as exc:
+                first = first or exc
+        if not self.path.is_dir():
+            raise DeviceError(f"camera: {first}") from first
+        raise DeviceError(
+            f"camera folder {self.path}: none of its {len(self._files)} file(s) is a readable "
+            f"image (the first: {first})"
+        ) from first
 
     def capture(self, now: float) -> U8 | None:
         for _ in range(len(self._files)):

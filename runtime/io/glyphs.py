@@ -4,7 +4,8 @@ Why an atlas: the device image carries numpy, onnxruntime and tokenizers only, a
 rasterizer in numpy would be slow and large. The host renders the glyphs once, with Pillow and
 the system's fonts (DejaVu for Latin, Noto CJK for Chinese and Japanese), into one `.npz` file
 that ships in the bundle (`ocula.glyphatlas.build_atlas`); the device loads it with numpy
-(no pickle) and blits glyph bitmaps. GB2312 level 1+2 (6763 hanzi), kana, CJK and full-width
+(no pickle, every array's header checked against MAX_ATLAS_* before it is made) and blits
+glyph bitmaps. GB2312 level 1+2 (6763 hanzi), kana, CJK and full-width
 punctuation, ASCII and Latin-1 fit in about 2 MB.
 
 Format (`.npz`): `codepoints` int32 (n,), `boxes` int16 (n, 7) = atlas x, y, w, h, left, top,
@@ -19,16 +20,21 @@ per script in the log with the fix: the text stays readable where it can and the
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import unicodedata
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from runtime.io.errors import IoError
+from runtime.npyfile import parse_npy
+from runtime.textlimits import loads_json
 
 __all__ = ["BUNDLE_NAME", "Glyph", "GlyphAtlas", "is_wide", "script_of"]
 
@@ -101,15 +107,28 @@ class GlyphAtlas:
     def load(cls, path: str | Path) -> GlyphAtlas:
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                return cls(z["codepoints"], z["boxes"], z["bitmap"], meta)
+            size = path.stat().st_size
+            if size > MAX_ATLAS_BYTES:
+                raise IoError(
+                    f"glyph atlas {path}: {size} bytes is more than an atlas may hold "
+                    f"(MAX_ATLAS_BYTES, {MAX_ATLAS_BYTES >> 20} MiB); rebuild it"
+                )
+            data = path.read_bytes()
         except FileNotFoundError as exc:
             raise IoError(
                 f"glyph atlas {path}: not found; build it with the host tools (ocula run builds one)"
             ) from exc
-        except (OSError, KeyError, ValueError) as exc:
-            raise IoError(f"glyph atlas {path}: not a glyph atlas ({exc}); rebuild it") from exc
+        except OSError as exc:
+            raise IoError(f"glyph atlas {path}: cannot read it ({exc.strerror or exc})") from exc
+        return cls.parse(data, f"glyph atlas {path}")
+
+    @classmethod
+    def parse(cls, data: bytes, where: str = "glyph atlas") -> GlyphAtlas:
+        """An atlas from `.npz` bytes; every array's header is checked (dtype, shape, bytes)
+        before numpy allocates it, then the boxes against the bitmap."""
+        arrays = _read_npz(data, where)
+        meta = loads_json(arrays.pop("meta"), where, IoError, max_bytes=MAX_META_CHARS)
+        return cls(*_checked(arrays, meta, where))
 
     def has(self, ch: str) -> bool:
         return ord(ch) in self._index
@@ -173,3 +192,73 @@ class GlyphAtlas:
         box[[0, -1], :] = 200
         box[:, [0, -1]] = 200
         return Glyph(box, 1, (self.line_height - h) // 2, w)
+
+
+MAX_ATLAS_BYTES = 32 << 20  # the file; GB2312 + Latin at 28 px is about 2.4 MB
+MAX_ATLAS_UNPACKED = 80 << 20  # its arrays together
+MAX_META_CHARS = 64 << 10
+MAX_GLYPHS = 1 << 16
+MAX_BITMAP = 8192 * 8192  # pixels
+# member: (dtype kinds, most elements)
+_MEMBERS = {
+    "codepoints": ("iu", MAX_GLYPHS),
+    "boxes": ("iu", MAX_GLYPHS * 7),
+    "bitmap": ("u", MAX_BITMAP),
+    "meta": ("U", 1),
+}
+
+
+def _read_npz(data: bytes, where: str) -> dict[str, Any]:
+    """The four arrays of an atlas `.npz`, each header checked before its array is made."""
+    bad = f"{where}: not a glyph atlas"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = {i.filename.removesuffix(".npy"): i for i in z.infolist()}
+            if set(_MEMBERS) - set(infos):
+                raise IoError(f"{bad} (missing {', '.join(sorted(set(_MEMBERS) - set(infos)))})")
+            if sum(infos[k].file_size for k in _MEMBERS) > MAX_ATLAS_UNPACKED:
+                raise IoError(
+                    f"{bad}: its arrays unpack to more than MAX_ATLAS_UNPACKED "
+                    f"({MAX_ATLAS_UNPACKED >> 20} MiB); rebuild it"
+                )
+            out: dict[str, Any] = {}
+            for name, (kinds, most) in _MEMBERS.items():
+                raw = z.read(infos[name])
+                out[name] = parse_npy(raw, f"{bad} ({name})", IoError, kinds=kinds, most=most)
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+    ) as exc:
+        raise IoError(f"{bad} ({exc}); rebuild it") from exc
+    except (NotImplementedError, RuntimeError) as exc:  # zip features numpy never writes
+        raise IoError(f"{bad} ({exc}); rebuild it") from exc
+    return {k: (str(v) if k == "meta" else v) for k, v in out.items()}
+
+
+def _checked(
+    a: dict[str, Any], meta: Any, where: str
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int16], U8, dict[str, object]]:
+    cps, boxes, bitmap = a["codepoints"], a["boxes"], a["bitmap"]
+    bad = f"{where}: not a glyph atlas"
+    if cps.ndim != 1 or boxes.shape != (cps.size, 7) or bitmap.ndim != 2:
+        raise IoError(f"{bad} (shapes {cps.shape}, {boxes.shape}, {bitmap.shape}); rebuild it")
+    if bitmap.dtype != np.uint8 or (cps.size and not 0 <= cps.min() <= cps.max() <= 0x10FFFF):
+        raise IoError(f"{bad} (bitmap {bitmap.dtype} or code points out of range); rebuild it")
+    b = boxes.astype(np.int64)
+    if b.size and (
+        (b[:, :4] < 0).any()
+        or (b[:, 0] + b[:, 2] > bitmap.shape[1]).any()
+        or (b[:, 1] + b[:, 3] > bitmap.shape[0]).any()
+    ):
+        raise IoError(f"{bad} (a glyph box outside the bitmap); rebuild it")
+    if not isinstance(meta, dict):
+        raise IoError(f"{bad} (meta is not an object); rebuild it")
+    for key in ("size", "line_height"):
+        v = meta.get(key, 24)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1024:
+            raise IoError(f"{bad} (meta {key} {v!r} is not 1 to 1024 px); rebuild it")
+    return cps.astype(np.int32), b.astype(np.int16), bitmap, meta
