@@ -130,6 +130,7 @@ class FaultProxy:
         self.events_relayed = 0
         self.text_events = 0  # events that carried text
         self.connections = 0
+        self.requests: list[bytes] = []  # what the client sent (the `status` fault keeps it)
         self._hook: tuple[int, Callable[[], None]] | None = None
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -194,7 +195,7 @@ class FaultProxy:
                 self._relay(upstream, client, gone)
 
     def _answer_status(self, client: socket.socket) -> None:
-        _read_request(client)
+        self.requests.append(_read_request(client))
         body = b'{"error": {"message": "injected by the test proxy"}}'
         head = f"HTTP/1.1 {self.status} Injected\r\nContent-Type: application/json\r\n"
         if self.status == 429:
