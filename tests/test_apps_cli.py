@@ -148,14 +148,13 @@ def test_audio_that_is_not_a_wav(models: Path, tmp_path: Path) -> None:
     assert r.code == 1 and "notes.wav: not a readable PCM WAV" in r.err
 
 
-def test_a_camera_file_that_is_not_an_image_is_said_and_the_runtime_ends_cleanly(
-    models: Path, tmp_path: Path
-) -> None:
+def test_a_camera_file_that_is_not_an_image_fails_in_one_line(models: Path, tmp_path: Path) -> None:
     bad = tmp_path / "photo.png"
     bad.write_text("not an image")
     r = run_ocula(
         "run", "look", "--port", "local", "--models", str(models), "--camera", str(bad), "--virtual", "--duration", "3",
     )  # fmt: skip
-    assert r.code == 0, r.err
-    assert "photo.png: not an image" in r.err
-    assert "camera task stopped" in r.out and "other apps keep running" in r.out
+    assert r.code == 1, r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ocula: error: camera:")
+    assert "photo.png: not an image" in lines[0] and "Traceback" not in r.err

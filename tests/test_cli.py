@@ -90,7 +90,9 @@ def test_demo_from_nothing_says_what_it_does(ocula, tmp_path):
     r = ocula("demo", "--out", str(out), env={"OCULA_SIM_DIR": str(tmp_path / "sim")})
     assert r.code == 0, r.err
     assert "Ocula demo (offline)" in r.out
-    assert "RANDOM WEIGHTS" in r.out
+    # real models by default: the transcript of real speech, its WER, what a 135M model can't do
+    assert "SmolLM2-135M-Instruct" in r.out and "word error rate:" in r.out
+    assert "transcript:" in r.out and "ocula export llm" in r.out
     assert "onnxruntime" in r.out and "board rpi5" in r.out
     assert "health check passed" in r.out
     assert (out / "report.html").is_file()

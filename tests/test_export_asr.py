@@ -41,6 +41,10 @@ def test_artifact_validates_and_records_its_head(
         assert m.validation.metrics["greedy_match"] == 1.0
 
 
+# the re-scoring head's token and candidate count (it also outputs its 8-bit scores)
+OUT = ["token", "candidates"]
+
+
 def test_int8_quantizes_what_pays_and_records_it() -> None:
     m = load_manifest(asr_artifact("tiny-whisper", "int8"))
     assert m.asr is not None
@@ -194,12 +198,12 @@ def test_rescore_head_picks_the_fp32_argmax(kind: str) -> None:
             t[a] += np.float32(float(t_h.max() - t_h[a]) + 1.0) * u  # row a now wins by 1.0
             gap = 1e-3 * (1 + abs(float(t[a] @ h)))
             t[b] = t[a] - np.float32(gap) * u
-            token, count = _head_session(t).run(None, {"hidden": h[None, None], "logit_mask": mask})
+            token, count = _head_session(t).run(OUT, {"hidden": h[None, None], "logit_mask": mask})
             assert int(token[0]) == _fp32_argmax(t, h, mask) == a
             assert int(count) >= 2  # the two rows cannot be told apart at 8 bits
             checked += 1
             continue
-        token, count = sess.run(None, {"hidden": h[None, None], "logit_mask": mask})
+        token, count = sess.run(OUT, {"hidden": h[None, None], "logit_mask": mask})
         assert int(token[0]) == _fp32_argmax(table, h, mask)
         assert 1 <= int(count) < vocab // 10
         checked += 1
@@ -215,13 +219,13 @@ def test_rescore_head_ties_and_masks_like_numpy_argmax() -> None:
     h = (table[300] * 4).astype(np.float32)
     sess = _head_session(table)
     token, count = sess.run(
-        None, {"hidden": h[None, None], "logit_mask": np.zeros(1000, np.float32)}
+        OUT, {"hidden": h[None, None], "logit_mask": np.zeros(1000, np.float32)}
     )
     assert int(token[0]) == 300 and int(count) >= 2
     allowed = np.array([5, 17, 923])
     mask = np.full(1000, -np.inf, np.float32)
     mask[allowed] = 0
-    token, _ = sess.run(None, {"hidden": h[None, None], "logit_mask": mask})
+    token, _ = sess.run(OUT, {"hidden": h[None, None], "logit_mask": mask})
     assert int(token[0]) == int(allowed[np.argmax(table[allowed] @ h)])
 
 

@@ -59,7 +59,9 @@ def test_greedy_tokens_and_logits_equal_plain_decoding(preset: str, quant: str) 
         fast, fast_logits, gen = _run(llm, prompt, max_new_tokens=48, lookup=LOOKUP)
         assert fast == plain
         for a, b in zip(fast_logits, plain_logits, strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-4 if quant == "fp32" else 0.05)
+            # int4: a position scored in a multi-position run sums attention in another order
+            # and MatMulNBits quantizes its activations per run (up to 0.06 measured here)
+            np.testing.assert_allclose(a, b, atol=1e-4 if quant == "fp32" else 0.1)
         assert gen.decode_runs < len(fast) - 1 or gen.accepted == 0  # type: ignore[attr-defined]
         hits += gen.accepted  # type: ignore[attr-defined]
     assert hits > 0  # drafts were made and accepted
