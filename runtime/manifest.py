@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime.errors import OculaError
-from runtime.textlimits import loads_json
+from runtime.textlimits import loads_json, read_limited
 
 __all__ = [
     "FORMAT",
@@ -393,13 +393,13 @@ def load_manifest(directory: Path | str, verify_files: bool = True) -> Manifest:
     if not directory.is_dir():
         raise ManifestError(f"{directory}: no such artifact folder")
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise ManifestError(
-                f"{path}: {size} bytes is more than a manifest may hold (MAX_MANIFEST_BYTES, "
-                f"{MAX_MANIFEST_BYTES >> 20} MiB); re-export the artifact"
-            )
-        raw = path.read_bytes()
+        raw = read_limited(
+            path,
+            MAX_MANIFEST_BYTES,
+            f"a manifest (MAX_MANIFEST_BYTES, {MAX_MANIFEST_BYTES >> 20} MiB)",
+            ManifestError,
+            "re-export the artifact",
+        )
     except FileNotFoundError:
         raise ManifestError(
             f"{directory}: no {MANIFEST_NAME}; this folder is not an Ocula artifact "

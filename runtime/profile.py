@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ProfileError
-from runtime.textlimits import check_text
+from runtime.textlimits import check_text, read_limited
 
 __all__ = [
     "Audio",
@@ -217,13 +217,13 @@ def load_profile(path: str | Path) -> Profile:
     """Read and validate the profile at `path`."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_PROFILE_BYTES:
-            raise ProfileError(
-                f"{path}: {size} bytes is more than a board profile may hold "
-                f"(MAX_PROFILE_BYTES, {MAX_PROFILE_BYTES >> 10} KiB)"
-            )
-        raw = path.read_bytes()
+        raw = read_limited(
+            path,
+            MAX_PROFILE_BYTES,
+            f"a board profile (MAX_PROFILE_BYTES, {MAX_PROFILE_BYTES >> 10} KiB)",
+            ProfileError,
+            "a profile is a short TOML file",
+        )
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read the board profile ({exc.strerror})") from exc
     return parse_profile(raw.decode("utf-8", errors="replace"), source=str(path))

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_DIGITS", "check_text", "loads_json"]
+__all__ = ["MAX_DEPTH", "MAX_DIGITS", "check_text", "loads_json", "read_limited"]
 
 MAX_DEPTH = 64  # nested arrays/objects/tables
 MAX_DIGITS = 100  # of one number, sign and exponent included
@@ -40,6 +42,20 @@ _BRACKETS = re.compile(r"[\[{]+|[\]}]+")
 # a TOML dotted key (`a.b.c = 1`, `[a.b.c]`) nests one table per part, and tomllib spends
 # time and memory quadratic in the parts; a part starts where a word starts (no rescans)
 _KEY_PART = r'(?:(?<![A-Za-z0-9_-])(?>[A-Za-z0-9_-]+)|"")'
+
+
+def read_limited(path: Path, limit: int, what: str, error: Error, fix: str) -> bytes:
+    """The bytes of the file at `path`, or `error(...)` when it holds more than `limit` (named
+    as `what`, e.g. "a manifest (MAX_MANIFEST_BYTES, 1 MiB)", with `fix`). At most `limit + 1`
+    bytes are read, so a file that grows meanwhile cannot make the caller allocate more.
+    OSError (missing, unreadable) is the caller's to word."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+        if len(data) > limit:
+            size = os.fstat(f.fileno()).st_size
+            raise error(f"{path}: {size} bytes is more than {what} may hold; {fix}")
+    return data
+
 
 _LONG_NUMBER = re.compile("[0-9_]{" + str(MAX_DIGITS + 1) + ",}")
 

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from runtime.io.errors import IoError
 from runtime.npyfile import parse_npy
-from runtime.textlimits import loads_json
+from runtime.textlimits import loads_json, read_limited
 
 __all__ = ["BUNDLE_NAME", "Glyph", "GlyphAtlas", "is_wide", "script_of"]
 
@@ -107,13 +107,13 @@ class GlyphAtlas:
     def load(cls, path: str | Path) -> GlyphAtlas:
         path = Path(path)
         try:
-            size = path.stat().st_size
-            if size > MAX_ATLAS_BYTES:
-                raise IoError(
-                    f"glyph atlas {path}: {size} bytes is more than an atlas may hold "
-                    f"(MAX_ATLAS_BYTES, {MAX_ATLAS_BYTES >> 20} MiB); rebuild it"
-                )
-            data = path.read_bytes()
+            data = read_limited(
+                path,
+                MAX_ATLAS_BYTES,
+                f"a glyph atlas (MAX_ATLAS_BYTES, {MAX_ATLAS_BYTES >> 20} MiB)",
+                IoError,
+                "rebuild it",
+            )
         except FileNotFoundError as exc:
             raise IoError(
                 f"glyph atlas {path}: not found; build it with the host tools (ocula run builds one)"

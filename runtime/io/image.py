@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from runtime.io.errors import ImageError
 from runtime.io.png import check_size, decode_png
+from runtime.textlimits import read_limited
 
 __all__ = ["MAX_IMAGE_BYTES", "decode_image", "read_image", "to_rgb"]
 
@@ -28,13 +29,13 @@ FIX = "convert it to 8-bit PNG, e.g. 'convert IN -depth 8 OUT.png'"
 def read_image(path: str | Path) -> U8:
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ImageError(
-                f"{path}: {size} bytes is more than an image file may hold here "
-                f"(MAX_IMAGE_BYTES, {MAX_IMAGE_BYTES >> 20} MiB): {FIX}"
-            )
-        data = path.read_bytes()
+        data = read_limited(
+            path,
+            MAX_IMAGE_BYTES,
+            f"an image file here (MAX_IMAGE_BYTES, {MAX_IMAGE_BYTES >> 20} MiB)",
+            ImageError,
+            FIX,
+        )
     except FileNotFoundError as exc:
         raise ImageError(f"{path}: image file not found") from exc
     except OSError as exc:
