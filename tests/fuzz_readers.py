@@ -348,6 +348,8 @@ def _npz_header(data: bytes, rng: random.Random) -> bytes:
             members = {i.filename: z.read(i) for i in z.infolist()}
     except Exception:
         return data
+    if not members:  # a mutated archive with nothing in it: nothing to rewrite
+        return data
     name = rng.choice(sorted(members))
     raw = members[name]
     shape = rng.choice(
