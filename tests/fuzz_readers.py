@@ -30,6 +30,7 @@ import json
 import os
 import random
 import resource
+import select
 import signal
 import struct
 import subprocess
@@ -605,12 +606,22 @@ def main(argv: list[str] | None = None) -> int:
                    "--time-bound", str(args.time_bound), "--trace-every", str(args.trace_every)]  # fmt: skip
             log = open(out / f"log-{name}.txt", "w")  # noqa: SIM115 - closed when it ends
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        while all(proc.poll() is None for _, proc, _ in running):
-            time.sleep(0.5)  # a supervisor's poll: whichever reader ends first frees a slot
+        _wait_any([proc for _, proc, _ in running])  # whichever reader ends first frees a slot
         for job in [j for j in running if j[1].poll() is not None]:
             job[2].close()
             running.remove(job)
     return report(names, out)
+
+
+def _wait_any(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Block until one of `procs` has exited (pidfds become readable; nothing is reaped here,
+    so `poll()` still reads each exit status)."""
+    fds = [os.pidfd_open(p.pid) for p in procs]
+    try:
+        select.select(fds, [], [])
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def report(names: list[str], out: Path) -> int:
