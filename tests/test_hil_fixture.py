@@ -220,8 +220,11 @@ def test_timed_power_steps_and_edges_share_the_wiring_delay(tmp_path: Path) -> N
         fx.wait_until(mark.t_us + 20_000)
         fx.stop()
         s = fx.samples()
-    stepped = s.t_us[s.watts > 2.0]
-    assert stepped.size and abs(int(stepped[0]) - mark.t_us) <= 400  # two periods at 5 kHz
-    assert np.all(s.watts[s.t_us < mark.t_us - 400] < 1.5)
+    # The step sits at the edge within two periods at 5 kHz: every sample read before that window
+    # is at the old power, every one after it at the new. A loaded host may skip samples near
+    # the edge (strict slots), so the window's own samples are not required to exist.
+    before, after = s.t_us < mark.t_us - 400, s.t_us > mark.t_us + 400
+    assert before.sum() >= 400 and after.sum() >= 20
+    assert np.all(s.watts[before] < 1.5) and np.all(s.watts[after] > 2.0)
     assert int(s.t_us[-1]) - mark.t_us >= 20_000  # the step held on
     assert mark.t_us - now > 15_000  # the edge is stamped in the fixture's near future
