@@ -76,15 +76,17 @@ def wrap(text: str, width: int, measure: Callable[[str], int]) -> list[str]:
     space = False
     space_w = measure(" ")
 
-    def split(u: str) -> None:
-        """Place `u` character by character, breaking where the line is full."""
+    def split(u: str, lead: str = "") -> None:
+        """Place `u` character by character after `lead` (a space or nothing), breaking where
+        the line is full; a line never ends with the lead."""
         nonlocal line, line_w
         for ch in u:
-            w = measure(ch)
+            w = measure(ch) + (space_w if lead else 0)
             if line and line_w + w > width:
                 lines.append(line)
-                line, line_w = "", 0
-            line, line_w = line + ch, line_w + w
+                line, line_w, lead = "", 0, ""
+                w = measure(ch)
+            line, line_w, lead = line + lead + ch, line_w + w, ""
 
     for u in units(text):
         if u == "\n":
@@ -100,13 +102,12 @@ def wrap(text: str, width: int, measure: Callable[[str], int]) -> list[str]:
             line, line_w = (f"{line} {u}" if space else line + u), cand_w
         elif not line:
             split(u)
+        elif u_w > width:
+            # too wide for any line: it is split anyway, so it fills this one first
+            split(u, " " if space else "")
         else:
             lines.append(line)
-            line, line_w = "", 0
-            if u_w <= width:
-                line, line_w = u, u_w
-            else:
-                split(u)
+            line, line_w = u, u_w
         space = False
     if line or not lines:
         lines.append(line)
