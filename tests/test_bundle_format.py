@@ -17,7 +17,8 @@ from board import profiles
 from board.errors import BoardError
 from export.packaged import export_packaged
 from hil.sim import InProcessBoard
-from runtime.agent import rpc
+from runtime.agent import api as rpc
+from runtime.agent.api import PART
 from runtime.agent.bundlefmt import (
     CHUNK_SIZE,
     ChunkRef,
@@ -27,8 +28,6 @@ from runtime.agent.bundlefmt import (
     resolve,
 )
 from runtime.agent.errors import BundleRejected, StoreError
-from runtime.agent.serve import handle_payload
-from runtime.agent.service import PART
 from runtime.agent.store import unpack_chunk
 
 
@@ -265,7 +264,7 @@ def fuzz_board(tmp_path_factory: pytest.TempPathFactory) -> InProcessBoard:
 @settings(max_examples=100, deadline=None)
 @given(payload=st.binary(max_size=300))
 def test_agent_answers_any_payload(fuzz_board: InProcessBoard, payload: bytes) -> None:
-    header, _ = rpc.decode(handle_payload(fuzz_board.agent, payload))
+    header, _ = rpc.decode(rpc.handle_payload(fuzz_board.agent.handle, payload))
     assert header["ok"] in (True, False)
 
 
