@@ -148,7 +148,15 @@ class Int:
         return None
 
     def describe(self) -> str:
-        return f"integer {self.lo}..{self.hi}"
+        return f"integer {_n(self.lo)}..{_n(self.hi)}"
+
+
+def _n(value: float) -> str:
+    """A limit as the docs write it: 2^40 - 1 rather than 1099511627775."""
+    for k in range(16, 64):
+        if value in (1 << k, (1 << k) - 1):
+            return f"2^{k}" + " - 1" * (value != 1 << k)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,7 @@ class Num:
         return None
 
     def describe(self) -> str:
-        return f"number {'(' if self.above else '['}{self.lo:g}, {self.hi:g}]"
+        return f"number {'(' if self.above else '['}{_n(self.lo)}, {_n(self.hi)}]"
 
 
 @dataclass(frozen=True)
