@@ -183,19 +183,22 @@ class Str:
     max_len: int
     allowed: str | None = None  # every character must be in this set, when given
     min_len: int = 0
+    what: str = ""  # what the docs call it, when not "string of ..."
 
     def check(self, value: Any) -> str | None:
         if not isinstance(value, str):
             return "is not a string"
-        if len(value) < self.min_len:
-            return f"is shorter than {self.min_len} characters"
         if len(value) > self.max_len:
             return f"is longer than {self.max_len} characters"
         if self.allowed is not None and any(c not in self.allowed for c in value):
             return "has characters that are not allowed"
+        if len(value) < self.min_len:
+            return f"is shorter than {self.min_len} characters"
         return None
 
     def describe(self) -> str:
+        if self.what:
+            return self.what
         chars = "" if self.allowed is None else f" of {self.allowed!r}"
         least = f"{self.min_len} to " if self.min_len else "at most "
         return f"string of {least}{self.max_len} characters{chars}"
@@ -214,8 +217,8 @@ HEX = "0123456789abcdef"
 
 
 def Bytes32() -> Str:
-    """A sha256 digest as (at most) 64 lowercase hex digits."""
-    return Str(64, HEX)
+    """A sha256 digest as 64 lowercase hex digits."""
+    return Str(64, HEX, min_len=64, what="sha256: 64 lowercase hex digits")
 
 
 @dataclass(frozen=True)
