@@ -31,7 +31,8 @@ from typing import Any
 
 from board import bundle as bundles
 from board import profiles
-from board.flash import LinkClient, flash
+from board.client import Board
+from board.flash import flash
 from hil.sim import SimBoard
 from hil.transport import open_port
 
@@ -53,7 +54,7 @@ def _int4_weights(dest: Path, mb: int) -> Path:
 
 
 def _flash(board: SimBoard, bundle: bundles.Bundle, **kw: Any) -> Any:
-    client = LinkClient(lambda: open_port(board.port), name=board.port)
+    client = Board(lambda: open_port(board.port), name=board.port)
     try:
         client.reconnect(30)
         return flash(bundle, client, reboot_timeout=60, **kw)
@@ -151,7 +152,7 @@ def _qwen(tmp: Path, artifact: Path, code: Path) -> dict[str, Any]:
             marks.append(time.perf_counter())
 
     with SimBoard("qwen", base=tmp / "state") as board:
-        client = LinkClient(lambda: open_port(board.port), name=board.port, timeout=120)
+        client = Board(lambda: open_port(board.port), name=board.port, timeout=120)
         try:
             client.reconnect(30)
             t = time.perf_counter()
@@ -183,7 +184,7 @@ def _resume(tmp: Path, base: bundles.Bundle, clean: int) -> dict[str, Any]:
     """Power-cut the board half-way through the transfer; measure what the resume re-sends."""
     total = sum(c.stored for c in base.manifest.chunks)
     with SimBoard("resume", base=tmp / "state") as board:
-        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client = Board(lambda: open_port(board.port), name=board.port)
         sent = {"n": 0}
         back: dict[str, float] = {}
 
@@ -236,7 +237,7 @@ def _throttled(tmp: Path, baud: int = 921600) -> dict[str, Any]:
             marks.append((time.perf_counter(), done))
 
     with Cable(baud=baud) as cable, SimBoard("uart", base=tmp / "state", port=cable.b):
-        client = LinkClient(lambda: open_port(cable.a), name=cable.a, timeout=30)
+        client = Board(lambda: open_port(cable.a), name=cable.a, timeout=30)
         client.reconnect(30)
         start = time.perf_counter()
         r = flash(bundle, client, progress=progress, reboot_timeout=60)
@@ -263,7 +264,7 @@ def _cut_line(tmp: Path, base: bundles.Bundle, clean: int, cut_s: float = 2.0) -
     marks: dict[str, float] = {}
     puts: list[float] = []
     with Cable() as cable, SimBoard("cutline", base=tmp / "state", port=cable.b) as board:
-        client = LinkClient(lambda: open_port(cable.a), name=cable.a)
+        client = Board(lambda: open_port(cable.a), name=cable.a)
 
         def cutter() -> None:
             if cable.wait_bytes("a>b", total // 2, timeout=120):

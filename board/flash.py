@@ -1,15 +1,15 @@
 """The host side of flashing: delta, resumable, verified, A/B with a health-checked trial boot.
 
-`flash(bundle, client)` drives a board's agent through the request sequence of
-`runtime.agent.service`. The client is anything with `call(op, fields, blob) -> (reply, blob)`
-and `reconnect(timeout)`: `LinkClient` over a serial port in practice, the agent in-process in
+`flash(bundle, client)` drives a board's agent through the request sequence of the board API
+(`runtime.agent.api`). The client is anything with `call(op, fields, blob) -> (reply, blob)`
+and `reconnect(timeout)`: `board.client.Board` over a port in practice, the agent in-process in
 unit tests. It sends the signed top manifest, then the index pieces the board lacks, then the
 chunks it lacks; a board holding the previous bundle has every piece but the changed ones, so a
 code-only change sends about the changed files' chunks. Every step is idempotent on the board,
 so after a cut line or a reset the flasher reconnects and runs the sequence again: the manifest
 is skipped when the board has it staged, `missing` skips every piece and chunk already stored,
 and a record cut half-way resumes at the offset the board reports. Only the chunk in flight is at risk, and only its unsent part is sent again.
-Chunk parts go out PIPELINE at a time (`LinkClient.pipeline`), so the line stays busy while the
+Chunk parts go out PIPELINE at a time (`Board.pipeline`), so the line stays busy while the
 board verifies and stores what arrived; a reply that shows the board out of step (it restarted
 mid-chunk) turns into a resume.
 
@@ -30,35 +30,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from board.bundle import Bundle
-from board.errors import BoardError
-from runtime.agent.service import PART
+from board.client import check
+from board.errors import BoardRefused, LinkLost, PortUnavailable
+from runtime.agent.api import PART
 
-__all__ = [
-    "BoardRefused",
-    "Client",
-    "FlashResult",
-    "LinkClient",
-    "LinkLost",
-    "PortUnavailable",
-    "flash",
-]
+__all__ = ["Client", "FlashResult", "flash"]
 
 log = logging.getLogger(__name__)
 MISSING_BATCH = 32 * 1024  # chunks per 'missing' request (one reply byte each)
 PIPELINE = 8  # put requests in flight (8 x 32 KiB)
-
-
-class LinkLost(BoardError):
-    """The line to the board was cut or the board stopped answering; the flash can resume."""
-
-
-class PortUnavailable(LinkLost):
-    """The port could not be opened at all (missing, busy, no permission) before the board
-    ever answered: a wrong PORT, so it is reported at once, not retried."""
-
-
-class BoardRefused(BoardError):
-    """The board answered a request with an error (a refused bundle, a bad state)."""
 
 
 class Client(Protocol):
@@ -102,9 +82,7 @@ Progress = Callable[[str, int, int], None]
 
 def _call(client: Client, op: str, fields: dict[str, Any] | None = None, blob: bytes = b"") -> Any:
     reply, data = client.call(op, fields or {}, blob)
-    if not reply.get("ok"):
-        raise BoardRefused(f"the board refused '{op}': {reply.get('error', 'no reason given')}")
-    return reply, data
+    return check(op, reply), data
 
 
 def flash(
@@ -254,8 +232,7 @@ def _send(
         calls = [("put", {"id": cid, "offset": o}, part) for cid, o, part in batch]
         replies = pipelined(calls) if pipelined else [client.call(*calls[0])]
         for (cid, o, part), (reply, _) in zip(batch, replies, strict=True):
-            if not reply.get("ok"):
-                raise BoardRefused(f"the board refused 'put': {reply.get('error')}")
+            check("put", reply)
             if not reply["stored"] and reply["resume"] != o + len(part):
                 # the board lost the start of this record (it restarted): resume properly
                 raise LinkLost(f"record {cid[:12]} is out of step on the board; resuming")
@@ -303,130 +280,3 @@ def _boot(
 
 def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class LinkClient:
-    """Requests to a board's agent over the link on a serial port (pyserial-like object).
-
-    `opener()` returns an open port; the client opens it lazily and again after a failure.
-    Every request carries an id and waits for the reply with that id, up to `timeout`; a
-    timeout, a link error or a port error becomes LinkLost (the flasher then resumes).
-    """
-
-    def __init__(self, opener: Callable[[], Any], name: str = "", timeout: float = 10.0) -> None:
-        self.opener = opener
-        self.name = name
-        self.timeout = timeout
-        self.port: Any = None
-        self.endpoint: Any = None
-        self._next_id = 0
-        self._wire = 0
-        self.answered = False  # the board has answered at least once through this client
-
-    def _connect(self) -> None:
-        from runtime.agent.wire import endpoint
-
-        if self.port is None:
-            try:
-                self.port = self.opener()
-            except Exception as exc:
-                if not self.answered:  # a wrong or busy port: say so now, do not retry
-                    raise PortUnavailable(str(exc)) from exc
-                raise  # after a reboot a USB port may be gone for a moment: retry
-        self.endpoint = endpoint(self.port)
-
-    def call(
-        self, op: str, fields: dict[str, Any] | None = None, blob: bytes = b""
-    ) -> tuple[dict[str, Any], bytes]:
-        return self.pipeline([(op, fields or {}, blob)])[0]
-
-    def pipeline(
-        self, calls: list[tuple[str, dict[str, Any], bytes]]
-    ) -> list[tuple[dict[str, Any], bytes]]:
-        """Send every request before waiting, then return the replies in order: the line stays
-        busy while the board answers (requests are served in the order they are sent)."""
-        from runtime.agent import rpc
-        from runtime.errors import OculaError
-
-        try:
-            if self.endpoint is None:
-                self._connect()
-            ids = []
-            for n, (op, fields, blob) in enumerate(calls):
-                self._next_id += 1
-                ids.append(self._next_id)
-                request = rpc.encode({"op": op, "_id": self._next_id, **fields}, blob)
-                if n < len(calls) - 1:
-                    self.endpoint.send(request, timeout=self.timeout)
-                else:  # the first reply, raising at once if the board restarted meanwhile
-                    payload = self.endpoint.request(request, timeout=self.timeout)
-            replies: dict[int, tuple[dict[str, Any], bytes]] = {}
-            deadline = time.monotonic() + self.timeout
-            while True:
-                header, data = rpc.decode(payload)
-                if header.get("_id") in ids:  # else a late reply to an earlier request
-                    replies[header["_id"]] = (header, data)
-                    self.answered = True
-                    deadline = time.monotonic() + self.timeout
-                if len(replies) == len(ids):
-                    return [replies[i] for i in ids]
-                left = deadline - time.monotonic()
-                payload = self.endpoint.recv(timeout=left) if left > 0 else None
-                if payload is None:
-                    op = calls[len(replies)][0]
-                    raise LinkLost(f"{self.name}: no reply to '{op}' within {self.timeout:.0f} s")
-        except LinkLost:
-            self._drop()
-            raise
-        except (OSError, OculaError) as exc:
-            if isinstance(exc, BoardError):
-                raise
-            self._drop()
-            text = str(exc)
-            raise LinkLost(text if text.startswith(self.name) else f"{self.name}: {text}") from exc
-        except Exception as exc:  # pyserial's SerialException is not an OSError subclass
-            if type(exc).__name__ not in ("SerialException", "SerialTimeoutException"):
-                raise
-            self._drop(close_port=True)
-            raise LinkLost(f"{self.name}: {exc}") from exc
-
-    @property
-    def wire_bytes(self) -> int:
-        """Bytes this client put on the line (frames, headers, retransmissions), so far."""
-        return self._wire + (self.endpoint.bytes_out if self.endpoint is not None else 0)
-
-    def _drop(self, close_port: bool = False) -> None:
-        if self.endpoint is not None:
-            self._wire += self.endpoint.bytes_out
-            with contextlib.suppress(Exception):
-                self.endpoint.close()
-        self.endpoint = None
-        if close_port and self.port is not None:
-            with contextlib.suppress(Exception):
-                self.port.close()
-            self.port = None
-
-    def reconnect(self, timeout: float) -> None:
-        """Wait until the board answers hello again (after a reboot, a cut, a power cycle)."""
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        saved = self.timeout
-        self.timeout = 1.0
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    self._drop()
-                    self.call("hello")
-                    return
-                except PortUnavailable:
-                    raise
-                except (LinkLost, OSError) as exc:
-                    last = exc
-                    if self.port is None:
-                        time.sleep(0.1)  # a USB port re-enumerating after a reset
-        finally:
-            self.timeout = saved
-        raise LinkLost(f"{self.name}: the board did not answer within {timeout:.0f} s ({last})")
-
-    def close(self) -> None:
-        self._drop(close_port=True)

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from runtime.agent.service import PART
+from runtime.agent.api import PART
 from runtime.errors import OculaError, UsageError
 
 __all__ = ["fetch_trace", "inject_clip"]
@@ -17,7 +17,7 @@ __all__ = ["fetch_trace", "inject_clip"]
 
 def inject_clip(client: Any, path: Path, where: str, device: str = "audio") -> str:
     """Send `path` (a WAV for the "audio" device, a PNG or PPM image for the "camera") in parts
-    over `client` (a board.flash.LinkClient); returns its sha256, which the `run` request names
+    over `client` (a board.client.Board); returns its sha256, which the `run` request names
     as `audio` or `camera`. A clip the board already holds is not sent again."""
     try:
         data = path.read_bytes()

@@ -55,7 +55,7 @@ class BoardUnderTest:
         cable: Any = None,
     ):
         from board import profiles
-        from board.flash import LinkClient
+        from board.client import Board
 
         self.url = url
         self.workdir = workdir
@@ -99,7 +99,7 @@ class BoardUnderTest:
                 )
             self.port_path = url
             self.profile = profiles.find(profile or "rpi5")
-        self.client = LinkClient(self._open, name=url, timeout=timeout)
+        self.client = Board(self._open, name=url, timeout=timeout)
 
     def _open(self) -> Any:
         from hil.ports import open_serial
@@ -116,7 +116,7 @@ class BoardUnderTest:
             self.evidence.steps.append((name, time.perf_counter() - t0))
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        from board.flash import LinkLost
+        from board.errors import LinkLost
 
         try:
             reply, _ = self.client.call(op, fields)
@@ -129,7 +129,7 @@ class BoardUnderTest:
 
     def hello(self, deadline: float = 20.0) -> dict[str, Any]:
         """Waits for the board to answer hello (after power-up, a reset or a flash)."""
-        from board.flash import LinkLost
+        from board.errors import LinkLost
 
         with self.step("hello"):
             try:

@@ -32,10 +32,10 @@ from typing import Any
 from board import profiles
 from hil import simlock
 from hil.errors import PortError
-from runtime.agent import rpc
+from runtime.agent import api
 from runtime.agent.boot import choose_slot
 from runtime.agent.health import InferenceCheck
-from runtime.agent.serve import handle_payload, start_agent
+from runtime.agent.serve import start_agent
 from runtime.agent.service import Agent
 from runtime.agent.store import Store
 
@@ -195,15 +195,15 @@ class InProcessBoard:
     def call(
         self, op: str, fields: dict[str, Any] | None = None, blob: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
-        from board.flash import LinkLost
+        from board.errors import LinkLost
 
         if self.cut_after is not None:
             if self.cut_after <= 0:
                 self.cut_after = None
                 raise LinkLost("line cut (test)")
             self.cut_after -= 1
-        payload = rpc.encode({"op": op, "_id": 1, **(fields or {})}, blob)
-        reply = rpc.decode(handle_payload(self.agent, payload))
+        payload = api.encode({"op": op, "_id": 1, **(fields or {})}, blob)
+        reply = api.decode(api.handle_payload(self.agent.handle, payload))
         if self.agent.reboot_requested:
             self.agent = self.power_on()
         return reply

@@ -12,7 +12,8 @@ import pytest
 
 from board import bundle as bundles
 from board import keys, profiles
-from board.flash import LinkClient, flash
+from board.client import Board
+from board.flash import flash
 from export.packaged import export_packaged
 from hil.errors import PortError
 from hil.sim import SimBoard
@@ -33,7 +34,7 @@ def _bundle(tmp_path: Path, name: str, key: Path | None = None, board: str = "si
 def test_flash_over_pty_and_reboot_into_new_slot(tmp_path: Path) -> None:
     bundle = bundles.Bundle.open(_bundle(tmp_path, "one"))
     with SimBoard("sim", base=tmp_path) as board:
-        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client = Board(lambda: open_port(board.port), name=board.port)
         try:
             client.reconnect(30)
             hello, _ = client.call("hello")
@@ -72,7 +73,7 @@ def test_sim_url_keeps_its_flash_between_commands(tmp_path: Path, ocula) -> None
 
 def test_busy_and_missing_ports_say_so(tmp_path: Path) -> None:
     with SimBoard("busy", base=tmp_path) as board:
-        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client = Board(lambda: open_port(board.port), name=board.port)
         client.reconnect(30)  # the ROM holds the store's lock once it answers
         client.close()
         with pytest.raises(PortError, match=r"busy.*held by process \d+"):
@@ -121,7 +122,7 @@ def test_frame_flood_and_garbage_leave_the_agent_serving(tmp_path: Path) -> None
             raw.flush()
         finally:
             raw.close()
-        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client = Board(lambda: open_port(board.port), name=board.port)
         try:
             client.reconnect(30)
             hello, _ = client.call("hello")
@@ -140,7 +141,7 @@ def test_frame_flood_and_garbage_leave_the_agent_serving(tmp_path: Path) -> None
             pass  # refused: the agent's side reset the link
         finally:
             port.close()
-        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client = Board(lambda: open_port(board.port), name=board.port)
         try:
             client.reconnect(30)
             assert client.call("hello")[0]["ok"] and board.running()
@@ -165,7 +166,7 @@ def test_board_sim_command_prints_a_port_that_answers(tmp_path: Path) -> None:
         assert proc.stdout is not None
         port = proc.stdout.readline().strip()
         assert port.startswith("/dev/pts/")
-        client = LinkClient(lambda: open_port(port), name=port)
+        client = Board(lambda: open_port(port), name=port)
         try:
             client.reconnect(30)
             hello, _ = client.call("hello")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from board.bundle import Bundle
-from board.flash import LinkClient, flash
+from board.client import Board
+from board.flash import flash
 from board.keys import load_public_raw
 from hil.sim import SimBoard
 from hil.transport import open_port
@@ -61,7 +62,7 @@ def test_run_on_a_sim_board_over_a_pty(tmp_path: Path) -> None:
         r = run_ocula("run", "look", "--port", board.port, "--duration", "2", timeout=120)
         assert r.code == 1 and "did not run look" in r.err and "needs a 'vision' model" in r.err
         assert "Traceback" not in r.err
-        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client = Board(lambda: open_port(board.port), name=board.port)
         try:
             client.reconnect(30)
             assert flash(Bundle.open(bundle), client, reboot_timeout=60).ok

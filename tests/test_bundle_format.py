@@ -17,7 +17,8 @@ from board import profiles
 from board.errors import BoardError
 from export.packaged import export_packaged
 from hil.sim import InProcessBoard
-from runtime.agent import rpc
+from runtime.agent import api
+from runtime.agent.api import PART
 from runtime.agent.bundlefmt import (
     CHUNK_SIZE,
     ChunkRef,
@@ -27,8 +28,6 @@ from runtime.agent.bundlefmt import (
     resolve,
 )
 from runtime.agent.errors import BundleRejected, StoreError
-from runtime.agent.serve import handle_payload
-from runtime.agent.service import PART
 from runtime.agent.store import unpack_chunk
 
 
@@ -186,15 +185,15 @@ def test_oversized_fields_are_refused(tmp_path: Path) -> None:
     assert not reply["ok"] and "'id'" in reply["error"]
     reply, _ = board.call("logs", {"since": "not a number"})
     assert not reply["ok"]
-    with pytest.raises(rpc.RpcError):
-        rpc.encode({"op": "x" * (rpc.MAX_HEADER + 1)})
-    with pytest.raises(rpc.RpcError):
-        rpc.decode(b"\xff\xff" + b"{}")
-    with pytest.raises(rpc.RpcError):
-        rpc.decode(b"\x00\x02{}" + b"\x00" * (rpc.MAX_BLOB + 1))
+    with pytest.raises(api.RpcError):
+        api.encode({"op": "x" * (api.MAX_HEADER + 1)})
+    with pytest.raises(api.RpcError):
+        api.decode(b"\xff\xff" + b"{}")
+    with pytest.raises(api.RpcError):
+        api.decode(b"\x00\x02{}" + b"\x00" * (api.MAX_BLOB + 1))
     big = b"[" * 5000
-    with pytest.raises(rpc.RpcError):
-        rpc.decode(len(big).to_bytes(2, "big") + big)
+    with pytest.raises(api.RpcError):
+        api.decode(len(big).to_bytes(2, "big") + big)
 
 
 def test_decompression_bomb_is_refused() -> None:
@@ -265,7 +264,7 @@ def fuzz_board(tmp_path_factory: pytest.TempPathFactory) -> InProcessBoard:
 @settings(max_examples=100, deadline=None)
 @given(payload=st.binary(max_size=300))
 def test_agent_answers_any_payload(fuzz_board: InProcessBoard, payload: bytes) -> None:
-    header, _ = rpc.decode(handle_payload(fuzz_board.agent, payload))
+    header, _ = api.decode(api.handle_payload(fuzz_board.agent.handle, payload))
     assert header["ok"] in (True, False)
 
 

@@ -28,7 +28,9 @@ import pytest
 
 from board import bundle as bundles
 from board import profiles
-from board.flash import BoardRefused, LinkClient, flash
+from board.client import Board
+from board.errors import BoardRefused
+from board.flash import flash
 from export.packaged import export_packaged
 from hil.sim import InProcessBoard, SimBoard
 from hil.transport import open_port
@@ -77,9 +79,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 class CutOnce:
-    """Passes calls to a LinkClient; during call number `k` a timer SIGKILLs the board."""
+    """Passes calls to a Board; during call number `k` a timer SIGKILLs the board."""
 
-    def __init__(self, client: LinkClient, board: SimBoard, k: int, delay: float) -> None:
+    def __init__(self, client: Board, board: SimBoard, k: int, delay: float) -> None:
         self.client, self.board, self.k, self.delay = client, board, k, delay
         self.n = 0
         self.cut_op = ""
@@ -136,7 +138,7 @@ def test_power_cut(seed: int, world: dict[str, Any], tmp_path: Path) -> None:
     shutil.copytree(world["template"], root)
     old, new = world["old"].manifest.digest, world["new"].manifest.digest
     with SimBoard("sim", base=tmp_path) as board:
-        client = LinkClient(lambda: open_port(board.port), name=board.port)
+        client = Board(lambda: open_port(board.port), name=board.port)
         cutter = CutOnce(client, board, k, rng.uniform(0, 0.01))
         try:
             client.reconnect(30)
@@ -172,7 +174,7 @@ class FillAt(CutOnce):
     """CutOnce that, at call number `k`, first fills the store's disk but `leave` bytes, and
     SIGKILLs the board during that call only when `cut`."""
 
-    def __init__(self, client: LinkClient, board: SimBoard, k: int, mnt: Path, **how: Any) -> None:
+    def __init__(self, client: Board, board: SimBoard, k: int, mnt: Path, **how: Any) -> None:
         super().__init__(client, board, k, how["delay"])
         self.mnt, self.leave, self.cut = mnt, how["leave"], how["cut"]
         self.filler: Path | None = None
@@ -215,7 +217,7 @@ def test_disk_full(seed: int, world: dict[str, Any], tmp_path: Path) -> None:
         root = mnt / "sim"
         shutil.copytree(world["template"], root)
         with SimBoard("sim", base=mnt) as board:
-            client = LinkClient(lambda: open_port(board.port), name=board.port)
+            client = Board(lambda: open_port(board.port), name=board.port)
             filler = FillAt(client, board, k, mnt, delay=rng.uniform(0, 0.01), leave=leave, cut=cut)
             try:
                 client.reconnect(30)

@@ -9,7 +9,8 @@ import pytest
 
 from board import bundle as bundles
 from board import profiles
-from board.flash import LinkClient, flash
+from board.client import Board
+from board.flash import flash
 from export.packaged import export_packaged
 from hil.cable import Cable, random_cuts
 from hil.sim import SimBoard
@@ -29,7 +30,7 @@ def test_flash_survives_bit_errors_and_cuts(tmp_path: Path, seed: int) -> None:
     cuts = random_cuts(seed, count=3, span=3.0, length=(0.1, 0.6), start=0.5)
     with Cable(ber=1e-4, seed=seed, schedule=cuts) as cable:
         with SimBoard("sim", base=tmp_path, port=cable.b):
-            client = LinkClient(lambda: open_port(cable.a), name=cable.a, timeout=5)
+            client = Board(lambda: open_port(cable.a), name=cable.a, timeout=5)
             try:
                 client.reconnect(30)
                 result = flash(bundle, client, reboot_timeout=60, retries=50)

@@ -17,7 +17,9 @@ import pytest
 
 from board import bundle as bundles
 from board import profiles
-from board.flash import BoardRefused, LinkClient, flash
+from board.client import Board
+from board.errors import BoardRefused
+from board.flash import flash
 from export.packaged import export_packaged
 from hil.sim import InProcessBoard, SimBoard
 from hil.transport import open_port
@@ -42,8 +44,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[bundles.Bundle, bund
     return _bundle(tmp, "old", 300_000), _bundle(tmp, "new", 3_000_000)
 
 
-def _client(board: SimBoard) -> LinkClient:
-    client = LinkClient(lambda: open_port(board.port), name=board.port)
+def _client(board: SimBoard) -> Board:
+    client = Board(lambda: open_port(board.port), name=board.port)
     client.reconnect(30)
     return client
 
@@ -54,7 +56,7 @@ def _leftovers(root: Path) -> list[str]:
     )
 
 
-def _power_cycle(board: SimBoard, client: LinkClient) -> dict[str, Any]:
+def _power_cycle(board: SimBoard, client: Board) -> dict[str, Any]:
     board.power_cut()
     board.boot()
     client.reconnect(30)
@@ -108,7 +110,7 @@ def test_a_flash_that_does_not_fit_is_refused_at_begin(
 class FillBefore:
     """Passes calls to a client; just before the first call of `op` fills the disk."""
 
-    def __init__(self, client: LinkClient, mnt: Path, op: str, leave: int = 0) -> None:
+    def __init__(self, client: Board, mnt: Path, op: str, leave: int = 0) -> None:
         self.client, self.mnt, self.op, self.leave = client, mnt, op, leave
         self.filler: Path | None = None
 

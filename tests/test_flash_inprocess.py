@@ -13,8 +13,8 @@ import pytest
 
 from board import bundle as bundles
 from board import keys, profiles
-from board.errors import BoardError
-from board.flash import BoardRefused, flash
+from board.errors import BoardError, BoardRefused
+from board.flash import flash
 from export.packaged import export_packaged
 from hil.sim import InProcessBoard
 from runtime.agent.boot import choose_slot

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from board import bundle as bundles
 from board import profiles
-from board.flash import LinkClient, LinkLost, flash
+from board.client import Board
+from board.errors import LinkLost
+from board.flash import flash
 from export.packaged import export_packaged
 from hil.sim import SimBoard
 from hil.transport import open_port
@@ -25,8 +27,8 @@ def _build(tmp: Path, name: str, runtime_dir: Path = bundles.RUNTIME_DIR) -> bun
     return bundles.Bundle.open(out)
 
 
-def _client(board: SimBoard) -> LinkClient:
-    client = LinkClient(lambda: open_port(board.port), name=board.port)
+def _client(board: SimBoard) -> Board:
+    client = Board(lambda: open_port(board.port), name=board.port)
     client.reconnect(30)
     return client
 

@@ -91,14 +91,15 @@ def test_flash_a_sim_board_over_rfc2217(tmp_path: Path) -> None:
     reaches a board that ser2net serves: hello, a chunked transfer, reboot into the new slot."""
     from board import profiles
     from board.bundle import Bundle
-    from board.flash import LinkClient, flash
+    from board.client import Board
+    from board.flash import flash
     from hil.sim import SimBoard
     from hil.suites import bundles
     from hil.transport import open_port
 
     path = bundles.build(profiles.find("sim"), tmp_path / "probe.bundle")
     with SimBoard("remote", base=tmp_path) as board, Ser2net(board.port) as srv:
-        client = LinkClient(lambda: open_port(srv.url), name=srv.url)
+        client = Board(lambda: open_port(srv.url), name=srv.url)
         try:
             client.reconnect(30)
             hello, _ = client.call("hello")

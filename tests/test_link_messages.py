@@ -1,4 +1,5 @@
-"""Bounded request/reply messages, and requests over a real pty through the Endpoint."""
+"""Bounded request/reply messages, and the Endpoint over a real pty (the board API over it:
+tests/test_agent_api.py)."""
 
 from __future__ import annotations
 
@@ -116,39 +117,6 @@ def pty_pair() -> Iterator[tuple[int, int]]:
     yield master, slave
     os.close(master)
     os.close(slave)
-
-
-def test_client_calls_a_served_schema_over_a_pty(pty_pair: tuple[int, int]) -> None:
-    host_fd, dev_fd = pty_pair
-    store: dict[str, bytes] = {}
-
-    def put(fields: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
-        store[fields["id"]] = blob
-        return {"stored": len(blob)}, b""
-
-    handlers: dict[str, m.Handler] = {"hello": lambda f, b: ({"board": "sim"}, b""), "put": put}
-    device = Endpoint(dev_fd, name="device")
-    stop = threading.Event()
-    server = threading.Thread(
-        target=device.serve, args=(lambda p: m.handle(SCHEMA, handlers, p), stop.is_set, 0.05)
-    )
-    server.start()
-    try:
-        with Endpoint(host_fd, name="host") as host:
-            client = m.Client(host)
-            assert client.call("hello", timeout=5)[0]["board"] == "sim"
-            reply, _ = client.call("put", {"id": CID, "offset": 0}, b"\x00" * 4000, timeout=5)
-            assert reply == {"stored": 4000, "ok": True, "rid": 2}
-            with pytest.raises(m.RemoteError, match="field 'offset' is outside"):
-                client.call("put", {"id": CID, "offset": -5}, timeout=5)
-            # a late reply to an earlier request is skipped, not taken for the answer
-            host.send(m.encode({"op": "hello", "rid": 999}))
-            assert client.call("hello", timeout=5)[0]["rid"] == 4
-    finally:
-        stop.set()
-        server.join()
-        device.close()
-    assert store == {CID: b"\x00" * 4000}
 
 
 def test_a_silent_peer_times_out_and_abort_unblocks(pty_pair: tuple[int, int]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from board.flash import LinkClient
+from board.client import Board
 from hil import simlock
 from hil.errors import PortError
 from hil.sim import SimBoard
@@ -27,7 +27,7 @@ DEADLINE_S = 60.0  # for things a loaded host does in well under a second
 
 
 def _hello(board: SimBoard) -> dict[str, object]:
-    client = LinkClient(lambda: open_port(board.port), name=board.port)
+    client = Board(lambda: open_port(board.port), name=board.port)
     try:
         client.reconnect(DEADLINE_S)
         return client.call("hello")[0]

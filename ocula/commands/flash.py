@@ -44,11 +44,12 @@ def _flash(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from board.bundle import Bundle
-    from board.flash import LinkClient, flash
+    from board.client import Board
+    from board.flash import flash
     from hil.transport import open_port
 
     bundle = Bundle.open(args.bundle)
-    client = LinkClient(lambda: open_port(args.port, baud=args.baud), name=args.port)
+    client = Board(lambda: open_port(args.port, baud=args.baud), name=args.port)
     console = _stderr_console()
     bar = Progress(
         TextColumn("{task.description:<8}"),

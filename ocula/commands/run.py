@@ -145,7 +145,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
     """Run the app on the board at `args.port` over the link; fetch its trace if asked."""
-    from board.flash import LinkClient
+    from board.client import Board
     from hil.transport import open_port
     from runtime.apps import Report
 
@@ -160,7 +160,7 @@ def run_board(args: argparse.Namespace) -> tuple[Any, Path | None]:
             f"of its installed bundle; drop {'it' if len(host_only) == 1 else 'them'}, or run "
             "on this host with --port local (a board takes --audio WAV and --camera IMAGE)"
         )
-    client = LinkClient(lambda: open_port(args.port), name=args.port, timeout=args.duration + 120)
+    client = Board(lambda: open_port(args.port), name=args.port, timeout=args.duration + 120)
     try:
         hello, _ = client.call("hello")
         board = hello.get("board", "?")

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.agent import rpc
+from runtime.agent import api
 from runtime.agent.bootstate import Event
 from runtime.agent.health import InferenceCheck, check_slot
 from runtime.agent.service import Agent, BootInfo
@@ -58,24 +58,6 @@ def start_agent(
     return agent
 
 
-def handle_payload(agent: Agent, payload: bytes) -> bytes:
-    """One request payload in, one reply payload out; malformed requests get error replies."""
-    try:
-        header, blob = rpc.decode(payload)
-    except rpc.RpcError as exc:
-        return rpc.encode({"ok": False, "error": str(exc)})
-    rid = header.pop("_id", None)
-    op = header.pop("op", None)
-    if not isinstance(op, str) or len(op) > 32:
-        return rpc.encode({"ok": False, "error": "request without an 'op'", "_id": rid})
-    reply, data = agent.handle(op, header, blob)
-    reply["_id"] = rid if isinstance(rid, int) else None
-    try:
-        return rpc.encode(reply, data)
-    except rpc.RpcError as exc:
-        return rpc.encode({"ok": False, "error": f"reply too large: {exc}", "_id": reply["_id"]})
-
-
 def _open(port: str | None, fd: int | None) -> int:
     if fd is not None:
         return fd
@@ -91,16 +73,14 @@ def _open(port: str | None, fd: int | None) -> int:
 
 def serve(agent: Agent, fd: int) -> int:
     """Serve requests on `fd` until a reboot is asked for or the trial deadline passes."""
-    from runtime.agent.wire import endpoint as open_endpoint
-
-    endpoint = open_endpoint(fd)
+    endpoint = api.endpoint(fd)
     agent.link_stats = endpoint.stats
     state = agent.store.state()
     deadline = time.monotonic() + state.deadline_s if agent.boot.trial else None
     while True:
         payload = endpoint.recv(timeout=0.25)
         if payload is not None:
-            endpoint.send(handle_payload(agent, payload))
+            endpoint.send(api.handle_payload(agent.handle, payload))
             if agent.reboot_requested:
                 endpoint.flush(timeout=2.0)
                 return REBOOT

@@ -1,9 +1,10 @@
 """The agent's requests, as plain functions of (fields, blob) -> (fields, blob).
 
 `Agent.handle(op, fields, blob)` is everything the link can ask of a board. It never evaluates
-or unpickles what arrives: requests are JSON-like fields checked one by one against a type and a
-size limit (`_str`, `_int`, `_bytes`), plus one binary blob. A request that fails a check gets
-an error reply naming the field; the agent keeps serving.
+or unpickles what arrives: every request is checked against its declaration in the board API
+(`runtime.agent.api`: each field's type and limit, the blob's size) before its handler runs, and
+a request that fails gets an error reply naming the field; the agent keeps serving. Handlers are
+plain functions of (agent, fields, blob), registered against that table with `@handles(op)`.
 
 Flash sequence (the host's flasher drives it; every step is idempotent, so a cut or a reset at
 any point resumes by sending the same steps again):
@@ -35,12 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agent import ed25519
+from runtime.agent.api import (
+    API,
+    MAX_HAVE,
+    PART,
+    PROTOCOL,
+    Api,
+    Handler,
+    Reply,
+    registrar,
+)
 from runtime.agent.bootstate import MAX_BOOTS, Event
 from runtime.agent.bundlefmt import (
     CHUNK_SIZE,
-    MAX_PIECE_BYTES,
     MAX_TOP_BYTES,
-    ZLIB_SLACK,
     Top,
     parse_piece,
     parse_top,
@@ -50,17 +59,14 @@ from runtime.agent.store import Store
 from runtime.errors import OculaError
 from runtime.profile import Profile
 
-__all__ = ["PROTOCOL", "Agent", "BootInfo", "check_bundle"]
+__all__ = ["HANDLERS", "Agent", "BootInfo", "check_bundle"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
 AGENT_VERSION = "0.1.0"
-PART = 32 * 1024  # largest blob a request carries
-MAX_HAVE = 512
-MAX_MISSING = 32 * 1024
-MAX_RUN_S = 600
-Reply = tuple[dict[str, Any], bytes]
+#: the handler of each op of runtime.agent.api, registered with @handles below
+HANDLERS: dict[str, Handler] = {}
+handles = registrar(HANDLERS)
 
 
 @dataclass
@@ -72,20 +78,6 @@ class BootInfo:
     boot_id: int = 0
     health: dict[str, Any] = field(default_factory=dict)
     code_path: str = ""
-
-
-def _str(fields: dict[str, Any], name: str, limit: int = 256) -> str:
-    value = fields.get(name)
-    if not isinstance(value, str) or len(value) > limit:
-        raise RequestError(f"field {name!r} must be a string of at most {limit} characters")
-    return value
-
-
-def _int(fields: dict[str, Any], name: str, lo: int, hi: int) -> int:
-    value = fields.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise RequestError(f"field {name!r} must be an integer from {lo} to {hi}")
-    return value
 
 
 def check_bundle(manifest: Top, signature: bytes, profile: Profile, key: bytes | None) -> None:
@@ -139,7 +131,19 @@ def _inflate_manifest(data: bytes) -> bytes:
 class Agent:
     """One board's agent state; `handle` serves one request."""
 
-    def __init__(self, store: Store, profile: Profile, key: bytes | None, boot: BootInfo) -> None:
+    def __init__(
+        self,
+        store: Store,
+        profile: Profile,
+        key: bytes | None,
+        boot: BootInfo,
+        api: Api = API,
+        handlers: dict[str, Handler] | None = None,
+    ) -> None:
+        """`api` and `handlers`: the requests this agent serves (an extension's, a test's)."""
+        self.api = api
+        self.handlers = HANDLERS if handlers is None else handlers
+        api.check_handlers(self.handlers)
         self.store = store
         self.profile = profile
         self.key = key
@@ -162,12 +166,9 @@ class Agent:
     def handle(self, op: str, fields: dict[str, Any], blob: bytes) -> Reply:
         """Serve one request; errors become {"ok": False, "error": ...} replies."""
         self.counters["requests"] += 1
-        method = getattr(self, f"op_{op}", None) if op.isidentifier() else None
-        if method is None:
-            self.counters["errors"] += 1
-            return {"ok": False, "error": f"unknown request {op[:40]!r}"}, b""
         try:
-            reply, data = method(fields, blob)
+            self.api.check_request(op, fields, blob)
+            reply, data = self.handlers[op](self, fields, blob)
         except AgentError as exc:
             self.counters["errors"] += 1
             self.note(f"{op}: {exc}")
@@ -200,6 +201,7 @@ class Agent:
         return f"{error}; its store is full{need}: free space on the board, then flash again"
 
     # identity ---------------------------------------------------------------------------------
+    @handles("hello")
     def op_hello(self, fields: dict[str, Any], blob: bytes) -> Reply:
         return {
             "protocol": PROTOCOL,
@@ -209,6 +211,7 @@ class Agent:
             "boot_id": self.boot.boot_id,
         }, b""
 
+    @handles("info")
     def op_info(self, fields: dict[str, Any], blob: bytes) -> Reply:
         state = self.store.state()
         staged = self.store.staged()
@@ -242,10 +245,9 @@ class Agent:
         }
 
     # flashing ---------------------------------------------------------------------------------
+    @handles("manifest")
     def op_manifest(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        offset = _int(fields, "offset", 0, MAX_TOP_BYTES)
-        if len(blob) > PART:
-            raise RequestError(f"manifest part of {len(blob)} bytes; the limit is {PART}")
+        offset = fields["offset"]
         if offset == 0:
             self._incoming = bytearray()
         if offset != len(self._incoming) or offset + len(blob) > MAX_TOP_BYTES:
@@ -253,8 +255,9 @@ class Agent:
         self._incoming += blob
         return {"received": len(self._incoming)}, b""
 
+    @handles("begin")
     def op_begin(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        digest = _str(fields, "sha256", 64)
+        digest = fields["sha256"]
         if len(blob) not in (0, 64):
             raise RequestError("signature must be 0 or 64 bytes")
         raw = bytes(self._incoming)
@@ -285,33 +288,31 @@ class Agent:
             raise RequestError("no bundle is staged; send 'manifest' and 'begin' first")
         return m
 
+    @handles("have")
     def op_have(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        if len(blob) % 32 or len(blob) > 32 * MAX_HAVE:
+        if len(blob) % 32:
             raise RequestError(f"have: up to {MAX_HAVE} raw 32-byte ids")
         ids = [blob[i : i + 32].hex() for i in range(0, len(blob), 32)]
         return {}, bytes(self.store.have(ids))
 
+    @handles("missing")
     def op_missing(self, fields: dict[str, Any], blob: bytes) -> Reply:
         """Which of the staged bundle's index pieces (`index`: true) or chunks [start,
         start+count) the board lacks: one byte each (1 = missing), so the host sends no ids at
         all. Chunks can be listed once every index piece is here."""
         top = self._staged()
-        index = fields.get("index", False)
-        if not isinstance(index, bool):
-            raise RequestError("field 'index' must be true or false")
-        refs = top.index if index else self.store.resolved(top).chunks
-        start = _int(fields, "start", 0, len(refs))
-        count = _int(fields, "count", 0, MAX_MISSING)
+        refs = top.index if fields.get("index", False) else self.store.resolved(top).chunks
+        start, count = fields["start"], fields["count"]
+        if start > len(refs):
+            raise RequestError(f"field 'start' must be an integer from 0 to {len(refs)}")
         ids = [c.id for c in refs[start : start + count]]
         return {"total": len(refs)}, bytes(not has for has in self.store.have(ids))
 
+    @handles("put")
     def op_put(self, fields: dict[str, Any], blob: bytes) -> Reply:
         """One part of an index piece or a chunk; whole, it is hash-checked (a piece is parsed
         too) and stored. A part out of step gets the offset to resume from."""
-        cid = _str(fields, "id", 64)
-        offset = _int(fields, "offset", 0, MAX_PIECE_BYTES + ZLIB_SLACK)
-        if len(blob) > PART:
-            raise RequestError(f"put part of {len(blob)} bytes; the limit is {PART}")
+        cid, offset = fields["id"], fields["offset"]
         top = self._staged()
         ref = top.index_map().get(cid)
         check = parse_piece if ref is not None else None
@@ -347,11 +348,13 @@ class Agent:
         self.counters["chunks_stored"] += int(fresh)
         return {"stored": True, "resume": ref.stored}, b""
 
+    @handles("install")
     def op_install(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        budget = _int(fields, "budget", 1, 1 << 30) if "budget" in fields else 32 << 20
+        budget = fields.get("budget", 32 << 20)
         self._staged()
         return self.store.install_step(budget), b""
 
+    @handles("commit")
     def op_commit(self, fields: dict[str, Any], blob: bytes) -> Reply:
         m = self._staged()
         state = self.store.state()
@@ -365,12 +368,13 @@ class Agent:
         installed = self.store.slot_manifest(slot)
         if installed is None or installed.digest != m.digest:
             raise RequestError(f"slot {slot} does not hold the staged bundle; install it first")
-        deadline = _int(fields, "deadline_s", 1, 3600) if "deadline_s" in fields else 60
+        deadline = fields.get("deadline_s", 60)
         self.store.transition(Event.COMMIT, slot=slot, bundle=m.digest, deadline_s=deadline)
         self._committed_here = True
         self.note(f"committed slot {slot} for a trial boot")
         return {"slot": slot, "boots": MAX_BOOTS, "deadline_s": deadline}, b""
 
+    @handles("confirm")
     def op_confirm(self, fields: dict[str, Any], blob: bytes) -> Reply:
         state = self.store.state()
         if not self.boot.trial or state.trial != self.boot.slot:
@@ -383,6 +387,7 @@ class Agent:
         self.note(f"slot {state.active} confirmed")
         return {"active": state.active}, b""
 
+    @handles("reboot")
     def op_reboot(self, fields: dict[str, Any], blob: bytes) -> Reply:
         self.reboot_requested = True
         return {}, b""
@@ -402,6 +407,7 @@ class Agent:
             )
 
     # operation --------------------------------------------------------------------------------
+    @handles("stats")
     def op_stats(self, fields: dict[str, Any], blob: bytes) -> Reply:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
@@ -415,14 +421,15 @@ class Agent:
             "link": self.link_stats() if self.link_stats else {},
         }, b""
 
+    @handles("logs")
     def op_logs(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        since = _int(fields, "since", 0, 1 << 62) if "since" in fields else 0
+        since = fields.get("since", 0)
         lines = [(s, t) for s, t in self.logs if s > since][:200]
         return {"lines": [t for _, t in lines], "last": lines[-1][0] if lines else since}, b""
 
+    @handles("trace")
     def op_trace(self, fields: dict[str, Any], blob: bytes) -> Reply:
-        name = _str(fields, "name", 64)
-        offset = _int(fields, "offset", 0, 1 << 40)
+        name, offset = fields["name"], fields["offset"]
         if not name.replace("-", "_").replace(".", "_").isidentifier():
             raise RequestError(f"trace name {name!r} must be a plain file name")
         path = self.store.root / "traces" / name
@@ -433,44 +440,36 @@ class Agent:
             data = fh.read(PART)
         return {"size": path.stat().st_size, "offset": offset}, data
 
+    @handles("inject")
     def op_inject(self, fields: dict[str, Any], blob: bytes) -> Reply:
         """A part of a clip (WAV or image) that a later `run` uses as its microphone or camera
         (runtime.agent.inject): fields sha256, size, offset; `held` is where the next part starts."""
-        from runtime.agent.inject import MAX_CLIP_BYTES, Clips
+        from runtime.agent.inject import Clips
 
-        if len(blob) > PART:
-            raise RequestError(f"inject part of {len(blob)} bytes; the limit is {PART}")
-        size = _int(fields, "size", 1, MAX_CLIP_BYTES)
-        offset = _int(fields, "offset", 0, MAX_CLIP_BYTES)
-        held = Clips(self.store.root / "inject").put(_str(fields, "sha256", 64), size, offset, blob)
+        size, offset = fields["size"], fields["offset"]
+        held = Clips(self.store.root / "inject").put(fields["sha256"], size, offset, blob)
         return {"held": held, "complete": held == size}, b""
 
+    @handles("run")
     def op_run(self, fields: dict[str, Any], blob: bytes) -> Reply:
         """Run an app on this board for `seconds` with `options` (AppOptions fields); `audio` and
         `camera`, sha256s of injected clips (`op_inject`), replace the microphone (a WAV played in
         real time) and the camera (one image, every frame). The reply has its
         counters and latency percentiles and names its trace (see `op_trace`)."""
-        app = _str(fields, "app", 32)
+        app = fields["app"]
         seconds = fields.get("seconds", 5.0)
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
-            raise RequestError("field 'seconds' must be a number")
-        if not 0 < seconds <= MAX_RUN_S:
-            raise RequestError(f"field 'seconds' must be in (0, {MAX_RUN_S}]")
         from runtime.apps import APPS
         from runtime.apps.device import app_options, run_on_board
 
         if app not in APPS:
             raise RequestError(f"no app {app!r}; apps are {', '.join(APPS)}")
-        try:
-            options = app_options(fields.get("options", {}))
-        except ValueError as exc:
-            raise RequestError(str(exc)) from exc
+        options = app_options(fields.get("options", {}))
         injected: dict[str, Path] = {}
         for device in ("audio", "camera"):
             if device in fields:
                 from runtime.agent.inject import Clips
 
-                digest = _str(fields, device, 64)
+                digest = fields[device]
                 clip = Clips(self.store.root / "inject").path(digest)
                 if clip is None:
                     raise RequestError(

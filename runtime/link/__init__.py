@@ -9,6 +9,6 @@
 - `endpoint`: the thin blocking adapter over a port or a file descriptor: connect, send, recv,
   request, serve, flush, abort.
 - `messages`: bounded request/reply messages (JSON header + binary blob) with typed field
-  limits, a schema check for the serving side and a client that matches replies to requests.
+  limits and a schema that checks requests and replies (the board's: `runtime.agent.api`).
 - `errors`: `LinkError` and its kinds (timeout, closed, usage).
 """

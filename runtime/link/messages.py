@@ -4,46 +4,45 @@ A message is
 
     u16 header length (big-endian) | header: a JSON object (UTF-8) | blob: raw bytes
 
-A request's header has "op", "rid" (the request number) and the op's fields; a reply's has
-"ok", the same "rid" and the reply's fields (or "error" with a sentence when ok is false); binary data (a chunk, a signature, a
-bitmap) rides in the blob so it is never escaped. The layout is that of `runtime.agent.rpc`.
+A request's header has "op", "_id" (the request number) and the op's fields; a reply's has
+"ok", the same "_id" and the reply's fields (or "error" with a sentence when ok is false);
+binary data (a chunk, a signature, a bitmap) rides in the blob so it is never escaped.
 
 Decoding never evaluates anything and is bounded before it parses: the header's length is
-checked against `MAX_HEADER`, the blob against the op's limit; JSON constants (NaN, Infinity),
+checked against `MAX_HEADER`, the blob against a limit; JSON constants (NaN, Infinity),
 duplicate keys, and nesting deeper than `MAX_DEPTH` are refused. An `Op` declares each field's
-type and limit (string and list lengths, integer ranges) and `Schema.check_request` refuses
-unknown fields, missing fields and anything over a limit, with a message that names the op,
-the field and the limit. Every failure is a `MessageError`.
-
-    SCHEMA = Schema([Op("put", {"id": Str(64), "offset": Int(0, 1 << 40)}, blob=32768)])
-    client = Client(endpoint, SCHEMA)
-    reply, blob = client.call("put", {"id": cid, "offset": 0}, data, timeout=5)
-
-`Client.call` numbers its requests and skips replies whose "rid" is not the one it waits for (a
-late reply to a request that timed out), so a retry never takes an old answer for a new one.
+type and limit (string and list lengths, integer ranges) of its request and its reply;
+`Schema.check_request` refuses unknown fields, missing fields and anything over a limit, with a
+message that names the op, the field and the limit, and `Schema.check_reply` holds a reply to
+what its op declares. Every failure is a `MessageError`. The board's requests are declared with
+these in one table, `runtime.agent.api`.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from runtime.link.errors import LinkError, LinkTimeout
+from runtime.link.errors import LinkError
 
 __all__ = [
+    "ENVELOPE",
     "MAX_BLOB",
     "MAX_HEADER",
     "Bool",
     "Bytes32",
-    "Client",
+    "FieldType",
     "Int",
+    "Json",
     "List",
     "MessageError",
+    "Num",
+    "Obj",
     "Op",
-    "RemoteError",
+    "Opt",
     "Schema",
     "Str",
     "decode",
@@ -53,15 +52,12 @@ __all__ = [
 MAX_HEADER = 8192
 MAX_BLOB = 256 * 1024
 MAX_DEPTH = 8
+ENVELOPE = ("op", "_id", "ok")  # the keys every request or reply carries besides its fields
 _LEN = struct.Struct(">H")
 
 
 class MessageError(LinkError):
     """A message that is not well formed, not bounded, or not what its op declares."""
-
-
-class RemoteError(LinkError):
-    """The peer answered a request with ok=false; the message carries its reason."""
 
 
 # -- wire format ---------------------------------------------------------------------------------
@@ -135,6 +131,9 @@ class FieldType(Protocol):
     def check(self, value: Any) -> str | None:
         """None when `value` is acceptable, else what is wrong with it."""
 
+    def describe(self) -> str:
+        """The type and its limits in a few words (the protocol's docs)."""
+
 
 @dataclass(frozen=True)
 class Int:
@@ -148,11 +147,43 @@ class Int:
             return f"is outside {self.lo}..{self.hi}"
         return None
 
+    def describe(self) -> str:
+        return f"integer {_n(self.lo)}..{_n(self.hi)}"
+
+
+def _n(value: float) -> str:
+    """A limit as the docs write it: 2^40 - 1 rather than 1099511627775."""
+    for k in range(16, 64):
+        if value in (1 << k, (1 << k) - 1):
+            return f"2^{k}" + " - 1" * (value != 1 << k)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Num:
+    """A number (integer or float) in lo..hi; above lo only, when `above` is set."""
+
+    lo: float = 0.0
+    hi: float = float(1 << 53)
+    above: bool = False
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return "is not a number"
+        if not (self.lo < value if self.above else self.lo <= value) or value > self.hi:
+            return f"is outside {self.describe()[7:]}"
+        return None
+
+    def describe(self) -> str:
+        return f"number {'(' if self.above else '['}{_n(self.lo)}, {_n(self.hi)}]"
+
 
 @dataclass(frozen=True)
 class Str:
     max_len: int
     allowed: str | None = None  # every character must be in this set, when given
+    min_len: int = 0
+    what: str = ""  # what the docs call it, when not "string of ..."
 
     def check(self, value: Any) -> str | None:
         if not isinstance(value, str):
@@ -161,7 +192,16 @@ class Str:
             return f"is longer than {self.max_len} characters"
         if self.allowed is not None and any(c not in self.allowed for c in value):
             return "has characters that are not allowed"
+        if len(value) < self.min_len:
+            return f"is shorter than {self.min_len} characters"
         return None
+
+    def describe(self) -> str:
+        if self.what:
+            return self.what
+        chars = "" if self.allowed is None else f" of {self.allowed!r}"
+        least = f"{self.min_len} to " if self.min_len else "at most "
+        return f"string of {least}{self.max_len} characters{chars}"
 
 
 @dataclass(frozen=True)
@@ -169,13 +209,16 @@ class Bool:
     def check(self, value: Any) -> str | None:
         return None if isinstance(value, bool) else "is not true or false"
 
+    def describe(self) -> str:
+        return "true or false"
+
 
 HEX = "0123456789abcdef"
 
 
 def Bytes32() -> Str:
     """A sha256 digest as 64 lowercase hex digits."""
-    return Str(64, HEX)
+    return Str(64, HEX, min_len=64, what="sha256: 64 lowercase hex digits")
 
 
 @dataclass(frozen=True)
@@ -194,95 +237,137 @@ class List:
                 return f"item {i} {why}"
         return None
 
+    def describe(self) -> str:
+        return f"list of at most {self.max_items} ({self.item.describe()})"
+
+
+@dataclass(frozen=True)
+class Opt:
+    """`item`, or null."""
+
+    item: FieldType
+
+    def check(self, value: Any) -> str | None:
+        return None if value is None else self.item.check(value)
+
+    def describe(self) -> str:
+        return f"{self.item.describe()}, or null"
+
+
+@dataclass(frozen=True)
+class Json:
+    """Any JSON value (the decoder has bounded its size and depth already)."""
+
+    what: str = "any JSON value"
+
+    def check(self, value: Any) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A JSON object; with `fields`, only those keys (each optional), each of its type."""
+
+    fields: Mapping[str, FieldType] | None = None
+    what: str = "object"
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, dict):
+            return "is not an object"
+        if self.fields is None:
+            return None
+        for key, v in value.items():
+            kind = self.fields.get(key)
+            if kind is None:
+                return f"has an unknown key {str(key)[:40]!r}; known: {', '.join(self.fields)}"
+            why = kind.check(v)
+            if why:
+                return f"key {key!r} {why}"
+        return None
+
+    def describe(self) -> str:
+        if self.fields is None:
+            return self.what
+        inner = "; ".join(f"{k}: {t.describe()}" for k, t in self.fields.items())
+        return f"{self.what} with any of {{{inner}}}"
+
 
 @dataclass(frozen=True)
 class Op:
-    """One request: its fields (all required unless listed in `optional`) and blob limit."""
+    """One request: what it does, its fields (all required unless listed in `optional`), its
+    blob limit, its reply's fields (`reply`, all present unless in `reply_optional`) and what
+    its reply's blob holds, and the errors it answers with (kind: when)."""
 
     name: str
     fields: Mapping[str, FieldType] = field(default_factory=dict)
     blob: int = 0
     optional: Sequence[str] = ()
+    reply: Mapping[str, FieldType] = field(default_factory=dict)
+    reply_optional: Sequence[str] = ()
+    reply_blob: str = ""
+    doc: str = ""
+    blob_doc: str = ""
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+
+def _check_fields(
+    what: str, fields: Mapping[str, Any], kinds: Mapping[str, FieldType], optional: Sequence[str]
+) -> None:
+    extra = set(fields) - set(kinds)
+    if extra:
+        raise MessageError(f"{what}: unknown field(s) {sorted(extra)[:5]}")
+    for key, kind in kinds.items():
+        if key not in fields:
+            if key in optional:
+                continue
+            raise MessageError(f"{what}: field {key!r} is missing")
+        why = kind.check(fields[key])
+        if why:
+            raise MessageError(f"{what}: field {key!r} {why}")
 
 
 class Schema:
-    """The requests a service accepts."""
+    """The requests a service accepts and the replies it gives."""
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.ops = {op.name: op for op in ops}
+        if len(self.ops) != len(ops):
+            raise ValueError("two ops of one name")
 
-    def check_request(self, header: Mapping[str, Any], blob: bytes) -> tuple[Op, dict[str, Any]]:
-        """The op and its fields (without "op" and "rid"), or MessageError saying what is wrong."""
-        name = header.get("op")
+    def op(self, name: Any) -> Op:
         if not isinstance(name, str) or name not in self.ops:
             known = ", ".join(sorted(self.ops))
             raise MessageError(f"unknown request {str(name)[:32]!r}; this side knows {known}")
-        op = self.ops[name]
-        fields = {k: v for k, v in header.items() if k not in ("op", "rid")}
-        extra = set(fields) - set(op.fields)
-        if extra:
-            raise MessageError(f"request {name!r}: unknown field(s) {sorted(extra)[:5]}")
-        for key, kind in op.fields.items():
-            if key not in fields:
-                if key in op.optional:
-                    continue
-                raise MessageError(f"request {name!r}: field {key!r} is missing")
-            why = kind.check(fields[key])
-            if why:
-                raise MessageError(f"request {name!r}: field {key!r} {why}")
+        return self.ops[name]
+
+    def check_request(self, header: Mapping[str, Any], blob: bytes) -> tuple[Op, dict[str, Any]]:
+        """The op and its fields (without "op" and "_id"), or MessageError saying what is wrong."""
+        op = self.op(header.get("op"))
+        fields = {k: v for k, v in header.items() if k not in ENVELOPE}
+        _check_fields(f"request {op.name!r}", fields, op.fields, op.optional)
         if len(blob) > op.blob:
-            raise MessageError(f"request {name!r}: data of {len(blob)} bytes is over {op.blob}")
+            raise MessageError(
+                f"request {op.name!r}: data of {len(blob)} bytes is over {op.blob} (the limit)"
+            )
         return op, fields
 
-
-Handler = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]
-
-
-def handle(schema: Schema, handlers: Mapping[str, Handler], payload: bytes) -> bytes:
-    """One request payload in, one reply payload out; a bad request gets an error reply."""
-    rid: Any = None
-    try:
-        header, blob = decode(payload)
-        rid = header.get("rid") if isinstance(header.get("rid"), int) else None
-        op, fields = schema.check_request(header, blob)
-        reply, data = handlers[op.name](fields, blob)
-        return encode({**reply, "ok": reply.get("ok", True), "rid": rid}, data)
-    except (MessageError, KeyError) as exc:
-        return encode({"ok": False, "error": str(exc)[:500], "rid": rid})
+    def check_reply(self, name: str, header: Mapping[str, Any]) -> None:
+        """MessageError unless `header` is a reply that op `name` may give: its fields when
+        "ok" is true, an "error" sentence (and the error's "kind") when it is false."""
+        op = self.op(name)
+        what = f"reply to {op.name!r}"
+        ok = header.get("ok")
+        fields = {k: v for k, v in header.items() if k not in ENVELOPE}
+        if ok is True:
+            _check_fields(what, fields, op.reply, op.reply_optional)
+        elif ok is False:
+            _check_fields(what, fields, ERROR_REPLY, ("kind",))
+        else:
+            raise MessageError(f"{what}: field 'ok' is not true or false")
 
 
-class RequestChannel(Protocol):
-    def request(self, payload: bytes, timeout: float) -> bytes: ...
-
-    def recv(self, timeout: float) -> bytes | None: ...
-
-
-class Client:
-    """Requests over an endpoint, matched to their replies by "rid"."""
-
-    def __init__(self, endpoint: RequestChannel, max_blob: int = MAX_BLOB) -> None:
-        self.endpoint = endpoint
-        self.max_blob = max_blob
-        self._next_id = 1
-
-    def call(
-        self,
-        op: str,
-        fields: Mapping[str, Any] | None = None,
-        blob: bytes = b"",
-        timeout: float = 10.0,
-    ) -> tuple[dict[str, Any], bytes]:
-        """The reply's (header, blob); RemoteError when the peer said ok=false."""
-        rid = self._next_id
-        self._next_id = (self._next_id + 1) & 0x7FFFFFFF or 1
-        payload = encode({**(fields or {}), "op": op, "rid": rid}, blob, self.max_blob)
-        reply = self.endpoint.request(payload, timeout)
-        header, data = decode(reply, self.max_blob)
-        while header.get("rid") != rid:  # a late reply to an earlier request: skip it
-            more = self.endpoint.recv(timeout)
-            if more is None:
-                raise LinkTimeout(f"no reply to {op!r} (request {rid}) within {timeout:g} s")
-            header, data = decode(more, self.max_blob)
-        if not header.get("ok"):
-            raise RemoteError(f"the peer refused {op!r}: {header.get('error', 'no reason given')}")
-        return header, data
+#: the fields of every error reply
+ERROR_REPLY: Mapping[str, FieldType] = {"error": Str(MAX_HEADER), "kind": Str(64)}
