@@ -135,7 +135,7 @@ def _board_session(request: pytest.FixtureRequest, hil_workdir: Path) -> Iterato
     if not url:
         yield None
         return
-    from hil.rigs import BoardUnderTest
+    from hil.targets import BoardUnderTest
 
     but = BoardUnderTest(url, hil_workdir / "board", profile=profile)
     try:
@@ -180,7 +180,7 @@ def link(board: Any) -> Any:
 def _power_session(
     request: pytest.FixtureRequest, _board_session: Any, hil_workdir: Path
 ) -> Iterator[Any]:
-    from hil.rigs import PowerRig
+    from hil.targets import PowerRig
 
     port = request.config.getoption("--fixture-port")
     if _board_session is None and not port:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hil import simrig
+from hil import fixture_sim
 from hil.errors import PortError
 from hil.farm import Ser2net, free_tcp_port
+from hil.fixture_link import Fixture
 from hil.ports import open_serial
-from hil.rig import Fixture
 from tests.hil_helpers import held_elsewhere
 
 
@@ -55,7 +55,7 @@ def test_bytes_cross_rfc2217_unchanged_both_ways() -> None:
 
 
 def test_fixture_over_rfc2217(tmp_path: Path) -> None:
-    sim = simrig.SimFixture(tmp_path)
+    sim = fixture_sim.SimFixture(tmp_path)
     with sim, Ser2net(sim.port or "") as srv, Fixture(open_serial(srv.url, 921600), srv.url) as fx:
         assert fx.hello()["sensor"] == "ina226"
         sim.rail(2.5)

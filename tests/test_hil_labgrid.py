@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hil import simrig
+from hil import fixture_sim
 from hil.farm import free_tcp_port
+from hil.fixture_link import Fixture
 from hil.labgrid_place import LabgridPlace, client_binary, parse_show
 from hil.ports import open_serial
-from hil.rig import Fixture
 
 
 def _wait(cond, what: str, timeout: float = 90.0) -> None:
@@ -47,7 +47,7 @@ def test_fixture_through_a_labgrid_place(tmp_path: Path) -> None:
     link = Path(f"/dev/{name}")
     (tmp_path / "coord").mkdir()
     procs: list[subprocess.Popen[bytes]] = []
-    sim = simrig.SimFixture(tmp_path)
+    sim = fixture_sim.SimFixture(tmp_path)
     env = {**os.environ, "LG_COORDINATOR": coord}
     try:
         link.symlink_to(sim.port or "")

@@ -193,8 +193,8 @@ class PowerRig:
         model: str = "cpu",
     ) -> None:
         """`model` (sim boards): the rail follows the board's CPU time ("cpu"), or the replies
-        it sends, at a fixed cost each ("work": deterministic, see `hil.simrig.SimRail`)."""
-        from hil.rig import Fixture
+        it sends, at a fixed cost each ("work": deterministic, see `hil.fixture_sim.SimRail`)."""
+        from hil.fixture_link import Fixture
 
         self.rate_hz = rate_hz
         # a sample may be read this late (see the fixture's `start`); the unix port on a
@@ -206,8 +206,8 @@ class PowerRig:
         if fixture_port:
             self.fixture = Fixture.open(fixture_port)
         elif board is not None and board.sim is not None:
+            from hil.fixture_sim import SimFixture, SimRail
             from hil.ports import open_serial
-            from hil.simrig import SimFixture, SimRail
 
             self.sim_fixture = SimFixture(
                 workdir,
@@ -291,7 +291,8 @@ class Capture:
     on_board: Samples = field(default_factory=Samples.empty)
     fit: ClockFit | None = None
     window_us: tuple[float, float] | None = None
-    markers: list[Any] = field(default_factory=list)  # hil.rig.Marker, as the fixture sent them
+    # hil.fixture_link.Marker, as the fixture sent them
+    markers: list[Any] = field(default_factory=list)
 
     def refit(self, fit: ClockFit) -> None:
         """Puts the samples on the board's clock with another fit (e.g. from trace markers)."""

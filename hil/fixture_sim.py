@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hil.errors import FixtureError
-from hil.rig import FIRMWARE_DIR
+from hil.fixture_link import FIRMWARE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class SimFixture:
         os.close(line)
         if realtime:
             self._realtime(required=realtime is True)
-        self._thread = threading.Thread(target=self._listen, name="simrig-udp", daemon=True)
+        self._thread = threading.Thread(target=self._listen, name="fixture-sim-udp", daemon=True)
         self._thread.start()
         if not self._hello.wait(10):
             self.close()
