@@ -32,14 +32,14 @@ import numpy as np
 from hil import fixture_sim
 from hil.errors import LinkFailure
 from hil.fixture_link import Fixture
-from hil.ports import open_serial
 from hil.power import fit_clock, fit_pings
+from hil.transport import open_port
 
 
 def _fixture(tmp: Path, **kw: Any) -> tuple[fixture_sim.SimFixture, Fixture]:
     sim = fixture_sim.SimFixture(tmp, **kw)
     assert sim.port is not None
-    fx = Fixture(open_serial(sim.port, 921600), sim.port)
+    fx = Fixture(open_port(sim.port), sim.port)
     fx.hello()
     sim.rail(1.0)
     return sim, fx
@@ -57,7 +57,7 @@ def _cabled_fixture(
 
     cable = Cable(baud=LINE_BAUD)
     sim = fixture_sim.SimFixture(tmp, device=cable.b, realtime=realtime)
-    fx = Fixture(open_serial(cable.a, LINE_BAUD), cable.a)
+    fx = Fixture(open_port(cable.a, LINE_BAUD), cable.a)
     fx.hello()
     sim.rail(1.0)
     return cable, sim, fx

@@ -16,13 +16,13 @@ import pytest
 from hil import fixture_sim
 from hil.errors import FixtureError
 from hil.fixture_link import Fixture, firmware_version
-from hil.ports import open_serial
+from hil.transport import open_port
 from tests.conftest import run_ocula
 
 
 def _connect(sim: fixture_sim.SimFixture) -> Fixture:
     assert sim.port is not None
-    return Fixture(open_serial(sim.port, 921600), sim.port)
+    return Fixture(open_port(sim.port), sim.port)
 
 
 def _ina226_watts(watts: float, volts: float = 5.0) -> float:
@@ -158,7 +158,7 @@ def test_no_answer_is_a_link_failure(tmp_path: Path) -> None:
     tty.setraw(slave)
     try:
         with (
-            Fixture(open_serial(os.ttyname(slave), 921600), "silent") as fx,
+            Fixture(open_port(os.ttyname(slave)), "silent") as fx,
             pytest.raises(LinkFailure, match=r"did not answer 'hello' within 0\.3 s"),
         ):
             fx.hello(timeout=0.3)

@@ -16,7 +16,7 @@ from hil import fixture_sim
 from hil.farm import free_tcp_port
 from hil.fixture_link import Fixture
 from hil.labgrid_place import LabgridPlace, client_binary, parse_show
-from hil.ports import open_serial
+from hil.transport import open_port
 
 
 def _wait(cond, what: str, timeout: float = 90.0) -> None:
@@ -103,7 +103,7 @@ def test_fixture_through_a_labgrid_place(tmp_path: Path) -> None:
         url = place.acquire()
         try:
             assert url.startswith("rfc2217://127.0.0.1:")
-            with Fixture(open_serial(url, 921600), url) as fx:
+            with Fixture(open_port(url), url) as fx:
                 assert fx.hello()["sensor"] == "ina226"
         finally:
             place.release()

@@ -157,13 +157,13 @@ def test_fixture_edges_pair_with_the_boards_trace_markers(tmp_path: Path) -> Non
     trace's seq drops both and maps fixture time onto the board's clock."""
     from hil import fixture_sim
     from hil.fixture_link import Fixture
-    from hil.ports import open_serial
+    from hil.transport import open_port
 
     sim = fixture_sim.SimFixture(tmp_path, clock_offset_us=7.5e8, drift_ppm=60.0)
     assert sim.port is not None
     events: list[dict] = []
     board_t: dict[int, float] = {}
-    with sim, Fixture(open_serial(sim.port, 921600), sim.port) as fx:
+    with sim, Fixture(open_port(sim.port), sim.port) as fx:
         fx.hello()
         fx.start(5000, 1000)
         seen = 0
