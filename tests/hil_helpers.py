@@ -1,11 +1,19 @@
-"""Shared set-up for the HIL tests: another process that holds a port or a board."""
+"""Shared set-up for the HIL tests: another process that holds a port or a board; a labgrid
+place on loopback."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 
 @contextlib.contextmanager
@@ -26,3 +34,97 @@ def held_elsewhere(take: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def labgrid_place(
+    workdir: Path, device: str
+) -> Iterator[tuple[str, Callable[..., subprocess.CompletedProcess[str]]]]:
+    """A labgrid place on loopback serving `device` (a pty): a coordinator and an exporter from
+    labgrid's own venv, ser2net serving the device linked under /dev (the exporter serves only
+    ports there). Yields the place's PORT (`labgrid://NAME?coordinator=HOST:PORT`) and `lg`,
+    which runs labgrid-client against the coordinator; stops them all on the way out."""
+    from hil.farm import free_tcp_port
+    from hil.labgrid_place import client_binary
+
+    client = client_binary()  # fails with 'run make labgrid-venv' when labgrid is missing
+    bindir = Path(client).parent
+    if os.geteuid() != 0:
+        pytest.fail("labgrid's exporter only serves ports under /dev: run this test as root")
+    coord = f"127.0.0.1:{free_tcp_port()}"
+    name = f"ocula-{os.getpid()}-{next(_places)}"
+    link = Path(f"/dev/{name}")
+    (workdir / "coord").mkdir(parents=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "LG_COORDINATOR": coord}
+
+    def lg(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [client, "-x", coord, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    try:
+        link.symlink_to(device)
+        (workdir / "exporter.yaml").write_text(
+            f"{name}-group:\n  RawSerialPort:\n    port: {link}\n    speed: 921600\n"
+        )
+        log = (workdir / "labgrid.log").open("wb")
+        coordinator = subprocess.Popen(
+            [str(bindir / "labgrid-coordinator"), "-l", coord],
+            cwd=workdir / "coord",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(coordinator)
+        listening = threading.Event()
+
+        def drain() -> None:  # into the log; the exporter gives up on a coordinator not yet up
+            assert coordinator.stdout is not None
+            for line in coordinator.stdout:
+                log.write(line)
+                log.flush()
+                if b"listening on" in line:
+                    listening.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        assert listening.wait(60), f"the coordinator did not listen within 60 s: {workdir}"
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(bindir / "labgrid-exporter"),
+                    "-c",
+                    coord,
+                    "--hostname",
+                    "127.0.0.1",
+                    "-n",
+                    name,
+                    str(workdir / "exporter.yaml"),
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        )
+        _wait(lambda: name in lg("resources").stdout, "the exporter registered its port")
+        assert lg("-p", name, "create").returncode == 0
+        assert lg("-p", name, "add-match", f"{name}/{name}-group/*").returncode == 0
+        yield f"labgrid://{name}?coordinator={coord}", lg
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=10)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+
+
+_places = itertools.count()
+
+
+def _wait(cond: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:g} s")
