@@ -26,10 +26,7 @@ def test_parse_show_reads_acquired_resources() -> None:
 def test_fixture_through_a_labgrid_place(tmp_path: Path) -> None:
     with (
         fixture_sim.SimFixture(tmp_path) as sim,
-        labgrid_place(tmp_path, sim.port or "") as (
-            where,
-            lg,
-        ),
+        labgrid_place(tmp_path, sim.port or "") as (where, lg),
     ):
         place = LabgridPlace(where)
         name = place.place
