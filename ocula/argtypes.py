@@ -9,7 +9,7 @@ disk) is found later and reported by the module that reads or writes it.
 
     p.add_argument("--out", type=out_file)            # a file we may create or replace
     p.add_argument("--seconds", type=number(0, 86400, low_open=True))
-    p.add_argument("--port", type=port)               # /dev/ttyACM0, sim://NAME, rfc2217://H:P
+    p.add_argument("--port", type=port)               # /dev/ttyACM0, sim://NAME, labgrid://PLACE
 """
 
 from __future__ import annotations
