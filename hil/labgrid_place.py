@@ -9,7 +9,8 @@ dependency `pyserial-labgrid` installs the same `serial` package as pyserial and
 side, one silently overwrites the other (reads then take about 300 ms). So this driver never
 imports labgrid: it runs that venv's `labgrid-client` (or $OCULA_LABGRID_CLIENT) to acquire,
 to read the acquired resources (`show`), and to release. labgrid's own pytest plugin does not
-acquire a place; this driver does, and releases it on close.
+acquire a place; this driver does, and releases it on close. The port registry holds a place
+through it (`hil.drivers.hold_place`), so `labgrid://PLACE` is a PORT for every command.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ booted slot.
 `PowerRig` is the fixture MCU and what it needs: a real fixture on --fixture-port, or, for a
 sim board, the firmware under MicroPython's unix port whose rail follows the sim board's CPU
 and whose power and reset pins are wired to the sim board (`hil.fixture_sim.SimRail`). While
-attached, the board's `power` and `reset` go through the fixture's pins. `capture()` samples while the caller works and maps the samples onto the board's clock with
-marker edges at the start and the end (GPIO edges where the rig has the line; clock pings on
-the fixture otherwise).
+attached, the board's `power` and `reset` go through the fixture's pins. `capture()` samples
+while the caller works and maps the samples onto the board's clock with marker edges at the
+start and the end (GPIO edges where the rig has the line; clock pings on the fixture
+otherwise).
 """
 
 from __future__ import annotations
