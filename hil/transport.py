@@ -1,14 +1,14 @@
 """Open any PORT string as a pyserial port: every kind in the registry (`hil.ports.KINDS`).
 
 `open_port(url)` registers Ocula's URL handlers (`hil/serialurl`: `sim://`, `labgrid://`) with
-pyserial, then opens the port
-with the settings the link needs: a short read timeout (the link waits on its own deadline),
-a write timeout (a pty blocks after ~8 KiB when nobody reads), and exclusive access to local
-devices. Remote kinds (`rfc2217://`, and `labgrid://`, which is RFC 2217 to the place's
-ser2net) get no write timeout: pyserial's RFC 2217 client refuses one
+pyserial, then opens the port with the settings the link needs: a short read timeout (the link
+waits on its own deadline), a write timeout (a pty blocks after ~8 KiB when nobody reads), and
+exclusive access to local devices. Remote kinds (`rfc2217://`, and `labgrid://`, which is RFC
+2217 to the place's ser2net) get no write timeout: pyserial's RFC 2217 client refuses one
 (NotImplementedError when the port is configured), and a TCP socket's send buffer does not
-block the way a pty's does. Errors say which port, why, and what to do; a busy local port names
-the process that holds it when /proc shows it.
+block the way a pty's does. Errors say which port, why, and what to do; a busy local port
+names the process that holds it when /proc shows it. This module imports the registry
+(`hil.ports`), never the other way round.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def open_port(url: str, baud: int = 921600, timeout: float = 0.05, write_timeout
 
     kind = check_port(url)  # a typo fails here, before a sim board is started
     register()
-    local = "://" not in url
+    local = kind.scheme == ""
     if local and not os.path.exists(url):
         raise PortError(
             f"{url}: no such port; check the cable and 'ls /dev/ttyACM* /dev/ttyUSB*', "
