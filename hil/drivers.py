@@ -1,12 +1,13 @@
-"""Drivers that bind the HIL protocols (`hil.protocols`) to resources, and the resources a PORT holds.
+"""Drivers that bind the HIL protocols (`hil.protocols`) to resources; what a PORT holds.
 
 `hold(url)` (in `hil.ports`, through the kind's row) resolves a PORT into a `Held`: the PORT the
 link opens (again after every reset) and the drivers its resource brings. A sim board brings
 its own power and reset (`SimPower`, `SimReset`: a power cut and a boot of its processes); a
-labgrid place is acquired for as long as it is held; a serial device brings nothing but its
-line. A fixture MCU (`hil.fixture_link.Fixture`) brings `FixturePower` and `FixtureReset`,
-which drive the board's power and reset pins: a real board's GPIOs, or, in tests, a sim board's
-through the simulated fixture's wiring (`hil.fixture_sim.SimRail`).
+labgrid place is acquired for as long as it is held and, where it has a power switch, brings
+`LabgridPower`; a serial device brings nothing but its line. A fixture MCU
+(`hil.fixture_link.Fixture`) brings `FixturePower` and `FixtureReset`, which drive the board's
+power and reset pins: a real board's GPIOs, or, in tests, a sim board's through the simulated
+fixture's wiring (`hil.fixture_sim.SimRail`).
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def hold_place(url: str, **_: Any) -> Held:
     from hil.labgrid_place import LabgridPlace
 
     place = LabgridPlace(url)
-    return Held(url, place.acquire(), release=place.release)
+    port = place.acquire()
+    power = LabgridPower(place) if place.has_power() else None
+    return Held(url, port, power=power, release=place.release)
 
 
 class SimPower:
@@ -138,6 +141,23 @@ class FixturePower:
         self.off()
         time.sleep(self.off_s)  # a hold-off the hardware needs, not a wait for an event
         self.on()
+
+
+class LabgridPower:
+    """A labgrid place's power switch, through labgrid-client (labgrid's own power driver)."""
+
+    def __init__(self, place: Any, off_s: float = 0.2) -> None:
+        self.place = place
+        self.off_s = off_s
+
+    def on(self) -> None:
+        self.place.power("on")
+
+    def off(self) -> None:
+        self.place.power("off")
+
+    def cycle(self) -> None:
+        self.place.power("cycle", delay=self.off_s)
 
 
 class FixtureReset:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,12 +39,14 @@ def held_elsewhere(take: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 @contextlib.contextmanager
 def labgrid_place(
-    workdir: Path, device: str
+    workdir: Path, device: str, power_url: str | None = None
 ) -> Iterator[tuple[str, Callable[..., subprocess.CompletedProcess[str]]]]:
     """A labgrid place on loopback serving `device` (a pty): a coordinator and an exporter from
     labgrid's own venv, ser2net serving the device linked under /dev (the exporter serves only
-    ports there). Yields the place's PORT (`labgrid://NAME?coordinator=HOST:PORT`) and `lg`,
-    which runs labgrid-client against the coordinator; stops them all on the way out."""
+    ports there); with `power_url`, a power switch too (a NetworkPowerPort of labgrid's
+    `simplerest` model: GET `power_url` with {value} 0 or 1). Yields the place's PORT
+    (`labgrid://NAME?coordinator=HOST:PORT`) and `lg`, which runs labgrid-client against the
+    coordinator; stops them all on the way out."""
     from hil.farm import free_tcp_port
     from hil.labgrid_place import client_binary
 
@@ -65,8 +68,15 @@ def labgrid_place(
 
     try:
         link.symlink_to(device)
+        power = (
+            ""
+            if power_url is None
+            else (
+                f"  NetworkPowerPort:\n    model: simplerest\n    host: '{power_url}'\n    index: 0\n"
+            )
+        )
         (workdir / "exporter.yaml").write_text(
-            f"{name}-group:\n  RawSerialPort:\n    port: {link}\n    speed: 921600\n"
+            f"{name}-group:\n  RawSerialPort:\n    port: {link}\n    speed: 921600\n{power}"
         )
         log = (workdir / "labgrid.log").open("wb")
         coordinator = subprocess.Popen(
@@ -128,3 +138,46 @@ def _wait(cond: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} within {timeout:g} s")
+
+
+class PowerSwitch:
+    """A network power switch in front of a sim board, as labgrid's `simplerest` model speaks
+    it: GET /power/1 boots the board, /power/0 cuts its power, /power reads it. `url` is the
+    template for the exporter; `log` the values set, in order."""
+
+    def __init__(self, sim: Any) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        switch = self
+        self.sim = sim
+        self.log: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                value = self.path.rstrip("/").rsplit("/", 1)[-1]
+                if value in ("0", "1"):
+                    switch.log.append(value)
+                    if value == "1":
+                        switch.sim.boot()
+                    else:
+                        switch.sim.power_cut()
+                body = b"1" if switch.sim.running() else b"0"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/power/{{value}}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> PowerSwitch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

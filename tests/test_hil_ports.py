@@ -3,7 +3,8 @@
 `ocula flash`, `run`, `profile` and `hil` run against the same board reached as `sim://NAME`
 (the registry starts it) and as `labgrid://PLACE` (a sim board on a pty, served by a labgrid
 place on loopback; the registry acquires the place). A sim board's power cycled through the
-simulated fixture: the firmware drives the power pin, wired to the board.
+simulated fixture (the firmware drives the power pin, wired to the board) and through a
+labgrid place's power switch (labgrid-client drives it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hil.sim import SimBoard
 from hil.suites import bundles
 from hil.targets import BoardUnderTest, PowerRig
 from tests.conftest import run_ocula
-from tests.hil_helpers import labgrid_place
+from tests.hil_helpers import PowerSwitch, labgrid_place
 
 PROFILE = "rpi5"  # what a board behind a labgrid place is taken for when no inventory says
 
@@ -99,3 +100,21 @@ def test_power_cycle_through_a_fixture(tmp_path: Path) -> None:
         assert board.power is own_power
     finally:
         board.close()
+
+
+def test_power_cycle_through_a_labgrid_place(tmp_path: Path) -> None:
+    """A place with a power switch brings a PowerProtocol: labgrid-client drives the switch
+    (labgrid's own simplerest driver) in front of a sim board."""
+    with (
+        SimBoard("switched", profile=PROFILE, base=tmp_path / "boards") as sim,
+        PowerSwitch(sim) as switch,
+        labgrid_place(tmp_path / "lab", sim.port, power_url=switch.url) as (url, _),
+    ):
+        board = BoardUnderTest(url, tmp_path / "board")
+        try:
+            first = board.hello(deadline=30)
+            board.power_cycle()
+            assert switch.log == ["0", "1"]
+            assert board.hello(deadline=30)["boot_id"] != first["boot_id"]
+        finally:
+            board.close()
