@@ -75,10 +75,10 @@ llama-venv: $(LLAMA_STAMP)
 test: $(STAMP) sysdeps $(LABGRID_STAMP) $(LLAMA_STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 	# the HIL suites against a simulated board (a short soak; `make hil-soak` runs a long one)
-	$(BIN)/python -m pytest hil/suites --board sim://sim --hil-soak-minutes 0.1 -p no:cacheprovider -q
+	$(BIN)/python -m pytest hil/suites --board-port sim://sim --hil-soak-minutes 0.1 -p no:cacheprovider -q
 
 hil-soak: $(STAMP) sysdeps
-	$(BIN)/python -m pytest hil/suites/test_soak.py --board sim://sim --hil-soak-minutes $(SOAK_MINUTES) -p no:cacheprovider -v
+	$(BIN)/python -m pytest hil/suites/test_soak.py --board-port sim://sim --hil-soak-minutes $(SOAK_MINUTES) -p no:cacheprovider -v
 
 # power cuts at 100 seeded moments of a flash and a commit, then the tally (make test runs 20);
 # then every reader of untrusted bytes (WAV, images, manifest, profile, glyph atlas) fuzzed:

@@ -29,17 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from hil import simrig
+from hil import fixture_sim
 from hil.errors import LinkFailure
-from hil.ports import open_serial
+from hil.fixture_link import Fixture
 from hil.power import fit_clock, fit_pings
-from hil.rig import Fixture
+from hil.transport import open_port
 
 
-def _fixture(tmp: Path, **kw: Any) -> tuple[simrig.SimFixture, Fixture]:
-    sim = simrig.SimFixture(tmp, **kw)
+def _fixture(tmp: Path, **kw: Any) -> tuple[fixture_sim.SimFixture, Fixture]:
+    sim = fixture_sim.SimFixture(tmp, **kw)
     assert sim.port is not None
-    fx = Fixture(open_serial(sim.port, 921600), sim.port)
+    fx = Fixture(open_port(sim.port), sim.port)
     fx.hello()
     sim.rail(1.0)
     return sim, fx
@@ -50,12 +50,14 @@ LINE_BAUD = 921600
 JITTER_BUDGETS_US = {"strict": 0, "1ms": 1000, "2ms": 2000}  # 0: one sample period
 
 
-def _cabled_fixture(tmp: Path, realtime: bool = False) -> tuple[Any, simrig.SimFixture, Fixture]:
+def _cabled_fixture(
+    tmp: Path, realtime: bool = False
+) -> tuple[Any, fixture_sim.SimFixture, Fixture]:
     from hil.cable import Cable
 
     cable = Cable(baud=LINE_BAUD)
-    sim = simrig.SimFixture(tmp, device=cable.b, realtime=realtime)
-    fx = Fixture(open_serial(cable.a, LINE_BAUD), cable.a)
+    sim = fixture_sim.SimFixture(tmp, device=cable.b, realtime=realtime)
+    fx = Fixture(open_port(cable.a, LINE_BAUD), cable.a)
     fx.hello()
     sim.rail(1.0)
     return cable, sim, fx
@@ -209,8 +211,8 @@ def energy_repeatability(
     request. Beside it: the rail's own record over the same window (the measurement error)
     and the board's CPU time per request (the workload's own spread). With model "cpu" the
     sim rail follows that CPU time; with "work" it charges a fixed 150 us of a core per reply
-    the board sends (`hil.simrig.SimRail`), so the spread left is the rig's own."""
-    from hil.rigs import BoardUnderTest, PowerRig
+    the board sends (`hil.fixture_sim.SimRail`), so the spread left is the rig's own."""
+    from hil.targets import BoardUnderTest, PowerRig
 
     per_request = []
     board = BoardUnderTest("sim://bench", tmp / "board")

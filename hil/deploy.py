@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hil.errors import FixtureError
-from hil.rig import FIRMWARE_DIR
+from hil.fixture_link import FIRMWARE_DIR
 
 COMPILED = ("fixture.py", "hw.py")
 SOURCE = ("main.py",)
@@ -32,7 +32,7 @@ def _tool(name: str) -> str:
 
 def build(out: Path) -> list[Path]:
     """Compiles the firmware into `out`; returns the files to copy, in copy order."""
-    from hil.simrig import framing_source
+    from hil.fixture_sim import framing_source
 
     out.mkdir(parents=True, exist_ok=True)
     sources = [FIRMWARE_DIR / n for n in COMPILED] + [framing_source()]

@@ -9,7 +9,10 @@ dependency `pyserial-labgrid` installs the same `serial` package as pyserial and
 side, one silently overwrites the other (reads then take about 300 ms). So this driver never
 imports labgrid: it runs that venv's `labgrid-client` (or $OCULA_LABGRID_CLIENT) to acquire,
 to read the acquired resources (`show`), and to release. labgrid's own pytest plugin does not
-acquire a place; this driver does, and releases it on close.
+acquire a place; this driver does, and releases it on close. The port registry holds a place
+through it (`hil.drivers.hold_place`), so `labgrid://PLACE` is a PORT for every command; a
+place with a power switch (a NetworkPowerPort, a PDU ...) brings `power()`, which labgrid-client
+drives with labgrid's own power driver.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from hil.errors import PortError
+
+# the power resources `labgrid-client power` drives (labgrid/remote/client.py, `power`)
+POWER_RESOURCES = (
+    "NetworkPowerPort",
+    "NetworkUSBPowerPort",
+    "NetworkSiSPMPowerPort",
+    "PDUDaemonPort",
+    "TasmotaPowerPort",
+    "NetworkYKUSHPowerPort",
+    "NetworkSysfsGPIO",
+)
 
 
 def client_binary() -> str:
@@ -73,6 +87,7 @@ class LabgridPlace:
         query = dict(urllib.parse.parse_qsl(parsed.query))
         self.coordinator = query.get("coordinator") or os.environ.get("LG_COORDINATOR")
         self.acquired = False
+        self.resources: list[dict[str, Any]] = []  # what `show` listed when it was acquired
 
     def _run(self, *args: str) -> str:
         cmd = [client_binary()]
@@ -91,7 +106,8 @@ class LabgridPlace:
         """Acquires the place; returns the rfc2217:// URL of its serial port."""
         self._run("acquire")
         self.acquired = True
-        for res in parse_show(self._run("show")):
+        self.resources = parse_show(self._run("show"))
+        for res in self.resources:
             if res.get("cls") == "NetworkSerialPort" and res.get("avail", True):
                 p = res["params"]
                 url = f"rfc2217://{p['host']}:{p['port']}"
@@ -104,6 +120,15 @@ class LabgridPlace:
                 return url
         self.release()
         raise PortError(f"labgrid place {self.place} has no available NetworkSerialPort")
+
+    def has_power(self) -> bool:
+        """Whether the acquired place has a power switch labgrid-client can drive."""
+        return any(r.get("cls") in POWER_RESOURCES for r in self.resources)
+
+    def power(self, action: str, delay: float | None = None) -> None:
+        """`labgrid-client power on|off|cycle` (labgrid's own driver for the place's switch);
+        `delay`: how long a cycle holds the power off."""
+        self._run("power", action, *(["-t", f"{delay:g}"] if delay is not None else []))
 
     def release(self) -> None:
         if self.acquired:

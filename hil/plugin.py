@@ -1,11 +1,14 @@
 """The pytest plugin of Ocula's HIL rigs (entry point `pytest11: ocula_hil`).
 
-Options (group "ocula hil"): --board PORT, --bundle FILE, --fixture-port PORT, --hil-report
+Options (group "ocula hil"): --board-port PORT, --bundle FILE, --fixture-port PORT, --hil-report
 DIR, --hil-inventory FILE, --hil-retries N, --hil-soak-minutes M, --hil-rate HZ, --hil-key FILE,
 --hil-sim-rail work|cpu.
-Fixtures: `board` (connected, flashed with --bundle once per session; skipped with a message
-naming the option when no board was given), `link` (its request client), `fixture_mcu`
-(the rig fixture), `power` (a `PowerRig`), `objectives` (targets from the board profile).
+Fixtures: `board` (a `hil.targets.BoardUnderTest`, connected, flashed with --bundle once per
+session; skipped with a message naming the option when no board was given), `link` (its
+request client), `fixture_mcu` (the rig fixture), `power` (a `PowerRig`), `objectives`
+(targets from the board profile). A board's PORT is any kind in the registry (`hil.ports`);
+tests reach its power and reset through protocols (`board.power`, `board.reset`), which go
+through the fixture's pins when a fixture is given, and never ask what kind of board it is.
 Markers: `boards(*names)` limits a test to boards whose profile or inventory tags match;
 `objective(name)` names the profile objective a test measures.
 
@@ -13,6 +16,9 @@ With pytest-xdist and --hil-inventory each worker takes one free board from the 
 and holds its lock for the session. A failed test is triaged from its exception (flash, link,
 power, boot, assertion) and its evidence attached to the report; with --hil-retries N only
 infrastructure failures (link, power) are run again, up to N times.
+
+State lives in pytest's stash (a test's board and report entry in `item.stash`, an
+inventory's fixture port in `config.stash`), never in attributes or module globals.
 """
 
 from __future__ import annotations
@@ -29,12 +35,23 @@ from hil.report import Objective, TestRecord
 
 GROUP = "ocula hil"
 INFRA = ("link", "power")
+BOARD = pytest.StashKey[Any]()  # item.stash: the BoardUnderTest a test used
+RECORD = pytest.StashKey[TestRecord]()  # item.stash: the test's report entry
+FIXTURE_PORT = pytest.StashKey[str]()  # config.stash: the leased board's fixture
+
+
+def fixture_port(config: pytest.Config) -> str | None:
+    """--fixture-port, or the fixture of the board taken from the inventory."""
+    given: str | None = config.getoption("--fixture-port")
+    return given or config.stash.get(FIXTURE_PORT, None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup(GROUP, "Ocula hardware-in-the-loop")
     g.addoption(
-        "--board", metavar="PORT", help="board under test: /dev/tty..., sim://NAME, rfc2217://H:P"
+        "--board-port",
+        metavar="PORT",
+        help="board under test: /dev/tty..., sim://NAME, rfc2217://H:P, labgrid://PLACE",
     )
     g.addoption("--bundle", metavar="FILE", help="flash this bundle once before the tests")
     g.addoption(
@@ -122,7 +139,7 @@ def hil_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def _board_session(request: pytest.FixtureRequest, hil_workdir: Path) -> Iterator[Any]:
     config = request.config
-    url, profile, lease = config.getoption("--board"), None, None
+    url, profile, lease = config.getoption("--board-port"), None, None
     inv = config.getoption("--hil-inventory")
     if inv:
         from hil import inventory
@@ -130,12 +147,12 @@ def _board_session(request: pytest.FixtureRequest, hil_workdir: Path) -> Iterato
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
         lease = inventory.acquire(Path(inv), worker=worker, wait=60)
         url, profile = lease.board.port, lease.board.profile
-        if lease.board.fixture and not config.getoption("--fixture-port"):
-            config.option.fixture_port = lease.board.fixture
+        if lease.board.fixture:
+            config.stash[FIXTURE_PORT] = lease.board.fixture
     if not url:
         yield None
         return
-    from hil.rigs import BoardUnderTest
+    from hil.targets import BoardUnderTest
 
     but = BoardUnderTest(url, hil_workdir / "board", profile=profile)
     try:
@@ -158,12 +175,14 @@ def _board_session(request: pytest.FixtureRequest, hil_workdir: Path) -> Iterato
 def board(_board_session: Any, request: pytest.FixtureRequest) -> Any:
     if _board_session is None:
         pytest.skip(
-            "needs a board: pass --board PORT (sim://sim, /dev/ttyACM0) or --hil-inventory FILE"
+            "needs a board: pass --board-port PORT (sim://sim, /dev/ttyACM0) or --hil-inventory FILE"
         )
     mark = request.node.get_closest_marker("boards")
     if mark and not ({_board_session.profile.name} & set(mark.args)):
         pytest.skip(f"only for boards {list(mark.args)}; this is {_board_session.profile.name}")
-    request.node._hil_board = _board_session
+    if fixture_port(request.config):
+        request.getfixturevalue("_power_session")  # the board's power goes through the fixture
+    request.node.stash[BOARD] = _board_session
     _board_session.console.event(f"test {request.node.nodeid}")
     _board_session.evidence = type(_board_session.evidence)()
     _board_session.evidence.files["serial log"] = str(_board_session.console.path)
@@ -180,9 +199,9 @@ def link(board: Any) -> Any:
 def _power_session(
     request: pytest.FixtureRequest, _board_session: Any, hil_workdir: Path
 ) -> Iterator[Any]:
-    from hil.rigs import PowerRig
+    from hil.targets import PowerRig
 
-    port = request.config.getoption("--fixture-port")
+    port = fixture_port(request.config)
     if _board_session is None and not port:
         yield None
         return
@@ -202,7 +221,7 @@ def _power_session(
 @pytest.fixture
 def power(_power_session: Any) -> Any:
     if _power_session is None:
-        pytest.skip("needs a power rig: pass --fixture-port PORT, or --board sim://NAME")
+        pytest.skip("needs a power rig: pass --fixture-port PORT, or --board-port sim://NAME")
     return _power_session
 
 
@@ -222,11 +241,8 @@ def hil_record(request: pytest.FixtureRequest) -> TestRecord:
     return _record(request.node)
 
 
-def _record(item: Any) -> TestRecord:
-    if not hasattr(item, "_hil_record"):
-        item._hil_record = TestRecord(item.nodeid)
-    rec: TestRecord = item._hil_record
-    return rec
+def _record(item: pytest.Item) -> TestRecord:
+    return item.stash.setdefault(RECORD, TestRecord(item.nodeid))
 
 
 # -- triage, retries, reports -----------------------------------------------------------------
@@ -254,7 +270,7 @@ def classify(excinfo: Any) -> tuple[str, str]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    used = hasattr(item, "_hil_record") or hasattr(item, "_hil_board")
+    used = RECORD in item.stash or BOARD in item.stash
     if not used and not item.config.getoption("--hil-report"):
         return
     rec = _record(item)
@@ -267,7 +283,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         rec.outcome = "skipped"
         rec.reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
     if report.when == "teardown" or (report.failed and report.when == "setup"):
-        but = getattr(item, "_hil_board", None)
+        but = item.stash.get(BOARD, None)
         if but is not None:
             from hil.console import render
 
@@ -294,7 +310,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     for attempt in range(retries + 1):
-        item._hil_record = TestRecord(item.nodeid, attempts=attempt + 1)  # type: ignore[attr-defined]
+        item.stash[RECORD] = TestRecord(item.nodeid, attempts=attempt + 1)
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
         failed = [r for r in reports if r.failed]
         cats = {dict(r.user_properties).get("hil_category") for r in failed}
@@ -332,9 +348,11 @@ class _Reporter:
             d["steps"] = [tuple(s) for s in d.get("steps", [])]
             recs.append(TestRecord(**d, objectives=objs))
         meta = {
-            "board": config.getoption("--board") or config.getoption("--hil-inventory") or "(none)",
+            "board": config.getoption("--board-port")
+            or config.getoption("--hil-inventory")
+            or "(none)",
             "bundle": config.getoption("--bundle") or "(none)",
-            "fixture": config.getoption("--fixture-port") or "(simulated or none)",
+            "fixture": fixture_port(config) or "(simulated or none)",
             "exit status": int(exitstatus),
             "seconds": round(time.time() - self.started, 1),
             "junit": getattr(config.option, "xmlpath", "") or "",

@@ -1,58 +1,74 @@
-"""Ports for the HIL tools: who holds a busy port, and one opener for every PORT string.
+"""The port registry: a PORT string names its transport, and every command accepts every kind.
 
-PORT is a serial device path, `rfc2217://host:port`, `sim://NAME` or any other pyserial URL;
-`hil.transport.open_port` opens it (local devices exclusively). `holders` finds the processes
-that have a device open (through /proc/*/fd), so a "port busy" error can name them.
-`check_port` validates a PORT string without opening anything (the scheme, a sim board's name,
-profile, key and folder, a host:port), so a typo fails at once, before a board is started.
+A PORT is a local device path (`/dev/ttyACM0`) or a URL whose scheme names the transport, read
+the way pyserial's `serial_for_url` reads it. `KINDS` below is the one list of the kinds Ocula
+accepts: for each, how its URL is written, the check that runs before anything is opened (a typo
+fails at once, before a sim board is started or a place acquired), how it behaves on the line
+(`remote`: over a network, no write timeout) and what holds its resource for a session
+(`hold`: a sim board started, with its own power switch; a labgrid place acquired; see
+`hil.drivers`). `hil.transport.open_port` opens any of them through pyserial: its own handlers
+(`rfc2217://`, `socket://`, `loop://` ...) and Ocula's in `hil/serialurl/` (`protocol_sim.py`,
+`protocol_labgrid.py`; the file name is the scheme), which hold the resource through the same
+`hold`. So `ocula flash`, `run`, `profile` and `hil` all take the same PORTs. A new kind (a `qemu://`
+board) is a row here, a `protocol_qemu.py` there and, if it holds something, a holder.
+
+`holders` finds the processes that have a device open (through /proc/*/fd), so a "port busy"
+error can name them. This module opens nothing and imports no transport.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import stat
 import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hil.errors import PortError
 
-FORMS = "PORT is a device path (/dev/ttyACM0), sim://NAME or rfc2217://HOST:PORT"
-# pyserial's own URL handlers (serial/urlhandler/protocol_*.py), Ocula's sim:// and a labgrid
-# place (hil.labgrid_place, which checks its own form)
-SCHEMES = ("sim", "labgrid", "rfc2217", "socket", "loop", "spy", "alt", "hwgrep", "cp2110")
 SIM_OPTIONS = ("profile", "key", "dir")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def check_port(url: str, places: bool = False) -> None:
-    """Raise PortError naming what is wrong with `url` and the fix; open nothing.
+@dataclass(frozen=True)
+class Kind:
+    """One kind of PORT: its scheme ("" for a local device path), how it is written, the check
+    of its form, whether it runs over a network (no write timeout; see hil.transport), and
+    `hold`, "module:function" that holds its resource for a session (`hil.drivers.Held`: a
+    sim board started, a labgrid place acquired). Named, not imported, as pyserial names its
+    handlers: this module stays free of the drivers that import it."""
 
-    `places`: also accept `labgrid://PLACE` (the HIL rigs acquire a place; a bare serial port
-    cannot)."""
+    scheme: str
+    form: str
+    check: Callable[[str], None] | None = None
+    remote: bool = False
+    hold: str = "hil.drivers:hold_port"
+
+
+def check_port(url: str) -> Kind:
+    """The kind of `url`; raises PortError naming what is wrong and the fix. Opens nothing."""
     if not url or not url.isprintable():
         raise PortError(f"{url!r}: not a port; {FORMS}")
-    if "://" not in url:
-        _check_device(url)
-        return
-    scheme = url.split("://", 1)[0].lower()
-    if scheme == "labgrid" and not places:
-        raise PortError(f"{url}: a labgrid place is a port for 'ocula hil' only; {FORMS}")
-    if scheme not in SCHEMES:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    kind = KINDS.get(scheme)
+    if kind is None:
         raise PortError(f"{url}: unknown port scheme {scheme!r}; {FORMS}")
-    if scheme == "labgrid" and not urllib.parse.urlsplit(url).netloc:
-        raise PortError(f"{url}: expected labgrid://PLACE[?coordinator=HOST:PORT]")
-    if scheme == "sim":
-        _check_sim(url)
-    elif scheme in ("rfc2217", "socket"):
-        parts = urllib.parse.urlsplit(url)
-        try:
-            number = parts.port
-        except ValueError:
-            number = None
-        if not parts.hostname or number is None or not 0 < number < 65536:
-            raise PortError(f"{url}: expected {scheme}://HOST:PORT with PORT 1 to 65535")
+    if kind.check is not None:
+        kind.check(url)
+    return kind
+
+
+def hold(url: str, **options: Any) -> Any:
+    """Holds `url`'s resource for a session: a `hil.drivers.Held` (the PORT to open, the power
+    and reset drivers it brings; `close()` it). `options` (base, profile, cable) go to the
+    kind's holder; a kind ignores those it has no use for."""
+    module, name = check_port(url).hold.split(":")
+    holder: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return holder(url, **options)
 
 
 def _check_device(path: str) -> None:
@@ -112,6 +128,50 @@ def _check_sim(url: str) -> None:
         raise PortError(f"{url}: dir {options['dir']}: not a folder")
 
 
+def _check_host_port(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        number = parts.port
+    except ValueError:
+        number = None
+    if not parts.hostname or number is None or not 0 < number < 65536:
+        raise PortError(f"{url}: expected {parts.scheme}://HOST:PORT with PORT 1 to 65535")
+
+
+def _check_place(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if not parts.netloc or parts.path not in ("", "/"):
+        raise PortError(f"{url}: expected labgrid://PLACE[?coordinator=HOST:PORT]")
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    if set(query) - {"coordinator"}:
+        raise PortError(f"{url}: labgrid:// takes only ?coordinator=HOST:PORT")
+
+
+KINDS: dict[str, Kind] = {
+    k.scheme: k
+    for k in (
+        Kind("", "a device path (/dev/ttyACM0)", _check_device),
+        Kind("sim", "sim://NAME (a simulated board)", _check_sim, hold="hil.drivers:hold_sim"),
+        Kind("rfc2217", "rfc2217://HOST:PORT (ser2net)", _check_host_port, remote=True),
+        Kind(
+            "labgrid",
+            "labgrid://PLACE (a labgrid place)",
+            _check_place,
+            remote=True,
+            hold="hil.drivers:hold_place",
+        ),
+        # pyserial's own URL handlers (serial/urlhandler/protocol_*.py)
+        Kind("socket", "socket://HOST:PORT", _check_host_port),
+        Kind("loop", "loop://"),
+        Kind("spy", "spy://PORT"),
+        Kind("alt", "alt://PORT?class=NAME"),
+        Kind("hwgrep", "hwgrep://REGEXP"),
+        Kind("cp2110", "cp2110://PATH"),
+    )
+}
+FORMS = "PORT is " + ", ".join(k.form for k in list(KINDS.values())[:4])
+
+
 def holders(path: str) -> list[str]:
     """'pid (command)' of the processes that have `path` open, where /proc lets us see."""
     try:
@@ -132,10 +192,3 @@ def holders(path: str) -> list[str]:
                 cmd = "?"
             found.append(f"{pid} ({cmd.strip()[:60]})")
     return found
-
-
-def open_serial(url: str, baud: int = 115200, timeout: float = 0.05) -> Any:
-    """An open pyserial port for `url` (read timeout `timeout`); see `hil.transport.open_port`."""
-    from hil.transport import open_port
-
-    return open_port(url, baud=baud, timeout=timeout)

@@ -1,7 +1,7 @@
 """`ocula profile`: latency and power of one app on a board, synchronised, in one folder.
 
 The power rig samples while the board works; marker edges at the start and the end put the
-samples on the board's clock (`hil.rigs.PowerRig.capture`); the board's trace gives the
+samples on the board's clock (`hil.targets.PowerRig.capture`); the board's trace gives the
 spans. Out come power.csv, power.png (power with the stages shaded), trace.json (the trace plus
 a "power" counter track, for Perfetto), power.json (energy per span name, mean power per
 state, clock offset and drift, gaps) and index.html.
@@ -25,7 +25,7 @@ from hil.boardio import fetch_trace
 from hil.errors import HilError
 from hil.report import Objective, TestRecord
 from hil.report import write as write_report
-from hil.rigs import BoardUnderTest, PowerRig
+from hil.targets import BoardUnderTest, PowerRig
 from runtime.errors import OculaError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ disk) is found later and reported by the module that reads or writes it.
 
     p.add_argument("--out", type=out_file)            # a file we may create or replace
     p.add_argument("--seconds", type=number(0, 86400, low_open=True))
-    p.add_argument("--port", type=port)               # /dev/ttyACM0, sim://NAME, rfc2217://H:P
+    p.add_argument("--port", type=port)               # /dev/ttyACM0, sim://NAME, labgrid://PLACE
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ __all__ = [
     "out_file",
     "port",
     "port_or_local",
-    "rig_port",
     "sim_name",
     "text",
 ]
@@ -211,23 +210,19 @@ def integer(low: int, high: int, *, unit: str = "") -> Callable[[str], int]:
     return parse
 
 
-def port(value: str, places: bool = False) -> str:
-    """A board's or fixture's port, checked without opening it (see `hil.ports.check_port`)."""
+def port(value: str) -> str:
+    """A board's or fixture's port of any kind in the registry (`hil.ports.KINDS`), checked
+    without opening it."""
     from hil.errors import PortError
-    from hil.ports import check_port
+    from hil.ports import FORMS, check_port
 
     if not value:
-        raise Bad("an empty port; give /dev/ttyACM0, sim://NAME or rfc2217://HOST:PORT")
+        raise Bad(f"an empty port; {FORMS}")
     try:
-        check_port(value, places=places)
+        check_port(value)
     except PortError as exc:
         raise Bad(str(exc)) from None
     return value
-
-
-def rig_port(value: str) -> str:
-    """A board's port for the HIL rigs: a port, or a labgrid place (`labgrid://PLACE`)."""
-    return port(value, places=True)
 
 
 def port_or_local(value: str) -> str:

@@ -8,7 +8,7 @@ import tty
 from pathlib import Path
 
 from hil import console
-from hil.ports import open_serial
+from hil.transport import open_port
 
 
 def _read_n(port, n: int, timeout: float = 10.0) -> bytes:
@@ -26,7 +26,7 @@ def test_every_byte_is_recorded_across_a_board_reset(tmp_path: Path) -> None:
     log = console.ConsoleLog(tmp_path / "serial.log")
     first, second = os.urandom(3000) + b"\x00\xff", os.urandom(5000)
     try:
-        port = log.tap(open_serial(path, 921600))
+        port = log.tap(open_port(path))
         assert not hasattr(port, "fileno")  # nobody can read around the recorder
         os.write(master, first)
         assert _read_n(port, len(first)) == first
@@ -56,8 +56,8 @@ def test_nothing_the_cable_delivers_is_missing_from_the_log_across_a_cut(tmp_pat
     log = console.ConsoleLog(tmp_path / "serial.log")
     sent = bytes(i % 251 for i in range(20000))
     with Cable(baud=921600) as cable:
-        board = open_serial(cable.b, 921600)
-        host = log.tap(open_serial(cable.a, 921600))
+        board = open_port(cable.b)
+        host = log.tap(open_port(cable.a))
         try:
             board.write(sent[:8000])
             assert cable.wait_bytes("b>a", 4000, timeout=10)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hil import simrig
+from hil import fixture_sim
 from hil.errors import PortError
 from hil.farm import Ser2net, free_tcp_port
-from hil.ports import open_serial
-from hil.rig import Fixture
+from hil.fixture_link import Fixture
+from hil.transport import open_port
 from tests.hil_helpers import held_elsewhere
 
 
@@ -35,7 +35,7 @@ def test_bytes_cross_rfc2217_unchanged_both_ways() -> None:
     tty.setraw(master)
     try:
         with Ser2net(os.ttyname(slave)) as srv:
-            port = open_serial(srv.url, 921600)
+            port = open_port(srv.url)
             try:
                 data = os.urandom(32 * 1024)
                 port.write(data)
@@ -55,8 +55,8 @@ def test_bytes_cross_rfc2217_unchanged_both_ways() -> None:
 
 
 def test_fixture_over_rfc2217(tmp_path: Path) -> None:
-    sim = simrig.SimFixture(tmp_path)
-    with sim, Ser2net(sim.port or "") as srv, Fixture(open_serial(srv.url, 921600), srv.url) as fx:
+    sim = fixture_sim.SimFixture(tmp_path)
+    with sim, Ser2net(sim.port or "") as srv, Fixture(open_port(srv.url), srv.url) as fx:
         assert fx.hello()["sensor"] == "ina226"
         sim.rail(2.5)
         fx.start(1000)
@@ -69,7 +69,7 @@ def test_fixture_over_rfc2217(tmp_path: Path) -> None:
 def test_no_server_is_a_clear_error() -> None:
     url = f"rfc2217://127.0.0.1:{free_tcp_port()}"
     with pytest.raises(PortError, match="check that ser2net runs"):
-        open_serial(url)
+        open_port(url)
 
 
 def test_a_busy_port_names_its_holder() -> None:
@@ -80,7 +80,7 @@ def test_a_busy_port_names_its_holder() -> None:
         with held_elsewhere(take) as (holder, said):
             assert said == "open"
             with pytest.raises(PortError, match=rf"busy \(held by {holder.pid} "):
-                open_serial(path)
+                open_port(path)
     finally:
         os.close(master)
         os.close(slave)

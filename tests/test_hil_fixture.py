@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil import simrig
+from hil import fixture_sim
 from hil.errors import FixtureError
-from hil.ports import open_serial
-from hil.rig import Fixture, firmware_version
+from hil.fixture_link import Fixture, firmware_version
+from hil.transport import open_port
 from tests.conftest import run_ocula
 
 
-def _connect(sim: simrig.SimFixture) -> Fixture:
+def _connect(sim: fixture_sim.SimFixture) -> Fixture:
     assert sim.port is not None
-    return Fixture(open_serial(sim.port, 921600), sim.port)
+    return Fixture(open_port(sim.port), sim.port)
 
 
 def _ina226_watts(watts: float, volts: float = 5.0) -> float:
@@ -33,14 +33,17 @@ def _ina226_watts(watts: float, volts: float = 5.0) -> float:
 
 
 def test_hello_reports_version_and_sensor(tmp_path: Path) -> None:
-    with simrig.SimFixture(tmp_path) as sim, _connect(sim) as fx:
+    with fixture_sim.SimFixture(tmp_path) as sim, _connect(sim) as fx:
         info = fx.hello()
         assert info["version"] == firmware_version()
         assert info["sensor"] == "ina226"
 
 
 def test_samples_follow_the_rail(tmp_path: Path) -> None:
-    with simrig.SimFixture(tmp_path, clock_offset_us=5e8, drift_ppm=50) as sim, _connect(sim) as fx:
+    with (
+        fixture_sim.SimFixture(tmp_path, clock_offset_us=5e8, drift_ppm=50) as sim,
+        _connect(sim) as fx,
+    ):
         fx.hello()
         sim.rail(1.5)
         fx.start(2000)
@@ -62,7 +65,7 @@ def test_samples_follow_the_rail(tmp_path: Path) -> None:
 
 
 def test_overload_gaps_are_reported_not_filled(tmp_path: Path) -> None:
-    with simrig.SimFixture(tmp_path) as sim, _connect(sim) as fx:
+    with fixture_sim.SimFixture(tmp_path) as sim, _connect(sim) as fx:
         fx.hello()
         sim.rail(1.0)
         fx.start(500_000)  # far beyond what the loop sustains: it must skip, and say so
@@ -77,7 +80,7 @@ def test_overload_gaps_are_reported_not_filled(tmp_path: Path) -> None:
 
 
 def test_markers_and_pings_share_the_sample_clock(tmp_path: Path) -> None:
-    sim = simrig.SimFixture(tmp_path, clock_offset_us=123_456, drift_ppm=100)
+    sim = fixture_sim.SimFixture(tmp_path, clock_offset_us=123_456, drift_ppm=100)
     with sim, _connect(sim) as fx:
         fx.hello()
         fx.start(5000)
@@ -104,7 +107,7 @@ def test_markers_and_pings_share_the_sample_clock(tmp_path: Path) -> None:
 
 
 def test_power_and_reset_lines(tmp_path: Path) -> None:
-    with simrig.SimFixture(tmp_path) as sim, _connect(sim) as fx:
+    with fixture_sim.SimFixture(tmp_path) as sim, _connect(sim) as fx:
         fx.power(False)
         fx.power(True)
         fx.reset(5)
@@ -112,7 +115,7 @@ def test_power_and_reset_lines(tmp_path: Path) -> None:
 
 
 def test_bad_commands_are_refused_with_reasons(tmp_path: Path) -> None:
-    with simrig.SimFixture(tmp_path) as sim, _connect(sim) as fx:
+    with fixture_sim.SimFixture(tmp_path) as sim, _connect(sim) as fx:
         with pytest.raises(FixtureError, match="bad argument for start: fast"):
             fx.command("start fast")
         with pytest.raises(FixtureError, match="rate 0 out of range"):
@@ -123,7 +126,7 @@ def test_bad_commands_are_refused_with_reasons(tmp_path: Path) -> None:
 
 
 def test_missing_sensor_is_refused(tmp_path: Path) -> None:
-    with simrig.SimFixture(tmp_path, sensor="missing") as sim, _connect(sim) as fx:
+    with fixture_sim.SimFixture(tmp_path, sensor="missing") as sim, _connect(sim) as fx:
         with pytest.raises(FixtureError, match="sensor=missing; check the INA226 wiring"):
             fx.hello()
         with pytest.raises(FixtureError, match="no sensor"):
@@ -131,14 +134,14 @@ def test_missing_sensor_is_refused(tmp_path: Path) -> None:
 
 
 def test_other_firmware_version_is_refused(tmp_path: Path) -> None:
-    fw = simrig.stage_firmware(tmp_path / "old")
+    fw = fixture_sim.stage_firmware(tmp_path / "old")
     text = (fw / "fixture.py").read_text()
     (fw / "fixture.py").write_text(
         text.replace(f'VERSION = "{firmware_version()}"', 'VERSION = "0.9"')
     )
     match = r"runs firmware 0\.9, this host needs .*ocula fixture deploy"
     with (
-        simrig.SimFixture(tmp_path, firmware_dir=fw) as sim,
+        fixture_sim.SimFixture(tmp_path, firmware_dir=fw) as sim,
         _connect(sim) as fx,
         pytest.raises(FixtureError, match=match),
     ):
@@ -155,7 +158,7 @@ def test_no_answer_is_a_link_failure(tmp_path: Path) -> None:
     tty.setraw(slave)
     try:
         with (
-            Fixture(open_serial(os.ttyname(slave), 921600), "silent") as fx,
+            Fixture(open_port(os.ttyname(slave)), "silent") as fx,
             pytest.raises(LinkFailure, match=r"did not answer 'hello' within 0\.3 s"),
         ):
             fx.hello(timeout=0.3)
@@ -183,8 +186,8 @@ def test_deploy_dry_run_builds_mpy_that_runs(tmp_path: Path) -> None:
     for name in ("fixture.mpy", "framing.mpy"):
         shutil.copy(build / name, fw / name)
     for name in ("hw_sim.py", "sim_main.py"):
-        shutil.copy(simrig.FIRMWARE_DIR / name, fw / name)
-    with simrig.SimFixture(tmp_path, firmware_dir=fw) as sim, _connect(sim) as fx:
+        shutil.copy(fixture_sim.FIRMWARE_DIR / name, fw / name)
+    with fixture_sim.SimFixture(tmp_path, firmware_dir=fw) as sim, _connect(sim) as fx:
         assert fx.hello()["version"] == firmware_version()
 
 
@@ -207,7 +210,7 @@ def test_timed_power_steps_and_edges_share_the_wiring_delay(tmp_path: Path) -> N
     """A power step and a marker edge stamped at the same host moment reach the sensor and the
     marker pin together, 30 ms later (the sim rail's wiring delay): the first sample at the
     new power is the one at the edge, and nothing changed when the datagrams arrived."""
-    with simrig.SimFixture(tmp_path, delay_us=30_000) as sim, _connect(sim) as fx:
+    with fixture_sim.SimFixture(tmp_path, delay_us=30_000) as sim, _connect(sim) as fx:
         fx.hello()
         sim.rail(1.0)
         fx.start(5000)  # strict: a sample is read within a period of its slot, or skipped

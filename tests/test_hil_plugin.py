@@ -25,7 +25,7 @@ def _pytest(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProces
 def test_board_tests_skip_naming_the_option(tmp_path: Path) -> None:
     r = _pytest(tmp_path, "def test_x(board):\n    pass\n", "-rs")
     assert r.returncode == 0, r.stdout
-    assert "needs a board: pass --board PORT" in r.stdout
+    assert "needs a board: pass --board-port PORT" in r.stdout
     r = _pytest(tmp_path, "def test_p(power):\n    pass\n", "-rs")
     assert "pass --fixture-port PORT" in r.stdout
 
@@ -179,7 +179,7 @@ MARKERS = """
 
 def test_board_markers_and_profile_objectives(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    r = _pytest(tmp_path, MARKERS, "--board", "sim://sim", "--hil-report", str(out), "-rs")
+    r = _pytest(tmp_path, MARKERS, "--board-port", "sim://sim", "--hil-report", str(out), "-rs")
     assert "1 failed, 1 passed, 1 skipped" in r.stdout, r.stdout
     assert "only for boards ['rpi5']; this is sim" in r.stdout
     assert "objective power.burst_w missed: measured 99 W, target <= 6 W" in r.stdout

@@ -155,15 +155,15 @@ def test_fixture_edges_pair_with_the_boards_trace_markers(tmp_path: Path) -> Non
     the board raised at irregular moments; the board's trace logs each with its seq. One edge
     never reaches the fixture and one glitch the board never logged does: pairing by the
     trace's seq drops both and maps fixture time onto the board's clock."""
-    from hil import simrig
-    from hil.ports import open_serial
-    from hil.rig import Fixture
+    from hil import fixture_sim
+    from hil.fixture_link import Fixture
+    from hil.transport import open_port
 
-    sim = simrig.SimFixture(tmp_path, clock_offset_us=7.5e8, drift_ppm=60.0)
+    sim = fixture_sim.SimFixture(tmp_path, clock_offset_us=7.5e8, drift_ppm=60.0)
     assert sim.port is not None
     events: list[dict] = []
     board_t: dict[int, float] = {}
-    with sim, Fixture(open_serial(sim.port, 921600), sim.port) as fx:
+    with sim, Fixture(open_port(sim.port), sim.port) as fx:
         fx.hello()
         fx.start(5000, 1000)
         seen = 0
@@ -202,7 +202,7 @@ def test_energy_per_request_on_a_sim_rig_with_a_deterministic_rail(tmp_path: Pat
     """The whole chain (sim board, rail charging 150 us of a core per reply, the MicroPython
     fixture sampling it, GPIO markers, exact integration between them) gives back the energy
     the rail was told to draw per request, run after run."""
-    from hil.rigs import BoardUnderTest, PowerRig
+    from hil.targets import BoardUnderTest, PowerRig
 
     board = BoardUnderTest("sim://energy", tmp_path / "board")
     rig = PowerRig(board, tmp_path / "power", rate_hz=4000, model="work")

@@ -52,7 +52,7 @@ def test_hil_needs_a_port() -> None:
 CUT_MID_SUITE = """
 import pytest
 from hil.cable import Cable
-from hil.rigs import BoardUnderTest
+from hil.targets import BoardUnderTest
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,12 @@ def test_power_cycle_boots_and_the_console_keeps_every_byte(board):
 
 
 def test_a_board_that_does_not_boot_is_a_boot_hang(board):
-    if board.sim is None:
-        pytest.skip("needs a board whose power this rig can hold off (sim://)")
-    board.sim.power_cut()
+    if board.power is None:
+        pytest.skip("needs a board whose power this rig can hold off (sim://, or --fixture-port)")
+    board.power.off()
     try:
         with pytest.raises(BootHang, match="no answer to hello within 2 s"):
             board.hello(deadline=2)
     finally:
-        board.sim.boot()
+        board.power.on()
     board.hello(deadline=30)

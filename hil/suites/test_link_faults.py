@@ -15,7 +15,7 @@ def cabled(board, tmp_path):
     if board.sim is None:
         pytest.skip("injecting link faults needs a sim:// board (a virtual cable in the line)")
     from hil.cable import Cable
-    from hil.rigs import BoardUnderTest
+    from hil.targets import BoardUnderTest
 
     cable = Cable(baud=921600, seed=7)
     but = BoardUnderTest(

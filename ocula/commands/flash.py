@@ -18,7 +18,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="flash a bundle to a board (delta, resumable, A/B with rollback)",
         description="Send only the chunks the board lacks, install them into the inactive slot, "
         "restart into it and confirm it once its health check passes; the board rolls back by "
-        "itself otherwise. PORT is a serial device, sim://NAME or rfc2217://HOST:PORT.",
+        "itself otherwise. PORT is a serial device, sim://NAME, rfc2217://HOST:PORT or labgrid://PLACE.",
     )
     p.add_argument("bundle", metavar="BUNDLE", type=Path, help="a file made by 'ocula bundle'")
     p.add_argument("--port", required=True, type=port, metavar="PORT", help="the board's port")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ocula.argtypes import in_file, integer, key_file, number, out_dir, port, rig_port
+from ocula.argtypes import in_file, integer, key_file, number, out_dir, port
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--port",
-        type=rig_port,
+        type=port,
         metavar="PORT",
         help="the board: /dev/ttyACM0, sim://sim, rfc2217://H:P, labgrid://PLACE",
     )
@@ -65,7 +65,7 @@ def _hil(args: argparse.Namespace) -> int:
         raise UsageError("ocula hil needs --port PORT (e.g. sim://sim) or --inventory FILE")
     argv = [str(Path(suites.__file__).parent), "-p", "no:cacheprovider"]
     for flag, value in (
-        ("--board", args.port),
+        ("--board-port", args.port),
         ("--hil-inventory", str(args.inventory) if args.inventory else None),
         ("--bundle", str(args.bundle) if args.bundle else None),
         ("--fixture-port", args.fixture_port),

@@ -1,9 +1,10 @@
 """`ocula run APP --port local|PORT ...`: run captions, translate or look, and report.
 
-With a board's port (a serial device, `sim://NAME`, `rfc2217://HOST:PORT`) the board's agent
-runs the app on its own devices with the models of its installed bundle: this host sends the
-`run` request with the app options (languages, tokens, question), waits for the run to end and
-prints the board's counters and latency percentiles; `--trace FILE` fetches the board's trace;
+With a board's port (a serial device, `sim://NAME`, `rfc2217://HOST:PORT`, `labgrid://PLACE`:
+any kind in `hil.ports.KINDS`) the board's agent runs the app on its own devices with the
+models of its installed bundle: this host sends the `run` request with the app options
+(languages, tokens, question), waits for the run to end and prints the board's counters and
+latency percentiles; `--trace FILE` fetches the board's trace;
 `--audio WAV` and `--camera IMAGE` send a clip first, which the board uses as its microphone
 (played in real time) and camera (every frame).
 With `--port local` the app runs on this host with file-backed devices: `--audio` a WAV paced in

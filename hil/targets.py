@@ -1,16 +1,20 @@
 """What a HIL test holds: the board under test and its power rig, with evidence recorded.
 
-`BoardUnderTest` connects to a PORT (serial path, rfc2217://, sim://NAME) through the link
-client the flasher uses, with every byte on the line recorded by a `ConsoleLog` tap, so a
-failure can show the transcript across resets and re-flashes. It keeps the step timings and
-the chain bundle hash -> verified flash -> booted slot. For `sim://NAME` it runs the simulated
-board itself (in a folder of the test session), so it can cut and restore its power.
+`BoardUnderTest` is a target in labgrid's sense: it holds a PORT of any kind in the registry
+(`hil.ports.hold`: a sim board started in a folder of the test session, a labgrid place
+acquired, a serial line) and the drivers the resource brings (`serial`, `power`, `reset`; see
+`hil.protocols`). It talks to the board through the link client the flasher uses, with every
+byte on the line recorded by a `ConsoleLog` tap, so a failure can show the transcript across
+resets and re-flashes; it keeps the step timings and the chain bundle hash -> verified flash ->
+booted slot.
 
 `PowerRig` is the fixture MCU and what it needs: a real fixture on --fixture-port, or, for a
-sim board, the firmware under MicroPython's unix port whose rail follows the sim board's CPU.
-`capture()` samples while the caller works and maps the samples onto the board's clock with
-marker edges at the start and the end (GPIO edges where the rig has the line; clock pings on
-the fixture otherwise).
+sim board, the firmware under MicroPython's unix port whose rail follows the sim board's CPU
+and whose power and reset pins are wired to the sim board (`hil.fixture_sim.SimRail`). While
+attached, the board's `power` and `reset` go through the fixture's pins. `capture()` samples
+while the caller works and maps the samples onto the board's clock with marker edges at the
+start and the end (GPIO edges where the rig has the line; clock pings on the fixture
+otherwise).
 """
 
 from __future__ import annotations
@@ -18,15 +22,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hil.console import ConsoleLog
-from hil.errors import BootHang, FlashFailure, LinkFailure, PortError, PowerFailure
+from hil.errors import BootHang, FlashFailure, LinkFailure, PowerFailure
 from hil.power import ClockFit, Samples, fit_clock, fit_pings
+from hil.protocols import ConsoleProtocol, PowerProtocol, ResetProtocol
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,11 @@ class Evidence:
 
 
 class BoardUnderTest:
+    """A board reached through any PORT in the registry (`hil.ports.hold`), with the drivers
+    its resource brings: `serial` (ConsoleProtocol), `power` (PowerProtocol) and `reset`
+    (ResetProtocol), None where the resource has none. A power rig with a fixture MCU
+    (`PowerRig`) rebinds `power` and `reset` to the fixture's pins while it is attached."""
+
     def __init__(
         self,
         url: str,
@@ -56,6 +65,8 @@ class BoardUnderTest:
     ):
         from board import profiles
         from board.client import Board
+        from hil.drivers import SerialDriver
+        from hil.ports import hold
 
         self.url = url
         self.workdir = workdir
@@ -63,48 +74,19 @@ class BoardUnderTest:
         self.console = ConsoleLog(workdir / "serial.log")
         self.evidence = Evidence()
         self.evidence.files["serial log"] = str(self.console.path)
-        self.sim: Any = None
-        self.place: Any = None
         self.replies = 0  # requests the board has answered (a sim rail's "work" model)
-        from hil.ports import check_port
-
-        check_port(
-            url, places=True
-        )  # a bad sim:// profile or key is said now, not by a board that never boots
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme == "sim":
-            from hil.sim import SimBoard
-
-            query = dict(urllib.parse.parse_qsl(parsed.query))
-            # with a virtual cable the board serves its end (b) and the host opens the other
-            self.sim = SimBoard(
-                parsed.netloc,
-                profile=query.get("profile") or profile,
-                base=Path(query["dir"]) if "dir" in query else workdir / "sim",
-                port=cable.b if cable is not None else None,
-            ).start()
-            self.port_path = cable.a if cable is not None else self.sim.port
-            self.profile = profiles.find(self.sim.profile)
-        elif parsed.scheme == "labgrid":
-            from hil.labgrid_place import LabgridPlace
-
-            self.place = LabgridPlace(url)
-            self.port_path = self.place.acquire()
-            self.profile = profiles.find(profile or "rpi5")
-        else:
-            if "://" not in url and not Path(url).exists():
-                raise PortError(
-                    f"{url}: no such port; check the cable and 'ls /dev/ttyACM* /dev/ttyUSB*', "
-                    "or pass --board sim://sim for a simulated board"
-                )
-            self.port_path = url
-            self.profile = profiles.find(profile or "rpi5")
-        self.client = Board(self._open, name=url, timeout=timeout)
-
-    def _open(self) -> Any:
-        from hil.ports import open_serial
-
-        return self.console.tap(open_serial(self.port_path, 921600))
+        # a bad sim:// profile or key is said now, not by a board that never boots
+        self.held = hold(url, base=workdir / "sim", profile=profile, cable=cable)
+        self.sim: Any = self.held.sim  # a sim board's own tools (cables, rails), else None
+        self.power: PowerProtocol | None = self.held.power
+        self.reset: ResetProtocol | None = self.held.reset
+        self.serial: ConsoleProtocol = SerialDriver(self.held.port, log=self.console)
+        try:
+            self.profile = profiles.find(self.held.profile or profile or "rpi5")
+        except BaseException:
+            self.held.close()
+            raise
+        self.client = Board(self.serial.open, name=url, timeout=timeout)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -164,20 +146,20 @@ class BoardUnderTest:
         return result
 
     def power_cycle(self) -> None:
-        if self.sim is None:
-            raise PowerFailure(f"{self.url}: power cycling a real board needs --fixture-port")
+        """Cuts the board's power and restores it, through whatever switches it (PowerProtocol)."""
+        if self.power is None:
+            raise PowerFailure(
+                f"{self.url}: power cycling this board needs a rig fixture: pass --fixture-port"
+            )
         self.console.event("power cut")
-        self.sim.power_cut()
+        self.power.off()
         self.console.event("power on")
-        self.sim.boot()
+        self.power.on()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-        if self.sim is not None:
-            self.sim.stop()
-        if self.place is not None:
-            self.place.release()
+        self.held.close()
         self.console.close()
 
 
@@ -193,8 +175,8 @@ class PowerRig:
         model: str = "cpu",
     ) -> None:
         """`model` (sim boards): the rail follows the board's CPU time ("cpu"), or the replies
-        it sends, at a fixed cost each ("work": deterministic, see `hil.simrig.SimRail`)."""
-        from hil.rig import Fixture
+        it sends, at a fixed cost each ("work": deterministic, see `hil.fixture_sim.SimRail`)."""
+        from hil.fixture_link import Fixture
 
         self.rate_hz = rate_hz
         # a sample may be read this late (see the fixture's `start`); the unix port on a
@@ -206,8 +188,8 @@ class PowerRig:
         if fixture_port:
             self.fixture = Fixture.open(fixture_port)
         elif board is not None and board.sim is not None:
-            from hil.ports import open_serial
-            from hil.simrig import SimFixture, SimRail
+            from hil.fixture_sim import SimFixture, SimRail
+            from hil.transport import open_port
 
             self.sim_fixture = SimFixture(
                 workdir,
@@ -216,7 +198,7 @@ class PowerRig:
                 delay_us=SIM_WIRING_DELAY_US,
                 realtime="auto",
             )
-            self.fixture = Fixture(open_serial(self.sim_fixture.port, 921600), "sim-fixture")
+            self.fixture = Fixture(open_port(self.sim_fixture.port), "sim-fixture")
             if model not in ("cpu", "work"):
                 raise PowerFailure(f"unknown sim rail model {model!r}; use 'cpu' or 'work'")
             work = (lambda: board.replies) if model == "work" else None
@@ -226,6 +208,13 @@ class PowerRig:
                 "no power rig: pass --fixture-port PORT (the rig fixture), or use a sim:// board"
             )
         self.info = self.fixture.hello()
+        self.board = board
+        if board is not None:
+            from hil.drivers import FixturePower, FixtureReset
+
+            # the fixture switches the board: a real board's GPIOs, a sim board's through SimRail
+            self._own = (board.power, board.reset)
+            board.power, board.reset = FixturePower(self.fixture), FixtureReset(self.fixture)
 
     def _edge(self) -> float | None:
         """Raises the marker line; the board-clock time of the edge, when the rig knows it."""
@@ -277,6 +266,8 @@ class PowerRig:
         return [t for t in (self._edge() for _ in range(n)) if t is not None]
 
     def close(self) -> None:
+        if self.board is not None:
+            self.board.power, self.board.reset = self._own
         with contextlib.suppress(Exception):
             self.fixture.close()
         if self.rail is not None:
@@ -291,7 +282,8 @@ class Capture:
     on_board: Samples = field(default_factory=Samples.empty)
     fit: ClockFit | None = None
     window_us: tuple[float, float] | None = None
-    markers: list[Any] = field(default_factory=list)  # hil.rig.Marker, as the fixture sent them
+    # hil.fixture_link.Marker, as the fixture sent them
+    markers: list[Any] = field(default_factory=list)
 
     def refit(self, fit: ClockFit) -> None:
         """Puts the samples on the board's clock with another fit (e.g. from trace markers)."""

@@ -105,9 +105,9 @@ class Fixture:
 
     @classmethod
     def open(cls, url: str, baud: int = 921600) -> Fixture:
-        from hil.ports import open_serial
+        from hil.transport import open_port
 
-        return cls(open_serial(url, baud=baud), name=url)
+        return cls(open_port(url, baud=baud), name=url)
 
     # -- commands -----------------------------------------------------------------------------
     def command(self, text: str, timeout: float = 2.0) -> str:

@@ -5,11 +5,13 @@
 stdin/stdout to one end of a line: a pty the host opens with pyserial, or one end of the
 virtual cable. The host side of the simulated wiring is a UDP socket on loopback: it tells
 the fixture the rail's power (`rail(watts)`), raises the marker line (`edge()`), and records
-what the fixture does to the board's power and reset pins (`pins`, `on_pin`).
+what the fixture does to the board's power and reset pins (`pins`, `on_pin`; the firmware's
+pin write returns once `on_pin` has applied it, as a GPIO write does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hil.errors import FixtureError
-from hil.rig import FIRMWARE_DIR
+from hil.fixture_link import FIRMWARE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class SimFixture:
         os.close(line)
         if realtime:
             self._realtime(required=realtime is True)
-        self._thread = threading.Thread(target=self._listen, name="simrig-udp", daemon=True)
+        self._thread = threading.Thread(target=self._listen, name="fixture-sim-udp", daemon=True)
         self._thread.start()
         if not self._hello.wait(10):
             self.close()
@@ -157,8 +159,13 @@ class SimFixture:
                     self.pins[text[1]] = int(text[2])
                     self.pin_log.append((text[1], int(text[2])))
                     self._pin_changed.notify_all()
-                if self.on_pin:
-                    self.on_pin(text[1], int(text[2]))
+                try:
+                    if self.on_pin:
+                        self.on_pin(text[1], int(text[2]))
+                except Exception:  # the wiring failed; the fixture still needs its answer
+                    log.exception("simulated fixture: pin %s=%s", text[1], text[2])
+                with contextlib.suppress(OSError):
+                    self._sock.sendto(b"A", addr)  # applied: the firmware's pin write returns
 
     def _send(self, msg: bytes) -> None:
         if self._peer is None:
