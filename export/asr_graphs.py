@@ -37,10 +37,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-MS = "com.microsoft"
+from export.onnxgraph import GraphWriter
+
 OPSET = 17
+IR_VERSION = 8
+EPS = 1e-5  # Whisper's layer norms
 
 
 def names(layers: int) -> tuple[list[str], list[str], list[str]]:
@@ -51,111 +54,52 @@ def names(layers: int) -> tuple[list[str], list[str], list[str]]:
     return cross, past, present
 
 
-class _Graph:
-    """Nodes and initializers being written; `w` adds a weight, `op` a node."""
+class _Graph(GraphWriter):
+    """The Whisper graphs' writer: weights by their transformers name (`t`), and the pieces
+    the model kind adds to the shared writer (layer norms with their weights, linear layers,
+    cross-attention)."""
 
     def __init__(self, state: dict[str, Any]) -> None:
+        super().__init__()
         self.state = state
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
 
     def t(self, key: str) -> np.ndarray:
         return np.ascontiguousarray(self.state[key].detach().float().numpy())
 
-    def w(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def op(self, kind: str, inputs: list[str], name: str, n_out: int = 1, **attrs: Any) -> Any:
-        outs = [f"{name}/out{j}" if n_out > 1 else f"{name}/out" for j in range(n_out)]
-        domain = MS if kind in _CONTRIB else ""
-        self.nodes.append(helper.make_node(kind, inputs, outs, name=name, domain=domain, **attrs))
-        return outs if n_out > 1 else outs[0]
-
     def linear(self, x: str, prefix: str, name: str, bias: bool = False) -> str:
-        y = self.op("MatMul", [x, self.w(f"{prefix}.weight.T", self.t(f"{prefix}.weight").T)], name)
-        if bias:
-            y = self.op("Add", [y, self.w(f"{prefix}.bias", self.t(f"{prefix}.bias"))], name + "b")
-        return y
+        w = self.const(f"{prefix}.weight.T", self.t(f"{prefix}.weight").T)
+        b = self.const(f"{prefix}.bias", self.t(f"{prefix}.bias")) if bias else None
+        return self.matmul(x, w, name, b)
 
-    def skip_norm(self, a: str, skip: str, bias: str, ln: str, name: str) -> tuple[str, str]:
-        """(LayerNorm(a + skip + bias), a + skip + bias)."""
-        outs = self.op(
-            "SkipLayerNormalization",
-            [
-                a,
-                skip,
-                self.w(f"{ln}.weight", self.t(f"{ln}.weight")),
-                self.w(f"{ln}.bias", self.t(f"{ln}.bias")),
-                bias,
-            ],
-            name,
-            n_out=4,
-            epsilon=1e-5,
+    def _ln(self, ln: str) -> tuple[str, str]:
+        return (
+            self.const(f"{ln}.weight", self.t(f"{ln}.weight")),
+            self.const(f"{ln}.bias", self.t(f"{ln}.bias")),
         )
-        return outs[0], outs[3]
+
+    def skip_ln(self, a: str, skip: str, bias: str, ln: str, name: str) -> tuple[str, str]:
+        """(LayerNorm(a + skip + bias), a + skip + bias)."""
+        gamma, beta = self._ln(ln)
+        return self.skip_norm(a, skip, gamma, EPS, name, beta=beta, bias=bias)
 
     def norm(self, x: str, ln: str, name: str) -> str:
-        g, b = self.t(f"{ln}.weight"), self.t(f"{ln}.bias")
-        return str(
-            self.op(
-                "LayerNormalization",
-                [x, self.w(f"{ln}.weight", g), self.w(f"{ln}.bias", b)],
-                name,
-                axis=-1,
-                epsilon=1e-5,
-            )
-        )
+        gamma, beta = self._ln(ln)
+        return self.layer_norm(x, gamma, EPS, name, beta=beta)
 
     def cross_attention(self, q: str, k: str, v: str, heads: int, hd: int, name: str) -> str:
         """Attention of q [1, S, d] (already scaled) over K/V [1, heads, T, hd], in plain
         kernels. For one query row MLAS has dedicated M = 1 kernels (no packing of K or V),
         used only when the product is unscaled, so the scale lives in the q projection; this
         path measured faster than onnxruntime's MultiHeadAttention on a few query rows."""
-        split = self.w(f"{name}.heads", np.array([0, 0, heads, hd], np.int64))
-        merge = self.w(f"{name}.merge", np.array([0, 0, heads * hd], np.int64))
-        q = self.op("Reshape", [q, split], f"{name}.q")
-        q = self.op("Transpose", [q], f"{name}.qt", perm=[0, 2, 1, 3])
-        w = self.op("FusedMatMul", [q, k], f"{name}.qk", transB=1)
-        w = self.op("Softmax", [w], f"{name}.softmax", axis=-1)
-        a = self.op("MatMul", [w, v], f"{name}.av")
-        a = self.op("Transpose", [a], f"{name}.at", perm=[0, 2, 1, 3])
-        return str(self.op("Reshape", [a, merge], f"{name}.merge"))
-
-    def model(self, inputs: list[Any], outputs: list[Any], name: str) -> onnx.ModelProto:
-        # Drop the auto output names' unused entries of SkipLayerNormalization (mean, inv std).
-        for n in self.nodes:
-            if n.op_type == "SkipLayerNormalization":
-                n.output[1] = ""
-                n.output[2] = ""
-        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.inits)
-        m = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
-        )
-        m.ir_version = 8
-        return m
-
-
-_CONTRIB = {
-    "SkipLayerNormalization",
-    "MultiHeadAttention",
-    "GroupQueryAttention",
-    "BiasGelu",
-    "Gelu",
-    "FusedMatMul",
-    "MatMulNBits",
-}
-
-
-def _rename(g: _Graph, produced: str, final: str) -> None:
-    """Make the node producing `produced` write `final` (a graph output name) instead."""
-    for n in g.nodes:
-        for j, o in enumerate(n.output):
-            if o == produced:
-                n.output[j] = final
-        for j, i in enumerate(n.input):
-            if i == produced:
-                n.input[j] = final
+        split = self.const(f"{name}.heads", np.array([0, 0, heads, hd], np.int64))
+        merge = self.const(f"{name}.merge", np.array([0, 0, heads * hd], np.int64))
+        q = self.op1("Reshape", [q, split], f"{name}.q")
+        q = self.op1("Transpose", [q], f"{name}.qt", perm=[0, 2, 1, 3])
+        w = self.op1("FusedMatMul", [q, k], f"{name}.qk", transB=1)
+        w = self.op1("Softmax", [w], f"{name}.softmax", axis=-1)
+        a = self.op1("MatMul", [w, v], f"{name}.av")
+        a = self.op1("Transpose", [a], f"{name}.at", perm=[0, 2, 1, 3])
+        return str(self.op1("Reshape", [a, merge], f"{name}.merge"))
 
 
 def encoder(model: Any) -> onnx.ModelProto:
@@ -165,24 +109,26 @@ def encoder(model: Any) -> onnx.ModelProto:
     g = _Graph({k: v for k, v in model.model.state_dict().items()})
     x = "input_features"
     for j, stride in ((1, 1), (2, 2)):
-        x = g.op(
+        x = g.op1(
             "Conv",
             [
                 x,
-                g.w(f"conv{j}.w", g.t(f"encoder.conv{j}.weight")),
-                g.w(f"conv{j}.b", g.t(f"encoder.conv{j}.bias")),
+                g.const(f"conv{j}.w", g.t(f"encoder.conv{j}.weight")),
+                g.const(f"conv{j}.b", g.t(f"encoder.conv{j}.bias")),
             ],
             f"conv{j}",
             pads=[1, 1],
             strides=[stride],
             kernel_shape=[3],
         )
-        x = g.op("Gelu", [x], f"conv{j}.gelu")
-    x = g.op("Transpose", [x], "conv.btd", perm=[0, 2, 1])  # [1, T, d]
-    t = g.op("Shape", [x], "frames", start=1, end=2)
-    zero = g.w("zero1", np.zeros(1, np.int64))
-    pos = g.op("Slice", [g.w("enc.pos", g.t("encoder.embed_positions.weight")), zero, t], "pos")
-    x = g.op("Add", [x, pos], "embed")
+        x = g.op1("Gelu", [x], f"conv{j}.gelu")
+    x = g.op1("Transpose", [x], "conv.btd", perm=[0, 2, 1])  # [1, T, d]
+    t = g.op1("Shape", [x], "frames", start=1, end=2)
+    zero = g.const("zero1", np.zeros(1, np.int64))
+    pos = g.op1(
+        "Slice", [g.const("enc.pos", g.t("encoder.embed_positions.weight")), zero, t], "pos"
+    )
+    x = g.op1("Add", [x, pos], "embed")
     h = g.norm(x, "encoder.layers.0.self_attn_layer_norm", "l0.ln1")
     n_enc = int(c.encoder_layers)
     for i in range(n_enc):
@@ -194,19 +140,21 @@ def encoder(model: Any) -> onnx.ModelProto:
         bias = np.concatenate(
             [g.t(f"{a}.q_proj.bias"), np.zeros(d, np.float32), g.t(f"{a}.v_proj.bias")]
         )
-        att = g.op(
+        att = g.op1(
             "MultiHeadAttention",
-            [q, k, v, g.w(f"l{i}.qkv.bias", bias)],
+            [q, k, v, g.const(f"l{i}.qkv.bias", bias)],
             f"l{i}.mha",
             num_heads=int(c.encoder_attention_heads),
         )
         o = g.linear(att, f"{a}.out_proj", f"l{i}.o", bias=True)
-        x = g.op("Add", [x, o], f"l{i}.res1")
+        x = g.op1("Add", [x, o], f"l{i}.res1")
         h = g.norm(x, f"{p}.final_layer_norm", f"l{i}.ln2")
-        f = g.op("MatMul", [h, g.w(f"{p}.fc1.weight.T", g.t(f"{p}.fc1.weight").T)], f"l{i}.fc1")
-        f = g.op("BiasGelu", [f, g.w(f"{p}.fc1.bias", g.t(f"{p}.fc1.bias"))], f"l{i}.gelu")
+        f = g.op1(
+            "MatMul", [h, g.const(f"{p}.fc1.weight.T", g.t(f"{p}.fc1.weight").T)], f"l{i}.fc1"
+        )
+        f = g.op1("BiasGelu", [f, g.const(f"{p}.fc1.bias", g.t(f"{p}.fc1.bias"))], f"l{i}.gelu")
         f = g.linear(f, f"{p}.fc2", f"l{i}.fc2", bias=True)
-        x = g.op("Add", [x, f], f"l{i}.res2")
+        x = g.op1("Add", [x, f], f"l{i}.res2")
         ln = (
             f"encoder.layers.{i + 1}.self_attn_layer_norm"
             if i + 1 < n_enc
@@ -219,25 +167,25 @@ def encoder(model: Any) -> onnx.ModelProto:
         e = f"decoder.layers.{i}.encoder_attn"
         ws += [g.t(f"{e}.k_proj.weight").T, g.t(f"{e}.v_proj.weight").T]
         bs += [np.zeros(d, np.float32), g.t(f"{e}.v_proj.bias")]
-    kv = g.op("MatMul", [h, g.w("cross.weight", np.concatenate(ws, axis=1))], "cross")
-    kv = g.op("Add", [kv, g.w("cross.bias", np.concatenate(bs))], "cross.bias")
+    kv = g.op1("MatMul", [h, g.const("cross.weight", np.concatenate(ws, axis=1))], "cross")
+    kv = g.op1("Add", [kv, g.const("cross.bias", np.concatenate(bs))], "cross.bias")
     n = d // hd
-    kv = g.op(
+    kv = g.op1(
         "Reshape",
-        [kv, g.w("cross.shape", np.array([1, -1, 2 * layers * n, hd], np.int64))],
+        [kv, g.const("cross.shape", np.array([1, -1, 2 * layers * n, hd], np.int64))],
         "cross.heads",
     )
-    kv = g.op("Transpose", [kv], "cross.bnsh", perm=[0, 2, 1, 3])  # [1, 2 L n, T, hd]
+    kv = g.op1("Transpose", [kv], "cross.bnsh", perm=[0, 2, 1, 3])  # [1, 2 L n, T, hd]
     cross, _, _ = names(layers)
     outs = g.op(
         "Split",
-        [kv, g.w("cross.split", np.full(2 * layers, n, np.int64))],
+        [kv, g.const("cross.split", np.full(2 * layers, n, np.int64))],
         "cross.split",
         n_out=2 * layers,
         axis=1,
     )
     for o, name in zip(outs, cross, strict=True):
-        _rename(g, o, name)
+        g.rename(o, name)
     inputs = [
         helper.make_tensor_value_info(
             "input_features", TensorProto.FLOAT, [1, int(c.num_mel_bins), "frames"]
@@ -247,7 +195,7 @@ def encoder(model: Any) -> onnx.ModelProto:
         helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, n, "positions", hd])
         for name in cross
     ]
-    return g.model(inputs, outputs, "whisper-encoder")
+    return g.model(inputs, outputs, "whisper-encoder", OPSET, IR_VERSION)
 
 
 HEADS = ("fp32", "rescore8")
@@ -289,13 +237,13 @@ def _rescore_head(g: _Graph, h: str, table: str, weights: np.ndarray, block: int
     err = np.abs(w - deq).max(axis=2) + (3 * gamma + _U) * amax
     act = np.abs(deq).sum(axis=2) / 127.0
     bound_w = (np.concatenate([err, act], axis=1) * 1.01).T.astype(np.float32)  # [2 nb, V]
-    approx = g.op(
+    approx = g.op1(
         "MatMulNBits",
         [
             h,
-            g.w("lm_head.q8", (q + 128).astype(np.uint8)),  # [V, nb, block]
-            g.w("lm_head.q8.scales", scale.reshape(-1)),
-            g.w("lm_head.q8.zero_points", np.full((v, nb), 128, np.uint8)),
+            g.const("lm_head.q8", (q + 128).astype(np.uint8)),  # [V, nb, block]
+            g.const("lm_head.q8.scales", scale.reshape(-1)),
+            g.const("lm_head.q8.zero_points", np.full((v, nb), 128, np.uint8)),
         ],
         "lm_head.q8",
         K=d,
@@ -304,31 +252,35 @@ def _rescore_head(g: _Graph, h: str, table: str, weights: np.ndarray, block: int
         block_size=block,
         accuracy_level=ACCURACY,
     )
-    approx = g.op("Add", [approx, "logit_mask"], "lm_head.mask")  # [1, 1, V]
+    approx = g.op1("Add", [approx, "logit_mask"], "lm_head.mask")  # [1, 1, V]
     hb = h
     if pad:
-        hb = g.op("Pad", [h, g.w("lm_head.hpad", np.array([0, 0, 0, 0, 0, pad], np.int64))], "hpad")
-    hb = g.op("Reshape", [hb, g.w("lm_head.hblocks", np.array([nb, block], np.int64))], "hblocks")
-    l1 = g.op("ReduceL1", [hb], "lm_head.l1", axes=[1], keepdims=1)  # [nb, 1]
-    mx = g.op("ReduceMax", [g.op("Abs", [hb], "lm_head.abs")], "lm_head.max", axes=[1])
-    norms = g.op("Concat", [l1, mx], "lm_head.norms", axis=0)  # [2 nb, 1]
-    bound = g.op(
-        "FusedMatMul", [norms, g.w("lm_head.bound", bound_w)], "lm_head.bound", transA=1
+        hb = g.op1(
+            "Pad", [h, g.const("lm_head.hpad", np.array([0, 0, 0, 0, 0, pad], np.int64))], "hpad"
+        )
+    hb = g.op1(
+        "Reshape", [hb, g.const("lm_head.hblocks", np.array([nb, block], np.int64))], "hblocks"
+    )
+    l1 = g.op1("ReduceL1", [hb], "lm_head.l1", axes=[1], keepdims=1)  # [nb, 1]
+    mx = g.op1("ReduceMax", [g.op1("Abs", [hb], "lm_head.abs")], "lm_head.max", axes=[1])
+    norms = g.op1("Concat", [l1, mx], "lm_head.norms", axis=0)  # [2 nb, 1]
+    bound = g.op1(
+        "FusedMatMul", [norms, g.const("lm_head.bound", bound_w)], "lm_head.bound", transA=1
     )  # [1, V]
-    hi = g.op("Add", [approx, bound], "lm_head.hi")
-    lo = g.op("Sub", [approx, bound], "lm_head.lo")
-    best = g.op("ReduceMax", [lo], "lm_head.best", keepdims=1)
-    keep = g.op("GreaterOrEqual", [hi, best], "lm_head.keep")
-    flat = g.w("lm_head.flat", np.array([-1], np.int64))
-    keep = g.op("Reshape", [keep, flat], "lm_head.keep.flat")
-    idx = g.op("NonZero", [keep], "lm_head.nonzero")  # [1, k]
-    idx = g.op("Reshape", [idx, flat], "lm_head.idx")
-    rows = g.op("Gather", [table, idx], "lm_head.rows")  # [k, d] fp32
-    exact = g.op("FusedMatMul", [h, rows], "lm_head.exact", transB=1)  # [1, 1, k]
-    exact = g.op("Reshape", [exact, flat], "lm_head.exact.flat")
-    arg = g.op("ArgMax", [exact], "lm_head.argmax", axis=0, keepdims=1)  # [1]
-    token = g.op("Gather", [idx, arg], "lm_head.token")
-    count = g.op("Size", [idx], "lm_head.count")
+    hi = g.op1("Add", [approx, bound], "lm_head.hi")
+    lo = g.op1("Sub", [approx, bound], "lm_head.lo")
+    best = g.op1("ReduceMax", [lo], "lm_head.best", keepdims=1)
+    keep = g.op1("GreaterOrEqual", [hi, best], "lm_head.keep")
+    flat = g.const("lm_head.flat", np.array([-1], np.int64))
+    keep = g.op1("Reshape", [keep, flat], "lm_head.keep.flat")
+    idx = g.op1("NonZero", [keep], "lm_head.nonzero")  # [1, k]
+    idx = g.op1("Reshape", [idx, flat], "lm_head.idx")
+    rows = g.op1("Gather", [table, idx], "lm_head.rows")  # [k, d] fp32
+    exact = g.op1("FusedMatMul", [h, rows], "lm_head.exact", transB=1)  # [1, 1, k]
+    exact = g.op1("Reshape", [exact, flat], "lm_head.exact.flat")
+    arg = g.op1("ArgMax", [exact], "lm_head.argmax", axis=0, keepdims=1)  # [1]
+    token = g.op1("Gather", [idx, arg], "lm_head.token")
+    count = g.op1("Size", [idx], "lm_head.count")
     return [str(token), str(count), str(approx)]
 
 
@@ -336,11 +288,11 @@ def head_model(weights: np.ndarray, block: int = 64) -> onnx.ModelProto:
     """The re-scoring head alone, for tests: hidden [1, 1, d] and logit_mask [V] -> token,
     candidates, with `weights` [V, d] as the fp32 table."""
     g = _Graph({})
-    table = g.w("table", np.ascontiguousarray(weights, np.float32))
+    table = g.const("table", np.ascontiguousarray(weights, np.float32))
     token, count, approx = _rescore_head(g, "hidden", table, weights, block)
-    _rename(g, token, "token")
-    _rename(g, count, "candidates")
-    _rename(g, g.op("Identity", [approx], "scores.copy"), "scores")
+    g.rename(token, "token")
+    g.rename(count, "candidates")
+    g.rename(g.op1("Identity", [approx], "scores.copy"), "scores")
     v, d = weights.shape
     inputs = [
         helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, 1, d]),
@@ -351,7 +303,7 @@ def head_model(weights: np.ndarray, block: int = 64) -> onnx.ModelProto:
         helper.make_tensor_value_info("candidates", TensorProto.INT64, []),
         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, v]),
     ]
-    return g.model(inputs, outputs, "rescore-head")
+    return g.model(inputs, outputs, "rescore-head", OPSET, IR_VERSION)
 
 
 def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) -> onnx.ModelProto:
@@ -363,14 +315,14 @@ def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) ->
     d, n, layers = int(c.d_model), int(c.decoder_attention_heads), int(c.decoder_layers)
     hd = d // n
     g = _Graph({k: v for k, v in model.model.state_dict().items()})
-    table = g.w("embed_tokens.weight", g.t("decoder.embed_tokens.weight"))
-    x = g.op("Gather", [table, "input_ids"], "embed")
-    pos = g.op(
+    table = g.const("embed_tokens.weight", g.t("decoder.embed_tokens.weight"))
+    x = g.op1("Gather", [table, "input_ids"], "embed")
+    pos = g.op1(
         "Gather",
-        [g.w("embed_positions.weight", g.t("decoder.embed_positions.weight")), "position_ids"],
+        [g.const("embed_positions.weight", g.t("decoder.embed_positions.weight")), "position_ids"],
         "pos",
     )
-    x = g.op("Add", [x, pos], "embed.pos")
+    x = g.op1("Add", [x, pos], "embed.pos")
     h = g.norm(x, "decoder.layers.0.self_attn_layer_norm", "l0.ln1")
     cross, past, present = names(layers)
     for i in range(layers):
@@ -380,8 +332,8 @@ def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) ->
         b = np.concatenate(
             [g.t(f"{a}.q_proj.bias"), np.zeros(d, np.float32), g.t(f"{a}.v_proj.bias")]
         )
-        qkv = g.op("MatMul", [h, g.w(f"{a}.qkv.weight.T", w)], f"l{i}.qkv")
-        qkv = g.op("Add", [qkv, g.w(f"{a}.qkv.bias", b)], f"l{i}.qkvb")
+        qkv = g.op1("MatMul", [h, g.const(f"{a}.qkv.weight.T", w)], f"l{i}.qkv")
+        qkv = g.op1("Add", [qkv, g.const(f"{a}.qkv.bias", b)], f"l{i}.qkvb")
         att, pk, pv = g.op(
             "GroupQueryAttention",
             [qkv, "", "", past[2 * i], past[2 * i + 1], "seqlens_k", "total_sequence_length"],
@@ -390,13 +342,13 @@ def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) ->
             num_heads=n,
             kv_num_heads=n,
         )
-        _rename(g, pk, present[2 * i])
-        _rename(g, pv, present[2 * i + 1])
+        g.rename(pk, present[2 * i])
+        g.rename(pv, present[2 * i + 1])
         o = g.linear(att, f"{a}.out_proj", f"l{i}.o")
-        h, x = g.skip_norm(
+        h, x = g.skip_ln(
             o,
             x,
-            g.w(f"{a}.out_proj.bias", g.t(f"{a}.out_proj.bias")),
+            g.const(f"{a}.out_proj.bias", g.t(f"{a}.out_proj.bias")),
             f"{p}.encoder_attn_layer_norm",
             f"l{i}.ln2",
         )
@@ -404,47 +356,53 @@ def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) ->
         # q scaled as transformers does (q_proj(h) * head_dim^-0.5), folded into the weights:
         # exact, the scale being a power of two for Whisper's 64-wide heads.
         scale = np.float32(hd**-0.5)
-        wq = g.w(f"{e}.q_proj.weight.T", g.t(f"{e}.q_proj.weight").T * scale)
-        q = g.op("MatMul", [h, wq], f"l{i}.cq")
-        q = g.op("Add", [q, g.w(f"{e}.q_proj.bias", g.t(f"{e}.q_proj.bias") * scale)], f"l{i}.cqb")
+        wq = g.const(f"{e}.q_proj.weight.T", g.t(f"{e}.q_proj.weight").T * scale)
+        q = g.op1("MatMul", [h, wq], f"l{i}.cq")
+        q = g.op1(
+            "Add", [q, g.const(f"{e}.q_proj.bias", g.t(f"{e}.q_proj.bias") * scale)], f"l{i}.cqb"
+        )
         att = g.cross_attention(q, cross[2 * i], cross[2 * i + 1], n, hd, f"l{i}.cross")
         o = g.linear(att, f"{e}.out_proj", f"l{i}.co")
-        h, x = g.skip_norm(
+        h, x = g.skip_ln(
             o,
             x,
-            g.w(f"{e}.out_proj.bias", g.t(f"{e}.out_proj.bias")),
+            g.const(f"{e}.out_proj.bias", g.t(f"{e}.out_proj.bias")),
             f"{p}.final_layer_norm",
             f"l{i}.ln3",
         )
-        f = g.op("MatMul", [h, g.w(f"{p}.fc1.weight.T", g.t(f"{p}.fc1.weight").T)], f"l{i}.fc1")
-        f = g.op("BiasGelu", [f, g.w(f"{p}.fc1.bias", g.t(f"{p}.fc1.bias"))], f"l{i}.gelu")
-        f = g.op("MatMul", [f, g.w(f"{p}.fc2.weight.T", g.t(f"{p}.fc2.weight").T)], f"l{i}.fc2")
+        f = g.op1(
+            "MatMul", [h, g.const(f"{p}.fc1.weight.T", g.t(f"{p}.fc1.weight").T)], f"l{i}.fc1"
+        )
+        f = g.op1("BiasGelu", [f, g.const(f"{p}.fc1.bias", g.t(f"{p}.fc1.bias"))], f"l{i}.gelu")
+        f = g.op1(
+            "MatMul", [f, g.const(f"{p}.fc2.weight.T", g.t(f"{p}.fc2.weight").T)], f"l{i}.fc2"
+        )
         if i + 1 < layers:
             ln = f"decoder.layers.{i + 1}.self_attn_layer_norm"
-            h, x = g.skip_norm(
-                f, x, g.w(f"{p}.fc2.bias", g.t(f"{p}.fc2.bias")), ln, f"l{i + 1}.ln1"
+            h, x = g.skip_ln(
+                f, x, g.const(f"{p}.fc2.bias", g.t(f"{p}.fc2.bias")), ln, f"l{i + 1}.ln1"
             )
     # The last position only: the residual and the last layer's output, then the final norm.
-    last = g.w("last", np.array([-1], np.int64))
-    f = g.op("Gather", [f, last], "last.f", axis=1)
-    x = g.op("Gather", [x, last], "last.x", axis=1)
+    last = g.const("last", np.array([-1], np.int64))
+    f = g.op1("Gather", [f, last], "last.f", axis=1)
+    x = g.op1("Gather", [x, last], "last.x", axis=1)
     lp = f"decoder.layers.{layers - 1}"
-    h, _ = g.skip_norm(
-        f, x, g.w(f"{lp}.fc2.bias", g.t(f"{lp}.fc2.bias")), "decoder.layer_norm", "final.ln"
+    h, _ = g.skip_ln(
+        f, x, g.const(f"{lp}.fc2.bias", g.t(f"{lp}.fc2.bias")), "decoder.layer_norm", "final.ln"
     )
     kv = [1, n, max_length, hd]
     vocab = int(c.vocab_size)
     if head == "fp32":
-        w_t = g.op("Transpose", [table], "lm_head.T", perm=[1, 0])
-        logits = g.op("MatMul", [h, w_t], "lm_head")
-        _rename(g, logits, "logits")
+        w_t = g.op1("Transpose", [table], "lm_head.T", perm=[1, 0])
+        logits = g.op1("MatMul", [h, w_t], "lm_head")
+        g.rename(logits, "logits")
         head_in = []
         head_out = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, vocab])]
     else:
         token, count, approx = _rescore_head(g, h, table, g.t("decoder.embed_tokens.weight"), block)
-        _rename(g, token, "token")
-        _rename(g, count, "candidates")
-        _rename(g, g.op("Identity", [approx], "scores.copy"), "scores")
+        g.rename(token, "token")
+        g.rename(count, "candidates")
+        g.rename(g.op1("Identity", [approx], "scores.copy"), "scores")
         head_in = [helper.make_tensor_value_info("logit_mask", TensorProto.FLOAT, [vocab])]
         head_out = [
             helper.make_tensor_value_info("token", TensorProto.INT64, [1]),
@@ -467,4 +425,4 @@ def decoder(model: Any, max_length: int, head: str = "fp32", block: int = 64) ->
         *head_out,
         *[helper.make_tensor_value_info(name, TensorProto.FLOAT, kv) for name in present],
     ]
-    return g.model(inputs, outputs, "whisper-decoder")
+    return g.model(inputs, outputs, "whisper-decoder", OPSET, IR_VERSION)

@@ -56,11 +56,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from export.fused.arch import Shape
 from export.fused.heads import attn_dim, pad_heads, pad_norm_weight, pad_o_proj, pad_rotary
 from export.fused.quant import Quantized, quantize, split8, unpack
+from export.onnxgraph import GraphWriter
 
 if TYPE_CHECKING:
     from export.fused.gguf_blocks import Plan
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
 Weights = Callable[[str], np.ndarray]
 
 OPSET = 21
-MS = "com.microsoft"
 QUANTS = {"fp32": 0, "fp16": 0, "int8": 8, "int4": 4}
 KV_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
@@ -142,19 +142,15 @@ class View:
     offset: int  # bytes into the base
 
 
-class _Emitter:
-    """Collects nodes and initializers; names are unique and readable."""
+class _Emitter(GraphWriter):
+    """The decoder's writer: the options and the GGUF plan its weights follow, and the
+    initializers that are views of others."""
 
     def __init__(self, opts: Options, plan: Plan | None = None) -> None:
+        super().__init__()
         self.opts = opts
         self.plan = plan  # a GGUF source: weights whose blocks are kept as the file has them
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
         self.views: dict[str, View] = {}
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
 
     def view(self, name: str, base: str, base_value: np.ndarray, start: int, stop: int) -> str:
         """Rows [start, stop) of the initializer `base` (whose value is `base_value`) as an
@@ -163,16 +159,6 @@ class _Emitter:
         self.const(name, part)
         self.views[name] = View(base, start * (base_value.nbytes // len(base_value)))
         return name
-
-    def op(
-        self, op_type: str, inputs: list[str], name: str, n_out: int = 1, **attrs: object
-    ) -> list[str]:
-        outputs = [f"{name}/out{i}" if n_out > 1 else f"{name}/out" for i in range(n_out)]
-        domain = MS if op_type in _CONTRIB else ""
-        self.nodes.append(
-            helper.make_node(op_type, inputs, outputs, name=name, domain=domain, **attrs)
-        )
-        return outputs
 
     def float_weight(self, name: str, w: np.ndarray) -> str:
         """A float weight: fp32 as is, fp16 stored half-size and cast once at load."""
@@ -217,12 +203,9 @@ class _Emitter:
             attrs = {"K": k, "N": n, "bits": o.bits, "block_size": q.block_size}
             y = self.op("MatMulNBits", ins, name, accuracy_level=o.accuracy_level, **attrs)[0]
             return y if q.mins is None else self.block_mins(x, y, name, q)
-        y = self.op("MatMul", [x, self.float_weight(name + ".weight_t", w.T)], name)[0]
-        if bias is not None:
-            y = self.op(
-                "Add", [y, self.const(name + ".bias", bias.astype(np.float32))], name + "/bias"
-            )[0]
-        return y
+        w_t = self.float_weight(name + ".weight_t", w.T)
+        b = None if bias is None else self.const(name + ".bias", bias.astype(np.float32))
+        return self.matmul(x, w_t, name, b)
 
     def block_mins(self, x: str, y: str, name: str, q: Quantized) -> str:
         """y + (x's sums over each block) @ mins.T: the blocks' minimums (w = ... + min), which
@@ -241,15 +224,6 @@ class _Emitter:
             m = self.const(name + ".mins_t", mins_t)
         offset = self.op("MatMul", [sums, m], name + ".mins")[0]
         return self.op("Add", [y, offset], name + ".with_mins")[0]
-
-
-_CONTRIB = {
-    "MatMulNBits",
-    "GatherBlockQuantized",
-    "GroupQueryAttention",
-    "SkipSimplifiedLayerNormalization",
-    "QuickGelu",
-}
 
 
 def _bias(weights: Weights, name: str, present: bool) -> np.ndarray | None:
@@ -361,9 +335,8 @@ def _norm(
     """RMS norm of x (+ residual); returns (normed, new residual)."""
     g = e.const(name + ".weight", gamma.astype(np.float32))
     if residual is None:
-        return e.op("SimplifiedLayerNormalization", [x, g], name, axis=-1, epsilon=eps)[0], x
-    out = e.op("SkipSimplifiedLayerNormalization", [x, residual, g], name, n_out=4, epsilon=eps)
-    return out[0], out[3]
+        return e.layer_norm(x, g, eps, name), x
+    return e.skip_norm(x, residual, g, eps, name)
 
 
 @dataclass(frozen=True)
@@ -653,8 +626,4 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(past_name(i, kind), kv_type, kv))
             outputs.append(helper.make_tensor_value_info(present_name(i, kind), kv_type, kv))
-    graph = helper.make_graph(e.nodes, "ocula_fused_decoder", inputs, outputs, e.inits)
-    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="ocula.export.fused")
-    model.ir_version = 10
-    return model
+    return e.model(inputs, outputs, "ocula_fused_decoder", OPSET, 10, "ocula.export.fused")
