@@ -160,7 +160,7 @@ def test_trimmed_encoding_equals_transformers_on_the_same_frames(speech: np.ndar
     assert w.trim
     for n in (speech.size, speech.size - 100, RATE // 2 + 80):
         audio = speech[:n]
-        frames = w._frames(n, True)
+        frames = w.frames(n, True)
         assert frames % 2 == 0 and frames * w.info.hop_length >= n
         assert frames < w.info.n_frames
         job = w.start(audio, language="en")
