@@ -43,7 +43,7 @@ from runtime.agent.bundlefmt import (
     MAX_TOP_BYTES,
     OLD_MAGICS,
     SIG_LEN,
-    Manifest,
+    BundleManifest,
     check_path,
     encode_manifest,
     parse_top,
@@ -310,7 +310,7 @@ class Bundle:
     (index pieces and chunks alike, by sha256)."""
 
     path: Path
-    manifest: Manifest
+    manifest: BundleManifest
     signature: bytes
     offsets: dict[str, int]
 
