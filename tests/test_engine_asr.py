@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from runtime.engine.asr import Whisper
+from runtime.engine.asr_stream import LIVE_GUARD, StreamingRecognizer, Window
 from runtime.engine.audio import read_wav
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.mel import LogMel
-from runtime.engine.stream import LIVE_GUARD, StreamingRecognizer, Window
 from runtime.engine.vad import Vad, speech_segments
 from tests.test_engine_helpers import asr_artifact, hf_model, vad_artifact
 
