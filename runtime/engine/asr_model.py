@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from runtime.engine import kv
 from runtime.engine.errors import ArtifactError
 from runtime.engine.llm.text import load_tokenizer
 from runtime.engine.mel import LogMel
@@ -33,12 +34,6 @@ __all__ = ["FEEDS", "WhisperModel"]
 F32 = npt.NDArray[np.float32]
 #: the decoder's one-token feeds, bound once per window and rewritten in place every step
 FEEDS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
-
-
-def _names(extra: dict[str, object], key: str, layers: range) -> list[str]:
-    """One name per decoder layer and kind (key, value) from the manifest's pattern."""
-    pattern = str(extra.get(key, key + ".{layer}.{kind}"))
-    return [pattern.format(layer=i, kind=k) for i in layers for k in ("key", "value")]
 
 
 class WhisperModel:
@@ -59,10 +54,10 @@ class WhisperModel:
         self.encoder = sessions["encoder"]
         self.decoder = sessions["decoder"]
         extra = info.extra
-        layers = range(info.decoder_layers)
-        self.cross_names = _names(extra, "cross", layers)
-        self.past_names = _names(extra, "past", layers)
-        self.present_names = _names(extra, "present", layers)
+        layers = info.decoder_layers
+        self.cross_names = kv.names(str(extra.get("cross", "cross.{layer}.{kind}")), layers)
+        self.past_names = kv.names(str(extra.get("past", "past.{layer}.{kind}")), layers)
+        self.present_names = kv.names(str(extra.get("present", "present.{layer}.{kind}")), layers)
         self.kv_shape = (1, info.decoder_heads, info.max_target_positions, info.head_dim)
         self._kv_free: list[list[ort.OrtValue]] = []  # K/V buffer sets of finished windows
         self.tokenizer = load_tokenizer(tokenizer_path)
@@ -124,13 +119,10 @@ class WhisperModel:
         finished window's when there is one; give it back with `give_kv`."""
         if self._kv_free:
             return self._kv_free.pop()
-        return [
-            ort.OrtValue.ortvalue_from_numpy(np.zeros(self.kv_shape, np.float32))
-            for _ in self.past_names
-        ]
+        return kv.allocate(len(self.past_names), self.kv_shape)[1]
 
-    def give_kv(self, kv: list[ort.OrtValue]) -> None:
-        self._kv_free.append(kv)
+    def give_kv(self, buffers: list[ort.OrtValue]) -> None:
+        self._kv_free.append(buffers)
 
     def frames(self, n: int, trim: bool) -> int:
         """Feature frames for `n` samples: a full window, or trimmed to the frames the audio

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from runtime.engine import kv
 from runtime.engine.asr_guard import Guard, compression_ratio, log_softmax_at, strip_loop
 from runtime.engine.asr_model import FEEDS, WhisperModel
 from runtime.engine.llm.text import TextStream
@@ -139,9 +140,7 @@ class Decoding:
             for a in (self._ids, self._pos, self._seqlens, self._total)
         ]
         b = self._binding
-        for past, present, value in zip(asr.past_names, asr.present_names, self._kv, strict=True):
-            b.bind_ortvalue_input(past, value)
-            b.bind_ortvalue_output(present, value)
+        kv.bind(b, asr.past_names, asr.present_names, self._kv)
         if asr.rescore:
             b.bind_ortvalue_output("token", ort.OrtValue.ortvalue_from_numpy(self._token))
             b.bind_ortvalue_output("candidates", ort.OrtValue.ortvalue_from_numpy(self._candidates))
