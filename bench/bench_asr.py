@@ -31,9 +31,9 @@ from bench.bench_engines import (
     ROOT,
     ROUNDS,
     THREADS,
-    _hf,
-    _median_rounds,
-    _rss_mb,
+    hf_folder,
+    median_rounds,
+    rss_mb,
     run_worker,
 )
 
@@ -55,7 +55,7 @@ def _asr(preset: str, head: str | None = None, quant: str = "fp32") -> Path:
     key = out / ".export-code"
     if not key.is_file() or key.read_text() != code.hexdigest():
         opts = AsrOptions(quant=quant, validate=False, force=True, head=head)
-        export_asr(str(_hf(preset)), out, opts)
+        export_asr(str(hf_folder(preset)), out, opts)
         key.write_text(code.hexdigest())
     return out
 
@@ -65,7 +65,9 @@ def _optimum_asr(preset: str, quant: str = "fp32") -> Path:
     if not (out / "encoder_model.onnx").exists():
         from optimum.exporters.onnx import main_export
 
-        main_export(str(_hf(preset)), output=out, task="automatic-speech-recognition-with-past")
+        main_export(
+            str(hf_folder(preset)), output=out, task="automatic-speech-recognition-with-past"
+        )
     return out if quant == "fp32" else _optimum_int8(out)
 
 
@@ -132,7 +134,7 @@ def worker_ocula_asr(path: str, seconds: float, reps: int, trim: bool) -> dict[s
             # Re-scoring head: tokens re-scored in fp32 per decoder run (0 for the fp32 head).
             res["rescored"].append(job.rescored / (job.decoder_runs + 1))
     med = {k: statistics.median(v) for k, v in res.items()}
-    return med | {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}
+    return med | {"rtf": med["total"] / seconds, "rss_mb": rss_mb()}
 
 
 def _agreement(ref: list[int], got: dict[str, list[int]]) -> dict[str, float]:
@@ -261,7 +263,7 @@ def worker_hf_asr(folder: str, seconds: float, reps: int, engine: str) -> dict[s
             res["encoder"].append(t2 - t1)
             res["dec_ms"].append(1000 * dec / min(out.shape[1], ASR_TOKENS))
     med = {k: statistics.median(v) for k, v in res.items()}
-    med |= {"rtf": med["total"] / seconds, "rss_mb": _rss_mb()}  # before the extra sessions
+    med |= {"rtf": med["total"] / seconds, "rss_mb": rss_mb()}  # before the extra sessions
     if engine == "optimum" and (Path(folder) / "decoder_with_past_model.onnx").exists():
         med["cross_kv"] = _optimum_cross_kv(Path(folder), model, feats)
     return med
@@ -322,7 +324,7 @@ def bench_asr(preset: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     clips = os.environ.get("OCULA_BENCH_ASR_CLIPS", "5,30").split(",")
     quants = os.environ.get("OCULA_BENCH_ASR_QUANT", "fp32").split(",")
-    hf = _hf(preset)
+    hf = hf_folder(preset)
     for quant in quants:
         # "ocula": the export's default (fp32: the re-scoring head; int8: its logits head);
         # "ocula_logits": the fp32 export with the logits head (`--head fp32`).
@@ -343,7 +345,7 @@ def bench_asr(preset: str) -> dict[str, Any]:
                     else:
                         folder = opt if k == "optimum" else hf
                         runs[k].append(_spawn("hf_asr", str(folder), seconds, 1, k))
-            res = {k: _median_rounds(v) for k, v in runs.items()}
+            res = {k: median_rounds(v) for k, v in runs.items()}
             for k in arts.keys() & res.keys():
                 o, peer = res[k], res["optimum"]
                 o["rtf_gain_vs_optimum"] = round(peer["rtf"] / o["rtf"], 2)

@@ -60,7 +60,7 @@ LONG_PROMPT = MAX_LENGTH - NEW - 1  # the longest passage prefix that fits with 
 # -- building ---------------------------------------------------------------------------------
 
 
-def _hf(preset: str) -> Path:
+def hf_folder(preset: str) -> Path:
     out = CACHE / preset / "hf"
     if not (out / "config.json").exists():
         if preset == "smollm2":
@@ -91,7 +91,7 @@ def _llm(preset: str, spec: str, suffix: str = "") -> Path:
             embed_bits=embed_bits,
             force=True,
         )
-        export_llm(str(_hf(preset)), out, opts)
+        export_llm(str(hf_folder(preset)), out, opts)
     return out
 
 
@@ -100,7 +100,7 @@ def _genai(preset: str, precision: str = "int4") -> Path:
     if not (out / "genai_config.json").exists():
         from bench.peers import build_genai_model
 
-        build_genai_model(_hf(preset), out, precision)
+        build_genai_model(hf_folder(preset), out, precision)
     cfg_path = out / "genai_config.json"
     cfg = json.loads(cfg_path.read_text())
     opts = cfg["model"]["decoder"].setdefault("session_options", {})
@@ -123,7 +123,7 @@ def _vad() -> Path:
 # -- workers (each in its own process) ----------------------------------------------------------
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Peak RSS of this process (VmHWM: ru_maxrss would start at the parent's RSS, which Linux
     carries across fork and exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -195,7 +195,7 @@ def worker_ocula_llm(
                 out["accept_rate"].append(gen.accepted / max(1, gen.drafted))
                 out["tokens_per_run"].append((len(gen.tokens) - 1) / gen.decode_runs)
     return {k: statistics.median(v) for k, v in out.items()} | {
-        "rss_mb": _rss_mb(),
+        "rss_mb": rss_mb(),
         "mapped_weights_mb": _mapped_weights_mb(),
     }
 
@@ -267,7 +267,7 @@ def worker_torch_llm(hf: str, reps: int) -> dict[str, Any]:
         total = gen(NEW)
         out["ttft"].append(ttft)
         out["decode"].append((NEW - 1) / (total - ttft))
-    return {k: statistics.median(v) for k, v in out.items()} | {"rss_mb": _rss_mb()}
+    return {k: statistics.median(v) for k, v in out.items()} | {"rss_mb": rss_mb()}
 
 
 def worker_lookup_same(path: str, prompt_json: str, lookup_json: str) -> dict[str, Any]:
@@ -342,7 +342,7 @@ def _weight_bytes(artifact: Path) -> int:
     return sum(f["size"] for f in m["files"] if f["role"] in ("model", "weights"))
 
 
-def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, float]:
+def median_rounds(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rounds), 4) for k in rounds[0]}
 
 
@@ -356,7 +356,7 @@ def bench_llm(
     if text:
         ids = _text_prompt(preset, text)
     else:
-        ids = _prompt(json.loads((_hf(preset) / "config.json").read_text())["vocab_size"])
+        ids = _prompt(json.loads((hf_folder(preset) / "config.json").read_text())["vocab_size"])
     prompt = json.dumps(ids)
     genai = _genai(preset) if peers else None
     for _ in range(ROUNDS):
@@ -364,8 +364,8 @@ def bench_llm(
         if genai is not None:
             runs["genai"].append(_spawn("genai_llm", genai, prompt, NEW, 2))
         if torch_peer:
-            runs["torch"].append(_spawn("torch_llm", str(_hf(preset)), 1))
-    res = {k: _median_rounds(v) for k, v in runs.items() if v}
+            runs["torch"].append(_spawn("torch_llm", str(hf_folder(preset)), 1))
+    res = {k: median_rounds(v) for k, v in runs.items() if v}
     o = res["ocula"]
     o["weight_mb_per_token"] = round(_weight_bytes(art) / 1e6, 1)
     o["prompt_tokens"] = len(ids)
@@ -443,7 +443,7 @@ def bench_lookup(preset: str, kind: str, quant: str = "int4") -> dict[str, Any]:
             runs["genai"].append(_spawn("genai_llm", genai, prompt, NEW, 2))
     if genai is None:
         del runs["genai"]
-    res = {k: _median_rounds(v) for k, v in runs.items()}
+    res = {k: median_rounds(v) for k, v in runs.items()}
     # whether the two decodings chose the same tokens (int4 kernels' numerics differ between
     # one-position and multi-position runs: see BENCHMARKS.md)
     res["same_tokens"] = _spawn("lookup_same", str(art), prompt, json.dumps(lookup))

@@ -109,7 +109,7 @@ def worker_ocula(path: str, clips: list[str], trim: bool) -> dict[str, Any]:
 
 def worker_stream(path: str, vad: str, clip: str) -> dict[str, Any]:
     from runtime.engine.asr import Whisper
-    from runtime.engine.stream import StreamingRecognizer
+    from runtime.engine.asr_stream import StreamingRecognizer
     from runtime.engine.vad import Vad
     from tests.speech import read_wav
 

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 import runtime
 from board.errors import BoardError
+from runtime import budget
 from runtime.agent.bundlefmt import (
     CHUNK_SIZE,
     FORMAT,
@@ -43,7 +44,7 @@ from runtime.agent.bundlefmt import (
     MAX_TOP_BYTES,
     OLD_MAGICS,
     SIG_LEN,
-    Manifest,
+    BundleManifest,
     check_path,
     encode_manifest,
     parse_top,
@@ -51,20 +52,15 @@ from runtime.agent.bundlefmt import (
 )
 from runtime.agent.errors import BundleRejected, StoreError
 from runtime.io.glyphs import BUNDLE_NAME as GLYPHS
+from runtime.manifest import Manifest
 from runtime.profile import Profile
 
-__all__ = ["Bundle", "build", "estimate_rss_mb"]
+__all__ = ["Bundle", "build"]
 
 RUNTIME_DIR = Path(runtime.__file__).resolve().parent
 KINDS = ("llm", "asr", "vad", "vision")
-BASE_RSS_MB = 120  # interpreter + numpy + onnxruntime + the agent, measured on the sim board
 PIECE_FILES = 32  # files per index piece at most
 OWN_PIECE_CHUNKS = 8  # a file of more chunks (2 MiB) gets an index piece of its own
-
-
-def estimate_rss_mb(artifact_bytes: int) -> int:
-    """RAM a bundle needs: the runtime, plus the weights once in memory, plus 25% working set."""
-    return BASE_RSS_MB + int(artifact_bytes * 1.25 / 1e6)
 
 
 def _files(folder: Path, prefix: str, code_only: bool = False) -> list[tuple[str, Path]]:
@@ -89,8 +85,9 @@ def _files(folder: Path, prefix: str, code_only: bool = False) -> list[tuple[str
     return out
 
 
-def _check_artifact(kind: str, folder: Path) -> None:
-    """The folder is an artifact of `kind` whose files match its manifest (runtime.manifest)."""
+def _check_artifact(kind: str, folder: Path) -> Manifest:
+    """The folder is an artifact of `kind` whose files match its manifest (runtime.manifest);
+    its manifest."""
     from runtime.errors import OculaError
     from runtime.manifest import load_manifest
 
@@ -106,6 +103,7 @@ def _check_artifact(kind: str, folder: Path) -> None:
         raise BoardError(
             f"{folder}: its manifest says kind {manifest.kind!r}, but it was given as --{kind}"
         )
+    return manifest
 
 
 def _check_glyphs(path: Path) -> None:
@@ -142,13 +140,16 @@ def build(
 
     `glyphs`: the display's glyph atlas (.npz); without one the board's display shows boxes."""
     entries: list[tuple[str, Path]] = _files(runtime_dir, "runtime", code_only=True)
+    models: list[budget.Memory] = []
     for kind, folder in sorted(artifacts.items()):
         if kind not in KINDS:
             raise BoardError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
         folder = Path(folder)
         if not folder.is_dir():
             raise BoardError(f"{folder}: no such artifact folder (given as --{kind})")
-        _check_artifact(kind, folder)
+        manifest = _check_artifact(kind, folder)
+        length = budget.llm_length(manifest.llm, profile) if manifest.llm is not None else None
+        models.append(budget.memory(manifest, length))
         entries += _files(folder, f"artifacts/{kind}")
     if glyphs is not None:
         _check_glyphs(Path(glyphs))
@@ -176,7 +177,7 @@ def build(
         "board": profile.name,
         "version": version or f"{getattr(runtime, '__version__', '0.1.0')}+{code_digest}",
         "artifacts": {k: f"artifacts/{k}" for k in sorted(artifacts)},
-        "rss_mb": estimate_rss_mb(artifact_bytes),
+        "rss_mb": budget.process_rss_mb(models),  # what the board's agent checks
         "bytes": sum(f["size"] for f in files),
         "artifact_bytes": sum(  # what the board's budget counts: the artifact folders
             f["size"]
@@ -310,7 +311,7 @@ class Bundle:
     (index pieces and chunks alike, by sha256)."""
 
     path: Path
-    manifest: Manifest
+    manifest: BundleManifest
     signature: bytes
     offsets: dict[str, int]
 

@@ -20,7 +20,6 @@ and, when the board rolled back, the reason it gave.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import logging
 import time
@@ -276,7 +275,3 @@ def _boot(
     result.rolled_back = last.get("event") == "rollback"
     result.reason = last.get("reason") or result.health.get("reason") or "unknown"
     result.ok = False
-
-
-def digest_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

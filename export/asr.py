@@ -215,8 +215,8 @@ def _load(src: source.Source, work: Path) -> tuple[Any, Any, Path]:
     try:
         model = WhisperForConditionalGeneration.from_pretrained(where, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ExportError(f"{src.spec}: cannot load the model: {source._first_line(e)}") from e
-    hf_dir = src.path if src.path else Path(source._snapshot(src.spec))
+        raise ExportError(f"{src.spec}: cannot load the model: {source.first_line(e)}") from e
+    hf_dir = src.path if src.path else Path(source.snapshot(src.spec))
     if (hf_dir / "preprocessor_config.json").is_file():
         fe = WhisperFeatureExtractor.from_pretrained(str(hf_dir))
     else:

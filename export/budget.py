@@ -1,11 +1,9 @@
-"""Will an artifact fit a board? Artifact size and an estimate of runtime memory vs the budget.
+"""Will an artifact fit a board? Its size and its memory against the board profile's budget.
 
-Runtime memory = weights (the graph files as stored; onnxruntime maps them once) + the KV cache
-at max length + activations of a prefill + a fixed runtime overhead. The KV cache is float32,
-layers x 2 x kv_heads x head_dim x max_length x 4 bytes; activations are estimated for a
-prefill of `min(max_length, 512)` tokens: the logits the graph returns (every position in the
-optimum graph, the last one in the fused graph), and the widest per-layer tensors (MLP
-intermediate, attention scores). Figures are in MiB (2^20 bytes; the profiles' `_mb` keys are MiB too).
+The sums are `runtime.budget`'s, the same that the bundle declares, the agent checks at flash
+and the LLM engine sizes its KV cache by: weights + KV cache at max length + activations of a
+prefill + the runtime's one overhead (`RUNTIME_MB`). Figures are in MiB (2^20 bytes; the
+profiles' `_mb` keys are MiB too).
 """
 
 from __future__ import annotations
@@ -14,11 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from export.errors import BudgetError
+from runtime.budget import MIB, RUNTIME_MB, memory
 from runtime.manifest import Manifest
-
-MIB = 1 << 20
-RUNTIME_OVERHEAD_MB = 80  # CPython + numpy + onnxruntime + tokenizers, measured RSS on the host
-PREFILL = 512
 
 
 @dataclass
@@ -42,32 +37,18 @@ class Fit:
 
 
 def estimate(m: Manifest, profile: Any, max_length: int | None = None) -> Fit:
-    artifact = m.total_bytes / MIB
-    weights = sum(f.size for f in m.files if f.role in ("model", "weights")) / MIB
-    kv = act = 0.0
-    if m.llm is not None:
-        L = max_length or m.llm.max_length
-        i = m.llm
-        size = 2 if i.kv is not None and i.kv.dtype == "float16" else 4
-        kv = i.layers * 2 * i.kv_heads * i.kv_head_dim * L * size / MIB
-        p = min(L, PREFILL)
-        logit_rows = 1 if i.graph_kind == "fused" else p
-        inter = i.intermediate_size or 4 * i.hidden_size
-        act = (
-            4
-            * (i.vocab_size * logit_rows + 2 * inter * p + 4 * i.hidden_size * p + i.heads * p * p)
-        ) / MIB
-    elif m.asr is not None:
-        a = m.asr
-        kv = (
-            (a.decoder_layers * 4 * a.d_model * (a.max_target_positions + a.n_frames // 2))
-            * 4
-            / MIB
-        )
-        act = 4 * (a.n_frames * a.d_model * 8 + a.n_mels * a.n_frames) / MIB
-    rss = weights + kv + act + RUNTIME_OVERHEAD_MB
+    mem = memory(m, max_length)
     b = profile.budget
-    return Fit(profile.name, artifact, b.max_artifact_mb, weights, kv, act, rss, b.max_rss_mb)
+    return Fit(
+        profile.name,
+        m.total_bytes / MIB,
+        b.max_artifact_mb,
+        mem.weights / MIB,
+        mem.kv / MIB,
+        mem.activations / MIB,
+        mem.rss_mb,
+        b.max_rss_mb,
+    )
 
 
 def check(m: Manifest, profile: Any, max_length: int | None = None) -> Fit:
@@ -80,7 +61,7 @@ def check(m: Manifest, profile: Any, max_length: int | None = None) -> Fit:
     if fit.rss_mb > fit.max_rss_mb:
         parts.append(
             f"memory {fit.rss_mb:.0f} MiB (weights {fit.weights_mb:.0f} + KV {fit.kv_mb:.0f} + "
-            f"activations {fit.activations_mb:.0f} + runtime {RUNTIME_OVERHEAD_MB}) > "
+            f"activations {fit.activations_mb:.0f} + runtime {RUNTIME_MB}) > "
             f"{fit.max_rss_mb} MiB"
         )
     raise BudgetError(f"does not fit board {fit.board}: {'; '.join(parts)}; {_suggest(m, fit)}")

@@ -152,7 +152,7 @@ def export_llm(spec: str, out: Path, opts: LlmOptions, steps: Steps | None = Non
                 steps.note(_summary(m.validation))
                 if not m.validation.passed:
                     fails = "; ".join(m.validation.metrics.get("failures", []))
-                    hint = _fidelity_hint(src, model, hf_dir, work, opts, max_length, steps)
+                    hint = fidelity_hint(src, model, hf_dir, work, opts, max_length, steps)
                     raise ValidationFailed(
                         f"{spec}: the {opts.quant} artifact fails validation ({fails}); "
                         f"nothing was written; {hint}"
@@ -194,7 +194,7 @@ def _checked_run(run: Any, spec: str, opts: LlmOptions, m: Manifest) -> Any:
         ) from exc
 
 
-def _fidelity_hint(
+def fidelity_hint(
     src: source.Source,
     model: Any,
     hf_dir: Path,

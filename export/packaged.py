@@ -26,7 +26,6 @@ from typing import Any
 
 from export.errors import ExportError
 from runtime.manifest import (
-    MANIFEST_NAME,
     FileEntry,
     Graph,
     Manifest,
@@ -211,7 +210,3 @@ def _vision(tmp: Path) -> Manifest:
         graphs=graphs,
         extra=extra,
     )
-
-
-def manifest_path(out: Path) -> Path:
-    return Path(out) / MANIFEST_NAME

@@ -211,11 +211,11 @@ def load_llm(src: Source, work: Path) -> tuple[Any, Path]:
         else:
             where = str(src.path) if src.path else src.spec
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
-            folder = src.path if src.path else Path(_snapshot(src.spec))
+            folder = src.path if src.path else Path(snapshot(src.spec))
     except ExportError:
         raise
     except (OSError, ValueError, RuntimeError) as e:
-        raise ExportError(f"{src.spec}: cannot load the model: {_first_line(e)}") from e
+        raise ExportError(f"{src.spec}: cannot load the model: {first_line(e)}") from e
     return model.eval(), folder
 
 
@@ -231,12 +231,14 @@ def gguf_tokenizer_files(gguf: Path, folder: Path) -> None:
     gguf_tokenizer.fix(folder, gguf)
 
 
-def _snapshot(spec: str) -> str:
+def snapshot(spec: str) -> str:
+    """A hub id's local folder, downloaded when not cached (needs the network once)."""
     from huggingface_hub import snapshot_download
 
     return str(snapshot_download(spec))
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's first line, for a one-line error that names the cause."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

@@ -58,7 +58,7 @@ def _locked(key: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _cached(kind: str, params: dict[str, object], build: Callable[[Path], None]) -> Path:
+def cached_build(kind: str, params: dict[str, object], build: Callable[[Path], None]) -> Path:
     blob = json.dumps(params, sort_keys=True)
     key = f"{kind}-{'-'.join(str(v) for v in params.values())}-{source_hash()}-"
     key += hashlib.sha256(blob.encode()).hexdigest()[:6]
@@ -107,14 +107,14 @@ def hf_model(preset: str, seed: int = 0) -> Path:
     """A random-weight Hugging Face folder (`ocula export random --preset PRESET --seed SEED`),
     or for `smollm2` the real SmolLM2-135M written out from its GGUF."""
     if preset == "smollm2":
-        return _cached("hf", {"preset": preset}, _smollm2_folder)
+        return cached_build("hf", {"preset": preset}, _smollm2_folder)
 
     def build(out: Path) -> None:
         from export.random import make_random
 
         make_random(preset, out, seed=seed)
 
-    return _cached("hf", {"preset": preset, "seed": seed}, build)
+    return cached_build("hf", {"preset": preset, "seed": seed}, build)
 
 
 def _smollm2_folder(out: Path) -> None:
@@ -167,7 +167,7 @@ def llm_artifact(
     }
     if not validate:  # validated artifacts keep their keys
         params["validate"] = False
-    return _cached("llm", params, build)
+    return cached_build("llm", params, build)
 
 
 def asr_artifact(
@@ -188,7 +188,7 @@ def asr_artifact(
     params: dict[str, object] = {"preset": preset, "quant": quant, "seed": seed}
     if quant == "fp32":  # the only quant with a choice of head
         params["head"] = head
-    return _cached("asr", params, build)
+    return cached_build("asr", params, build)
 
 
 def packaged_artifact(kind: str) -> Path:
@@ -199,7 +199,7 @@ def packaged_artifact(kind: str) -> Path:
 
         export_packaged(kind, out)
 
-    return _cached("packaged", {"kind": kind}, build)
+    return cached_build("packaged", {"kind": kind}, build)
 
 
 def apps_bundle(profile: str = "sim") -> tuple[Path, Path]:
@@ -239,5 +239,5 @@ def apps_bundle(profile: str = "sim") -> tuple[Path, Path]:
     for name in sorted(f.name for f in arts.values()):
         h.update(name.encode())
     params = {"profile": profile, "inputs": h.hexdigest()[:12]}
-    folder = _cached("bundle-apps", params, build)
+    folder = cached_build("bundle-apps", params, build)
     return folder / "apps.bundle", folder / "key.pub"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from export.asr_speech import corpus_wer, edit_distance, normalize, wer
-from tests.artifacts import _cached
+from tests.artifacts import cached_build
 
 __all__ = [
     "Clip",
@@ -160,7 +160,7 @@ def _build(out: Path) -> None:
 def _folder() -> Path:
     h = hashlib.sha256(json.dumps([SENTENCES, VOICES, SPEEDS, PAUSE_S, LONG_S]).encode())
     h.update(_espeak_version().encode())
-    return _cached("speech", {"set": h.hexdigest()[:12]}, _build)
+    return cached_build("speech", {"set": h.hexdigest()[:12]}, _build)
 
 
 def _clips() -> list[Clip]:
@@ -207,7 +207,7 @@ def tiny_en_artifact(quant: str = "fp32") -> Path:
 
         export_asr(str(tiny_en_folder()), out, AsrOptions(quant=quant))
 
-    return _cached("asr-tiny-en", {"quant": quant}, build)
+    return cached_build("asr-tiny-en", {"quant": quant}, build)
 
 
 def reference_tokens() -> dict[str, list[int]]:
@@ -236,5 +236,5 @@ def reference_tokens() -> dict[str, list[int]]:
         out.mkdir()
         (out / "tokens.json").write_text(json.dumps(refs) + "\n")
 
-    folder = _cached("speech-ref-tiny-en", {"clips": key}, build)
+    folder = cached_build("speech-ref-tiny-en", {"clips": key}, build)
     return {k: list(v) for k, v in json.loads((folder / "tokens.json").read_text()).items()}

@@ -12,9 +12,9 @@ import pytest
 from runtime.apps import Devices, make_app
 from runtime.apps.translate import chat_prefix
 from runtime.engine.asr import Whisper
+from runtime.engine.asr_stream import LIVE_GUARD, Window
 from runtime.engine.audio import read_wav
 from runtime.engine.llm import Llm
-from runtime.engine.stream import LIVE_GUARD, Window
 from runtime.io import VirtualDisplay, WavSource
 from runtime.sched import VirtualClock
 from tests.apps_helpers import atlas, host, models_dir

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from runtime.engine.asr import Whisper
+from runtime.engine.asr_stream import LIVE_GUARD, StreamingRecognizer, Window
 from runtime.engine.audio import read_wav
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.mel import LogMel
-from runtime.engine.stream import LIVE_GUARD, StreamingRecognizer, Window
 from runtime.engine.vad import Vad, speech_segments
 from tests.test_engine_helpers import asr_artifact, hf_model, vad_artifact
 
@@ -160,7 +160,7 @@ def test_trimmed_encoding_equals_transformers_on_the_same_frames(speech: np.ndar
     assert w.trim
     for n in (speech.size, speech.size - 100, RATE // 2 + 80):
         audio = speech[:n]
-        frames = w._frames(n, True)
+        frames = w.frames(n, True)
         assert frames % 2 == 0 and frames * w.info.hop_length >= n
         assert frames < w.info.n_frames
         job = w.start(audio, language="en")

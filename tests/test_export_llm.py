@@ -195,14 +195,14 @@ def test_a_refused_int_export_names_accuracy_level_0_when_float_activations_pass
     """The hint after a failed int validation: the same weights validated with float
     activations (--accuracy-level 0); when they pass, the int8 activations are named."""
     from export import source
-    from export.llm import LlmOptions, _fidelity_hint
+    from export.llm import LlmOptions, fidelity_hint
     from export.steps import Steps
 
     src = source.resolve(str(hf_model("tiny-qwen2")), "llm")
     model, hf_dir = source.load_llm(src, tmp_path)
-    hint = _fidelity_hint(src, model, hf_dir, tmp_path, LlmOptions(quant="int4"), 256, Steps())
+    hint = fidelity_hint(src, model, hf_dir, tmp_path, LlmOptions(quant="int4"), 256, Steps())
     assert "--accuracy-level 0" in hint and "int8 activations are the cause" in hint
     # float activations already: nothing more to try there
     opts = LlmOptions(quant="int4", accuracy_level=0)
-    hint = _fidelity_hint(src, model, hf_dir, tmp_path, opts, 256, Steps())
+    hint = fidelity_hint(src, model, hf_dir, tmp_path, opts, 256, Steps())
     assert "--accuracy-level" not in hint and "--block-size" in hint

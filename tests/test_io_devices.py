@@ -24,9 +24,9 @@ from runtime.io import (
     WavSource,
     open_camera,
 )
-from runtime.io.display import tint
 from runtime.io.fbdev import FramebufferDisplay
 from runtime.io.image import read_image
+from runtime.io.panel import tint
 from runtime.io.png import decode_png, encode_apng, encode_png
 from runtime.sched import VirtualClock
 

@@ -11,21 +11,31 @@ decoding runs in about ten kernels per layer. `arch.py` describes what differs p
                  accuracy_level=4, max_length=2048, embed_quant=None, embed_block_size=None)
     info.to_dict()   # JSON-ready: files, IO names/shapes, kv layout, feeds, quantized op counts
 
-IO contract (batch size 1; what the runtime must do, every run):
+IO contract (batch size 1; what the runtime must do, every run; `FusedInfo.inputs`, `outputs`
+and `feeds` say the same for one graph):
 
-    inputs   input_ids               int64 [1, S]    the S >= 1 new tokens of this run; or,
-                                                     with a quantized symmetric table, their
-                                                     rows as stored, read by the runtime at
-                                                     the offsets `FusedInfo.embedding` gives:
-             embed_codes             uint8 [1, S, k_blocks, blob]    packed codes
-             embed_scales            float32 [1, S, k_blocks, 1]     scales
+    inputs   the S >= 1 new tokens of this run, one of:
+             input_ids               int64 [1, S]    their ids (the table is looked up in the
+                                                     graph: float tables, asymmetric ones, the
+                                                     split head, `runtime_lookup=False`); or
+             embed_codes             uint8 [1, S, k_blocks, blob]   their rows of the quantized
+             embed_scales            float32 [1, S, k_blocks, 1]    table, codes and scales as
+                                                     stored, read by the runtime at the offsets
+                                                     `FusedInfo.embedding` gives (the default
+                                                     for a quantized symmetric table)
              seqlens_k               int32 [1]       past + S - 1 (tokens in the cache after
                                                      this run, minus one)
              total_sequence_length   int32 []        past + S
-             past_key_values.{i}.key / .value   float32 [1, kv_heads, max_length, head_dim]
-    outputs  logits                  float32 [1, 1, vocab]   for the LAST position of this run
-             present.{i}.key / .value   same shape as the past tensors
+             num_logits              int64 [1]       optional (default 1, an initializer a run
+                                                     may override): score the last m positions
+             past_key_values.{i}.key / .value   kv_dtype [1, kv_heads, max_length, d]
+    outputs  logits                  float32 [1, m, vocab]   for the LAST m = num_logits
+                                                     positions of this run (m <= S)
+             present.{i}.key / .value   the past tensors themselves (same buffers)
 
+  kv_dtype is float32, or float16 with `build(kv_dtype="float16")` (`KvLayout.dtype`); d is
+  the head size GroupQueryAttention runs, head_dim rounded up to a multiple of 16
+  (`heads.attn_dim`; `KvLayout.shape` has it).
 - KV layout `shared-buffer`: allocate one buffer per layer and kind, of the full max length,
   once; bind it as both `past_key_values.{i}.key` and `present.{i}.key` (IO binding, the same
   OrtValue). The graph writes the S new rows at positions [past, past + S) in place; rows at or
@@ -36,8 +46,9 @@ IO contract (batch size 1; what the runtime must do, every run):
   there is no attention_mask or position_ids input.
 - A prompt can be prefilled in one run or in chunks (each chunk is a run with its own S); the
   result is the same.
-- Teacher-forced scoring of a passage (validation) runs one token per run, since logits come
-  for the last position only.
+- Without `num_logits` a run gives the last position's logits only (prefill and decode); a run
+  that scores several positions (the runtime's speculative verify, runtime.engine.llm.runners)
+  feeds `num_logits` = m and reads the logits of its last m positions.
 
 Quantization: "int4"/"int8" = MatMulNBits weights (block-wise along the input dimension,
 symmetric by default, optional per-block error search) for every projection
@@ -48,7 +59,8 @@ head); `embed_quant="int8"` (and
 `embed_block_size`) keep the embedding table and a tied head at 8 bits while the layers are 4,
 the cheapest fidelity lever measured on SmolLM2 (tests/test_fused_smollm2.py has the table).
 "fp16" stores weights in float16 and computes in float32 (a Cast per weight, folded by
-onnxruntime at load); "fp32" is exact. Activations and the KV cache are float32 always.
+onnxruntime at load); "fp32" is exact. Activations are float32 always; the KV cache is float32
+unless `kv_dtype` says float16.
 Not supported (refused with `FusedError`): other architectures, sliding-window attention shorter
 than max_length, partial rotary, rope types other than default/linear/llama3/yarn (and dynamic
 within the original context), batch sizes above 1.

@@ -45,7 +45,7 @@ QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized")
 class KvLayout:
     """How the runtime must hold the KV cache of a fused graph (mirrors the manifest's)."""
 
-    shape: list[int]  # of every past/present tensor: [1, kv_heads, max_length, head_dim]
+    shape: list[int]  # of every past/present tensor: [1, kv_heads, max_length, attn_dim(head_dim)]
     dtype: str  # numpy name
     past: str  # name template with {layer} and {kind}
     present: str

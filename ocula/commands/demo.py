@@ -36,7 +36,6 @@ from typing import Any
 from ocula.argtypes import out_dir
 from runtime.errors import OculaError
 
-ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
 SCRIPT = json.loads((DATA / "speech.json").read_text(encoding="utf-8"))
 IMAGE = DATA / str(SCRIPT["sign"])

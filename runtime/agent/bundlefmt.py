@@ -23,9 +23,10 @@ The Ed25519 signature covers the top manifest bytes exactly as stored. The top b
 by its sha256 and each piece binds each chunk by its sha256, so the signature binds every byte
 the board installs; the board checks each piece's and each chunk's hash before it uses them.
 
-`parse_top`, `parse_piece` and `resolve` are the only way untrusted bytes become a `Manifest`:
-they bound every size and count, refuse paths that are absolute, contain `..`, backslashes or
-control characters, and never evaluate anything (JSON only). The device calls them before it
+`parse_top`, `parse_piece` and `resolve` are the only way untrusted bytes become a
+`BundleManifest` (the bundle's: not `runtime.manifest.Manifest`, an artifact's): they bound
+every size and count, refuse paths that are absolute, contain `..`, backslashes or control
+characters, and never evaluate anything (JSON only). The device calls them before it
 writes a byte of a file; the host calls them when it builds a bundle and reads one back.
 """
 
@@ -48,9 +49,9 @@ __all__ = [
     "MAX_CHUNKS",
     "MAX_PIECE_BYTES",
     "MAX_TOP_BYTES",
+    "BundleManifest",
     "ChunkRef",
     "FileEntry",
-    "Manifest",
     "Top",
     "check_path",
     "encode_manifest",
@@ -121,7 +122,7 @@ class Top:
 
 
 @dataclass(frozen=True)
-class Manifest(Top):
+class BundleManifest(Top):
     """A top manifest resolved with its index pieces: every file and every chunk."""
 
     files: tuple[FileEntry, ...] = ()
@@ -269,7 +270,7 @@ def _file_entry(f: Any, chunks: dict[str, ChunkRef]) -> FileEntry:
     return FileEntry(path, size, sha, tuple(ids))
 
 
-def resolve(top: Top, pieces: Mapping[str, bytes]) -> Manifest:
+def resolve(top: Top, pieces: Mapping[str, bytes]) -> BundleManifest:
     """The whole manifest from the top and the raw bytes of every piece it lists (each checked
     against its sha256 here); BundleRejected when a piece is missing, wrong, or the pieces
     together break a rule (a path twice, a file that is a folder, totals that do not add up)."""
@@ -308,7 +309,7 @@ def resolve(top: Top, pieces: Mapping[str, bytes]) -> Manifest:
             f"the index pieces hold {total} bytes ({artifact_bytes} of artifacts); the top "
             f"manifest says {top.total_bytes} ({top.artifact_bytes})"
         )
-    return Manifest(
+    return BundleManifest(
         top.board,
         top.version,
         top.artifacts,

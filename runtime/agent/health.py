@@ -2,19 +2,16 @@
 
 Three steps, each one reason to roll back: the slot is complete; every file matches the sha256
 in its bundle manifest; each artifact passes a short inference. The inference step is
-pluggable (`check_slot(..., inference=)`); by default it is
-`runtime.engine.selftest.check(kind, folder) -> str` when the booted code has that module, else
-`engine_check`: the artifact's manifest must load (runtime.manifest), then the VAD scores one
-frame of silence, the ASR transcribes one second of silence, the OCR reads a blank image and the
-LLM generates one token, through the engines; a kind without a check here loads every ONNX graph
+pluggable (`check_slot(..., inference=)`); by default it is `engine_check`: the artifact's
+manifest must load (runtime.manifest), then the VAD scores one frame of silence, the ASR
+transcribes one second of silence, the OCR reads a blank image and the LLM generates one token,
+through the engines; a kind without a check here loads every ONNX graph
 into an onnxruntime session (which parses and checks it) and says "loaded", not "inferred"; so
 does an artifact whose graphs are not the ones its engine runs (a probe model in a HIL suite).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,21 +20,11 @@ from typing import Any
 
 from runtime.agent.store import Store
 
-__all__ = ["InferenceCheck", "check_slot", "default_inference_check"]
+__all__ = ["InferenceCheck", "check_slot", "engine_check"]
 
 log = logging.getLogger(__name__)
 
 InferenceCheck = Callable[[str, Path], str]
-
-
-def default_inference_check() -> InferenceCheck:
-    """The engine's own self-test when it provides one, else `engine_check`."""
-    try:
-        module = importlib.import_module("runtime.engine.selftest")
-    except ImportError:
-        return engine_check
-    check: InferenceCheck = module.check
-    return check
 
 
 def engine_check(kind: str, folder: Path) -> str:
@@ -105,7 +92,7 @@ def check_slot(store: Store, slot: str, inference: InferenceCheck | None = None)
             "seconds": time.perf_counter() - start,
         }
     results: dict[str, str] = {}
-    check = inference or default_inference_check()
+    check = inference or engine_check
     base = store.slot_dir(slot)
     for kind, folder in sorted(manifest.artifacts.items()):
         path = base / folder
@@ -127,13 +114,3 @@ def check_slot(store: Store, slot: str, inference: InferenceCheck | None = None)
         "inference": results,
         "seconds": time.perf_counter() - start,
     }
-
-
-def read_artifact_kind(folder: Path) -> str | None:
-    """The `kind` an artifact's manifest.json declares, or None if it has none."""
-    try:
-        doc = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    kind = doc.get("kind") if isinstance(doc, dict) else None
-    return kind if isinstance(kind, str) else None

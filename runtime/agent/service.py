@@ -56,6 +56,7 @@ from runtime.agent.bundlefmt import (
 )
 from runtime.agent.errors import AgentError, BundleRejected, RequestError
 from runtime.agent.store import Store
+from runtime.budget import fits_flash
 from runtime.errors import OculaError
 from runtime.profile import Profile
 
@@ -109,7 +110,7 @@ def check_bundle(manifest: Top, signature: bytes, profile: Profile, key: bytes |
             f"the bundle needs about {manifest.rss_mb} MiB of RAM; board {profile.name} allows "
             f"{profile.budget.max_rss_mb} MiB (budget.max_rss_mb)"
         )
-    if manifest.total_bytes / 2**20 > profile.memory.flash_mb / 2:
+    if not fits_flash(manifest.total_bytes, profile.memory.flash_mb):
         raise BundleRejected(
             f"the bundle is {manifest.total_bytes / 2**20:.1f} MiB; two slots of it do not fit in "
             f"board {profile.name}'s {profile.memory.flash_mb} MiB of flash"

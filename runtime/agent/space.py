@@ -19,15 +19,12 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from runtime.agent.bundlefmt import CHUNK_SIZE, ChunkRef, Top, parse_piece
 from runtime.agent.errors import BundleRejected, StoreError
 
-if TYPE_CHECKING:
-    from runtime.agent.store import Store
-
-__all__ = ["MARGIN", "Space", "space_for", "usage"]
+__all__ = ["MARGIN", "Holdings", "Space", "space_for", "usage"]
 
 MARGIN = 256 * 1024  # kept free beyond a flash's need (logs, a trace, the filesystem's own)
 
@@ -46,6 +43,26 @@ def usage(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
+
+
+class Holdings(Protocol):
+    """What `space_for` reads of a store (runtime.agent.store.Store is one): where it is,
+    the chunks and index pieces it holds, its slots."""
+
+    root: Path
+    chunks: Path  # the staged chunks' folder
+
+    def pieces_here(self, ids: list[str]) -> dict[str, bytes]: ...
+
+    def active_sources(self) -> dict[str, tuple[Path, int]]: ...
+
+    def slot_dir(self, slot: str) -> Path: ...
+
+    def writable_slot(self) -> str: ...
+
+    def staged(self) -> Top | None: ...
+
+    def free_bytes(self) -> int: ...
 
 
 @dataclass
@@ -76,7 +93,7 @@ class Space:
         )
 
 
-def space_for(store: Store, top: Top) -> Space:
+def space_for(store: Holdings, top: Top) -> Space:
     """The room a flash of `top` needs here, from what is known before its chunks arrive:
     the index pieces already here (staged, or in the active slot) name their chunks
     exactly; the files of the others are counted whole (their chunks may all be new)."""

@@ -46,7 +46,7 @@ from runtime.agent.bootstate import (
     drive,
     parse_state,
 )
-from runtime.agent.bundlefmt import ChunkRef, Manifest, Top, parse_piece, parse_top, resolve
+from runtime.agent.bundlefmt import BundleManifest, ChunkRef, Top, parse_piece, parse_top, resolve
 from runtime.agent.errors import BundleRejected, RequestError, StoreError
 from runtime.agent.space import Space, space_for, usage
 
@@ -123,7 +123,7 @@ class Store:
         self.root = Path(root)
         self.staging = self.root / "staging"
         self.chunks = self.staging / "chunks"
-        self._resolved: Manifest | None = None
+        self._resolved: BundleManifest | None = None
         for d in (self.chunks, self.root / "slots" / "a", self.root / "slots" / "b"):
             try:
                 d.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ class Store:
             raise StoreError(f"no slot {slot!r}; slots are {SLOTS}")
         return self.root / "slots" / slot
 
-    def slot_manifest(self, slot: str) -> Manifest | None:
+    def slot_manifest(self, slot: str) -> BundleManifest | None:
         """The manifest of a complete slot, or None when the slot is empty or incomplete."""
         try:
             doc = json.loads((self.slot_dir(slot) / SLOT_MARK).read_bytes())
@@ -239,7 +239,7 @@ class Store:
                 out[pid] = slot[pid].encode()
         return out
 
-    def resolved(self, top: Top) -> Manifest:
+    def resolved(self, top: Top) -> BundleManifest:
         """The staged bundle's whole manifest; StoreError naming a piece that is not here yet.
         Pieces are immutable (content-addressed), so the result is kept for later requests."""
         if self._resolved is not None and self._resolved.digest == top.digest:
@@ -352,7 +352,7 @@ class Store:
         with contextlib.suppress(OSError):
             base.mkdir(parents=True, exist_ok=True)
 
-    def _install(self, m: Manifest, slot: str, budget_bytes: int) -> dict[str, Any]:
+    def _install(self, m: BundleManifest, slot: str, budget_bytes: int) -> dict[str, Any]:
         base = self.slot_dir(slot)
         mark = base / SLOT_MARK
         existing = self.slot_manifest(slot)

@@ -38,7 +38,7 @@ from runtime.apps.errors import AppUsageError
 from runtime.apps.host import Host
 from runtime.apps.stabilize import Stabilizer
 from runtime.engine.asr import Whisper
-from runtime.engine.stream import (
+from runtime.engine.asr_stream import (
     ENDPOINT_MS,
     HOLD_S,
     LIVE_GUARD,

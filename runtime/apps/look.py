@@ -25,7 +25,7 @@ import numpy.typing as npt
 from runtime.apps.errors import AppUsageError
 from runtime.apps.host import Host
 from runtime.apps.online import frame_content, make_router
-from runtime.apps.stream import TextStream, stream_to_screen
+from runtime.apps.stream_to_screen import AnswerStream, stream_to_screen
 from runtime.apps.translate import LANGUAGES
 from runtime.engine.llm import GenerationConfig, Llm
 from runtime.engine.vision import Ocr
@@ -171,7 +171,7 @@ class Look:
                 {"role": "user", "content": f"The camera reads: {text}\n{self.question}"},
             ]
             policy = host.governor.policy
-            gen: TextStream
+            gen: AnswerStream
             if self.router is not None:
                 # online, the hosted model sees the frame itself (a product, not only its label)
                 seen: list[dict[str, Any]] = [

@@ -29,7 +29,7 @@ from typing import Any
 from runtime.apps.captions import Captions
 from runtime.apps.host import Host
 from runtime.apps.online import make_router
-from runtime.apps.stream import stream_to_screen
+from runtime.apps.stream_to_screen import stream_to_screen
 from runtime.engine.llm import GenerationConfig, Llm
 from runtime.engine.remote import Router
 from runtime.io.screen import SOURCE

@@ -45,27 +45,24 @@ trimmed frames; BENCHMARKS.md measures both the speed and the agreement).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from runtime.engine.artifact import open_artifact
 from runtime.engine.asr_guard import Guard
-from runtime.engine.asr_window import FEEDS, AsrResult, Decoding
+from runtime.engine.asr_model import WhisperModel
+from runtime.engine.asr_window import AsrResult, Decoding
 from runtime.engine.audio import check_audio
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
-from runtime.engine.llm.text import load_tokenizer
 from runtime.engine.mel import LogMel
 from runtime.engine.session import open_session
-from runtime.manifest import AsrInfo
 from runtime.npyfile import parse_npy
 from runtime.profile import Profile
 
-__all__ = ["AsrResult", "Decoding", "Guard", "Whisper"]
+__all__ = ["AsrResult", "Decoding", "Guard", "Whisper", "WhisperModel"]
 
 log = logging.getLogger(__name__)
 
@@ -75,77 +72,8 @@ LAYOUT = "cross-kv-shared-buffer"
 MAX_MEL_BYTES = 16 << 20  # a mel filter bank is 80 x 201 floats (64 kB)
 
 
-class Whisper:
-    """A loaded Whisper artifact: features, encoder, and the two decoder graphs."""
-
-    def __init__(
-        self,
-        info: AsrInfo,
-        sessions: dict[str, ort.InferenceSession],
-        mel: LogMel,
-        tokenizer_path: Path,
-        where: str,
-        trim: bool = False,
-    ) -> None:
-        self.info = info
-        self.where = where
-        self.mel = mel
-        self.encoder = sessions["encoder"]
-        self.decoder = sessions["decoder"]
-        extra = info.extra
-        layers = range(info.decoder_layers)
-        kinds = ("key", "value")
-        self._cross_names = [
-            str(extra.get("cross", "cross.{layer}.{kind}")).format(layer=i, kind=k)
-            for i in layers
-            for k in kinds
-        ]
-        self._past_names = [
-            str(extra.get("past", "past.{layer}.{kind}")).format(layer=i, kind=k)
-            for i in layers
-            for k in kinds
-        ]
-        self._present_names = [
-            str(extra.get("present", "present.{layer}.{kind}")).format(layer=i, kind=k)
-            for i in layers
-            for k in kinds
-        ]
-        self._kv_shape = (1, info.decoder_heads, info.max_target_positions, info.head_dim)
-        self._kv_free: list[list[ort.OrtValue]] = []  # K/V buffer sets of finished windows
-        self.tokenizer = load_tokenizer(tokenizer_path)
-        enc_in = self.encoder.get_inputs()[0]
-        self._features_name = enc_in.name
-        self.trim = trim and not isinstance(enc_in.shape[-1], int)
-        self._check_io()
-        self._suppress = np.array(sorted(set(info.suppress_tokens)), dtype=np.int64)
-        self._begin_suppress = np.array(sorted(set(info.begin_suppress_tokens)), dtype=np.int64)
-        self._lang_ids = {k.strip("<|>"): v for k, v in info.language_token_ids.items()}
-        # A re-scoring head takes the suppression as a mask and returns the token itself.
-        self.rescore = "logit_mask" in {i.name for i in self.decoder.get_inputs()}
-        self.head = "rescore8" if self.rescore else "logits"
-        # logits, or the re-scoring head's 8-bit scores (exports since the loop guard): what
-        # the guard's log-probability, no-speech probability and sampling read
-        self.scored = not self.rescore or "scores" in {o.name for o in self.decoder.get_outputs()}
-        said = extra.get("decoder_head")
-        if said is not None and said != self.head:
-            raise ArtifactError(
-                f"{where}: the manifest says the decoder head is {said!r}, the decoder graph "
-                f"has the {self.head!r} head; the manifest and the graphs do not belong "
-                "together (re-export)"
-            )
-        self._masks: dict[str, ort.OrtValue] = {}
-        if self.rescore:
-            step = np.zeros(info.vocab_size, np.float32)
-            step[self._suppress] = -np.inf
-            first = step.copy()
-            first[self._begin_suppress] = -np.inf
-            lang = np.full(info.vocab_size, -np.inf, np.float32)
-            lang[list(self._lang_ids.values())] = 0.0
-            none = np.zeros(info.vocab_size, np.float32)
-            self._masks = {
-                k: ort.OrtValue.ortvalue_from_numpy(a)
-                for k, a in (("step", step), ("first", first), ("lang", lang), ("none", none))
-            }
+class Whisper(WhisperModel):
+    """A loaded Whisper artifact (a `WhisperModel`) that decodes audio in windows."""
 
     @classmethod
     def from_artifact(
@@ -197,24 +125,7 @@ class Whisper:
         trim = trim and bool(info.extra.get("trim", False))
         return cls(info, sessions, mel, art.file(tok), where, trim=trim)
 
-    def _check_io(self) -> None:
-        have = {i.name for i in self.decoder.get_inputs()}
-        outs = {o.name for o in self.encoder.get_outputs()}
-        for name in [*FEEDS, *self._cross_names, *self._past_names]:
-            if name not in have:
-                raise ArtifactError(
-                    f"{self.where}: the decoder graph has no input {name!r}; the manifest and "
-                    "the graphs do not belong together (re-export)"
-                )
-        missing = [n for n in self._cross_names if n not in outs]
-        if missing:
-            raise ArtifactError(f"{self.where}: the encoder graph has no output {missing[0]!r}")
-
     # -- public ----------------------------------------------------------------------------
-
-    @property
-    def sample_rate(self) -> int:
-        return self.info.sample_rate
 
     def require_logits(self, purpose: str) -> None:
         """Refuse (ArtifactError) an artifact whose decoder returns greedy tokens, not logits,
@@ -235,7 +146,7 @@ class Whisper:
         """The languages this model transcribes ([asr.language] for an English-only one)."""
         if not self.info.multilingual:
             return [self.info.language] if self.info.language else []
-        return sorted(self._lang_ids)
+        return sorted(self.lang_ids)
 
     def start(
         self,
@@ -261,7 +172,7 @@ class Whisper:
                 f"ASR input: {samples.size / self.sample_rate:.1f} s is longer than one "
                 f"{self.info.chunk_length_s} s window; use transcribe() for long audio"
             )
-        self._check_task(task, language)
+        self.check_task(task, language)
         if not self.info.multilingual:
             language = self.info.language
         return Decoding(
@@ -291,7 +202,7 @@ class Whisper:
         """The whole buffer, in windows; `segments` (sample ranges from a VAD) choose the cuts
         and skip the silence; `guard` (see asr_guard) retries a window that loops."""
         samples = check_audio(audio, rate or self.sample_rate, self.sample_rate, "ASR input")
-        self._check_task(task, language)
+        self.check_task(task, language)
         result = AsrResult("", [], audio_s=samples.size / self.sample_rate)
         for a, b in self.windows(samples.size, segments):
             job = self.start(
@@ -336,7 +247,7 @@ class Whisper:
             out.append((s, e))
         return out
 
-    def _check_task(self, task: str, language: str | None) -> None:
+    def check_task(self, task: str, language: str | None) -> None:
         if task not in TASKS:
             raise EngineUsageError(f"unknown task {task!r}; use transcribe or translate")
         if not self.info.multilingual:
@@ -358,39 +269,7 @@ class Whisper:
         )
         if token is None:
             raise EngineUsageError(f"{self.where}: this model has no {task} task token")
-        if language is not None and language not in self._lang_ids:
+        if language is not None and language not in self.lang_ids:
             raise EngineUsageError(
                 f"unknown language {language!r}; this model knows {', '.join(self.languages)}"
             )
-
-    # -- one window's work, used by Decoding -----------------------------------------------
-
-    def _frames(self, n: int, trim: bool) -> int:
-        if not trim:
-            return self.mel.n_frames
-        frames = math.ceil(n / self.info.hop_length)
-        return min(self.mel.n_frames, frames + frames % 2)
-
-    def _logits_filter(self, logits: F32, first: bool) -> F32:
-        if self._suppress.size:
-            logits[self._suppress] = -np.inf
-        if first and self._begin_suppress.size:
-            logits[self._begin_suppress] = -np.inf
-        return logits
-
-    def _prompt(self, task: str, language_id: int | None) -> list[int]:
-        """Start-of-transcript, [language, task,] no-timestamps: every id from the manifest."""
-        info = self.info
-        ids = [info.decoder_start_token_id]
-        if not info.multilingual:
-            if info.no_timestamps_token_id is not None:
-                ids.append(info.no_timestamps_token_id)
-            return ids
-        if language_id is not None:
-            ids.append(language_id)
-        task_id = info.translate_token_id if task == "translate" else info.transcribe_token_id
-        if task_id is not None and (language_id is not None or self._lang_ids):
-            ids.append(task_id)
-        if info.no_timestamps_token_id is not None:
-            ids.append(info.no_timestamps_token_id)
-        return ids

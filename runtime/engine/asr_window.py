@@ -28,22 +28,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from runtime.engine import kv
 from runtime.engine.asr_guard import Guard, compression_ratio, log_softmax_at, strip_loop
+from runtime.engine.asr_model import FEEDS, WhisperModel
 from runtime.engine.llm.text import TextStream
 
-if TYPE_CHECKING:
-    from runtime.engine.asr import Whisper
-
-__all__ = ["FEEDS", "AsrResult", "Decoding"]
+__all__ = ["AsrResult", "Decoding"]
 
 F32 = npt.NDArray[np.float32]
-FEEDS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
 
 
 @dataclass
@@ -76,7 +73,7 @@ class Decoding:
 
     def __init__(
         self,
-        asr: Whisper,
+        asr: WhisperModel,
         audio: F32,
         task: str,
         language: str | None,
@@ -128,7 +125,7 @@ class Decoding:
         self.fallbacks = 0  # attempts after the first
         self.silent = False  # the guard judged the window to hold no speech
         self._binding = asr.decoder.io_binding()
-        self._kv = asr._kv_free.pop() if asr._kv_free else self._new_kv()
+        self._kv = asr.take_kv()
         # The one-token feeds, bound once and rewritten in place every step.
         self._ids = np.zeros((1, 1), np.int64)
         self._pos = np.zeros((1, 1), np.int64)
@@ -143,9 +140,7 @@ class Decoding:
             for a in (self._ids, self._pos, self._seqlens, self._total)
         ]
         b = self._binding
-        for past, present, value in zip(asr._past_names, asr._present_names, self._kv, strict=True):
-            b.bind_ortvalue_input(past, value)
-            b.bind_ortvalue_output(present, value)
+        kv.bind(b, asr.past_names, asr.present_names, self._kv)
         if asr.rescore:
             b.bind_ortvalue_output("token", ort.OrtValue.ortvalue_from_numpy(self._token))
             b.bind_ortvalue_output("candidates", ort.OrtValue.ortvalue_from_numpy(self._candidates))
@@ -158,13 +153,6 @@ class Decoding:
         self.session_s = 0.0  # time inside the decoder's run for one-token steps
         self.first_s = 0.0  # the first decoder step: the prompt (and language detection)
         self.decoder_runs = 0  # tokens decoded, including a final EOS (language detection aside)
-
-    def _new_kv(self) -> list[ort.OrtValue]:
-        shape = self.asr._kv_shape
-        return [
-            ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
-            for _ in self.asr._past_names
-        ]
 
     def step(self) -> int | None:
         """One unit of work: the encoder, or one token. Returns the token, if one was made."""
@@ -260,7 +248,7 @@ class Decoding:
             self.tokens, self.prompt = [], []
             self._sum_logprob = 0.0
             self._stream = TextStream(self.asr.tokenizer)
-            if self.asr._frames(self.audio.size, trim) != self._frames:
+            if self.asr.frames(self.audio.size, trim) != self._frames:
                 self.trim = trim
                 self._encoded = False
             return
@@ -282,17 +270,17 @@ class Decoding:
         self.done = True
         self._binding.clear_binding_inputs()
         self._binding.clear_binding_outputs()
-        self.asr._kv_free.append(self._kv)
+        self.asr.give_kv(self._kv)
 
     def _encode(self) -> None:
         asr = self.asr
         t0 = time.perf_counter()
-        self._frames = asr._frames(self.audio.size, self.trim)
+        self._frames = asr.frames(self.audio.size, self.trim)
         feats = asr.mel(self.audio, self._frames)[None]
         t1 = time.perf_counter()
         binding = asr.encoder.io_binding()
-        binding.bind_cpu_input(asr._features_name, feats)
-        for name in asr._cross_names:
+        binding.bind_cpu_input(asr.features_name, feats)
+        for name in asr.cross_names:
             binding.bind_output(name, "cpu")
         asr.encoder.run_with_iobinding(binding)
         cross = binding.get_outputs()
@@ -301,7 +289,7 @@ class Decoding:
         self.features_s += t1 - t0
         self.encoder_s += time.perf_counter() - t1
         # The cross K/V stay bound for the whole window.
-        for name, value in zip(asr._cross_names, cross, strict=True):
+        for name, value in zip(asr.cross_names, cross, strict=True):
             self._binding.bind_ortvalue_input(name, value)
 
     def _run(self, ids: list[int], start: int, mask: str | None) -> None:
@@ -315,7 +303,7 @@ class Decoding:
         b.bind_cpu_input("total_sequence_length", np.array(start + s, np.int32))
         asr = self.asr
         if asr.rescore and mask is not None:
-            b.bind_ortvalue_input("logit_mask", asr._masks[mask])
+            b.bind_ortvalue_input("logit_mask", asr.masks[mask])
         asr.decoder.run_with_iobinding(b)
         self._past = start + s
         if asr.rescore:
@@ -330,8 +318,8 @@ class Decoding:
         info = asr.info
         sot = info.decoder_start_token_id
         prefix = self._prefix
-        lang_id = asr._lang_ids.get(self.language) if self.language else None
-        detect = lang_id is None and bool(asr._lang_ids)
+        lang_id = asr.lang_ids.get(self.language) if self.language else None
+        detect = lang_id is None and bool(asr.lang_ids)
         if detect and asr.rescore:
             self._run([*prefix, sot], 0, "lang")
             lang_id = int(self._token[0])
@@ -352,11 +340,11 @@ class Decoding:
                     np.exp(log_softmax_at(sot_logits, info.no_speech_token_id))
                 )
             if detect and not asr.rescore:
-                lang = np.array(list(asr._lang_ids.values()))
+                lang = np.array(list(asr.lang_ids.values()))
                 lang_id = int(lang[np.argmax(sot_logits[lang])])
         if detect:
-            self.language = next(k for k, v in asr._lang_ids.items() if v == lang_id)
-        prompt = asr._prompt(self.task, lang_id)
+            self.language = next(k for k, v in asr.lang_ids.items() if v == lang_id)
+        prompt = asr.prompt(self.task, lang_id)
         prompt = [*prompt, *self._forced]
         self.prompt = [*prefix, *prompt]
         if split and prompt[0] == sot and (len(prompt) > 1 or not asr.rescore):
@@ -369,7 +357,7 @@ class Decoding:
         for name, value in zip(FEEDS, self._step_feeds, strict=True):
             self._binding.bind_ortvalue_input(name, value)
         if asr.rescore:
-            self._binding.bind_ortvalue_input("logit_mask", asr._masks["step"])
+            self._binding.bind_ortvalue_input("logit_mask", asr.masks["step"])
         return self._pick(first=True)
 
     def _next(self, token: int) -> int:
@@ -393,9 +381,7 @@ class Decoding:
         asr = self.asr
         if asr.rescore and (self.guard is None or not asr.scored):
             return int(self._token[0])
-        logits = (
-            self._logits[0, 0] if asr.rescore else asr._logits_filter(self._logits[0, 0], first)
-        )
+        logits = self._logits[0, 0] if asr.rescore else asr.logits_filter(self._logits[0, 0], first)
         if asr.rescore and self.temperature == 0:
             token = int(self._token[0])
         elif self.temperature > 0:

@@ -11,6 +11,7 @@ backend's business, not the renderer's. Backends:
   loop; frames the writer cannot keep up with are dropped from the recording and counted
   (`dropped`), never queued without bound;
 - `FramebufferDisplay` (`runtime.io.fbdev`): /dev/fbN with dirty-rectangle writes.
+The panel's primitives (`Rect`, colours, `tint`) are in `runtime.io.panel`, which both use.
 `open_display(spec)`: "fb:/dev/fb0" or a folder path for the virtual display.
 """
 
@@ -30,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.io.errors import DeviceError
+from runtime.io.panel import Rect, tint
 from runtime.io.png import encode_apng, encode_png
 
 __all__ = ["Display", "Rect", "VirtualDisplay", "open_display", "tint"]
@@ -37,8 +39,6 @@ __all__ = ["Display", "Rect", "VirtualDisplay", "open_display", "tint"]
 log = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
-Rect = tuple[int, int, int, int]
-COLOURS = {"mono-green": (0.0, 1.0, 0.35), "mono": (1.0, 1.0, 1.0), "rgb": (1.0, 1.0, 1.0)}
 
 
 class Display(Protocol):
@@ -48,15 +48,6 @@ class Display(Protocol):
     def show(self, frame: U8, dirty: Rect | None, t: float) -> None: ...
 
     def close(self) -> None: ...
-
-
-def tint(frame: U8, colour: str) -> U8:
-    """RGB of a luminance frame in the panel's colour."""
-    r, g, b = COLOURS.get(colour, (1.0, 1.0, 1.0))
-    out = np.empty((*frame.shape, 3), dtype=np.uint8)
-    for i, k in enumerate((r, g, b)):
-        out[..., i] = (frame.astype(np.float32) * k).astype(np.uint8)
-    return out
 
 
 class VirtualDisplay:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from runtime.io.display import COLOURS, Rect
 from runtime.io.errors import DeviceError, DeviceLost
+from runtime.io.panel import Rect, gains
 
 __all__ = ["FramebufferDisplay"]
 
@@ -41,7 +41,7 @@ class FramebufferDisplay:
                 f"display {device}: {self.bpp} bits per pixel is not supported (8, 16, 24, 32)"
             )
         self.width, self.height = w, h
-        self.colour = COLOURS.get(colour, (1.0, 1.0, 1.0))
+        self.colour = gains(colour)
         try:
             self._fd = os.open(device, os.O_RDWR)
             self._map = mmap.mmap(self._fd, self.stride * h)

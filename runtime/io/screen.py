@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from runtime.io.display import Rect
 from runtime.io.glyphs import GlyphAtlas
 from runtime.io.layout import draw_text, is_cjk, wrap
+from runtime.io.panel import Rect
 from runtime.telemetry.metrics import Metrics
 
 __all__ = ["FINAL", "PARTIAL", "SOURCE", "CaptionScreen"]

@@ -2,7 +2,7 @@
 
 - `framing`: COBS frames with a CRC32; `encode(payload)` and `Decoder.feed(bytes)`. Runs
   unchanged under MicroPython (the rig fixture imports it).
-- `wire`: the frame format inside a framed payload (header, types, hello, acks, resets);
+- `header`: the frame format inside a framed payload (header, types, hello, acks, resets);
 - `connection`: the reliable layer, sans-IO: hello (version, frame size), sliding window,
   cumulative and selective acks, retransmission, duplicate suppression, flow control. Bytes in,
   events out, time passed in.

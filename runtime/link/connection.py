@@ -10,7 +10,7 @@ Bytes in, events out, time passed in; no port, no thread, no clock inside (like 
     ev = conn.next_event()                # Connected | Message | Closed | NEED_DATA
     conn.next_deadline()                  # when poll() has work next (for select's timeout)
 
-The frame format (header, types, hello, acks, resets) is in `wire`. Every frame carries the
+The frame format (header, types, hello, acks, resets) is in `header`. Every frame carries the
 session, the cumulative ack and the receive window; DATA frames carry a piece of one message.
 
 Loss recovery relies on the serial line keeping order: when an ACK shows that a transmission
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from runtime.link import framing
 from runtime.link.errors import LinkUsage
-from runtime.link.wire import (
+from runtime.link.header import (
     ACK,
     DATA,
     FLAG_MORE,
@@ -54,7 +54,7 @@ from runtime.link.wire import (
     rst_frame,
     rst_reason,
 )
-from runtime.link.wire import seq_diff as _diff
+from runtime.link.header import seq_diff as _diff
 
 __all__ = [
     "NEED_DATA",

@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from runtime.budget import kv_bytes_per_token
 from runtime.profile import Profile
 from runtime.sched.errors import BudgetError
 from runtime.telemetry import Telemetry
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 
 RESERVE_MB = 160
 ALIGN = 64
-
-
-def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int = 4) -> int:
-    return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
 def kv_cache_len(

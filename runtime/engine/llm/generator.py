@@ -37,6 +37,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import budget
 from runtime.engine.artifact import open_artifact
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.llm.embedding import table_lookup
@@ -66,11 +68,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MB = 1 << 20
-# What a generation needs besides weights and KV: onnxruntime's arena for activations, the
-# Python interpreter, numpy, the tokenizer. Measured on qwen2.5-0.5b int4 here: 150-190 MB.
-OVERHEAD_MB = 200
 
 
 @dataclass(frozen=True)
@@ -143,18 +140,9 @@ def cache_length(
 
 
 def max_length_for_budget(info: LlmInfo, weights_bytes: int, profile: Profile | None) -> int:
-    """The longest KV cache the board's RSS budget leaves room for (capped by the export's)."""
-    if profile is None or info.kv is None:
-        return info.max_length
-    per_token = (
-        2
-        * info.layers
-        * info.kv_heads
-        * info.kv_head_dim
-        * (2 if info.kv.dtype == "float16" else 4)
-    )
-    free = profile.budget.max_rss_mb * MB - weights_bytes - OVERHEAD_MB * MB
-    return max(0, min(info.max_length, free // per_token))
+    """The longest KV cache the board's RSS budget leaves room for (capped by the export's):
+    `runtime.budget.kv_room`, the sum the export check and the flash check make too."""
+    return budget.kv_room(info, weights_bytes, profile)
 
 
 class Llm:
@@ -207,9 +195,7 @@ class Llm:
         tok = next((f for f in m.tokenizer.files if f.endswith("tokenizer.json")), None)
         if tok is None:
             raise ArtifactError(f"{where}: no tokenizer.json among {m.tokenizer.files}")
-        weights = sum(
-            f.size for f in m.files if f.role in ("model", "weights") or f.path.endswith(".onnx")
-        )
+        weights = budget.weights_bytes(m)
         length = cache_length(info, weights, profile, max_length, where)
         model, sha = art.graph_file("decoder")
         # The fused graph (~10 nodes a layer) optimizes at load in as little time as the cached
@@ -221,10 +207,10 @@ class Llm:
         runner = make_runner(session, info, where, length, table_lookup(m, art.path))
         board_len = max_length_for_budget(info, weights, profile)
         if profile is not None and runner.max_length > board_len:
-            need = (weights + _kv_bytes(info, runner.max_length)) // MB + OVERHEAD_MB
+            need = math.ceil(budget.memory(m, runner.max_length).rss_mb)
             raise ArtifactError(
                 f"{where}: this fused artifact holds a KV buffer of {runner.max_length} tokens; "
-                f"weights + KV + overhead need about {need} MiB, over board "
+                f"weights + KV + activations + runtime need about {need} MiB, over board "
                 f"{profile.name}'s {profile.budget.max_rss_mb} MiB RSS budget; re-export with "
                 f"--max-length {max(64, length // 64 * 64)} or a smaller quantization"
             )
@@ -357,11 +343,6 @@ class Llm:
     @property
     def session_seconds(self) -> float:
         return self._runner.run_seconds()
-
-
-def _kv_bytes(info: LlmInfo, length: int) -> int:
-    size = 2 if info.kv is not None and info.kv.dtype == "float16" else 4
-    return 2 * info.layers * info.kv_heads * info.kv_head_dim * size * length
 
 
 class Generation:

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from runtime.engine import kv
 from runtime.engine.errors import ArtifactError
 from runtime.engine.llm.embedding import TableLookup
 from runtime.manifest import LlmInfo
@@ -121,11 +122,7 @@ def make_runner(
 
 def _kv_names(info: LlmInfo, template: str) -> list[str]:
     assert info.kv is not None
-    return [
-        template.format(layer=layer, kind=kind)
-        for layer in range(info.layers)
-        for kind in info.kv.kinds
-    ]
+    return kv.names(template, info.layers, info.kv.kinds)
 
 
 def _kv_dtype(info: LlmInfo) -> type[np.floating[Any]]:
@@ -207,16 +204,10 @@ class FusedRunner(Runner):
         assert info.kv is not None
         shape = (1, info.kv_heads, length, info.kv_head_dim)
         self._kv = []  # the old buffers go before the new ones are made
-        # Zeros, not garbage: attention never reads past the cache length, but a NaN left in
-        # an unused slot must not be able to leak through a 0 * NaN.
-        self._kv = [np.zeros(shape, _kv_dtype(info)) for _ in _kv_names(info, info.kv.past)]
-        self.kv_bytes = sum(a.nbytes for a in self._kv)
         pasts = _kv_names(info, info.kv.past)
-        presents = _kv_names(info, info.kv.present)
-        self._kv_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv]
-        for p, q, v in zip(pasts, presents, self._kv_values, strict=True):
-            self._binding.bind_ortvalue_input(p, v)
-            self._binding.bind_ortvalue_output(q, v)
+        self._kv, self._kv_values = kv.allocate(len(pasts), shape, _kv_dtype(info))
+        self.kv_bytes = sum(a.nbytes for a in self._kv)
+        kv.bind(self._binding, pasts, _kv_names(info, info.kv.present), self._kv_values)
         self.max_length = length
 
     def resize(self, max_length: int) -> None:

@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 from runtime.io.screen import FINAL, CaptionScreen
 
-__all__ = ["TextStream", "stream_to_screen"]
+__all__ = ["AnswerStream", "stream_to_screen"]
 
 
-class TextStream(Protocol):
+class AnswerStream(Protocol):
     """A local generation or a routed answer (runtime/engine/remote): both stream text."""
 
     text: str
@@ -32,7 +32,7 @@ class TextStream(Protocol):
 
 
 def stream_to_screen(
-    screen: CaptionScreen, gen: TextStream, on_first: Callable[[], None]
+    screen: CaptionScreen, gen: AnswerStream, on_first: Callable[[], None]
 ) -> Iterator[None]:
     para = screen.commit("", FINAL)
     first = True

@@ -221,7 +221,7 @@ class StreamingRecognizer:
                 "endpoint_ms, min_segment_s and hold_s must be >= 0, pad_s between 0 and 1"
             )
         self.pad = int(pad_s * asr.sample_rate)
-        asr._check_task(task, language)
+        asr.check_task(task, language)
         self.asr = asr
         self.vad = vad
         self.task = task
