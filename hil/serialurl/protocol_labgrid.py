@@ -9,33 +9,10 @@ board in a labgrid lab.
 
 from __future__ import annotations
 
-from typing import Any
-
 from serial import rfc2217
 
-from hil.ports import hold
+from hil.serialurl.held import HeldPort
 
 
-class Serial(rfc2217.Serial):  # type: ignore[misc]
-    _held: Any = None
-
-    def open(self) -> None:
-        url = self._port
-        self._held = hold(url)
-        self.portstr = self._held.port  # the rfc2217:// URL the RFC 2217 client connects to
-        try:
-            super().open()
-        except BaseException:
-            self._release()
-            raise
-        finally:
-            self.portstr = url
-
-    def close(self) -> None:
-        super().close()
-        self._release()
-
-    def _release(self) -> None:
-        if self._held is not None:
-            self._held.close()
-            self._held = None
+class Serial(HeldPort, rfc2217.Serial):  # type: ignore[misc]
+    """The place's NetworkSerialPort, an rfc2217:// URL, opened while the place is held."""

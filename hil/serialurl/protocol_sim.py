@@ -13,32 +13,12 @@ from typing import Any
 
 import serial
 
-from hil.ports import hold
+from hil.drivers import Held
+from hil.serialurl.held import HeldPort
 
 
-class Serial(serial.Serial):  # type: ignore[misc]
-    sim: Any = None  # hil.sim.SimBoard
-    _held: Any = None
+class Serial(HeldPort, serial.Serial):  # type: ignore[misc]
+    sim: Any = None  # hil.sim.SimBoard, while the board is held
 
-    def open(self) -> None:
-        url = self._port
-        self._held = hold(url)
-        self.sim = self._held.sim
-        self.portstr = self._held.port
-        try:
-            super().open()
-        except BaseException:
-            self._release()
-            raise
-        finally:
-            self.portstr = url
-
-    def close(self) -> None:
-        super().close()
-        self._release()
-
-    def _release(self) -> None:
-        if self._held is not None:
-            self._held.close()
-            self._held = None
-            self.sim = None
+    def _held_changed(self, held: Held | None) -> None:
+        self.sim = held.sim if held is not None else None
