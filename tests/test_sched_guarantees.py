@@ -12,7 +12,6 @@ from board import profiles
 from runtime.sched import (
     AudioRing,
     Backlog,
-    BudgetError,
     Governor,
     LatestSlot,
     MonotonicClock,
@@ -20,7 +19,6 @@ from runtime.sched import (
     Scheduler,
     VirtualClock,
     core_plan,
-    kv_cache_len,
 )
 from runtime.sched.scheduler import RT_SWITCH_INTERVAL_S, Job
 from runtime.telemetry import Telemetry
@@ -208,18 +206,6 @@ def test_deadline_misses_and_failing_jobs_are_counted_and_others_run() -> None:
     assert tel.metrics.counter("deadline_miss.slow") == 1
     assert tel.metrics.counter("errors.camera") == 1 and len(stopped) == 1
     assert len(ticks) == pytest.approx(50, abs=1)  # the display kept going
-
-
-def test_kv_cache_length_from_the_rss_budget() -> None:
-    ar1 = profiles.find("ar1-ref")
-    # qwen2.5-0.5b: 24 layers, 2 KV heads of 64, fp32 cache; int4 weights about 400 MB
-    n = kv_cache_len(ar1, weights_mb=400, layers=24, kv_heads=2, head_dim=64, max_len=32768)
-    per_token = 2 * 24 * 2 * 64 * 4
-    room = (700 - 400 - 160) * 2**20
-    assert n == (room // per_token) // 64 * 64
-    assert kv_cache_len(ar1, weights_mb=10, layers=2, kv_heads=1, head_dim=8, max_len=256) == 256
-    with pytest.raises(BudgetError, match=r"ar1-ref.*max_rss_mb = 700 MiB"):
-        kv_cache_len(ar1, weights_mb=600, layers=24, kv_heads=2, head_dim=64, max_len=32768)
 
 
 def test_governor_sheds_quality_over_budget_and_says_so() -> None:

@@ -3,7 +3,7 @@
 - `clock`: real and virtual clocks (tests run in virtual time).
 - `scheduler`: the real-time loop and the inference workers, stepping jobs by priority.
 - `ring`: the lock-free audio ring; `slot`: the latest-frame camera slot.
-- `memory`: KV cache length from the RSS budget, and the RSS watch.
+- `memory`: the RSS watch (what fits a board is `runtime.budget`).
 - `governor`: the power/thermal ladder.
 - `cores`: which CPUs each role runs on.
 """
@@ -14,7 +14,7 @@ from runtime.sched.clock import Clock, MonotonicClock, VirtualClock
 from runtime.sched.cores import CorePlan, core_plan
 from runtime.sched.errors import BudgetError, SchedError, SchedUsageError
 from runtime.sched.governor import Backlog, Governor, Policy, ThermalModel
-from runtime.sched.memory import MemoryWatch, kv_cache_len
+from runtime.sched.memory import MemoryWatch
 from runtime.sched.ring import AudioRing, ring_seconds
 from runtime.sched.scheduler import Job, Priority, Scheduler, Task
 from runtime.sched.slot import LatestSlot, Stamped
@@ -40,6 +40,5 @@ __all__ = [
     "ThermalModel",
     "VirtualClock",
     "core_plan",
-    "kv_cache_len",
     "ring_seconds",
 ]
