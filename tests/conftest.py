@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tty
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,3 +42,14 @@ def run_ocula(
 @pytest.fixture
 def ocula():
     return run_ocula
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[int, int]]:
+    """A raw pseudo-terminal pair (host end, device end): the serial line of a test."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    yield master, slave
+    os.close(master)
+    os.close(slave)

@@ -3,12 +3,9 @@ checks replies against, and the docs are generated from; over a real pty through
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
-import tty
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +39,6 @@ TABLE = Api(
         ),
     ]
 )
-
-
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[int, int]]:
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    yield master, slave
-    os.close(master)
-    os.close(slave)
 
 
 def test_the_agent_serves_exactly_the_declared_ops() -> None:

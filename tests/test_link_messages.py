@@ -4,10 +4,7 @@ tests/test_agent_api.py)."""
 from __future__ import annotations
 
 import json
-import os
 import threading
-import tty
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -109,14 +106,6 @@ def test_any_json_object_round_trips(header: dict[str, Any]) -> None:
 
 
 # -- over a pty ---------------------------------------------------------------------------------
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[int, int]]:
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    yield master, slave
-    os.close(master)
-    os.close(slave)
 
 
 def test_a_silent_peer_times_out_and_abort_unblocks(pty_pair: tuple[int, int]) -> None:
