@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
 
 from board.client import Board
 from board.errors import BadReply, BoardRefused
@@ -194,3 +196,48 @@ def test_a_new_op_is_its_declaration_and_its_handler(
     assert not reply["ok"] and "unknown request 'echo'" in reply["error"]
     with pytest.raises(ValueError, match="ops without a handler: \\['echo', 'liar'\\]"):
         Agent(Store(tmp_path / "stock"), agent.profile, None, BootInfo(slot="factory"), table)
+
+
+SAFE_OPS = sorted(set(API.ops) - {"reboot", "run"})  # those two end or occupy the session
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 70), 1 << 70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=80),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def _hostile_request(draw: st.DrawFn) -> bytes:
+    op = draw(st.sampled_from(SAFE_OPS) | st.text(max_size=40))
+    declared = [*API.ops[op].fields] if op in API.ops else []
+    names = st.sampled_from(declared) | st.text(max_size=12) if declared else st.text(max_size=12)
+    fields = draw(st.dictionaries(names, JSONISH, max_size=6))
+    blob = draw(st.binary(max_size=64))
+    try:
+        return api.encode({"op": op, "_id": draw(st.integers(0, 1 << 60)), **fields}, blob)
+    except api.RpcError:  # over the header limit: the link refuses it before the agent
+        reject()
+
+
+def test_hostile_requests_get_error_replies_from_the_real_agent(tmp_path: Path) -> None:
+    """Any request the table lets through or refuses: one reply, never an exception out of
+    the agent, and never a handler crashing on a field the table accepted ("internal error")."""
+    agent = _agent(tmp_path / "sim", API, HANDLERS)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(payload=_hostile_request())
+    def serve_one(payload: bytes) -> None:
+        reply, _ = api.decode(api.handle_payload(agent.handle, payload))
+        assert isinstance(reply["ok"], bool)
+        if not reply["ok"]:
+            assert isinstance(reply["error"], str) and reply["error"]
+            assert not reply["error"].startswith("internal error"), reply["error"]
+
+    serve_one()
+    assert agent.handle("hello", {}, b"")[0]["ok"]  # still serving
