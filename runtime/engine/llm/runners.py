@@ -102,14 +102,12 @@ def make_runner(
             f"{where}: the graph takes no {info.input_ids!r} and the manifest describes no "
             "embedding table to feed it with; re-export the artifact"
         )
-    for layer in range(info.layers):
-        for kind in info.kv.kinds:
-            name = info.kv.past.format(layer=layer, kind=kind)
-            if name not in names:
-                raise ArtifactError(
-                    f"{where}: the graph has no input {name!r} that the manifest's KV layout "
-                    "names; the manifest and the model do not belong together (re-export)"
-                )
+    for name in _kv_names(info, info.kv.past):
+        if name not in names:
+            raise ArtifactError(
+                f"{where}: the graph has no input {name!r} that the manifest's KV layout "
+                "names; the manifest and the model do not belong together (re-export)"
+            )
     if info.graph_kind == "fused" and info.kv.shared_buffer:
         return FusedRunner(session, info, max_length, lookup)
     if info.graph_kind == "optimum" and not info.kv.shared_buffer:
