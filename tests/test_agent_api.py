@@ -198,6 +198,26 @@ def test_a_new_op_is_its_declaration_and_its_handler(
         Agent(Store(tmp_path / "stock"), agent.profile, None, BootInfo(slot="factory"), table)
 
 
+def test_every_error_reply_names_its_kind(tmp_path: Path) -> None:
+    """A request without an op, and a handler that fails of a bug, get error replies with a
+    kind as every other refusal does; the agent serves the next request."""
+    crash = m.Op("crash", doc="A handler with a bug.")
+    table = API.with_ops(crash)
+    handlers = dict(HANDLERS)
+
+    @registrar(handlers, table)("crash")
+    def crashes(agent: Agent, fields: dict[str, Any], blob: bytes) -> api.Reply:
+        return {"n": {}["missing"]}, b""
+
+    agent = _agent(tmp_path / "sim", table, handlers)
+    no_op = api.decode(api.handle_payload(agent.handle, api.encode({"_id": 7})))[0]
+    assert (no_op["ok"], no_op["kind"], no_op["_id"]) == (False, "RequestError", 7)
+    reply = api.decode(api.handle_payload(agent.handle, api.encode({"op": "crash", "_id": 8})))[0]
+    assert (reply["ok"], reply["kind"]) == (False, "InternalError")
+    assert reply["error"].startswith("internal error in 'crash': KeyError")
+    assert agent.handle("hello", {}, b"")[0]["ok"]
+
+
 SAFE_OPS = sorted(set(API.ops) - {"reboot", "run"})  # those two end or occupy the session
 JSONISH = st.recursive(
     st.none()
@@ -238,6 +258,7 @@ def test_hostile_requests_get_error_replies_from_the_real_agent(tmp_path: Path) 
         if not reply["ok"]:
             assert isinstance(reply["error"], str) and reply["error"]
             assert not reply["error"].startswith("internal error"), reply["error"]
+            assert isinstance(reply["kind"], str) and reply["kind"] != "InternalError", reply
 
     serve_one()
     assert agent.handle("hello", {}, b"")[0]["ok"]  # still serving

@@ -381,13 +381,17 @@ def handle_payload(handle: Callable[[str, dict[str, Any], bytes], Reply], payloa
     rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
     op = header.pop("op", None)
     if not isinstance(op, str) or len(op) > 32:
-        return encode({"ok": False, "error": "request without an 'op'", "_id": rid})
+        return encode(
+            {"ok": False, "error": "request without an 'op'", "kind": "RequestError", "_id": rid}
+        )
     reply, data = handle(op, header, blob)
     reply["_id"] = rid
     try:
         return encode(reply, data)
     except RpcError as exc:
-        return encode({"ok": False, "error": f"reply too large: {exc}", "_id": rid})
+        return encode(
+            {"ok": False, "error": f"reply too large: {exc}", "kind": "RpcError", "_id": rid}
+        )
 
 
 # -- docs ----------------------------------------------------------------------------------------
@@ -410,7 +414,9 @@ def _markdown(api: Api) -> str:
         'fields; a reply\'s holds `"ok"`, the same `"_id"` and its fields, or, when `ok` is '
         'false, `"error"` (a sentence) and `"kind"` (the error\'s class). A request that does '
         "not fit its op's declaration (a field missing, unknown, of the wrong type or over its "
-        "limit, a blob over its limit) is refused with kind `RequestError` before it is served.",
+        "limit, a blob over its limit) is refused with kind `RequestError` before it is served; "
+        "a fault of the agent itself is answered with kind `InternalError` (the board stays "
+        "reachable and logs it whole).",
         "",
         f"Limits: a blob part of {PART} bytes, {MAX_HAVE} ids per `have`, {MAX_MISSING} flags "
         f"per `missing`, chunks of {CHUNK_SIZE} bytes, runs of at most {MAX_RUN_S} s.",

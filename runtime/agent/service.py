@@ -185,7 +185,8 @@ class Agent:
         except Exception as exc:  # a bug: log it whole, answer, and keep the board reachable
             self.counters["errors"] += 1
             log.exception("request %s failed", op)
-            return {"ok": False, "error": f"internal error in '{op}': {exc!r}"[:500]}, b""
+            error = f"internal error in '{op}': {exc!r}"[:500]
+            return {"ok": False, "error": error, "kind": "InternalError"}, b""
         return {"ok": True, **reply}, data
 
     def _storage_error(self, exc: OSError) -> str:
