@@ -107,7 +107,60 @@ def worker_ocula(path: str, clips: list[str], trim: bool) -> dict[str, Any]:
     return {"texts": texts, "seconds": spent}
 
 
-def worker_stream(path: str, vad: str, clip: str) -> dict[str, Any]:
+def stream_clips() -> list[dict[str, Any]]:
+    """~30 s concatenations of the set's short sentences (0.6 s pauses, as `long_clip`), in
+    several orders and so voices: `long` is `tests.speech.long_clip` (shortest first); the
+    others start with other sentences, so the first utterance, the one streaming hears
+    without what follows, differs. Each: name, path, spoken text, sentence end times (s)."""
+    import random
+
+    import numpy as np
+
+    from tests.speech import PAUSE_S, RATE, long_clip, read_wav, speech_set
+
+    short = [c for c in speech_set() if c.seconds < 7.0]
+    by_length = sorted(short, key=lambda c: c.seconds)
+    in_long = [c for c in by_length if c.text in long_clip().text]
+    shuffled = list(short)
+    random.Random(7).shuffle(shuffled)
+    orders = {
+        "long": by_length,
+        "others": [c for c in short if c not in in_long],
+        "reversed": in_long[::-1],
+        "shuffled": shuffled,
+    }
+    import tempfile
+
+    out = []
+    folder = Path(tempfile.gettempdir()) / "ocula-stream-clips"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, order in orders.items():
+        parts, texts, ends, total = [], [], [], 0.0
+        for c in order:
+            if total + c.seconds + PAUSE_S > 30.0:
+                continue
+            parts += [read_wav(c.path), np.zeros(int(PAUSE_S * RATE), np.float32)]
+            texts.append(c.text)
+            ends.append(round(total + c.seconds, 3))
+            total += c.seconds + PAUSE_S
+        audio = np.concatenate(parts)
+        path = folder / f"{name}.wav"
+        import wave
+
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(np.clip(audio * 32768.0, -32768, 32767).astype(np.int16).tobytes())
+        out.append({"name": name, "path": str(path), "text": " ".join(texts), "ends": ends})
+    return out
+
+
+def worker_stream(path: str, vad: str, clip: str, drain: bool = True) -> dict[str, Any]:
+    """Whole-window decoding of `clip` and the streaming recognizer on it, fed 32 ms chunks.
+    `drain`: after each chunk, step until the recognizer is idle (an infinitely fast CPU: the
+    commit times are the policy's lag alone); else one step per chunk (the live loop's pace on
+    this host)."""
     from runtime.engine.asr import Whisper
     from runtime.engine.asr_stream import StreamingRecognizer
     from runtime.engine.vad import Vad
@@ -117,16 +170,88 @@ def worker_stream(path: str, vad: str, clip: str) -> dict[str, Any]:
     audio = read_wav(Path(clip))
     whole = w.transcribe(audio).text
     rec = StreamingRecognizer(w, Vad.from_artifact(vad), partial_every_s=1.0)
-    finals, partials = [], 0
+    finals: list[str] = []
+    commits: list[tuple[float, int]] = []  # (audio pushed, s; words committed)
+    partials = 0
+
+    def take(ts: list[Any]) -> None:
+        nonlocal partials
+        for t in ts:
+            if t.kind == "final":
+                finals.append(t.text)
+                commits.append((round(pushed / 16000, 3), len(t.text.split())))
+            partials += t.kind == "partial"
+
+    pushed = 0
     for i in range(0, audio.size, 512):
         rec.push(audio[i : i + 512])
-        for t in rec.step():
-            finals += [t.text] if t.kind == "final" else []
-            partials += t.kind == "partial"
+        pushed = min(audio.size, i + 512)
+        while True:
+            ts = rec.step()
+            take(ts)
+            if not drain or not (ts or rec.busy):
+                break
     rec.finish()
     while rec.busy:
-        finals += [t.text for t in rec.step() if t.kind == "final"]
-    return {"whole": whole, "stream": " ".join(finals), "finals": len(finals), "partials": partials}
+        take(rec.step())
+    return {
+        "whole": whole,
+        "stream": " ".join(finals),
+        "finals": len(finals),
+        "partials": partials,
+        "decodes": rec.decodes,
+        "commits": commits,
+        "audio_s": round(audio.size / 16000, 2),
+    }
+
+
+def commit_lag(ends: list[float], spoken: str, commits: list[list[float]]) -> float:
+    """Mean audio seconds from a sentence's end to the commit that reaches its share of the
+    committed words (sentence i's words counted in proportion: the committed text's words do
+    not map one to one onto the spoken ones)."""
+    total_said = len(spoken.split())
+    total_got = sum(int(n) for _, n in commits) or 1
+    said, lags = 0, []
+    sentence_words = _sentence_words(spoken, len(ends))
+    for end, n in zip(ends, sentence_words, strict=True):
+        said += n
+        need, got = said / total_said * total_got, 0
+        for at, k in commits:
+            got += int(k)
+            if got >= need - 0.5:
+                lags.append(max(0.0, float(at) - end))
+                break
+    return round(sum(lags) / max(1, len(lags)), 2)
+
+
+def _sentence_words(spoken: str, count: int) -> list[int]:
+    import re
+
+    parts = [p for p in re.split(r"(?<=[.?!])\s+", spoken) if p]
+    while len(parts) > count:  # a sentence with a full stop inside ("Attention please. ...")
+        parts[-2:] = [" ".join(parts[-2:])]
+    return [len(p.split()) for p in parts]
+
+
+def run_stream(arts: dict[str, str], vad: str, drain: bool = True) -> dict[str, Any]:
+    """The streaming rows: every clip of `stream_clips`, each artifact of `arts` (quant: path)."""
+    from export.asr_speech import corpus_wer
+
+    rows: dict[str, Any] = {}
+    for c in stream_clips():
+        for quant, art in arts.items():
+            s = _spawn("stream", art, vad, c["path"], drain)
+            whole = corpus_wer([(c["text"], s["whole"])])
+            stream = corpus_wer([(c["text"], s["stream"])])
+            rows[f"{c['name']}-{quant}"] = s | {
+                "wer_whole": round(whole, 4),
+                "wer_stream": round(stream, 4),
+                "ratio": round(stream / whole, 2) if whole else None,
+                "lag_s": commit_lag(c["ends"], c["text"], s["commits"]),
+                "decodes_per_s": round(sum(s["decodes"].values()) / s["audio_s"], 2),
+                "spoken": c["text"],
+            }
+    return rows
 
 
 def worker_hf(folder: str, clips: list[str]) -> dict[str, Any]:
@@ -222,12 +347,7 @@ def run(out_dir: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
     result: dict[str, Any] = {"clips": len(clips), "audio_s": round(audio_s, 1), "threads": THREADS}
     partial = out_dir / "bench_speech.partial.json"
-    s = _spawn("stream", fp32, str(vad_artifact()), paths[-1])
-    result["stream-30s"] = s | {
-        "wer_whole": round(corpus_wer([(texts[-1], s["whole"])]), 4),
-        "wer_stream": round(corpus_wer([(texts[-1], s["stream"])]), 4),
-        "spoken": texts[-1],
-    }
+    result["stream-30s"] = run_stream({"fp32": fp32, "int8": int8}, str(vad_artifact()))
     partial.write_text(json.dumps(result, indent=2))
     for _ in range(ROUNDS):
         for k, (worker, args) in engines.items():
@@ -246,5 +366,16 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "stream-rows":  # the streaming rows alone: fp32 and int8, every clip
+        from tests.speech import tiny_en_artifact
+        from tests.test_engine_helpers import vad_artifact
+
+        quants = [q for q in ("fp32", "int8") if q in sys.argv[2:]] or ["fp32", "int8"]
+        arts = {q: str(tiny_en_artifact(q)) for q in quants}
+        rows = run_stream(arts, str(vad_artifact()), drain="paced" not in sys.argv[2:])
+        for k, r in rows.items():
+            print(k, r["wer_whole"], r["wer_stream"], r["ratio"], r["lag_s"], r["decodes_per_s"])
+        print(json.dumps(rows))
+        sys.exit(0)
     name, args = sys.argv[1], json.loads(sys.argv[2])
     print(json.dumps(WORKERS[name](*args)))
