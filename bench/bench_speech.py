@@ -108,51 +108,19 @@ def worker_ocula(path: str, clips: list[str], trim: bool) -> dict[str, Any]:
 
 
 def stream_clips() -> list[dict[str, Any]]:
-    """~30 s concatenations of the set's short sentences (0.6 s pauses, as `long_clip`), in
-    several orders and so voices: `long` is `tests.speech.long_clip` (shortest first); the
-    others start with other sentences, so the first utterance, the one streaming hears
-    without what follows, differs. Each: name, path, spoken text, sentence end times (s)."""
-    import random
-
-    import numpy as np
-
-    from tests.speech import PAUSE_S, RATE, long_clip, read_wav, speech_set
-
-    short = [c for c in speech_set() if c.seconds < 7.0]
-    by_length = sorted(short, key=lambda c: c.seconds)
-    in_long = [c for c in by_length if c.text in long_clip().text]
-    shuffled = list(short)
-    random.Random(7).shuffle(shuffled)
-    orders = {
-        "long": by_length,
-        "others": [c for c in short if c not in in_long],
-        "reversed": in_long[::-1],
-        "shuffled": shuffled,
-    }
+    """`tests.speech.concatenations` written as WAV files (the workers read files): name,
+    path, spoken text, sentence end times (s)."""
     import tempfile
 
-    out = []
+    from tests.speech import _write_wav, concatenations
+
     folder = Path(tempfile.gettempdir()) / "ocula-stream-clips"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, order in orders.items():
-        parts, texts, ends, total = [], [], [], 0.0
-        for c in order:
-            if total + c.seconds + PAUSE_S > 30.0:
-                continue
-            parts += [read_wav(c.path), np.zeros(int(PAUSE_S * RATE), np.float32)]
-            texts.append(c.text)
-            ends.append(round(total + c.seconds, 3))
-            total += c.seconds + PAUSE_S
-        audio = np.concatenate(parts)
-        path = folder / f"{name}.wav"
-        import wave
-
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(np.clip(audio * 32768.0, -32768, 32767).astype(np.int16).tobytes())
-        out.append({"name": name, "path": str(path), "text": " ".join(texts), "ends": ends})
+    out = []
+    for c in concatenations():
+        path = folder / f"{c.name}.wav"
+        _write_wav(path, c.audio)
+        out.append({"name": c.name, "path": str(path), "text": c.text, "ends": c.ends})
     return out
 
 
@@ -171,7 +139,7 @@ def worker_stream(path: str, vad: str, clip: str, drain: bool = True) -> dict[st
     whole = w.transcribe(audio).text
     rec = StreamingRecognizer(w, Vad.from_artifact(vad), partial_every_s=1.0)
     finals: list[str] = []
-    commits: list[tuple[float, int]] = []  # (audio pushed, s; words committed)
+    commits: list[tuple[float, str]] = []  # (audio pushed when committed, s; text)
     partials = 0
 
     def take(ts: list[Any]) -> None:
@@ -179,7 +147,7 @@ def worker_stream(path: str, vad: str, clip: str, drain: bool = True) -> dict[st
         for t in ts:
             if t.kind == "final":
                 finals.append(t.text)
-                commits.append((round(pushed / 16000, 3), len(t.text.split())))
+                commits.append((round(pushed / 16000, 3), t.text))
             partials += t.kind == "partial"
 
     pushed = 0
@@ -205,32 +173,30 @@ def worker_stream(path: str, vad: str, clip: str, drain: bool = True) -> dict[st
     }
 
 
-def commit_lag(ends: list[float], spoken: str, commits: list[list[float]]) -> float:
-    """Mean audio seconds from a sentence's end to the commit that reaches its share of the
-    committed words (sentence i's words counted in proportion: the committed text's words do
-    not map one to one onto the spoken ones)."""
-    total_said = len(spoken.split())
-    total_got = sum(int(n) for _, n in commits) or 1
-    said, lags = 0, []
-    sentence_words = _sentence_words(spoken, len(ends))
-    for end, n in zip(ends, sentence_words, strict=True):
-        said += n
-        need, got = said / total_said * total_got, 0
-        for at, k in commits:
-            got += int(k)
-            if got >= need - 0.5:
+def commit_lag(ends: list[float], spoken: str, commits: list[list[Any]]) -> float:
+    """Mean audio seconds from a sentence's end to the commit that brings the committed text
+    to that sentence's share of the words (words after `normalize`, counted in proportion:
+    committed words do not map one to one onto spoken ones)."""
+    import re
+
+    from export.asr_speech import normalize
+
+    sentences = [p for p in re.split(r"(?<=[.?!])\s+", spoken) if p]
+    while len(sentences) > len(ends):  # a sentence with a full stop inside
+        sentences[-2:] = [" ".join(sentences[-2:])]
+    said = [len(normalize(p)) for p in sentences]
+    got = [len(normalize(str(text))) for _, text in commits]
+    total_said, total_got = sum(said), sum(got) or 1
+    lags, upto = [], 0
+    for end, n in zip(ends, said, strict=True):
+        upto += n
+        need, seen = upto / total_said * total_got, 0
+        for (at, _), k in zip(commits, got, strict=True):
+            seen += k
+            if seen >= need - 0.5:
                 lags.append(max(0.0, float(at) - end))
                 break
     return round(sum(lags) / max(1, len(lags)), 2)
-
-
-def _sentence_words(spoken: str, count: int) -> list[int]:
-    import re
-
-    parts = [p for p in re.split(r"(?<=[.?!])\s+", spoken) if p]
-    while len(parts) > count:  # a sentence with a full stop inside ("Attention please. ...")
-        parts[-2:] = [" ".join(parts[-2:])]
-    return [len(p.split()) for p in parts]
 
 
 def run_stream(arts: dict[str, str], vad: str, drain: bool = True) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.engine.asr_stream import Agreement
+from runtime.engine.asr_agree import Agreement
 
 LAG = 100
 

@@ -44,18 +44,18 @@ How it works:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from runtime.engine.asr import Decoding, Guard, Whisper
+from runtime.engine.asr_agree import Agreement, word_starts
 from runtime.engine.audio import check_audio
 from runtime.engine.errors import EngineUsageError
 from runtime.engine.vad import SpeechEnd, SpeechStart, Vad, VadParams
 
-__all__ = ["Agreement", "Segmenter", "StreamingRecognizer", "Transcript"]
+__all__ = ["Segmenter", "StreamingRecognizer", "Transcript"]
 
 F32 = npt.NDArray[np.float32]
 ENDPOINT_MS = 500  # trailing silence that ends an utterance: a sentence's pause
@@ -77,71 +77,6 @@ class Transcript:
     start_s: float
     end_s: float
     tokens: list[int] = field(default_factory=list)  # a final's committed tokens
-
-
-class Agreement:
-    """What to commit from successive hypotheses of one window (whisper-streaming's
-    LocalAgreement-2, over token ids cut where a word starts). A hypothesis is the decoding of
-    the window's audio so far after the committed text (forced); the rest of it is `pending`
-    and is decoded again, with more audio, by the next hypothesis. Only *ripe* words can be
-    committed: the first `owed` words, those a final's hypothesis heard to their utterance's
-    end (a partial's or the latest utterance's words are not, so nothing is committed from
-    what Whisper heard without the audio that follows it). A ripe word is committed once the
-    next hypothesis agrees with the previous one on it and every word before it, and at the
-    latest by the first hypothesis that heard `lag` samples past the final's audio (then in
-    that newer hypothesis' words, agreeing or not). Committed tokens are never returned again;
-    `flush` commits all that is pending."""
-
-    def __init__(self, starts_word: Callable[[int], bool], lag: int) -> None:
-        self.starts_word = starts_word
-        self.lag = lag
-        self.reset()
-
-    def reset(self) -> None:
-        self.pending: list[int] = []  # the last hypothesis after what is committed
-        self.owed = 0  # words of `pending` that are due at `deadline`
-        self.deadline = 0
-
-    def hypothesis(self, tokens: list[int], end: int, final: bool) -> list[int]:
-        """The tokens to commit now, given a hypothesis that heard the audio up to `end`."""
-        ripe = self._cut(tokens, self.owed)
-        n = ripe if end >= self.deadline else min(self._agreed(tokens), ripe)
-        done, self.pending = list(tokens[:n]), list(tokens[n:])
-        self.owed = max(0, self.owed - self._words(done))
-        if final:
-            if not self.owed:
-                self.deadline = end + self.lag
-            self.owed = self._words(self.pending)
-        return done
-
-    def flush(self) -> list[int]:
-        done = self.pending
-        self.reset()
-        return done
-
-    def _agreed(self, tokens: list[int]) -> int:
-        """The common prefix with the previous hypothesis, ended where a word starts."""
-        prev, common = self.pending, 0
-        while common < min(len(prev), len(tokens)) and prev[common] == tokens[common]:
-            common += 1
-        if common == len(tokens) == len(prev):
-            return common  # the same words twice, up to the end
-        while common > 0 and not (common < len(tokens) and self.starts_word(tokens[common])):
-            common -= 1
-        return common
-
-    def _words(self, tokens: list[int]) -> int:
-        return sum(1 for i, t in enumerate(tokens) if i == 0 or self.starts_word(t))
-
-    def _cut(self, tokens: list[int], words: int) -> int:
-        """The length of the first `words` words of `tokens`."""
-        seen = 0
-        for i, t in enumerate(tokens):
-            if i == 0 or self.starts_word(t):
-                if seen == words:
-                    return i
-                seen += 1
-        return len(tokens)
 
 
 class Segmenter:
@@ -284,7 +219,7 @@ class StreamingRecognizer:
         self.segmenter = Segmenter(
             int(min_segment_s * self.rate), int(hold_s * self.rate), asr.info.n_samples
         )
-        self.agreement = Agreement(_word_starts(asr), int(lag_s * self.rate))
+        self.agreement = Agreement(word_starts(asr.tokenizer), int(lag_s * self.rate))
         self.window = Window(asr.info.n_samples)
         self.reset()
 
@@ -434,18 +369,6 @@ class StreamingRecognizer:
             guard=self.guard,
         )
         return _Job(kind, start, end, b, decoding, in_window)
-
-
-def _word_starts(asr: Whisper) -> Callable[[int], bool]:
-    """Whether a token starts a word (its text begins with a space), cached per token."""
-    cache: dict[int, bool] = {}
-
-    def starts(token: int) -> bool:
-        if token not in cache:
-            cache[token] = asr.tokenizer.decode([token]).startswith(" ")
-        return cache[token]
-
-    return starts
 
 
 def endpointing(
