@@ -261,6 +261,28 @@ def test_streaming_partials_show_the_uncommitted_tail(whisper: Whisper) -> None:
     assert not rec.busy and not rec.agreement.pending
 
 
+def test_streaming_commits_after_a_silence_and_holds_at_most_a_window(whisper: Whisper) -> None:
+    """Speech, then 40 s of silence, no `finish`: the pending text is committed after
+    `settle_s` of silence, and the audio kept stays within one window (not the silence)."""
+    speech = read_wav(DATA / "speech_padded.wav", RATE)
+    audio = np.concatenate([speech, np.zeros(40 * RATE, np.float32)])
+    rec = StreamingRecognizer(whisper, Vad.from_artifact(vad_artifact()), language="en")
+    finals, kept, committed_at = [], 0, None
+    for i in range(0, audio.size, 512):
+        rec.push(audio[i : i + 512])
+        while True:
+            out = rec.step()
+            finals += [t for t in out if t.kind == "final"]
+            if not (out or rec.busy):
+                break
+        if committed_at is None and finals and not rec.agreement.pending and i > speech.size:
+            committed_at = i / RATE
+        kept = max(kept, rec._buf.size)  # the recognizer's audio buffer
+    assert finals and not rec.agreement.pending and not rec.busy
+    assert committed_at is not None and committed_at < speech.size / RATE + 2.0
+    assert kept <= rec.window.size + 2 * RATE
+
+
 def test_one_step_is_one_model_run(whisper: Whisper, speech: np.ndarray) -> None:
     job = whisper.start(speech, language="en")
     job.step()

@@ -232,7 +232,7 @@ class StreamingRecognizer:
         self._base = 0  # absolute sample index of _buf[0]
         self._total = 0
         self._last_partial = 0
-        self._last_end = 0  # the end of the last final's utterance
+        self._last = (0, 0)  # the last final's utterance (samples)
         self._finals: deque[tuple[int, int]] = deque()
         self._job: _Job | None = None
         self._finished = False
@@ -273,8 +273,11 @@ class StreamingRecognizer:
             keep_from = min(keep_from, s)
         if self._job is not None:
             keep_from = min(keep_from, self._job.start)
-        if self.window.start is not None and self.prompt:
-            keep_from = min(keep_from, self.window.start)
+        # the window's audio, while a final to come can still fit in it (not over a silence)
+        first_end = self._finals[0][1] if self._finals else self._total
+        w = self.window.start
+        if w is not None and self.prompt and first_end + self.pad - w <= self.window.size:
+            keep_from = min(keep_from, w)
         drop = keep_from - self.pad - self._base
         if drop > 0:
             self._buf = self._buf[drop:]
@@ -290,7 +293,7 @@ class StreamingRecognizer:
             self._job = None  # a final is due: drop the partial
         if self._job is None:
             if self._flush_due():
-                return self._commit(self.agreement.flush(), self._last_end, self._last_end)
+                return self._commit(self.agreement.flush(), *self._last)
             self._job = self._next_job()
             if self._job is None:
                 return []
@@ -303,7 +306,7 @@ class StreamingRecognizer:
         tokens = job.decoding.result().tokens
         final = job.kind == "final"
         if final:
-            self._last_end = job.end
+            self._last = (job.start, job.end)
         if not self.prompt and final:
             return self._commit(tokens, job.start, job.end)
         if not job.in_window:  # a partial heard apart from the window: shown, not agreed on
@@ -332,7 +335,7 @@ class StreamingRecognizer:
             end = self._finals[0][1]
             b = min(end + self.pad, self._total)
             return self.window.start is not None and b - self.window.start > self.window.size
-        quiet = self.segmenter.start is None and self._total - self._last_end >= self.settle
+        quiet = self.segmenter.start is None and self._total - self._last[1] >= self.settle
         return self._finished or quiet
 
     def _next_job(self) -> _Job | None:
