@@ -10,8 +10,13 @@ The speech: `tests.speech` (two dozen traveller's sentences spoken by espeak-ng 
 voices and speeds, and their ~30 s concatenation). Every engine decodes every clip greedily in
 full 30 s windows (beam 1, no temperature fallback, no previous-text conditioning, English);
 `ocula-trim` encodes only the frames a clip needs, with the loop guard on (what
-`ocula transcribe --trim` does). `ocula-stream` is the streaming recognizer (VAD endpoints,
-previous text as prompt) on the 30 s clip, against whole-window decoding of the same clip.
+`ocula transcribe --trim` does). `stream-30s` is the streaming recognizer (asr_stream: VAD
+endpoints, a shared window, words committed by LocalAgreement-2) against whole-window decoding
+of the same clip, fp32 and int8, on four ~30 s concatenations (`tests.speech.concatenations`),
+with the mean lag of a sentence's commit after its end (audio seconds, the recognizer stepped
+to idle after each 32 ms chunk: the policy's lag, not the CPU's) and decodings per audio
+second. `python -m bench.bench_speech stream-rows [fp32] [int8] [paced]` runs these rows alone
+(`paced`: one step per chunk, the live loop's pace on this host, instead).
 
 Each engine runs in a fresh process with 2 threads, engines alternating round by round; WER is
 over the whole set (words after `normalize`), RTF the median over rounds of decode time / audio.
@@ -174,9 +179,9 @@ def worker_stream(path: str, vad: str, clip: str, drain: bool = True) -> dict[st
 
 
 def commit_lag(ends: list[float], spoken: str, commits: list[list[Any]]) -> float:
-    """Mean audio seconds from a sentence's end to the commit that brings the committed text
-    to that sentence's share of the words (words after `normalize`, counted in proportion:
-    committed words do not map one to one onto spoken ones)."""
+    """Mean audio seconds from a sentence's end to the commit of its last word heard: the
+    spoken and the committed words (after `normalize`) are aligned by edit distance; a
+    sentence is committed when the last committed word aligned to one of its words is."""
     import re
 
     from export.asr_speech import normalize
@@ -184,19 +189,35 @@ def commit_lag(ends: list[float], spoken: str, commits: list[list[Any]]) -> floa
     sentences = [p for p in re.split(r"(?<=[.?!])\s+", spoken) if p]
     while len(sentences) > len(ends):  # a sentence with a full stop inside
         sentences[-2:] = [" ".join(sentences[-2:])]
-    said = [len(normalize(p)) for p in sentences]
-    got = [len(normalize(str(text))) for _, text in commits]
-    total_said, total_got = sum(said), sum(got) or 1
-    lags, upto = [], 0
-    for end, n in zip(ends, said, strict=True):
-        upto += n
-        need, seen = upto / total_said * total_got, 0
-        for (at, _), k in zip(commits, got, strict=True):
-            seen += k
-            if seen >= need - 0.5:
-                lags.append(max(0.0, float(at) - end))
-                break
+    ref = [(i, w) for i, p in enumerate(sentences) for w in normalize(p)]
+    hyp = [(float(at), w) for at, text in commits for w in normalize(str(text))]
+    done: dict[int, float] = {}
+    for r, h in _align([w for _, w in ref], [w for _, w in hyp]):
+        i = ref[r][0]
+        done[i] = max(done.get(i, 0.0), hyp[h][0])
+    lags = [max(0.0, done[i] - end) for i, end in enumerate(ends) if i in done]
     return round(sum(lags) / max(1, len(lags)), 2)
+
+
+def _align(ref: list[str], hyp: list[str]) -> list[tuple[int, int]]:
+    """(ref index, hyp index) of the words a minimum edit alignment pairs (equal or
+    substituted)."""
+    n, m = len(ref), len(hyp)
+    d = [[i + j if i * j == 0 else 0 for j in range(m + 1)] for i in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            sub = d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1])
+            d[i][j] = min(sub, d[i - 1][j] + 1, d[i][j - 1] + 1)
+    pairs, i, j = [], n, m
+    while i and j:
+        if d[i][j] == d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
 
 
 def run_stream(arts: dict[str, str], vad: str, drain: bool = True) -> dict[str, Any]:
