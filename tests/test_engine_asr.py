@@ -3,7 +3,6 @@ long audio in windows, the streaming recognizer, bad input."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from runtime.engine.asr import Whisper
-from runtime.engine.asr_stream import LIVE_GUARD, StreamingRecognizer, Window
+from runtime.engine.asr_stream import LIVE_GUARD, StreamingRecognizer, Transcript
 from runtime.engine.audio import read_wav
 from runtime.engine.errors import ArtifactError, EngineUsageError, InputError
 from runtime.engine.mel import LogMel
@@ -211,12 +210,7 @@ def test_vad_segments_choose_the_windows(whisper: Whisper) -> None:
     assert wins[0] == (0, RATE * 20) and wins[-1][1] == RATE * 80
 
 
-def test_streaming_finals_equal_offline_decoding_of_the_same_segments(whisper: Whisper) -> None:
-    audio = read_wav(DATA / "speech_padded.wav", RATE)
-    truth = json.loads((DATA / "speech_padded.json").read_text())["segments"]
-    rec = StreamingRecognizer(
-        whisper, Vad.from_artifact(vad_artifact()), language="en", partial_every_s=0.5
-    )
+def _stream(rec: StreamingRecognizer, audio: np.ndarray) -> list[Transcript]:
     out = []
     for i in range(0, audio.size, 512):
         rec.push(audio[i : i + 512])
@@ -224,25 +218,69 @@ def test_streaming_finals_equal_offline_decoding_of_the_same_segments(whisper: W
     rec.finish()
     while rec.busy:
         out += rec.step()
+    return out
+
+
+def test_streaming_commits_what_the_window_decodes_after_hearing_what_follows(
+    whisper: Whisper,
+) -> None:
+    """No partials and no lag: the first utterance's words are committed from the decoding
+    of the window up to the second utterance's end, the rest at `finish`; so the committed
+    text is the window's whole decoding, as offline."""
+    audio = read_wav(DATA / "speech_padded.wav", RATE)
+    truth = json.loads((DATA / "speech_padded.json").read_text())["segments"]
+    vad = Vad.from_artifact(vad_artifact())
+    rec = StreamingRecognizer(
+        whisper, vad, language="en", partial_every_s=None, lag_s=0.0, settle_s=5.0
+    )
+    out = _stream(rec, audio)
+    assert out and {t.kind for t in out} == {"final"}
+    first = out[0]  # committed by the second utterance's decoding, not the first's
+    assert abs(first.start_s - truth[1][0]) < 0.15 and abs(first.end_s - truth[1][1]) < 0.15
+    a, b = round(truth[0][0] * RATE) - rec.pad, round(first.end_s * RATE) + rec.pad
+    job = whisper.start(audio[a : min(b, audio.size)], language="en", guard=LIVE_GUARD)
+    while not job.done:
+        job.step()
+    assert job.tokens and [t for f in out for t in f.tokens] == job.tokens
+    for f in out[1:]:  # later commits start where a word starts
+        assert whisper.tokenizer.decode(f.tokens[:1]).startswith(" ")
+    assert rec.decodes == {"partial": 0, "final": 2}
+
+
+def test_streaming_partials_show_the_uncommitted_tail(whisper: Whisper) -> None:
+    audio = read_wav(DATA / "speech_padded.wav", RATE)
+    rec = StreamingRecognizer(
+        whisper, Vad.from_artifact(vad_artifact()), language="en", partial_every_s=0.5
+    )
+    out = _stream(rec, audio)
     finals = [t for t in out if t.kind == "final"]
-    assert len(finals) == len(truth)
-    # each final hears its window from the start (0.2 s of pad around the utterance), the
-    # window's earlier finals forced as the transcript's start
-    window, pad = Window(whisper.info.n_samples), rec.pad
-    for t, (t0, t1) in zip(finals, truth, strict=True):
-        assert abs(t.start_s - t0) < 0.15 and abs(t.end_s - t1) < 0.15
-        a, b = round(t.start_s * RATE) - pad, min(round(t.end_s * RATE) + pad, audio.size)
-        a, forced, prev = window.span(a, b, True)
-        job = whisper.start(audio[a:b], language="en", prev=prev, forced=forced, guard=LIVE_GUARD)
-        while not job.done:
-            job.step()
-        assert t.tokens == job.tokens
-        window.done(job.tokens)
     partials = [t for t in out if t.kind == "partial"]
-    assert partials
-    for p, q in itertools.pairwise(partials):  # a stable prefix is never retracted
-        if q.start_s == p.start_s:
-            assert q.stable.startswith(p.stable) and q.text.startswith(q.stable)
+    assert finals and partials and rec.decodes["partial"] == len(partials)
+    # the committed tokens are the window's, in order; nothing was decoded twice into them
+    assert [t for f in finals for t in f.tokens] == rec.window.tokens
+    assert not rec.busy and not rec.agreement.pending
+
+
+def test_streaming_commits_after_a_silence_and_holds_at_most_a_window(whisper: Whisper) -> None:
+    """Speech, then 40 s of silence, no `finish`: the pending text is committed after
+    `settle_s` of silence, and the audio kept stays within one window (not the silence)."""
+    speech = read_wav(DATA / "speech_padded.wav", RATE)
+    audio = np.concatenate([speech, np.zeros(40 * RATE, np.float32)])
+    rec = StreamingRecognizer(whisper, Vad.from_artifact(vad_artifact()), language="en")
+    finals, kept, committed_at = [], 0, None
+    for i in range(0, audio.size, 512):
+        rec.push(audio[i : i + 512])
+        while True:
+            out = rec.step()
+            finals += [t for t in out if t.kind == "final"]
+            if not (out or rec.busy):
+                break
+        if committed_at is None and finals and not rec.agreement.pending and i > speech.size:
+            committed_at = i / RATE
+        kept = max(kept, rec._buf.size)  # the recognizer's audio buffer
+    assert finals and not rec.agreement.pending and not rec.busy
+    assert committed_at is not None and committed_at < speech.size / RATE + 2.0
+    assert kept <= rec.window.size + 2 * RATE
 
 
 def test_one_step_is_one_model_run(whisper: Whisper, speech: np.ndarray) -> None:

@@ -19,11 +19,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from runtime.engine.asr import Whisper
+from runtime.engine.asr_stream import StreamingRecognizer
+from runtime.engine.vad import Vad
 from tests.artifacts import packaged_artifact
 from tests.speech import (
+    concatenations,
     corpus_wer,
     long_clip,
     read_wav,
@@ -44,6 +48,14 @@ INT8_WER_VS_FP32 = 0.16
 # text); this bound says the English-only model captions real speech, not how well the
 # segmentation does.
 CAPTIONS_WER = 0.6
+# The streaming recognizer (asr_stream: VAD endpoints, a shared window, words committed by
+# LocalAgreement-2 once a decoding that heard what follows agrees) against whole-window
+# decoding of the same ~30 s concatenations (`tests.speech.concatenations`), fp32, over all of
+# them (issue 16: within 1.2x). Per clip, tiny.en's text of a clip's first sentence flips with
+# how much audio follows it (BENCHMARKS.md), so one clip can land either side: the per-clip
+# bound only catches a broken policy (cutting at every pause gave 1.46x on `long`).
+STREAM_RATIO = 1.2
+STREAM_RATIO_CLIP = 1.4
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +151,37 @@ def test_captions_on_real_speech(fp32: Path, tmp_path: Path, ocula) -> None:  # 
     captions = report["app_summaries"]["captions"]["captions"]
     assert corpus_wer([(clip.text, " ".join(captions))]) <= CAPTIONS_WER, captions
     assert "Excuse me, where is the train station?" in captions
+
+
+def _streamed(rec: StreamingRecognizer, audio: np.ndarray) -> str:
+    """The committed text of `audio` fed in 32 ms chunks, the recognizer stepped until idle
+    after each (the text does not depend on the host's speed)."""
+    finals = []
+    for i in range(0, audio.size, 512):
+        rec.push(audio[i : i + 512])
+        while True:
+            out = rec.step()
+            finals += [t.text for t in out if t.kind == "final"]
+            if not (out or rec.busy):
+                break
+    rec.finish()
+    while rec.busy:
+        finals += [t.text for t in rec.step() if t.kind == "final"]
+    return " ".join(finals)
+
+
+def test_streaming_captions_within_1_2x_of_whole_window_wer(fp32: Path) -> None:
+    asr = Whisper.from_artifact(fp32, threads=2)
+    vad = Vad.from_artifact(packaged_artifact("vad"))
+    whole, stream = [], []
+    for c in concatenations():
+        whole.append((c.text, asr.transcribe(c.audio).text))
+        rec = StreamingRecognizer(asr, vad, partial_every_s=1.0)
+        stream.append((c.text, _streamed(rec, c.audio)))
+        w, s = corpus_wer(whole[-1:]), corpus_wer(stream[-1:])
+        assert s <= STREAM_RATIO_CLIP * w, f"{c.name}: streaming {s:.3f}, whole {w:.3f}"
+    w, s = corpus_wer(whole), corpus_wer(stream)
+    assert s <= STREAM_RATIO * w, f"streaming WER {s:.3f}, whole-window {w:.3f}: {stream}"
 
 
 def test_captions_whose_speech_jobs_all_fail_exit_1(
