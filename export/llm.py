@@ -389,6 +389,8 @@ def _fused(
             "feeds": info.feeds,
             "logits": info.logits,
             "batch_size": info.batch_size,
+            # how quantized matmuls round their input (export/fused/llama_q8.py)
+            "activations": opts.activations,
         }
         | ({"embedding": info.embedding} if info.embedding else {}),
     )
