@@ -44,6 +44,7 @@ BITS = {"int4": 4, "int8": 8, "fp16": None, "fp32": None}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 GRAPHS = ("optimum", "fused")
 KV_DTYPES = ("float32", "float16")
+ACTIVATIONS = ("float", "q8")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -66,6 +67,10 @@ class LlmOptions:
     embed_bits: int | None = None
     # The KV cache's type (fused graph): float16 halves its memory (BENCHMARKS.md, "KV cache").
     kv_dtype: str = "float32"
+    # "q8": quantized matmuls take their input rounded as llama.cpp's CPU rounds it (Q8_0/Q8_1
+    # blocks of 32 with fp16 scales; export/fused/llama_q8.py), for a GGUF's greedy tokens to
+    # follow llama.cpp's on the same file (BENCHMARKS.md, "GGUF import").
+    activations: str = "float"
     graph: str = "fused"
     validate: bool = True
     board: str | None = None
@@ -103,6 +108,18 @@ class LlmOptions:
         if self.kv_dtype not in KV_DTYPES:
             raise ExportUsageError(
                 f"--kv-dtype {self.kv_dtype}: choose one of {', '.join(KV_DTYPES)}"
+            )
+        if self.activations not in ACTIVATIONS:
+            raise ExportUsageError(
+                f"--activations {self.activations}: choose one of {', '.join(ACTIVATIONS)}"
+            )
+        if self.activations == "q8" and (
+            self.graph != "fused" or not BITS.get(self.quant) or self.block_size != 32
+        ):
+            raise ExportUsageError(
+                f"--activations q8 needs --graph fused, --quant int4 or int8 and --block-size 32 "
+                f"(llama.cpp's blocks), not --graph {self.graph} --quant {self.quant} "
+                f"--block-size {self.block_size}"
             )
         if self.kv_dtype != "float32" and self.graph != "fused":
             raise ExportUsageError(
@@ -341,6 +358,7 @@ def _fused(
             embed_quant=f"int{opts.table_bits}" if opts.table_bits else None,
             gguf=gguf,
             kv_dtype=opts.kv_dtype,
+            activations=opts.activations,
         )
     if info.source_blocks is not None:
         steps.note(_blocks_note(info.source_blocks))
@@ -371,6 +389,8 @@ def _fused(
             "feeds": info.feeds,
             "logits": info.logits,
             "batch_size": info.batch_size,
+            # how quantized matmuls round their input (export/fused/llama_q8.py)
+            "activations": opts.activations,
         }
         | ({"embedding": info.embedding} if info.embedding else {}),
     )

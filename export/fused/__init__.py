@@ -60,7 +60,8 @@ head); `embed_quant="int8"` (and
 the cheapest fidelity lever measured on SmolLM2 (tests/test_fused_smollm2.py has the table).
 "fp16" stores weights in float16 and computes in float32 (a Cast per weight, folded by
 onnxruntime at load); "fp32" is exact. Activations are float32 always; the KV cache is float32
-unless `kv_dtype` says float16.
+unless `kv_dtype` says float16. `activations="q8"` rounds each quantized matmul's input onto
+llama.cpp's Q8_0/Q8_1 grid first (`llama_q8.py`), for a GGUF to decode as llama.cpp does.
 Not supported (refused with `FusedError`): other architectures, sliding-window attention shorter
 than max_length, partial rotary, rope types other than default/linear/llama3/yarn (and dynamic
 within the original context), batch sizes above 1.

@@ -25,6 +25,7 @@ from export.fused.graph import (
     present_name,
 )
 from export.fused.heads import attn_dim
+from export.fused.llama_q8 import ACTIVATIONS
 from export.fused.weights import SafetensorsWeights
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def build(
     runtime_lookup: bool = True,
     gguf: Path | None = None,
     kv_dtype: str = "float32",
+    activations: str = "float",
 ) -> FusedInfo:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large) from an HF folder.
 
@@ -136,6 +138,8 @@ def build(
     (`FusedInfo.embedding` says where the table is); False keeps the lookup in the graph.
     `gguf`: the GGUF file `model_dir` was converted from; its quantized blocks are kept as they
     are where MatMulNBits holds them exactly (`FusedInfo.source_blocks` says which).
+    `activations="q8"`: quantized matmuls take their input rounded as llama.cpp's CPU rounds
+    it (export.fused.llama_q8); needs int4/int8 weights in blocks of 32.
     Raises `FusedError` for unsupported architectures, rope types or options.
     """
     if quant not in QUANTS:
@@ -155,6 +159,13 @@ def build(
         raise FusedError(f"embed_quant must be int4 or int8, got {embed_quant!r}")
     if kv_dtype not in KV_DTYPES:
         raise FusedError(f"KV dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+    if activations not in ACTIVATIONS:
+        raise FusedError(f"activations {activations!r} is not one of {', '.join(ACTIVATIONS)}")
+    if activations == "q8" and (not QUANTS[quant] or {block_size, embed_block_size or 32} != {32}):
+        raise FusedError(
+            f"activations q8 (llama.cpp's rounding) needs int4 or int8 weights in blocks of 32, "
+            f"not {quant} with block size {block_size}; drop --activations q8 or use those"
+        )
     if not 0 <= head_candidates <= 4096:
         raise FusedError(f"head_candidates must be between 0 and 4096, got {head_candidates}")
     opts = Options(
@@ -168,6 +179,7 @@ def build(
         head_candidates,
         runtime_lookup,
         kv_dtype,
+        activations,
     )
     log.info(
         "emitting fused %s graph (%s, %d layers)", shape.family.model_type, quant, shape.num_layers

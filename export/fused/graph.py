@@ -60,6 +60,7 @@ from onnx import TensorProto, helper
 
 from export.fused.arch import Shape
 from export.fused.heads import attn_dim, pad_heads, pad_norm_weight, pad_o_proj, pad_rotary
+from export.fused.llama_q8 import round_q8
 from export.fused.quant import Quantized, quantize, split8, unpack
 from export.onnxgraph import GraphWriter
 
@@ -91,6 +92,9 @@ class Options:
     # The KV cache's element type: "float16" halves its memory; attention then runs in fp16
     # (onnxruntime's GroupQueryAttention takes one type for query, cache and rotary tables).
     kv_dtype: str = "float32"
+    # "q8": every quantized matmul's input is first rounded as llama.cpp's CPU rounds it (Q8_0 /
+    # Q8_1 per block of 32, fp16 scales; see llama_q8), so a GGUF's tokens follow llama.cpp's.
+    activations: str = "float"
 
     @property
     def embed_block(self) -> int:
@@ -192,6 +196,9 @@ class _Emitter(GraphWriter):
         o = self.opts
         if o.bits:
             q = self.quantized(name, parts, w, o.bits, o.block_size, lookup=False)
+            sums = None
+            if o.activations == "q8":
+                x, sums = round_q8(self, x, k, name, with_sums=q.mins is not None)
             ins = [
                 x,
                 self.const(name + ".qweight", q.packed),
@@ -202,19 +209,21 @@ class _Emitter(GraphWriter):
                 ins += ["", self.const(name + ".bias", bias.astype(np.float32))]
             attrs = {"K": k, "N": n, "bits": o.bits, "block_size": q.block_size}
             y = self.op("MatMulNBits", ins, name, accuracy_level=o.accuracy_level, **attrs)[0]
-            return y if q.mins is None else self.block_mins(x, y, name, q)
+            return y if q.mins is None else self.block_mins(x, y, name, q, sums)
         w_t = self.float_weight(name + ".weight_t", w.T)
         b = None if bias is None else self.const(name + ".bias", bias.astype(np.float32))
         return self.matmul(x, w_t, name, b)
 
-    def block_mins(self, x: str, y: str, name: str, q: Quantized) -> str:
+    def block_mins(self, x: str, y: str, name: str, q: Quantized, sums: str | None) -> str:
         """y + (x's sums over each block) @ mins.T: the blocks' minimums (w = ... + min), which
-        MatMulNBits has no input for. Minimums that are fp16 values (GGUF's) are stored so."""
+        MatMulNBits has no input for. `sums`: the block sums already computed (llama_q8's s),
+        else x's are summed here. Minimums that are fp16 values (GGUF's) are stored so."""
         kb = q.scales.shape[1]
-        shape = self.const(name + ".by_block", np.array([1, -1, kb, q.block_size], np.int64))
-        xb = self.op("Reshape", [x, shape], name + ".by_block")[0]
-        axes = self.const(name + ".block_axis", np.array([-1], np.int64))
-        sums = self.op("ReduceSum", [xb, axes], name + ".block_sums", keepdims=0)[0]
+        if sums is None:
+            shape = self.const(name + ".by_block", np.array([1, -1, kb, q.block_size], np.int64))
+            xb = self.op("Reshape", [x, shape], name + ".by_block")[0]
+            axes = self.const(name + ".block_axis", np.array([-1], np.int64))
+            sums = self.op("ReduceSum", [xb, axes], name + ".block_sums", keepdims=0)[0]
         assert q.mins is not None
         mins_t = np.ascontiguousarray(q.mins.T)
         if np.array_equal(mins_t.astype(np.float16).astype(np.float32), mins_t):
@@ -552,6 +561,8 @@ def _head(e: _Emitter, s: Shape, weights: Weights, x: str, table: _Table) -> Non
     ]
     last = e.op("Slice", ins, "head.last")[0]
     o = e.opts
+    if o.activations == "q8" and (table.low or (s.tied and o.bits)):
+        last, _ = round_q8(e, last, s.hidden, "head", with_sums=False)
     if table.low:
         _split_head(e, s, last, table)
     elif s.tied and o.bits:

@@ -91,6 +91,12 @@ def _register_models(cmds: Any, common: argparse.ArgumentParser) -> None:
         "runs attention in fp16 (fused graph only)",
     )
     llm.add_argument(
+        "--activations",
+        default="float",
+        help="float (default) | q8: round each quantized matmul's input as llama.cpp's CPU "
+        "does (int8 blocks of 32, fp16 scales), so a GGUF's greedy tokens follow llama.cpp's",
+    )
+    llm.add_argument(
         "--embed-bits",
         type=integer(2, 16),
         default=None,
@@ -174,6 +180,7 @@ def _llm(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         embed_bits=args.embed_bits,
         kv_dtype=args.kv_dtype,
+        activations=args.activations,
         graph=args.graph,
         validate=not args.no_validate,
         board=args.board,
