@@ -49,16 +49,14 @@ def fill(mnt: Path, leave: int = 0, name: str = "filler") -> Path:
     """Take the free space of the filesystem at `mnt` but `leave` bytes, with one file."""
     path = mnt / name
     block = b"\xa5" * 65536
-    with open(path, "ab") as fh:
+    # unbuffered: a buffered file keeps the last partial block and its close() raises ENOSPC again
+    with open(path, "ab", buffering=0) as fh:
         try:
-            while True:
-                fh.write(block)
-                fh.flush()
+            while fh.write(block):
+                pass
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-        with contextlib.suppress(OSError):  # the last partial write may be pending
-            fh.flush()
     size = path.stat().st_size
     if leave:
         os.truncate(path, max(0, size - leave))
