@@ -89,11 +89,11 @@ FUZZ_ATHERIS_INPUTS ?= 100000
 faults: $(STAMP)
 	@rm -f .faults-tally.jsonl
 	OCULA_FAULTS=100 OCULA_FAULT_TALLY=$(CURDIR)/.faults-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_powercut.py -q -p no:cacheprovider; \
-	  status=$$?; $(BIN)/python tests/test_faults_powercut.py .faults-tally.jsonl; test $$status = 0
+	  status=$$?; $(BIN)/python -m tests.test_faults_powercut .faults-tally.jsonl && test $$status = 0
 	# kill -9 of every command holding a sim:// port at 10 seeded moments each, then the tally
 	@rm -f .deadhost-tally.jsonl
 	OCULA_DEADHOST_KILLS=10 OCULA_FAULT_TALLY=$(CURDIR)/.deadhost-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_deadhost.py -q -p no:cacheprovider; \
-	  status=$$?; $(BIN)/python tests/test_faults_deadhost.py .deadhost-tally.jsonl; test $$status = 0
+	  status=$$?; $(BIN)/python -m tests.test_faults_deadhost .deadhost-tally.jsonl && test $$status = 0
 	# every reader of untrusted bytes: 1 M seeded mutations each, then 100 k guided by atheris
 	$(BIN)/python tests/fuzz_readers.py --engine mutate --inputs $(FUZZ_INPUTS) --seed 1 --jobs 2
 	$(BIN)/python tests/fuzz_readers.py --engine atheris --inputs $(FUZZ_ATHERIS_INPUTS) --seed 1 --jobs 2
