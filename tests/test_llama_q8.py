@@ -145,4 +145,7 @@ def test_cli_records_and_refuses(tmp_path: Path) -> None:
     ):
         r = run_ocula("export", "llm", str(gguf), "--out", str(tmp_path / "x"), *bad)
         assert r.code == 2 and "Traceback" not in r.err, r.err  # a usage error
-        assert word in r.err, r.err
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ocula: error:"), r.err
+        assert word in lines[0], r.err
+        assert not (tmp_path / "x").exists()  # refused before anything is written
