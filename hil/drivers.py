@@ -85,6 +85,29 @@ def hold_sim(
     )
 
 
+def hold_qemu(url: str, base: Path | None = None, **_: Any) -> Held:
+    """`qemu://NAME[?image=FILE.img&dir=DIR]`: boots the emulated board and waits for its agent.
+    Its profile is the one its image was built for; its power switch is a true power cut."""
+    from hil.qemu import QemuBoard
+
+    parsed = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    board = QemuBoard(
+        parsed.netloc,
+        image=Path(query["image"]) if "image" in query else None,
+        base=Path(query["dir"]) if "dir" in query else base,
+    ).start()
+    return Held(
+        url,
+        board.port,
+        profile=board.profile,
+        power=QemuPower(board),
+        reset=QemuReset(board),
+        sim=board,
+        release=board.stop,
+    )
+
+
 def hold_place(url: str, **_: Any) -> Held:
     """`labgrid://PLACE`: acquires the place; its serial port is an rfc2217:// URL."""
     from hil.labgrid_place import LabgridPlace
@@ -121,6 +144,33 @@ class SimReset:
     def reset(self) -> None:
         self.sim.power_cut()
         self.sim.boot()
+
+
+class QemuPower:
+    """An emulated board's power: off kills qemu and loses the disk's unflushed writes."""
+
+    def __init__(self, board: Any) -> None:
+        self.board = board
+
+    def on(self) -> None:
+        self.board.boot()
+
+    def off(self) -> None:
+        self.board.power_cut()
+
+    def cycle(self) -> None:
+        self.off()
+        self.on()
+
+
+class QemuReset:
+    """An emulated board's reset line: the guest restarts, the disk keeps what reached it."""
+
+    def __init__(self, board: Any) -> None:
+        self.board = board
+
+    def reset(self) -> None:
+        self.board.reset()
 
 
 class FixturePower:

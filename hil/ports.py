@@ -8,9 +8,9 @@ fails at once, before a sim board is started or a place acquired), how it behave
 (`hold`: a sim board started, with its own power switch; a labgrid place acquired; see
 `hil.drivers`). `hil.transport.open_port` opens any of them through pyserial: its own handlers
 (`rfc2217://`, `socket://`, `loop://` ...) and Ocula's in `hil/serialurl/` (`protocol_sim.py`,
-`protocol_labgrid.py`; the file name is the scheme), which hold the resource through the same
-`hold`. So `ocula flash`, `run`, `profile` and `hil` all take the same PORTs. A new kind (a `qemu://`
-board) is a row here, a `protocol_qemu.py` there and, if it holds something, a holder.
+`protocol_labgrid.py`, `protocol_qemu.py`; the file name is the scheme), which hold the resource through the same
+`hold`. So `ocula flash`, `run`, `profile` and `hil` all take the same PORTs. A new kind is a row here,
+a `protocol_SCHEME.py` there and, if it holds something, a holder (`qemu://` is all three).
 
 `holders` finds the processes that have a device open (through /proc/*/fd), so a "port busy"
 error can name them. This module opens nothing and imports no transport.
@@ -31,6 +31,7 @@ from typing import Any
 from hil.errors import PortError
 
 SIM_OPTIONS = ("profile", "key", "dir")
+QEMU_OPTIONS = ("image", "dir")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -128,6 +129,33 @@ def _check_sim(url: str) -> None:
         raise PortError(f"{url}: dir {options['dir']}: not a folder")
 
 
+def _check_qemu(url: str) -> None:
+    """qemu://NAME[?image=FILE.img&dir=STATE_DIR]: the image, if given, must be a file."""
+    parts = urllib.parse.urlsplit(url)
+    if not _NAME.fullmatch(parts.netloc) or parts.path not in ("", "/"):
+        raise PortError(
+            f"{url}: a qemu board's name is 1 to 64 letters, digits, '-' or '_' "
+            "(qemu://NAME[?image=FILE.img&dir=DIR])"
+        )
+    try:
+        options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
+    except ValueError:
+        raise PortError(
+            f"{url}: cannot read the options; write qemu://NAME?image=FILE.img"
+        ) from None
+    unknown = sorted(set(options) - set(QEMU_OPTIONS))
+    if unknown:
+        raise PortError(f"{url}: unknown option(s) {unknown}; qemu:// takes {list(QEMU_OPTIONS)}")
+    image = Path(options["image"]) if "image" in options else None
+    if image is not None and not image.is_file():
+        what = "a folder" if image.is_dir() else "no such file"
+        raise PortError(
+            f"{url}: image {image}: {what}; build one with `ocula image --board qemu --out FILE.img`"
+        )
+    if "dir" in options and Path(options["dir"]).exists() and not Path(options["dir"]).is_dir():
+        raise PortError(f"{url}: dir {options['dir']}: not a folder")
+
+
 def _check_host_port(url: str) -> None:
     parts = urllib.parse.urlsplit(url)
     try:
@@ -152,6 +180,12 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind("", "a device path (/dev/ttyACM0)", _check_device),
         Kind("sim", "sim://NAME (a simulated board)", _check_sim, hold="hil.drivers:hold_sim"),
+        Kind(
+            "qemu",
+            "qemu://NAME (an `ocula image` board under qemu-system-aarch64)",
+            _check_qemu,
+            hold="hil.drivers:hold_qemu",
+        ),
         Kind("rfc2217", "rfc2217://HOST:PORT (ser2net)", _check_host_port, remote=True),
         Kind(
             "labgrid",
@@ -169,7 +203,7 @@ KINDS: dict[str, Kind] = {
         Kind("cp2110", "cp2110://PATH"),
     )
 }
-FORMS = "PORT is " + ", ".join(k.form for k in list(KINDS.values())[:4])
+FORMS = "PORT is " + ", ".join(k.form for k in list(KINDS.values())[:5])
 
 
 def holders(path: str) -> list[str]:

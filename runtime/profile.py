@@ -119,6 +119,12 @@ class Camera:
 class Audio:
     rate: int = _num(8000, 192000, "Hz")
     channels: int = _num(1, 32)
+    # The ALSA device the microphone is captured from.
+    capture: str = "default"
+    # An ALSA playback device looped back into `capture` (snd-aloop on an emulated board, a
+    # cable on a rig): an injected clip is played into it and heard through the real capture
+    # path. Empty: an injected clip is read as a file.
+    loopback: str = ""
 
 
 @dataclass(frozen=True)

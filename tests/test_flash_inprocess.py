@@ -289,3 +289,21 @@ def test_install_of_a_large_file_resumes_chunk_by_chunk(tmp_path: Path) -> None:
     padding = next(f for f in b.manifest.files if f.path.endswith("padding.bin"))
     assert len(steps) > padding.size // 300_000  # the 1.5 MB file took several requests
     assert Store(board.root).verify_slot("a") == []
+
+
+def test_verify_reads_a_slot_back_and_names_what_does_not_match(tmp_path: Path) -> None:
+    reply, _ = InProcessBoard(tmp_path / "new").call("verify")
+    assert not reply["ok"] and reply["kind"] == "RequestError" and "factory" in reply["error"]
+    board = InProcessBoard(tmp_path / "sim")
+    assert flash(build(tmp_path, "v", vad=make_artifact(tmp_path / "vad")), board).ok
+    reply, _ = board.call("verify")
+    assert reply["ok"] and reply["complete"] and reply["bad"] == []
+    slot = reply["slot"]
+    store = Store(tmp_path / "sim")
+    onnx = next(store.slot_dir(slot).rglob("vad.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"!")  # one byte flipped on the flash
+    reply, _ = board.call("verify", {"slot": slot})
+    assert reply["ok"] and reply["bad"] == [str(onnx.relative_to(store.slot_dir(slot)))]
+    other = "b" if slot == "a" else "a"
+    reply, _ = board.call("verify", {"slot": other})
+    assert reply["ok"] and not reply["complete"] and reply["bad"] == []

@@ -17,6 +17,7 @@ import pytest
 
 from board import profiles
 from hil import fixture_sim
+from hil.errors import PortError
 from hil.ports import KINDS, check_port
 from hil.sim import SimBoard
 from hil.suites import bundles
@@ -118,3 +119,28 @@ def test_power_cycle_through_a_labgrid_place(tmp_path: Path) -> None:
             assert board.hello(deadline=30)["boot_id"] != first["boot_id"]
         finally:
             board.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("qemu://", "a qemu board's name is 1 to 64"),
+        ("qemu://a/b", "a qemu board's name is 1 to 64"),
+        ("qemu://ci?cpu=max", "unknown option(s) ['cpu']"),
+        ("qemu://ci?image", "cannot read the options"),
+        ("qemu://ci?image=/nonexistent/ci.img", "no such file; build one with `ocula image"),
+    ],
+)
+def test_a_qemu_port_is_checked_before_anything_starts(url: str, message: str) -> None:
+    with pytest.raises(PortError) as caught:
+        check_port(url)
+    assert message in str(caught.value)
+
+
+def test_a_qemu_board_without_a_disk_or_an_image_says_how_to_make_one(tmp_path: Path) -> None:
+    r = run_ocula("flash", str(tmp_path / "x.bundle"), "--port", f"qemu://fresh?dir={tmp_path}")
+    assert r.code != 0 and "Traceback" not in r.err
+    r = run_ocula("run", "look", "--port", f"qemu://fresh?dir={tmp_path}", "--duration", "1")
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    assert "qemu://fresh has no disk yet" in r.err and "ocula image --board qemu" in r.err
+    assert not (tmp_path / "fresh" / "disk.img").exists()

@@ -1,2 +1,2 @@
-"""pyserial URL handlers of Ocula (`sim://`, `labgrid://`): one `protocol_SCHEME.py` per kind
+"""pyserial URL handlers of Ocula (`sim://`, `qemu://`, `labgrid://`): one `protocol_SCHEME.py` per kind
 in `hil.ports.KINDS`; `hil.transport` registers this package."""

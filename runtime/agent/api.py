@@ -214,6 +214,15 @@ OPS: tuple[Op, ...] = (
         errors={"RequestError": "nothing on trial, or its health check failed"},
     ),
     Op("reboot", doc="Restart the board once the reply is sent."),
+    Op(
+        "verify",
+        doc="Read every file of a slot (default: the booted one) back from the store and check "
+        "it against the slot's manifest: `bad` lists what is missing or does not match.",
+        fields={"slot": SLOT},
+        optional=("slot",),
+        reply={"slot": SLOT, "complete": Bool(), "bad": List(Str(4096), 10_000)},
+        errors={"RequestError": "no such slot"},
+    ),
     # operation --------------------------------------------------------------------------------
     Op(
         "stats",

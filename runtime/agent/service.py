@@ -389,6 +389,15 @@ class Agent:
         self.note(f"slot {state.active} confirmed")
         return {"active": state.active}, b""
 
+    @handles("verify")
+    def op_verify(self, fields: dict[str, Any], blob: bytes) -> Reply:
+        slot = fields.get("slot", self.boot.slot)
+        if slot not in ("a", "b"):
+            raise RequestError(f"no slot {slot!r} to verify; slots are 'a' and 'b'")
+        complete = self.store.slot_manifest(slot) is not None
+        bad = self.store.verify_slot(slot) if complete else []
+        return {"slot": slot, "complete": complete, "bad": bad[:10_000]}, b""
+
     @handles("reboot")
     def op_reboot(self, fields: dict[str, Any], blob: bytes) -> Reply:
         self.reboot_requested = True

@@ -23,7 +23,7 @@ from typing import Any
 
 from runtime.apps import AppOptions, Devices, Host, Models, make_app
 from runtime.errors import OculaError
-from runtime.io.audio import AudioSource, SilenceSource, open_audio
+from runtime.io.audio import AudioSource, SilenceSource, WavSource, open_audio
 from runtime.io.camera import Camera, PatternCamera, open_camera
 from runtime.io.display import Display, VirtualDisplay, open_display
 from runtime.io.glyphs import BUNDLE_NAME, GlyphAtlas
@@ -51,14 +51,12 @@ def run_on_board(
     time) and the camera (an image, every frame)."""
     clock = MonotonicClock()
     notes: list[str] = []
-    if audio is not None:
-        notes.append(f"microphone: the injected clip {audio.stem[:12]} (WAV, paced in real time)")
     if camera is not None:
         notes.append(f"camera: the injected image {camera.stem[:12]}")
     devices = Devices(
         audio=_audio(profile, clock, notes)
         if audio is None
-        else open_audio(f"wav:{audio}", profile.audio.rate, clock),
+        else _clip(audio, profile, clock, notes),
         camera=_camera(profile, notes) if camera is None else open_camera(str(camera)),
         display=_display(profile, work, notes),
     )
@@ -111,10 +109,31 @@ def board_atlas(artifacts: Path, notes: list[str]) -> GlyphAtlas:
 
 def _audio(profile: Profile, clock: MonotonicClock, notes: list[str]) -> AudioSource:
     try:
-        return open_audio("alsa:default", profile.audio.rate, clock, profile.audio.channels)
+        return open_audio(
+            f"alsa:{profile.audio.capture}", profile.audio.rate, clock, profile.audio.channels
+        )
     except OculaError as exc:
         notes.append(f"no microphone ({exc}); a quiet synthetic microphone stands in")
         return SilenceSource(profile.audio.rate, clock)
+
+
+def _clip(audio: Path, profile: Profile, clock: MonotonicClock, notes: list[str]) -> AudioSource:
+    """The injected clip as the microphone: played through the profile's ALSA loopback when it
+    has one (the app hears it through the real capture path), else read as a file."""
+    wav = WavSource(audio, profile.audio.rate, clock)
+    if profile.audio.loopback:
+        from runtime.io.alsa import LoopbackMicrophone
+
+        mic = LoopbackMicrophone(
+            wav.samples, profile.audio.loopback, profile.audio.capture, profile.audio.rate
+        )
+        notes.append(
+            f"microphone: the injected clip {audio.stem[:12]}, played into "
+            f"{profile.audio.loopback} and captured from {profile.audio.capture}"
+        )
+        return mic
+    notes.append(f"microphone: the injected clip {audio.stem[:12]} (WAV, paced in real time)")
+    return wav
 
 
 def _camera(profile: Profile, notes: list[str]) -> Camera:

@@ -66,6 +66,11 @@ class WavSource:
         return len(self._pcm) / self.rate
 
     @property
+    def samples(self) -> I16:
+        """The whole clip, mono int16 at `rate`."""
+        return self._pcm
+
+    @property
     def finished(self) -> bool:
         return not self.loop and self._pos >= len(self._pcm)
 
