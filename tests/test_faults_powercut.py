@@ -41,12 +41,12 @@ CASES = int(os.environ.get("OCULA_FAULTS", "20"))
 TAIL_OPS = ("install", "commit", "reboot", "info", "confirm")
 
 
-def _bundle(tmp: Path, name: str, payload: bytes) -> bundles.Bundle:
+def _bundle(tmp: Path, name: str, payload: bytes, profile: str = "sim") -> bundles.Bundle:
     art = tmp / f"{name}-vad"
     export_packaged("vad", art)
     (art / "padding.bin").write_bytes(payload)
     out = tmp / f"{name}.bundle"
-    bundles.build(profiles.find("sim"), out, {"vad": art}, version=name)
+    bundles.build(profiles.find(profile), out, {"vad": art}, version=name)
     return bundles.Bundle.open(out)
 
 
@@ -272,9 +272,25 @@ def _tally(row: dict[str, Any]) -> None:
 
 def print_tally(path: str) -> int:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-    cuts = [r for r in rows if r.get("fault", "power_cut") == "power_cut"]
+    for board in sorted({r.get("board", "sim") for r in rows}):
+        cuts = [
+            r
+            for r in rows
+            if r.get("fault", "power_cut") == "power_cut" and r.get("board", "sim") == board
+        ]
+        if cuts:
+            _print_cuts(board, cuts)
+    _print_full(rows)
+    return 0
+
+
+def _print_cuts(board: str, cuts: list[dict[str, Any]]) -> None:
     cut = [r for r in cuts if r["cut"]]
-    print(f"power cuts: {len(cuts)} cases, {len(cut)} landed while the board was up")
+    how = {
+        "sim": "SIGKILL of the sim board (its page cache survives)",
+        "qemu": "qemu killed, unflushed disk writes dropped",
+    }.get(board, board)
+    print(f"power cuts on {board} ({how}): {len(cuts)} cases, {len(cut)} landed while it was up")
     print(f"  flash completed after resume: {sum(r['ok'] for r in cuts)}/{len(cuts)}")
     booted = Counter(b for r in cut for b in r["booted_after_cut"])
     print(f"  slot booted after the cut: old {booted['old']}, new {booted['new']}, other 0")
@@ -282,6 +298,16 @@ def print_tally(path: str) -> int:
         "  cut during: "
         + ", ".join(f"{op} {n}" for op, n in Counter(r["op"] for r in cut).most_common())
     )
+    if any("dropped_sectors" in r for r in cut):
+        dropped = [r["dropped_sectors"] for r in cut]
+        print(
+            f"  unflushed sectors dropped per cut: median {sorted(dropped)[len(dropped) // 2]}, "
+            f"max {max(dropped)}; slots read back whole after the cut: "
+            f"{sum(r.get('verified', False) for r in cut)}/{len(cut)}"
+        )
+
+
+def _print_full(rows: list[dict[str, Any]]) -> None:
     full = [r for r in rows if r.get("fault") == "disk_full"]
     if full:
         print(
@@ -298,7 +324,6 @@ def print_tally(path: str) -> int:
             "  filled during: "
             + ", ".join(f"{op} {n}" for op, n in Counter(r["op"] for r in full).most_common())
         )
-    return 0
 
 
 if __name__ == "__main__":
