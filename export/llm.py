@@ -22,6 +22,7 @@ from typing import Any
 
 from export import budget, graphquant, source, validate
 from export.adapter import check_adapter, merge_lora
+from export.choices import ACTIVATIONS, KV_DTYPES
 from export.errors import ExportError, ExportUsageError, ValidationFailed
 from export.output import atomic_dir, check_target
 from export.steps import Steps
@@ -43,8 +44,6 @@ QUANTS = ("int4", "int8", "fp16", "fp32")
 BITS = {"int4": 4, "int8": 8, "fp16": None, "fp32": None}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 GRAPHS = ("optimum", "fused")
-KV_DTYPES = ("float32", "float16")
-ACTIVATIONS = ("float", "q8")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

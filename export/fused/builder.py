@@ -11,11 +11,11 @@ from typing import Any
 
 import onnx
 
+from export.choices import ACTIVATIONS, KV_DTYPES
 from export.fused.arch import read_shape
 from export.fused.errors import FusedError
 from export.fused.graph import (
     CODES,
-    KV_DTYPES,
     QUANTS,
     SCALES,
     Options,
@@ -25,7 +25,6 @@ from export.fused.graph import (
     present_name,
 )
 from export.fused.heads import attn_dim
-from export.fused.llama_q8 import ACTIVATIONS
 from export.fused.weights import SafetensorsWeights
 
 log = logging.getLogger(__name__)

@@ -71,7 +71,10 @@ Weights = Callable[[str], np.ndarray]
 
 OPSET = 21
 QUANTS = {"fp32": 0, "fp16": 0, "int8": 8, "int4": 4}
-KV_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+KV_TYPES = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+}  # export.choices.KV_DTYPES
 
 
 @dataclass(frozen=True)
@@ -614,7 +617,7 @@ def _model(e: _Emitter, s: Shape) -> onnx.ModelProto:
     # expects, up to max_length (the rotary tables' length).
     kv: list[int | str] = [1, s.kv_heads, "max_length", attn_dim(s.head_dim)]
     f32 = TensorProto.FLOAT
-    kv_type = KV_DTYPES[e.opts.kv_dtype]
+    kv_type = KV_TYPES[e.opts.kv_dtype]
     firsts = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"])]
     if any(CODES in n.input for n in e.nodes):
         kb = -(-s.hidden // e.opts.embed_block)

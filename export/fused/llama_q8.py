@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from export.onnxgraph import GraphWriter
 
 BLOCK = 32  # llama.cpp's QK8_0 = QK8_1
-ACTIVATIONS = ("float", "q8")
 
 
 def round_q8(e: GraphWriter, x: str, k: int, name: str, with_sums: bool) -> tuple[str, str | None]:
