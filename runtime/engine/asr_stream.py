@@ -166,10 +166,14 @@ class Window:
         self.tokens: list[int] = []  # the finals decoded in this window
         self.prev: list[int] = []  # the text before it
 
+    def fits(self, end: int) -> bool:
+        """Whether audio up to sample `end` still fits the open window (False when none is)."""
+        return self.start is not None and end - self.start <= self.size
+
     def span(self, start: int, end: int, final: bool) -> tuple[int, list[int], list[int]]:
         """(audio start, forced tokens, previous-text tokens) for an utterance (`start`, `end`);
         a final that does not fit opens a new window."""
-        if self.start is not None and end - self.start <= self.size:
+        if self.start is not None and self.fits(end):
             return self.start, list(self.tokens), list(self.prev)
         prev = (self.prev + self.tokens)[-PREV_TOKENS:]
         if final:
@@ -277,7 +281,11 @@ class StreamingRecognizer:
         # the window's audio, while a final to come can still fit in it (not over a silence)
         first_end = self._finals[0][1] if self._finals else self._total
         w = self.window.start
-        if w is not None and self.prompt and first_end + self.pad - w <= self.window.size:
+        if (
+            w is not None
+            and self.prompt
+            and self.window.fits(min(first_end + self.pad, self._total))
+        ):
             keep_from = min(keep_from, w)
         drop = keep_from - self.pad - self._base
         if drop > 0:
@@ -334,8 +342,9 @@ class StreamingRecognizer:
             return False
         if self._finals:
             end = self._finals[0][1]
-            b = min(end + self.pad, self._total)
-            return self.window.start is not None and b - self.window.start > self.window.size
+            return self.window.start is not None and not self.window.fits(
+                min(end + self.pad, self._total)
+            )
         quiet = self.segmenter.start is None and self._total - self._last[1] >= self.settle
         return self._finished or quiet
 
