@@ -147,13 +147,15 @@ class SimReset:
 
 
 class QemuPower:
-    """An emulated board's power: off kills qemu and loses the disk's unflushed writes."""
+    """An emulated board's power: off kills qemu and loses the disk's unflushed writes; on
+    returns once the agent answers (a boot under TCG takes tens of seconds, not one)."""
 
     def __init__(self, board: Any) -> None:
         self.board = board
 
     def on(self) -> None:
         self.board.boot()
+        self.board.wait_ready()
 
     def off(self) -> None:
         self.board.power_cut()
@@ -171,6 +173,7 @@ class QemuReset:
 
     def reset(self) -> None:
         self.board.reset()
+        self.board.wait_ready()
 
 
 class FixturePower:
