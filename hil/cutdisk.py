@@ -1,0 +1,610 @@
+"""A power-cut disk for emulated boards: an NBD server whose write cache dies with the power.
+
+qemu (`-drive if=virtio,file=nbd+unix:///?socket=S,format=raw,cache=writeback`) or qemu-io
+talks NBD to this server over a unix socket. A write lands in a volatile cache kept in this
+process (4 KiB blocks, each with a mask of its dirty 512 B sectors); reads see it. NBD_CMD_FLUSH
+writes every dirty block to the image and fsyncs; a write with FUA persists that request's sectors
+before it is acknowledged. A cut is the power going: the cache is dropped and an open connection
+closed. The image file is the only truth across cuts: connections are served one after another
+(a second client waits in the backlog), and a new one after a cut sees just what was persisted.
+
+What the two cut modes model, and what they do not:
+- `cut()`: a device whose write-back cache wrote nothing back before the power went; everything
+  acknowledged since the last flush is gone, everything flushed or FUA-written stays.
+- `cut(torn=True)`: a cache caught mid write-back, in an order the host does not choose: each
+  dirty sector independently reached the media or not (seeded; 50/50), kept sectors are written
+  in sector order. Sectors are atomic (no half sectors); a sector rewritten since the last flush
+  survives with its newest data only (a real cache may land an older one). Neither mode models
+  a device that loses flushed data, nor a host crash (the image is fsynced on flush only).
+The cache is bounded (`cache_mb`): when it fills, it is written back without a flush, as a
+full device cache would; those sectors survive a later cut and are counted as `evicted`.
+
+Tally, in 512 B sectors: `written` (sectors the client wrote, repeats counted), `flushed`
+(persisted by flush/FUA/stop), `evicted`, `dropped` (lost at a cut), `kept` (torn survivors).
+It goes to stderr at each disconnect and cut, and back to the holder as a JSON line.
+
+Control: `CutDisk` starts `python -m hil.cutdisk IMAGE --socket S --control` and speaks lines on
+its stdin/stdout (`status`, `cut`, `cut torn`, `stop`), each answered by one JSON line. Run by
+hand, SIGUSR1 cuts, SIGUSR2 cuts torn, SIGTERM/SIGINT stop cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from hil.errors import LinkFailure
+
+__all__ = ["MAX_REQUEST", "CutDisk", "CutDiskError", "Tally"]
+
+log = logging.getLogger(__name__)
+
+SECTOR = 512
+BLOCK = 4096
+SPB = BLOCK // SECTOR  # sectors per block
+FULL = (1 << SPB) - 1
+MAX_REQUEST = 32 << 20  # bytes per READ/WRITE/WRITE_ZEROES, as qemu's own NBD server
+MAX_OPTION = 4096 + 64  # option data: an export name of up to 4 KiB and its info requests
+IO_TIMEOUT_S = 10.0  # a client that stalls inside a handshake or request is dropped after this
+
+# NBD wire constants (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md)
+OPT_MAGIC = 0x49484156454F5054  # "IHAVEOPT"
+REP_MAGIC = 0x3E889045565A9
+REQ_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
+REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+REP_ERR_UNSUP, REP_ERR_INVALID, REP_ERR_UNKNOWN = (1 << 31) | 1, (1 << 31) | 3, (1 << 31) | 6
+INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
+# HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_TRIM | SEND_WRITE_ZEROES
+TX_FLAGS = 1 | 4 | 8 | 32 | 64
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = range(7)
+CMD_FLAG_FUA = 1
+EIO, EINVAL, ENOSPC = 5, 22, 28
+REQ = struct.Struct(">IHHQQI")
+
+
+class CutDiskError(LinkFailure):
+    """The cut disk could not start, answer or stop (the rig, not the board, is at fault)."""
+
+
+class ClientGone(Exception):
+    """The client closed, stalled or broke the protocol: drop its connection, keep serving."""
+
+
+@dataclass
+class Tally:
+    """Sector counts (512 B) since the server started; see the module docstring."""
+
+    written: int = 0
+    flushed: int = 0
+    evicted: int = 0
+    dropped: int = 0
+    kept: int = 0
+    connections: int = 0
+
+    def line(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+class Cache:
+    """The volatile write cache over an image fd. Not thread-safe; the server is one thread."""
+
+    def __init__(self, fd: int, cache_mb: int, rng: random.Random) -> None:
+        self.fd, self.size = fd, os.fstat(fd).st_size
+        self.limit = max(1, cache_mb * (1 << 20) // BLOCK)
+        self.rng, self.tally = rng, Tally()
+        self.data: dict[int, bytearray] = {}
+        self.mask: dict[int, int] = {}
+
+    def check(self, off: int, ln: int) -> int:
+        """0 when [off, off+ln) is a request this disk serves, else the NBD error number."""
+        if ln > MAX_REQUEST:
+            return EINVAL
+        return ENOSPC if off + ln > self.size else 0
+
+    def read(self, off: int, ln: int) -> bytearray:
+        buf = bytearray(os.pread(self.fd, ln, off))
+        if self.data:
+            for b, lo, hi in _blocks(off, ln):
+                blk = self.data.get(b)
+                if blk is not None:
+                    s = b * BLOCK
+                    buf[lo - off : hi - off] = blk[lo - s : hi - s]
+        return buf
+
+    def write(self, off: int, src: memoryview | bytes, fua: bool) -> None:
+        for b, lo, hi in _blocks(off, len(src)):
+            s = b * BLOCK
+            blk = self.data.get(b)
+            if blk is None:
+                if lo == s and hi - s == BLOCK:
+                    self.data[b] = bytearray(src[lo - off : hi - off])
+                    self.mask[b] = 0
+                else:
+                    blk = self.data[b] = bytearray(os.pread(self.fd, BLOCK, s))
+                    self.mask[b] = 0
+            if blk is not None:
+                blk[lo - s : hi - s] = src[lo - off : hi - off]
+            self.mask[b] |= _sectors(lo - s, hi - s)
+        self.tally.written += -(-(off + len(src)) // SECTOR) - off // SECTOR
+        if fua:
+            self._persist_range(off, len(src))
+        elif len(self.data) > self.limit:
+            self.tally.evicted += self._writeback()
+            log.info("cutdisk: cache full (%d blocks): written back without a flush", self.limit)
+
+    def flush(self) -> None:
+        self.tally.flushed += self._writeback()
+        os.fsync(self.fd)
+
+    def cut(self, torn: bool) -> None:
+        """The power goes: drop the cache, or with `torn` land a seeded random subset of it."""
+        kept = 0
+        if torn:
+            for b in sorted(self.data):
+                m = self.mask[b]
+                keep = sum(1 << i for i in range(SPB) if m >> i & 1 and self.rng.random() < 0.5)
+                for i, j in _runs(keep):
+                    blk, s = self.data[b], b * BLOCK
+                    os.pwrite(self.fd, blk[i * SECTOR : j * SECTOR], s + i * SECTOR)
+                kept += bin(keep).count("1")
+            os.fsync(self.fd)
+        total = sum(bin(m).count("1") for m in self.mask.values())
+        self.tally.kept += kept
+        self.tally.dropped += total - kept
+        self.data.clear()
+        self.mask.clear()
+
+    def _writeback(self) -> int:
+        """Write every dirty block to the image, in block order, coalesced; return its sectors."""
+        n = sum(bin(m).count("1") for m in self.mask.values())
+        order = sorted(self.data)
+        i = 0
+        while i < len(order):
+            j = i + 1
+            while j < len(order) and order[j] == order[j - 1] + 1 and j - i < 256:
+                j += 1
+            os.pwritev(self.fd, [self._tail(b) for b in order[i:j]], order[i] * BLOCK)
+            i = j
+        self.data.clear()
+        self.mask.clear()
+        return n
+
+    def _tail(self, b: int) -> bytearray | memoryview:
+        """Block b, cut short where the image ends inside it."""
+        blk = self.data[b]
+        end = self.size - b * BLOCK
+        return blk if end >= BLOCK else memoryview(blk)[:end]
+
+    def _persist_range(self, off: int, ln: int) -> None:
+        """FUA: the request's sectors reach the image before the reply; other dirt stays dirty."""
+        lo = off // SECTOR * SECTOR
+        hi = min(self.size, -(-(off + ln) // SECTOR) * SECTOR)
+        os.pwrite(self.fd, self.read(lo, hi - lo), lo)
+        os.fsync(self.fd)
+        for b, blo, bhi in _blocks(lo, hi - lo):
+            m = self.mask[b] & ~_sectors(blo - b * BLOCK, bhi - b * BLOCK)
+            self.tally.flushed += bin(self.mask[b] & ~m).count("1")
+            if m:
+                self.mask[b] = m
+            else:
+                del self.mask[b], self.data[b]
+
+
+def _blocks(off: int, ln: int) -> Iterator[tuple[int, int, int]]:
+    """(block, lo, hi): the byte range [lo, hi) of [off, off+ln) inside each block it touches."""
+    end = off + ln
+    for b in range(off // BLOCK, -(-end // BLOCK)):
+        yield b, max(off, b * BLOCK), min(end, (b + 1) * BLOCK)
+
+
+def _sectors(lo: int, hi: int) -> int:
+    """The mask of the sectors that the byte range [lo, hi) of a block touches."""
+    first, last = lo // SECTOR, -(-hi // SECTOR)
+    return ((1 << last) - 1) & ~((1 << first) - 1)
+
+
+def _runs(mask: int) -> Iterator[tuple[int, int]]:
+    i = 0
+    while i < SPB:
+        if mask >> i & 1:
+            j = i
+            while j < SPB and mask >> j & 1:
+                j += 1
+            yield i, j
+            i = j
+        else:
+            i += 1
+
+
+# -- the wire ----------------------------------------------------------------------------------
+def _recv(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    try:
+        while got < n:
+            k = sock.recv_into(view[got:])
+            if not k:
+                raise ClientGone("the client closed the connection")
+            got += k
+    except TimeoutError as e:
+        raise ClientGone(f"the client stalled {IO_TIMEOUT_S:g} s inside a message") from e
+    return buf
+
+
+def _discard(sock: socket.socket, n: int) -> None:
+    while n:
+        n -= len(_recv(sock, min(n, 1 << 16)))
+
+
+def handshake(sock: socket.socket, size: int) -> None:
+    """Fixed newstyle negotiation up to transmission; ClientGone when the client leaves or errs."""
+    sock.sendall(b"NBDMAGICIHAVEOPT" + struct.pack(">H", FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+    (cflags,) = struct.unpack(">I", _recv(sock, 4))
+    if cflags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
+        raise ClientGone(f"unknown client flags {cflags:#x}")
+    while True:
+        magic, opt, ln = struct.unpack(">QII", _recv(sock, 16))
+        if magic != OPT_MAGIC:
+            raise ClientGone(f"bad option magic {magic:#x}")
+        if ln > MAX_OPTION:
+            raise ClientGone(f"option {opt} carries {ln} bytes (at most {MAX_OPTION})")
+        data = bytes(_recv(sock, ln))
+
+        def rep(typ: int, payload: bytes = b"", opt: int = opt) -> None:
+            sock.sendall(struct.pack(">QIII", REP_MAGIC, opt, typ, len(payload)) + payload)
+
+        if opt == OPT_EXPORT_NAME:
+            if data:
+                raise ClientGone(f"export {data[:64]!r} asked for; this server has only ''")
+            zeroes = b"" if cflags & FLAG_NO_ZEROES else bytes(124)
+            sock.sendall(struct.pack(">QH", size, TX_FLAGS) + zeroes)
+            return
+        if opt in (OPT_INFO, OPT_GO):
+            nlen = struct.unpack(">I", data[:4])[0] if ln >= 4 else ln
+            rest = data[4 + nlen :]
+            if ln < 6 or len(rest) < 2 or len(rest) != 2 + 2 * struct.unpack(">H", rest[:2])[0]:
+                rep(REP_ERR_INVALID, b"malformed NBD_OPT_INFO/GO")
+                continue
+            if nlen:
+                rep(REP_ERR_UNKNOWN, b"this server exports only the default (empty) name")
+                continue
+            asked = {struct.unpack(">H", rest[i : i + 2])[0] for i in range(2, len(rest), 2)}
+            rep(REP_INFO, struct.pack(">HQH", INFO_EXPORT, size, TX_FLAGS))
+            if INFO_BLOCK_SIZE in asked:
+                rep(REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, SECTOR, BLOCK, MAX_REQUEST))
+            rep(REP_ACK)
+            if opt == OPT_GO:
+                return
+        elif opt == OPT_ABORT:
+            rep(REP_ACK)
+            raise ClientGone("the client aborted the negotiation")
+        elif opt == OPT_LIST:
+            rep(REP_SERVER, struct.pack(">I", 0))
+            rep(REP_ACK)
+        else:
+            rep(REP_ERR_UNSUP)
+
+
+def serve_request(sock: socket.socket, cache: Cache) -> bool:
+    """Read, do and answer one request; False after NBD_CMD_DISC."""
+    magic, flags, typ, handle, off, ln = REQ.unpack(_recv(sock, REQ.size))
+    if magic != REQ_MAGIC:
+        raise ClientGone(f"bad request magic {magic:#x}")
+    fua, err, payload = bool(flags & CMD_FLAG_FUA), 0, bytearray()
+    try:
+        if typ in (CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES):
+            err = cache.check(off, ln)
+        if typ == CMD_WRITE and err:
+            if ln > MAX_REQUEST:  # skipping gigabytes of payload is no service to anyone
+                _reply(sock, EINVAL, handle)
+                raise ClientGone(f"write of {ln} bytes (at most {MAX_REQUEST}): disconnected")
+            _discard(sock, ln)
+        elif typ == CMD_WRITE:
+            cache.write(off, memoryview(_recv(sock, ln)), fua)
+        elif err:
+            pass
+        elif typ == CMD_READ:
+            payload = cache.read(off, ln)
+        elif typ == CMD_WRITE_ZEROES:
+            cache.write(off, bytes(ln), fua)
+        elif typ == CMD_FLUSH:
+            cache.flush()
+        elif typ == CMD_DISC:
+            return False
+        elif typ in (CMD_TRIM, CMD_CACHE):  # advisory: the data stays as it is
+            err = ENOSPC if off + ln > cache.size else 0
+        else:
+            err = EINVAL
+    except OSError as e:
+        log.error("cutdisk: I/O on the image failed: %s", e)
+        err, payload = EIO, bytearray()
+    if err:
+        log.info("cutdisk: request type %d at %d+%d refused (errno %d)", typ, off, ln, err)
+    _reply(sock, err, handle, payload)
+    return True
+
+
+def _reply(sock: socket.socket, err: int, handle: int, payload: bytes | bytearray = b"") -> None:
+    sock.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, err, handle))
+    if payload:
+        sock.sendall(payload)
+
+
+# -- the server process ------------------------------------------------------------------------
+class Server:
+    """One listener, one client at a time, a control line and signals, in one select loop."""
+
+    def __init__(self, image: Path, sockpath: Path, seed: int | None, cache_mb: int) -> None:
+        self.fd = os.open(image, os.O_RDWR)
+        self.cache = Cache(self.fd, cache_mb, random.Random(seed))
+        self.sockpath = sockpath
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(sockpath))
+        self.listener.listen(4)
+        self.conn: socket.socket | None = None
+        self.signals: list[int] = []
+
+    def run(self, control: IO[bytes] | None) -> None:
+        rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wpipe)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, lambda n, _f: self.signals.append(n))
+        ctl_fd, pending = (control.fileno() if control else -1), b""
+        self._say(control, {"ready": str(self.sockpath), "size": self.cache.size})
+        while True:
+            watch: list[int | socket.socket] = [rpipe, self.conn or self.listener]
+            watch += [ctl_fd] if ctl_fd >= 0 else []
+            ready = select.select(watch, [], [])[0]
+            if rpipe in ready:
+                os.read(rpipe, 64)
+            while self.signals:
+                signum = self.signals.pop(0)
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    return self.stop()
+                self.cut(torn=signum == signal.SIGUSR2)
+            if ctl_fd in ready:
+                chunk = os.read(ctl_fd, 4096)
+                if not chunk:
+                    log.info("cutdisk: the holder closed the control line: a power cut")
+                    self.cut(torn=False)
+                    return self.close()
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if self.command(line.decode(errors="replace").split(), control):
+                        return None
+            if self.conn is not None and self.conn in ready:
+                self._serve()
+            elif self.conn is None and self.listener in ready:
+                self._accept()
+
+    def command(self, words: list[str], control: IO[bytes] | None) -> bool:
+        """One control line; True when it stopped the server."""
+        if words == ["stop"]:
+            self.stop()
+            self._say(control, asdict(self.cache.tally))
+            return True
+        if words in (["cut"], ["cut", "torn"]):
+            self.cut(torn=len(words) == 2)
+        elif words != ["status"]:
+            self._say(control, {"error": f"unknown command {' '.join(words)!r}"})
+            return False
+        self._say(control, asdict(self.cache.tally))
+        return False
+
+    def cut(self, torn: bool) -> None:
+        self._drop_client("power cut")
+        self.cache.cut(torn)
+        log.info("cutdisk: %s; %s", "torn cut" if torn else "cut", self.cache.tally.line())
+
+    def stop(self) -> None:
+        self._drop_client("clean stop")
+        self.cache.flush()
+        log.info("cutdisk: stopped cleanly; %s", self.cache.tally.line())
+        self.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.sockpath.unlink(missing_ok=True)
+        os.close(self.fd)
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(IO_TIMEOUT_S)
+        self.cache.tally.connections += 1
+        try:
+            handshake(conn, self.cache.size)
+        except (ClientGone, OSError) as e:
+            log.info("cutdisk: negotiation ended: %s", e)
+            conn.close()
+            return
+        self.conn = conn
+
+    def _serve(self) -> None:
+        assert self.conn is not None
+        try:
+            if serve_request(self.conn, self.cache):
+                return
+            reason = "the client disconnected"
+        except (ClientGone, OSError) as e:
+            reason = str(e)
+        self._drop_client(reason)
+
+    def _drop_client(self, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+            log.info("cutdisk: connection closed (%s); %s", reason, self.cache.tally.line())
+
+    @staticmethod
+    def _say(control: IO[bytes] | None, obj: dict[str, Any]) -> None:
+        if control is not None:
+            sys.stdout.buffer.write(json.dumps(obj).encode() + b"\n")
+            sys.stdout.buffer.flush()
+
+
+def check_paths(image: Path, sockpath: Path) -> None:
+    """A clear CutDiskError for an image or socket path this server cannot use."""
+    if not image.is_file():
+        raise CutDiskError(
+            f"disk image {image} does not exist (make one: qemu-img create -f raw {image} 1G)"
+        )
+    size = image.stat().st_size
+    if size == 0 or size % SECTOR:
+        raise CutDiskError(
+            f"disk image {image} is {size} bytes, not a whole number of {SECTOR} B sectors (fix: qemu-img resize -f raw {image} 1G)"
+        )
+    if len(os.fsencode(sockpath)) > 107:
+        raise CutDiskError(
+            f"socket path {sockpath} is longer than a unix socket allows (107 bytes): choose a shorter one"
+        )
+    if sockpath.exists():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(sockpath))
+        except OSError:
+            sockpath.unlink()  # a socket left by a dead server
+        else:
+            raise CutDiskError(
+                f"socket {sockpath} is served by another process: stop it or choose another path"
+            )
+        finally:
+            probe.close()
+
+
+# -- the holder's handle -----------------------------------------------------------------------
+class CutDisk:
+    """The server as a child process of the board holder; see the module docstring."""
+
+    def __init__(
+        self,
+        image: Path | str,
+        sockpath: Path | str,
+        *,
+        seed: int | None = None,
+        cache_mb: int = 256,
+        stderr: IO[Any] | None = None,
+    ) -> None:
+        self.image, self.socket = Path(image), Path(sockpath)
+        self.seed, self.cache_mb, self.stderr = seed, cache_mb, stderr
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+
+    def start(self, timeout: float = 10.0) -> CutDisk:
+        """Start the server; return once its socket listens."""
+        check_paths(self.image, self.socket)
+        cmd = [
+            sys.executable,
+            "-m",
+            "hil.cutdisk",
+            str(self.image),
+            "--socket",
+            str(self.socket),
+            "--cache-mb",
+            str(self.cache_mb),
+            "--control",
+        ]
+        if self.seed is not None:
+            cmd += ["--seed", str(self.seed)]
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, bufsize=0
+        )
+        self._line(timeout)
+        return self
+
+    def status(self, timeout: float = 10.0) -> Tally:
+        return self._ask("status", timeout)
+
+    def cut(self, torn: bool = False, timeout: float = 30.0) -> Tally:
+        """Power cut: drop what was not flushed (torn: land a seeded random subset of it)."""
+        return self._ask("cut torn" if torn else "cut", timeout)
+
+    def stop(self, timeout: float = 60.0) -> Tally:
+        """Clean stop: persist what is pending, then the server exits."""
+        tally = self._ask("stop", timeout)
+        assert self._proc is not None
+        self._proc.wait(timeout)
+        self._proc = None
+        return tally
+
+    def __enter__(self) -> CutDisk:
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self.stop()
+
+    def _ask(self, command: str, timeout: float) -> Tally:
+        if self._proc is None or self._proc.stdin is None:
+            raise CutDiskError(f"the cut disk on {self.socket} is not running: call start() first")
+        try:
+            self._proc.stdin.write(command.encode() + b"\n")
+        except BrokenPipeError as e:
+            raise CutDiskError(
+                f"the cut disk on {self.socket} has exited ({self._proc.poll()})"
+            ) from e
+        reply = self._line(timeout)
+        return Tally(**reply)
+
+    def _line(self, timeout: float) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd, deadline = self._proc.stdout.fileno(), time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise CutDiskError(
+                    f"the cut disk on {self.socket} did not answer within {timeout:g} s"
+                )
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise CutDiskError(
+                    f"the cut disk on {self.socket} exited with {self._proc.wait()} (its stderr says why)"
+                )
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise CutDiskError(f"the cut disk on {self.socket}: {reply['error']}")
+        return reply
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hil.cutdisk", description=__doc__.split("\n")[0])
+    ap.add_argument("image", type=Path, help="raw disk image; the truth across power cuts")
+    ap.add_argument("--socket", type=Path, required=True, help="unix socket to serve NBD on")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the torn cuts' choices")
+    ap.add_argument("--cache-mb", type=int, default=256, help="write cache size (default 256)")
+    ap.add_argument("--control", action="store_true", help="take commands on stdin (CutDisk)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        if args.cache_mb < 1:
+            raise CutDiskError(f"--cache-mb {args.cache_mb} must be at least 1")
+        check_paths(args.image, args.socket)
+        server = Server(args.image, args.socket, args.seed, args.cache_mb)
+    except (CutDiskError, OSError) as e:
+        print(f"hil.cutdisk: error: {e}", file=sys.stderr)
+        return 2
+    server.run(sys.stdin.buffer if args.control else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
