@@ -5,8 +5,10 @@ talks NBD to this server over a unix socket. A write lands in a volatile cache k
 process (4 KiB blocks, each with a mask of its dirty 512 B sectors); reads see it. NBD_CMD_FLUSH
 writes every dirty block to the image and fsyncs; a write with FUA persists that request's sectors
 before it is acknowledged. A cut is the power going: the cache is dropped and an open connection
-closed. The image file is the only truth across cuts: connections are served one after another
-(a second client waits in the backlog), and a new one after a cut sees just what was persisted.
+closed. A disconnect alone is no cut (the disk keeps its power and its cache for the next
+client): the holder calls `cut` when it kills a board. The image file is the only truth across
+cuts: connections are served one after another (a second client waits in the backlog), and one
+that comes after a cut sees just what was persisted.
 
 What the two cut modes model, and what they do not:
 - `cut()`: a device whose write-back cache wrote nothing back before the power went; everything
@@ -119,13 +121,16 @@ class Cache:
         return ENOSPC if off + ln > self.size else 0
 
     def read(self, off: int, ln: int) -> bytearray:
-        buf = bytearray(os.pread(self.fd, ln, off))
+        buf = bytearray(ln)
+        if os.preadv(self.fd, [buf], off) != ln:
+            raise OSError(f"short read at {off}+{ln}: the image shrank under the server")
         if self.data:
+            view = memoryview(buf)
             for b, lo, hi in _blocks(off, ln):
                 blk = self.data.get(b)
                 if blk is not None:
                     s = b * BLOCK
-                    buf[lo - off : hi - off] = blk[lo - s : hi - s]
+                    view[lo - off : hi - off] = memoryview(blk)[lo - s : hi - s]
         return buf
 
     def write(self, off: int, src: memoryview | bytes, fua: bool) -> None:
@@ -544,12 +549,23 @@ class CutDisk:
         self._proc = None
         return tally
 
+    def kill(self) -> None:
+        """End the server at once (clean-up after a failure): its cache dies untallied."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+            self.socket.unlink(missing_ok=True)
+
     def __enter__(self) -> CutDisk:
         return self.start() if self._proc is None else self
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                self.kill()
 
     def _ask(self, command: str, timeout: float) -> Tally:
         if self._proc is None or self._proc.stdin is None:

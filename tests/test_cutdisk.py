@@ -133,6 +133,18 @@ def test_a_fua_write_survives_the_cut_and_its_neighbour_does_not(disk, image):
     assert (tally.flushed, tally.dropped) == (8, 8)
 
 
+def test_a_killed_client_is_no_power_cut(disk, image):
+    q = QemuIo(disk.socket)
+    ok(q.run("write -P 0x31 0 8k"), "wrote", 8192)
+    q.kill()  # the board is gone, the disk still has power
+    q = QemuIo(disk.socket)
+    ok(q.run("read -P 0x31 0 8k"), "read", 8192)
+    tally = disk.cut()
+    q.kill()
+    assert (tally.written, tally.flushed, tally.dropped) == (16, 0, 16)
+    assert span(image, 0, 8192) == bytes(8192)
+
+
 def test_a_clean_stop_keeps_everything(image, tmp_path):
     d = CutDisk(image, tmp_path / "d.sock").start()
     q = QemuIo(d.socket)
