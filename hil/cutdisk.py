@@ -372,6 +372,9 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, lambda n, _f: self.signals.append(n))
         ctl_fd, pending = (control.fileno() if control else -1), b""
+        log.info(
+            "cutdisk: serving %d bytes on nbd+unix:///?socket=%s", self.cache.size, self.sockpath
+        )
         self._say(control, {"ready": str(self.sockpath), "size": self.cache.size})
         while True:
             watch: list[int | socket.socket] = [rpipe, self.conn or self.listener]
@@ -515,21 +518,20 @@ class CutDisk:
     def start(self, timeout: float = 10.0) -> CutDisk:
         """Start the server; return once its socket listens."""
         check_paths(self.image, self.socket)
-        cmd = [
-            sys.executable,
-            "-m",
-            "hil.cutdisk",
-            str(self.image),
-            "--socket",
-            str(self.socket),
-            "--cache-mb",
-            str(self.cache_mb),
-            "--control",
-        ]
+        cmd = [sys.executable, "-m", "hil.cutdisk", str(self.image), "--socket", str(self.socket)]
+        cmd += ["--cache-mb", str(self.cache_mb), "--control"]
         if self.seed is not None:
             cmd += ["--seed", str(self.seed)]
+        # the child imports this very module, wherever the holder imported it from
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, bufsize=0
+            cmd,
+            env={**os.environ, "PYTHONPATH": path},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            bufsize=0,
         )
         self._line(timeout)
         return self

@@ -11,6 +11,7 @@ import os
 import random
 import select
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -300,3 +301,48 @@ def test_a_missing_image_is_one_clear_line(tmp_path):
     ]
     with pytest.raises(CutDiskError, match="does not exist"):
         CutDisk(tmp_path / "no.img", tmp_path / "s").start()
+
+
+class StderrLines:
+    """The stderr lines of a hand-run server, waited for with a deadline, none lost between calls."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.fd, self.buf, self.seen = proc.stderr.fileno(), "", 0
+
+    def wait_for(self, needle: str) -> str:
+        deadline = time.monotonic() + 60
+        while True:
+            lines = self.buf.splitlines(keepends=True)
+            for i in range(self.seen, len(lines)):
+                if lines[i].endswith("\n") and needle in lines[i]:
+                    self.seen = i + 1
+                    return lines[i]
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.fd], [], [], left)[0], f"no {needle!r}"
+            chunk = os.read(self.fd, 4096).decode()
+            assert chunk, f"the server exited without {needle!r}: {self.buf!r}"
+            self.buf += chunk
+
+
+def test_run_by_hand_sigusr1_cuts_and_sigterm_stops_cleanly(image, tmp_path):
+    sock = tmp_path / "d.sock"
+    cmd = [sys.executable, "-m", "hil.cutdisk", str(image), "--socket", str(sock)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        err = StderrLines(proc)
+        err.wait_for("cutdisk: serving")
+        q = QemuIo(sock)
+        ok(q.run("write -P 0x61 0 4k"), "wrote", 4096)
+        proc.send_signal(signal.SIGUSR1)
+        assert "dropped=8" in err.wait_for("cutdisk: cut;")
+        q.kill()
+        q = QemuIo(sock)
+        ok(q.run("write -P 0x62 8k 4k"), "wrote", 4096)
+        proc.send_signal(signal.SIGTERM)
+        assert "flushed=8 " in err.wait_for("stopped cleanly")
+        assert proc.wait(60) == 0
+        q.kill()
+    finally:
+        proc.kill()
+    assert span(image, 0, 4096) == bytes(4096) and span(image, 8192, 4096) == b"\x62" * 4096
