@@ -26,8 +26,18 @@ Tally, in 512 B sectors: `written` (sectors the client wrote, repeats counted), 
 It goes to stderr at each disconnect and cut, and back to the holder as a JSON line.
 
 Control: `CutDisk` starts `python -m hil.cutdisk IMAGE --socket S --control` and speaks lines on
-its stdin/stdout (`status`, `cut`, `cut torn`, `stop`), each answered by one JSON line. Run by
-hand, SIGUSR1 cuts, SIGUSR2 cuts torn, SIGTERM/SIGINT stop cleanly.
+its stdin/stdout (`status`, `cut`, `cut torn`, `stop`), each answered by one JSON line; the
+control line closing (the holder died) is a cut. Run by hand, SIGUSR1 cuts, SIGUSR2 cuts torn,
+SIGTERM/SIGINT stop cleanly.
+
+Parts: `Cache` (the volatile cache over the image fd), `NbdServer` (the protocol, sans-IO: fed
+bytes, it hands back events and the bytes to send), `Server` (one select loop over the
+listener, the one client, the control line and signals) and `CutDisk` (the holder's handle).
+The protocol is what qemu 7.2's client needs: fixed newstyle, NBD_OPT_GO/INFO/EXPORT_NAME/LIST/
+ABORT, structured replies refused (simple replies only), READ/WRITE/FLUSH/TRIM/WRITE_ZEROES/
+CACHE with FUA, DISC. Requests are bounded before anything is buffered (MAX_REQUEST); a bad
+one gets an error reply, a broken stream a closed connection, and the server serves on. qemu
+must pass flushes on: cache=writeback or none (cache=unsafe drops them, and so loses all).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,7 +71,8 @@ SPB = BLOCK // SECTOR  # sectors per block
 FULL = (1 << SPB) - 1
 MAX_REQUEST = 32 << 20  # bytes per READ/WRITE/WRITE_ZEROES, as qemu's own NBD server
 MAX_OPTION = 4096 + 64  # option data: an export name of up to 4 KiB and its info requests
-IO_TIMEOUT_S = 10.0  # a client that stalls inside a handshake or request is dropped after this
+IO_TIMEOUT_S = 10.0  # a client that takes no reply for this long is dropped
+RECV_CHUNK = 1 << 18
 
 # NBD wire constants (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md)
 OPT_MAGIC = 0x49484156454F5054  # "IHAVEOPT"
@@ -83,10 +94,6 @@ REQ = struct.Struct(">IHHQQI")
 
 class CutDiskError(LinkFailure):
     """The cut disk could not start, answer or stop (the rig, not the board, is at fault)."""
-
-
-class ClientGone(Exception):
-    """The client closed, stalled or broke the protocol: drop its connection, keep serving."""
 
 
 @dataclass
@@ -113,12 +120,6 @@ class Cache:
         self.rng, self.tally = rng, Tally()
         self.data: dict[int, bytearray] = {}
         self.mask: dict[int, int] = {}
-
-    def check(self, off: int, ln: int) -> int:
-        """0 when [off, off+ln) is a request this disk serves, else the NBD error number."""
-        if ln > MAX_REQUEST:
-            return EINVAL
-        return ENOSPC if off + ln > self.size else 0
 
     def read(self, off: int, ln: int) -> bytearray:
         buf = bytearray(ln)
@@ -238,118 +239,179 @@ def _runs(mask: int) -> Iterator[tuple[int, int]]:
             i += 1
 
 
-# -- the wire ----------------------------------------------------------------------------------
-def _recv(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    try:
-        while got < n:
-            k = sock.recv_into(view[got:])
-            if not k:
-                raise ClientGone("the client closed the connection")
-            got += k
-    except TimeoutError as e:
-        raise ClientGone(f"the client stalled {IO_TIMEOUT_S:g} s inside a message") from e
-    return buf
+# -- the wire: sans-IO, fed bytes, hands back events and the bytes to send ---------------------
+@dataclass(frozen=True)
+class Request:
+    """A transmission request the server must carry out, then answer with `NbdServer.reply`."""
+
+    kind: int  # CMD_READ, CMD_WRITE, CMD_FLUSH, CMD_TRIM, CMD_CACHE or CMD_WRITE_ZEROES
+    handle: int
+    offset: int
+    length: int
+    fua: bool
+    payload: bytes = b""
 
 
-def _discard(sock: socket.socket, n: int) -> None:
-    while n:
-        n -= len(_recv(sock, min(n, 1 << 16)))
+@dataclass(frozen=True)
+class Refused:
+    """A request answered with an error by the protocol itself (already queued to send)."""
+
+    kind: int
+    offset: int
+    length: int
+    errno: int
 
 
-def handshake(sock: socket.socket, size: int) -> None:
-    """Fixed newstyle negotiation up to transmission; ClientGone when the client leaves or errs."""
-    sock.sendall(b"NBDMAGICIHAVEOPT" + struct.pack(">H", FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
-    (cflags,) = struct.unpack(">I", _recv(sock, 4))
-    if cflags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
-        raise ClientGone(f"unknown client flags {cflags:#x}")
-    while True:
-        magic, opt, ln = struct.unpack(">QII", _recv(sock, 16))
-        if magic != OPT_MAGIC:
-            raise ClientGone(f"bad option magic {magic:#x}")
-        if ln > MAX_OPTION:
-            raise ClientGone(f"option {opt} carries {ln} bytes (at most {MAX_OPTION})")
-        data = bytes(_recv(sock, ln))
+@dataclass(frozen=True)
+class Closed:
+    """The connection is over: the client left, or broke the protocol; close the socket."""
 
-        def rep(typ: int, payload: bytes = b"", opt: int = opt) -> None:
-            sock.sendall(struct.pack(">QIII", REP_MAGIC, opt, typ, len(payload)) + payload)
+    reason: str
+
+
+Event = Request | Refused | Closed
+
+
+class NbdServer:
+    """The server side of one fixed-newstyle NBD connection, simple replies only.
+
+    States: "flags" (the greeting is queued; wait for the client's flags) -> "options" ->
+    "transmission" -> "closed". The input buffer never holds more than one message: a request
+    is parsed from its header before its payload is awaited, so an option over MAX_OPTION or a
+    write over MAX_REQUEST ends the connection before any of it is buffered.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size, self.state = size, "flags"
+        self._in = bytearray()
+        self._out: list[bytes | bytearray] = [
+            b"NBDMAGICIHAVEOPT" + struct.pack(">H", FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
+        ]
+        self._cflags, self._skip, self._closed = 0, 0, Closed("")
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state != "closed":
+            self._in += data
+
+    def data_to_send(self) -> list[bytes | bytearray]:
+        out, self._out = self._out, []
+        return out
+
+    def reply(self, handle: int, errno: int = 0, payload: bytes | bytearray = b"") -> None:
+        self._out.append(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, errno, handle))
+        if payload and not errno:
+            self._out.append(payload)
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when more bytes are needed."""
+        while self.state != "closed":
+            if self.state == "transmission":
+                return self._request()
+            need = 4 if self.state == "flags" else 16
+            if len(self._in) < need:
+                return None
+            if self.state == "flags":
+                (self._cflags,) = struct.unpack(">I", self._in[:4])
+                del self._in[:4]
+                if self._cflags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
+                    return self._close(f"unknown client flags {self._cflags:#x}")
+                self.state = "options"
+                continue
+            magic, opt, ln = struct.unpack(">QII", self._in[:16])
+            if magic != OPT_MAGIC:
+                return self._close(f"bad option magic {magic:#x}")
+            if ln > MAX_OPTION:
+                return self._close(f"option {opt} carries {ln} bytes (at most {MAX_OPTION})")
+            if len(self._in) < 16 + ln:
+                return None
+            data = bytes(self._in[16 : 16 + ln])
+            del self._in[: 16 + ln]
+            closed = self._option(opt, data)
+            if closed:
+                return closed
+        return self._closed
+
+    def _option(self, opt: int, data: bytes) -> Closed | None:
+        def rep(typ: int, payload: bytes = b"") -> None:
+            self._out.append(struct.pack(">QIII", REP_MAGIC, opt, typ, len(payload)) + payload)
 
         if opt == OPT_EXPORT_NAME:
             if data:
-                raise ClientGone(f"export {data[:64]!r} asked for; this server has only ''")
-            zeroes = b"" if cflags & FLAG_NO_ZEROES else bytes(124)
-            sock.sendall(struct.pack(">QH", size, TX_FLAGS) + zeroes)
-            return
-        if opt in (OPT_INFO, OPT_GO):
-            nlen = struct.unpack(">I", data[:4])[0] if ln >= 4 else ln
+                return self._close(f"export {data[:64]!r} asked for; this server has only ''")
+            zeroes = b"" if self._cflags & FLAG_NO_ZEROES else bytes(124)
+            self._out.append(struct.pack(">QH", self.size, TX_FLAGS) + zeroes)
+            self.state = "transmission"
+        elif opt in (OPT_INFO, OPT_GO):
+            nlen = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else len(data)
             rest = data[4 + nlen :]
-            if ln < 6 or len(rest) < 2 or len(rest) != 2 + 2 * struct.unpack(">H", rest[:2])[0]:
+            if len(data) < 6 or len(rest) < 2 or len(rest) != 2 + 2 * rest[0] * 256 + 2 * rest[1]:
                 rep(REP_ERR_INVALID, b"malformed NBD_OPT_INFO/GO")
-                continue
-            if nlen:
+            elif nlen:
                 rep(REP_ERR_UNKNOWN, b"this server exports only the default (empty) name")
-                continue
-            asked = {struct.unpack(">H", rest[i : i + 2])[0] for i in range(2, len(rest), 2)}
-            rep(REP_INFO, struct.pack(">HQH", INFO_EXPORT, size, TX_FLAGS))
-            if INFO_BLOCK_SIZE in asked:
-                rep(REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, SECTOR, BLOCK, MAX_REQUEST))
-            rep(REP_ACK)
-            if opt == OPT_GO:
-                return
+            else:
+                asked = {rest[i] * 256 + rest[i + 1] for i in range(2, len(rest), 2)}
+                rep(REP_INFO, struct.pack(">HQH", INFO_EXPORT, self.size, TX_FLAGS))
+                if INFO_BLOCK_SIZE in asked:
+                    rep(REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, SECTOR, BLOCK, MAX_REQUEST))
+                rep(REP_ACK)
+                if opt == OPT_GO:
+                    self.state = "transmission"
         elif opt == OPT_ABORT:
             rep(REP_ACK)
-            raise ClientGone("the client aborted the negotiation")
+            return self._close("the client aborted the negotiation")
         elif opt == OPT_LIST:
             rep(REP_SERVER, struct.pack(">I", 0))
             rep(REP_ACK)
         else:
             rep(REP_ERR_UNSUP)
+        return None
 
+    def _request(self) -> Event | None:
+        while True:
+            if self._skip:  # the payload of a refused write
+                n = min(self._skip, len(self._in))
+                del self._in[:n]
+                self._skip -= n
+                if self._skip:
+                    return None
+            if len(self._in) < REQ.size:
+                return None
+            magic, flags, kind, handle, off, ln = REQ.unpack(self._in[: REQ.size])
+            if magic != REQ_MAGIC:
+                return self._close(f"bad request magic {magic:#x}")
+            if kind == CMD_DISC:
+                return self._close("the client disconnected")
+            errno = self._check(kind, off, ln)
+            if kind == CMD_WRITE and ln > MAX_REQUEST:
+                self.reply(handle, EINVAL)
+                return self._close(f"a write of {ln} bytes (at most {MAX_REQUEST}): disconnected")
+            if kind == CMD_WRITE and not errno:
+                if len(self._in) < REQ.size + ln:
+                    return None
+                payload = bytes(self._in[REQ.size : REQ.size + ln])
+                del self._in[: REQ.size + ln]
+                return Request(kind, handle, off, ln, bool(flags & CMD_FLAG_FUA), payload)
+            del self._in[: REQ.size]
+            if not errno:
+                return Request(kind, handle, off, ln, bool(flags & CMD_FLAG_FUA))
+            self._skip = ln if kind == CMD_WRITE else 0
+            self.reply(handle, errno)
+            return Refused(kind, off, ln, errno)
 
-def serve_request(sock: socket.socket, cache: Cache) -> bool:
-    """Read, do and answer one request; False after NBD_CMD_DISC."""
-    magic, flags, typ, handle, off, ln = REQ.unpack(_recv(sock, REQ.size))
-    if magic != REQ_MAGIC:
-        raise ClientGone(f"bad request magic {magic:#x}")
-    fua, err, payload = bool(flags & CMD_FLAG_FUA), 0, bytearray()
-    try:
-        if typ in (CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES):
-            err = cache.check(off, ln)
-        if typ == CMD_WRITE and err:
-            if ln > MAX_REQUEST:  # skipping gigabytes of payload is no service to anyone
-                _reply(sock, EINVAL, handle)
-                raise ClientGone(f"write of {ln} bytes (at most {MAX_REQUEST}): disconnected")
-            _discard(sock, ln)
-        elif typ == CMD_WRITE:
-            cache.write(off, memoryview(_recv(sock, ln)), fua)
-        elif err:
-            pass
-        elif typ == CMD_READ:
-            payload = cache.read(off, ln)
-        elif typ == CMD_WRITE_ZEROES:
-            cache.write(off, bytes(ln), fua)
-        elif typ == CMD_FLUSH:
-            cache.flush()
-        elif typ == CMD_DISC:
-            return False
-        elif typ in (CMD_TRIM, CMD_CACHE):  # advisory: the data stays as it is
-            err = ENOSPC if off + ln > cache.size else 0
-        else:
-            err = EINVAL
-    except OSError as e:
-        log.error("cutdisk: I/O on the image failed: %s", e)
-        err, payload = EIO, bytearray()
-    if err:
-        log.info("cutdisk: request type %d at %d+%d refused (errno %d)", typ, off, ln, err)
-    _reply(sock, err, handle, payload)
-    return True
+    def _check(self, kind: int, off: int, ln: int) -> int:
+        """0 for a request this disk serves, else the NBD error number to answer it with."""
+        if kind not in (CMD_READ, CMD_WRITE, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES):
+            return EINVAL
+        if kind in (CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES) and ln > MAX_REQUEST:
+            return EINVAL
+        if kind == CMD_FLUSH or off + ln <= self.size:
+            return 0
+        return ENOSPC if kind in (CMD_WRITE, CMD_WRITE_ZEROES) else EINVAL  # as proto.md asks
 
-
-def _reply(sock: socket.socket, err: int, handle: int, payload: bytes | bytearray = b"") -> None:
-    sock.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, err, handle))
-    if payload:
-        sock.sendall(payload)
+    def _close(self, reason: str) -> Closed:
+        self.state, self._closed = "closed", Closed(reason)
+        self._in.clear()
+        return self._closed
 
 
 # -- the server process ------------------------------------------------------------------------
@@ -364,6 +426,7 @@ class Server:
         self.listener.bind(str(sockpath))
         self.listener.listen(4)
         self.conn: socket.socket | None = None
+        self.proto = NbdServer(self.cache.size)
         self.signals: list[int] = []
 
     def run(self, control: IO[bytes] | None) -> None:
@@ -434,26 +497,59 @@ class Server:
         os.close(self.fd)
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
-        conn.settimeout(IO_TIMEOUT_S)
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(IO_TIMEOUT_S)  # bounds a send to a client that reads nothing
+        self.proto = NbdServer(self.cache.size)
         self.cache.tally.connections += 1
-        try:
-            handshake(conn, self.cache.size)
-        except (ClientGone, OSError) as e:
-            log.info("cutdisk: negotiation ended: %s", e)
-            conn.close()
-            return
-        self.conn = conn
+        self._pump()
 
     def _serve(self) -> None:
         assert self.conn is not None
         try:
-            if serve_request(self.conn, self.cache):
-                return
-            reason = "the client disconnected"
-        except (ClientGone, OSError) as e:
-            reason = str(e)
-        self._drop_client(reason)
+            chunk = self.conn.recv(RECV_CHUNK)
+        except OSError as e:
+            return self._drop_client(str(e))
+        if not chunk:
+            return self._drop_client("the client closed the connection")
+        self.proto.receive_data(chunk)
+        self._pump()
+        return None
+
+    def _pump(self) -> None:
+        """Carry out the events of what was received; send what the protocol has to say."""
+        while self.conn is not None:
+            event = self.proto.next_event()
+            try:
+                for part in self.proto.data_to_send():
+                    self.conn.sendall(part)
+            except OSError as e:
+                return self._drop_client(f"a reply could not be sent: {e}")
+            if event is None:
+                return None
+            if isinstance(event, Closed):
+                return self._drop_client(event.reason)
+            if isinstance(event, Refused):
+                log.info("cutdisk: request %d at %d+%d refused (errno %d)", *astuple(event))
+                continue
+            self.proto.reply(event.handle, *self._do(event))
+        return None
+
+    def _do(self, req: Request) -> tuple[int, bytes | bytearray]:
+        """(errno, payload) of a request the protocol accepted."""
+        try:
+            if req.kind == CMD_READ:
+                return 0, self.cache.read(req.offset, req.length)
+            if req.kind == CMD_WRITE:
+                self.cache.write(req.offset, req.payload, req.fua)
+            elif req.kind == CMD_WRITE_ZEROES:
+                self.cache.write(req.offset, bytes(req.length), req.fua)
+            elif req.kind == CMD_FLUSH:
+                self.cache.flush()
+            # CMD_TRIM and CMD_CACHE are advisory: the data stays as it is
+        except OSError as e:
+            log.error("cutdisk: I/O on the image failed: %s", e)
+            return EIO, b""
+        return 0, b""
 
     def _drop_client(self, reason: str) -> None:
         if self.conn is not None:

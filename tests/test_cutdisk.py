@@ -20,8 +20,21 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hil.cutdisk import BLOCK, MAX_REQUEST, SECTOR, Cache, CutDisk, CutDiskError
+from hil.cutdisk import (
+    BLOCK,
+    MAX_REQUEST,
+    SECTOR,
+    Cache,
+    Closed,
+    CutDisk,
+    CutDiskError,
+    NbdServer,
+    Refused,
+    Request,
+)
 
 PROMPT = b"qemu-io> "
 MiB = 1 << 20
@@ -346,3 +359,121 @@ def test_run_by_hand_sigusr1_cuts_and_sigterm_stops_cleanly(image, tmp_path):
     finally:
         proc.kill()
     assert span(image, 0, 4096) == bytes(4096) and span(image, 8192, 4096) == b"\x62" * 4096
+
+
+# -- the protocol alone: bytes in any split, garbage anywhere ------------------------------------
+SIZE = 1 << 20
+OPT = struct.Struct(">QII")
+PAYLOAD = bytes(range(256)) * 4
+
+
+def _opt(opt: int, data: bytes = b"") -> bytes:
+    return OPT.pack(0x49484156454F5054, opt, len(data)) + data
+
+
+def _req(kind: int, handle: int, off: int, ln: int, flags: int = 0) -> bytes:
+    return struct.pack(">IHHQQI", 0x25609513, flags, kind, handle, off, ln)
+
+
+SESSION = b"".join(
+    [
+        struct.pack(">I", 3),
+        _opt(8),  # STRUCTURED_REPLY: refused, so simple replies it is
+        _opt(7, struct.pack(">IHH", 0, 1, 3)),  # GO "" asking for the block sizes
+        _req(1, 1, 512, len(PAYLOAD), flags=1) + PAYLOAD,  # a FUA write
+        _req(0, 2, 0, 4096),
+        _req(3, 3, 0, 0),
+        _req(6, 4, 4096, 8192),
+        _req(0, 5, SIZE - 512, 4096),  # a read past the end
+        _req(1, 6, SIZE, 100) + b"\x99" * 100,  # a write past the end, its payload skipped
+        _req(9, 7, 0, 0),  # no such command
+        _req(4, 8, 0, SIZE),
+        _req(2, 9, 0, 0),
+    ]
+)
+
+
+def _drive(chunks: list[bytes]) -> tuple[list[object], bytes]:
+    proto, events, out = NbdServer(SIZE), [], bytearray()
+    for chunk in chunks:
+        proto.receive_data(chunk)
+        while (event := proto.next_event()) is not None:
+            events.append(event)
+            if isinstance(event, Closed):
+                break
+            if isinstance(event, Request):
+                proto.reply(event.handle, 0, bytes(event.length) if event.kind == 0 else b"")
+        for part in proto.data_to_send():
+            out += part
+        if events and isinstance(events[-1], Closed):
+            break
+    return events, bytes(out)
+
+
+def test_the_protocol_answers_a_session_as_the_spec_says():
+    events, out = _drive([SESSION])
+    assert events == [
+        Request(1, 1, 512, len(PAYLOAD), True, PAYLOAD),
+        Request(0, 2, 0, 4096, False),
+        Request(3, 3, 0, 0, False),
+        Request(6, 4, 4096, 8192, False),
+        Refused(0, SIZE - 512, 4096, 22),
+        Refused(1, SIZE, 100, 28),
+        Refused(9, 0, 0, 22),
+        Request(4, 8, 0, SIZE, False),
+        Closed("the client disconnected"),
+    ]
+    rep = struct.Struct(">QIII")
+    assert out[:18] == b"NBDMAGICIHAVEOPT" + struct.pack(">H", 3)
+    at = 18
+    for opt, typ, body in [
+        (8, (1 << 31) | 1, b""),
+        (7, 3, struct.pack(">HQH", 0, SIZE, 1 | 4 | 8 | 32 | 64)),
+        (7, 3, struct.pack(">HIII", 3, 512, 4096, 32 << 20)),
+        (7, 1, b""),
+    ]:
+        magic, o, t, ln = rep.unpack(out[at : at + 20])
+        assert (magic, o, t, out[at + 20 : at + 20 + ln]) == (0x3E889045565A9, opt, typ, body)
+        at += 20 + ln
+    replies = struct.Struct(">IIQ")
+    for handle, errno, ln in [
+        (1, 0, 0),
+        (2, 0, 4096),
+        (3, 0, 0),
+        (4, 0, 0),
+        (5, 22, 0),
+        (6, 28, 0),
+        (7, 22, 0),
+        (8, 0, 0),
+    ]:
+        assert replies.unpack(out[at : at + 16]) == (0x67446698, errno, handle)
+        at += 16 + ln
+    assert at == len(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=80))
+def test_the_protocol_does_not_care_how_the_bytes_are_split(cuts):
+    chunks, at = [], 0
+    for n in cuts:
+        chunks.append(SESSION[at : at + n])
+        at += n
+    chunks.append(SESSION[at:])
+    assert _drive(chunks) == _drive([SESSION])
+    assert _drive([SESSION[i : i + 1] for i in range(len(SESSION))]) == _drive([SESSION])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3), st.binary(max_size=200), st.lists(st.binary(max_size=64), max_size=8))
+def test_garbage_anywhere_ends_in_a_refusal_or_a_close_never_a_crash(where, garbage, more):
+    prefix = [b"", SESSION[:4], SESSION[:4] + _opt(8), SESSION[: SESSION.index(PAYLOAD) - 28]]
+    proto = NbdServer(SIZE)
+    for chunk in [prefix[where] + garbage, *more]:
+        proto.receive_data(chunk)
+        while (event := proto.next_event()) is not None:
+            assert isinstance(event, Request | Refused | Closed)
+            if isinstance(event, Closed):
+                proto.receive_data(b"more")  # a closed connection takes nothing more
+                assert proto.next_event() == event and not proto._in
+                return
+        proto.data_to_send()
