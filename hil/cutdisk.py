@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -134,7 +134,7 @@ class Cache:
                     view[lo - off : hi - off] = memoryview(blk)[lo - s : hi - s]
         return buf
 
-    def write(self, off: int, src: memoryview | bytes, fua: bool) -> None:
+    def write(self, off: int, src: bytes | bytearray | memoryview, fua: bool) -> None:
         for b, lo, hi in _blocks(off, len(src)):
             s = b * BLOCK
             blk = self.data.get(b)
@@ -249,7 +249,7 @@ class Request:
     offset: int
     length: int
     fua: bool
-    payload: bytes = b""
+    payload: bytes | bytearray = b""
 
 
 @dataclass(frozen=True)
@@ -288,10 +288,19 @@ class NbdServer:
             b"NBDMAGICIHAVEOPT" + struct.pack(">H", FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
         ]
         self._cflags, self._skip, self._closed = 0, 0, Closed("")
+        self._write: Request | None = None  # a write whose payload is arriving in _body
+        self._body, self._filled = bytearray(), 0
 
     def receive_data(self, data: bytes) -> None:
-        if self.state != "closed":
-            self._in += data
+        if self.state == "closed":
+            return
+        view = memoryview(data)
+        if self._write is not None:  # straight into the payload: one copy, not three
+            n = min(len(view), len(self._body) - self._filled)
+            self._body[self._filled : self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+        self._in += view
 
     def data_to_send(self) -> list[bytes | bytearray]:
         out, self._out = self._out, []
@@ -368,6 +377,15 @@ class NbdServer:
 
     def _request(self) -> Event | None:
         while True:
+            if self._write is not None:
+                if self._filled < len(self._body):
+                    return None
+                done, self._write, self._body = (
+                    replace(self._write, payload=self._body),
+                    None,
+                    bytearray(),
+                )
+                return done
             if self._skip:  # the payload of a refused write
                 n = min(self._skip, len(self._in))
                 del self._in[:n]
@@ -385,13 +403,13 @@ class NbdServer:
             if kind == CMD_WRITE and ln > MAX_REQUEST:
                 self.reply(handle, EINVAL)
                 return self._close(f"a write of {ln} bytes (at most {MAX_REQUEST}): disconnected")
-            if kind == CMD_WRITE and not errno:
-                if len(self._in) < REQ.size + ln:
-                    return None
-                payload = bytes(self._in[REQ.size : REQ.size + ln])
-                del self._in[: REQ.size + ln]
-                return Request(kind, handle, off, ln, bool(flags & CMD_FLAG_FUA), payload)
             del self._in[: REQ.size]
+            if kind == CMD_WRITE and not errno:
+                self._write = Request(kind, handle, off, ln, bool(flags & CMD_FLAG_FUA))
+                self._body, self._filled = bytearray(ln), min(ln, len(self._in))
+                self._body[: self._filled] = memoryview(self._in)[: self._filled]
+                del self._in[: self._filled]
+                continue
             if not errno:
                 return Request(kind, handle, off, ln, bool(flags & CMD_FLAG_FUA))
             self._skip = ln if kind == CMD_WRITE else 0
@@ -411,6 +429,7 @@ class NbdServer:
     def _close(self, reason: str) -> Closed:
         self.state, self._closed = "closed", Closed(reason)
         self._in.clear()
+        self._write, self._body = None, bytearray()
         return self._closed
 
 
