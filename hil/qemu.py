@@ -276,10 +276,14 @@ class QemuBoard:
         self.proc.wait()
         self.proc = None
 
-    def power_cut(self, torn: bool = False) -> dict[str, int]:
-        """Kill qemu wherever the guest is, then lose what it wrote and did not flush."""
+    def power_cut(self, torn: bool = False) -> int:
+        """Kill qemu wherever the guest is, then lose what it wrote and did not flush (with
+        `torn`, a seeded half of it survives, sector by sector); the sectors lost."""
         self._kill()
-        return self.disk.cut(torn=torn) if self.disk is not None else {}
+        if self.disk is None:
+            return 0
+        before = self.disk.status().dropped
+        return int(self.disk.cut(torn=torn).dropped - before)
 
     def reset(self) -> None:
         """The reset line: the guest's memory is lost, the disk's pending writes are kept."""
@@ -293,7 +297,13 @@ class QemuBoard:
         """Power off: like pulling the plug, except that the disk keeps what reached it."""
         self._kill()
         if self.disk is not None:
-            self.disk.stop()
+            from hil.cutdisk import CutDiskError
+
+            try:
+                self.disk.stop()
+            except CutDiskError as exc:  # stopping anyway: say it, release the rest
+                log.error("qemu://%s: the disk server did not stop cleanly: %s", self.name, exc)
+                self.disk.kill()
             self.disk = None
         for fd in (self._master, self._slave):
             if fd >= 0:

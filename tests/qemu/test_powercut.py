@@ -38,8 +38,7 @@ class Cutter:
         self.dropped: list[int] = []
 
     def power_cut(self) -> None:
-        tally = self.board.power_cut(torn=self.torn)
-        self.dropped.append(int(tally.get("dropped", 0)))
+        self.dropped.append(self.board.power_cut(torn=self.torn))
 
     def running(self) -> bool:
         return self.board.running()
