@@ -35,9 +35,10 @@ def record(**figure: Any) -> None:
             fh.write(json.dumps({"t": time.strftime("%H:%M:%S"), **figure}) + "\n")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def qemu_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuBoard]:
-    """A board started from the image (its own copy of the disk), up and answering."""
+    """A board started from the image (its own copy of the disk), up and answering; one for
+    the session, as every boot under TCG costs tens of seconds."""
     board = QemuBoard("ci", image=image(), base=tmp_path_factory.mktemp("qemu"))
     board.start()
     record(figure="boot_to_agent_s", value=round(board.boot_s or 0, 1), load=os.getloadavg()[0])

@@ -23,7 +23,7 @@ from board.flash import flash
 from hil.qemu import QemuBoard
 from hil.sim import InProcessBoard
 from hil.transport import open_port
-from tests.qemu.conftest import image, record
+from tests.qemu.conftest import record
 from tests.test_faults_powercut import TAIL_OPS, CutOnce, Recorder, _bundle, _tally
 
 CASES = int(os.environ.get("OCULA_QEMU_CUTS", "5"))
@@ -48,21 +48,21 @@ class Cutter:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, qemu_board: QemuBoard
+) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("cuts")
     rng = random.Random(1234)
     old = _bundle(tmp, "old", rng.randbytes(600_000), profile="qemu")
     new = _bundle(tmp, "new", rng.randbytes(900_000), profile="qemu")
     probe = Recorder(InProcessBoard(tmp / "probe" / "qemu", profile="qemu"))
     assert flash(new, probe).ok
-    board = QemuBoard("cuts", image=image(), base=tmp / "boards").start()
-    client = Board(lambda: open_port(board.port), name="qemu://cuts", timeout=30)
+    client = Board(lambda: open_port(qemu_board.port), name="qemu://ci", timeout=30)
     try:
         assert flash(old, client, reboot_timeout=BOOT_S).ok
-        yield {"bundles": (old, new), "ops": probe.ops, "board": board, "client": client}
+        yield {"bundles": (old, new), "ops": probe.ops, "board": qemu_board, "client": client}
     finally:
         client.close()
-        board.stop()
 
 
 def _check_booted(client: Board, bundles: tuple[Any, Any]) -> tuple[str, bool]:
