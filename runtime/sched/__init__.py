@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from runtime.sched.clock import Clock, MonotonicClock, VirtualClock
 from runtime.sched.cores import CorePlan, core_plan
-from runtime.sched.errors import BudgetError, SchedError, SchedUsageError
+from runtime.sched.errors import SchedError, SchedUsageError
 from runtime.sched.governor import Backlog, Governor, Policy, ThermalModel
 from runtime.sched.memory import MemoryWatch
 from runtime.sched.ring import AudioRing, ring_seconds
@@ -22,7 +22,6 @@ from runtime.sched.slot import LatestSlot, Stamped
 __all__ = [
     "AudioRing",
     "Backlog",
-    "BudgetError",
     "Clock",
     "CorePlan",
     "Governor",

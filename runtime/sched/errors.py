@@ -1,18 +1,14 @@
-"""Errors of the scheduler: a budget that cannot be met, or the API used the wrong way."""
+"""Errors of the scheduler: the API used the wrong way."""
 
 from __future__ import annotations
 
 from runtime.errors import OculaError, UsageError
 
-__all__ = ["BudgetError", "SchedError", "SchedUsageError"]
+__all__ = ["SchedError", "SchedUsageError"]
 
 
 class SchedError(OculaError):
     """Root of the scheduler's deliberate errors."""
-
-
-class BudgetError(SchedError):
-    """A model or buffer does not fit the board profile's memory or power budget."""
 
 
 class SchedUsageError(SchedError, UsageError):
