@@ -5,14 +5,17 @@ anything. The rules they keep:
 - the kernel and systemd speak on the virtio console (hvc0, a log file on the host), never on
   the agent's UART; no getty runs anywhere (the serial and virtual-terminal getty templates are
   masked, logind makes no autovt), so nothing but the agent ever opens the UART;
-- the A/B slot store is its own ext4 file system at /var/lib/ocula: data=ordered (ext4's
+- the A/B slot store is its own ext4 file system at /var/lib/ocula, checked (e2fsck -p) and
+  mounted by the initramfs, not by fstab: udev is masked (under emulation its coldplug held
+  the boot for 10-14 s), and without it systemd's device units never appear, so an fstab
+  line would wait for one forever. Its options: data=ordered (ext4's
   default, stated: file data reaches the disk before the metadata that points at it, so a
   renamed-over file is never seen with garbage; a missing fsync stays visible, which is what
   the power-cut tests are for), errors=remount-ro (a damaged store stops taking writes instead
   of being damaged further), nodev,nosuid (it holds data, not devices or set-uid programs; not
-  noexec, as a slot's native libraries are mapped executable), fsck pass 2 (checked and repaired
-  by systemd-fsck before it is mounted; the root is mounted read-write by the initramfs and
-  so is pass 0);
+  noexec, as a slot's native libraries are mapped executable); a store e2fsck cannot repair
+  stops the boot (the board powers off, saying why on the console) rather than letting the
+  agent write into the root's empty mount point;
 - the agent is a systemd service that waits for its store, restarts whenever it exits, and runs
   exactly the command a sim board runs.
 """
@@ -30,16 +33,28 @@ ROOT_LABEL = "ocula-root"
 SLOTS_LABEL = "ocula-slots"
 ESP_LABEL = "OCULA-ESP"
 STORE = "/var/lib/ocula"
+SLOTS_OPTIONS = "rw,data=ordered,errors=remount-ro,nodev,nosuid"
 CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=hvc0 quiet"
 HOSTNAME = "ocula"
 # Loaded at boot by systemd-modules-load: the test camera, the ALSA loopback, the display.
 LOAD_MODULES = ("vivid", "snd-aloop", "virtio-gpu")
-# systemd units that cannot help a board that only runs the agent (no D-Bus, no logins).
+# systemd units that cannot help a board that only runs the agent: logins (no D-Bus, no
+# logind, no getty anywhere) and udev (initramfs-tools pulls it in; devtmpfs makes every node
+# the agent opens, and its coldplug was a third of the boot under emulation).
 MASK = (
     "systemd-logind.service",
     "getty@.service",
     "serial-getty@.service",
     "console-getty.service",
+    "getty-static.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-udevd.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service",
+    "systemd-udev-settle.service",
+    "proc-sys-fs-binfmt_misc.automount",
 )
 
 
@@ -82,9 +97,9 @@ WantedBy=multi-user.target
 
 def fstab() -> str:
     return f"""\
-# <file system>      <mount point>   <type> <options>                                   <dump> <pass>
-LABEL={ROOT_LABEL}     /               ext4   rw,errors=remount-ro                        0      0
-LABEL={SLOTS_LABEL}    {STORE}  ext4   rw,data=ordered,errors=remount-ro,nodev,nosuid  0      2
+# <file system>  <mount point>  <type>  <options>  <dump>  <pass>
+LABEL={ROOT_LABEL} / ext4 rw,errors=remount-ro 0 0
+# LABEL={SLOTS_LABEL} is checked and mounted at {STORE} by the initramfs ({SLOTS_OPTIONS})
 """
 
 
@@ -114,7 +129,7 @@ ConditionKernelCommandLine=ocula.analyze
 After=multi-user.target ocula-agent.service
 
 [Service]
-ExecStart=/bin/sh -c 'systemctl is-system-running --wait; systemd-analyze; systemd-analyze blame | head -25; systemd-analyze critical-chain ocula-agent.service'
+ExecStart=/bin/sh -c 'systemctl is-system-running --wait; systemd-analyze; systemd-analyze blame | head -25; systemd-analyze critical-chain ocula-agent.service; ls /dev/video0 /dev/fb0 /dev/snd; cat /proc/asound/cards'
 StandardOutput=tty
 TTYPath=/dev/console
 

@@ -7,7 +7,9 @@ number order, so the same inputs give the same bytes.
 
 /init mounts proc, sys and devtmpfs, loads the modules in dependency order, waits up to 10 s for
 `root=` (a device path, or LABEL=/UUID= through busybox findfs), mounts it read-write and
-switch_roots into `init=` (default /sbin/init, systemd). Any failure is said on the console and
+switch_roots into `init=` (default /sbin/init, systemd). Before that it checks the A/B slot
+store with the root's own `e2fsck -p` and mounts it at /var/lib/ocula (image_config says why
+here and not in fstab). Any failure is said on the console and
 the board powers off, so a host waiting on it sees qemu exit rather than a hang.
 """
 
@@ -20,8 +22,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from arm64.errors import Arm64Error
+from arm64.image_config import SLOTS_LABEL, SLOTS_OPTIONS, STORE
 
 TRAILER = "TRAILER!!!"
+# @FIELD@s come from image_config.
 INIT = """\
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -52,10 +56,22 @@ while [ -z "$device" ] && [ $tries -lt 100 ]; do
 done
 [ -n "$device" ] || fail "no root file system $root after 10 s"
 mount -t ext4 -o rw "$device" /newroot || fail "cannot mount $device ($root)"
-mount --move /dev /newroot/dev
-umount /proc /sys
+store=$(findfs LABEL=@SLOTS_LABEL@ 2>/dev/null) || fail "no slot store (LABEL=@SLOTS_LABEL@)"
+mount -t devtmpfs devtmpfs /newroot/dev
+mount -t proc proc /newroot/proc
+chroot /newroot /sbin/e2fsck -p "$store"
+[ $? -lt 4 ] || fail "the slot store $store has errors e2fsck -p cannot repair"
+umount /newroot/proc
+mount -t ext4 -o @SLOTS_OPTIONS@ "$store" /newroot@STORE@ || fail "cannot mount $store"
+umount /dev /proc /sys
 exec switch_root /newroot "$init"
 """
+for _field, _value in (
+    ("SLOTS_LABEL", SLOTS_LABEL),
+    ("SLOTS_OPTIONS", SLOTS_OPTIONS),
+    ("STORE", STORE),
+):
+    INIT = INIT.replace(f"@{_field}@", _value)
 
 
 def module_name(path: str) -> str:

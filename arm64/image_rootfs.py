@@ -2,7 +2,7 @@
 an x86_64 host without binfmt_misc and without a chroot.
 
 How: `debootstrap --foreign --variant=minbase` downloads and verifies every package and extracts
-the essential ones; the rest of its base list (systemd, udev, the kernel, python3.11, ...) is
+the essential ones; the rest of its base list (systemd, the kernel, python3.11, ...) is
 unpacked on the host with dpkg-deb (`rootfs.unpack_base`). No maintainer script runs. What they
 would have done for a system that only has to boot into one service is done here on the host:
 /etc/passwd and /etc/group from base-passwd's master files, the system users of sysusers.d, an
@@ -38,7 +38,6 @@ PACKAGES = (
     "python3-alsaaudio",
     "systemd",
     "systemd-sysv",
-    "udev",
     "kmod",
     "e2fsprogs",
     "linux-image-arm64",
@@ -58,7 +57,7 @@ BOOT_MODULES = (
 BOARD_MODULES = ("vivid", "snd-aloop", "virtio_gpu", "virtio_rng")
 STRIP = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info")
 # Bumped when the way the root file system is made changes, so cached copies are rebuilt.
-RECIPE = 2
+RECIPE = 3
 
 
 def build(target: Path, mirror: str) -> None:
