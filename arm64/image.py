@@ -94,7 +94,7 @@ def check_host(opts: Options) -> None:
         keys.load_public_raw(opts.key)
     rootfs.debian_mirror()
     for where, need in ((opts.out.parent, 600 * MIB), (opts.cache, 1500 * MIB)):
-        probe = where if where.exists() else where.parent
+        probe = next(p for p in (where, *where.parents) if p.exists())
         free = shutil.disk_usage(probe).free
         if free < need:
             raise Arm64Error(
@@ -263,6 +263,7 @@ def _disk(
         image_config.image_info(profile, device, RECIPE * 1000 + image_rootfs.RECIPE, sizes)
     )
     esp["ocula-image.json"] = work / "ocula-image.json"
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = opts.out.with_name(f".{opts.out.name}.partial")
     try:
         image_disk.make(tmp, parts, esp, stage, store, inodes=entries * 13 // 10 + 8192)

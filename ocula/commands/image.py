@@ -75,7 +75,7 @@ def _image(args: argparse.Namespace) -> int:
     def progress(index: int, title: str) -> None:
         bar.update(task, completed=index, description=title)
         if not console.is_terminal and args.quiet == 0:
-            console.print(f"[{index + 1}/{len(image.STEPS)}] {title}", highlight=False)
+            print(f"[{index + 1}/{len(image.STEPS)}] {title}", flush=True)
 
     with bar:
         report = image.build(opts, progress)
@@ -90,4 +90,5 @@ def _image(args: argparse.Namespace) -> int:
     )
     largest = ", ".join(f"{k} {v:.0f}" for k, v in report.largest_mb.items())
     print(f"largest in the root (MB): {largest}")
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
     return 0
