@@ -45,6 +45,9 @@ TOOLS = {
     image_rootfs.QEMU: "qemu-user-static",
     **image_disk.TOOLS,
 }
+# The V4L2 backend's library (pure Python, not in Debian bookworm), pinned; pyalsaaudio comes
+# from Debian (python3-alsaaudio).
+DEVICE_EXTRAS = ("linuxpy==0.25.0", "typing_extensions==4.16.0")
 SYSTEMD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootaa64.efi"
 STEPS = (
     "check the host",
@@ -126,6 +129,7 @@ def build(opts: Options, progress: Progress | None = None) -> Report:
     done("rootfs")
     say(2, STEPS[2])
     site = _site(opts.cache, report)
+    extras = _extras(opts.cache)
     done("wheels")
     say(3, STEPS[3])
     work = opts.cache / "image-work"
@@ -136,7 +140,7 @@ def build(opts: Options, progress: Progress | None = None) -> Report:
         image_disk.run(
             "copy the root file system", ["cp", "-a", "--reflink=auto", str(fs), str(stage)]
         )
-        _board_files(stage, device, site)
+        _board_files(stage, device, site, extras)
         store = work / "store"
         _provision(store, opts)
         kver = image_rootfs.kernel_version(stage)
@@ -183,10 +187,19 @@ def _site(cache: Path, report: Report) -> Path:
     return folder
 
 
-def _board_files(stage: Path, device: str, site: Path) -> None:
-    """/opt/ocula (runtime + lean wheels, compiled), /etc, and the services (guest systemctl)."""
+def _extras(cache: Path) -> Path:
+    key = key_of({"pins": DEVICE_EXTRAS, "python": wheels.PYTHON_VERSION})
+    folder, _ = build_once(
+        cache, "image-extras", key, lambda tmp: wheels.install(tmp, list(DEVICE_EXTRAS))
+    )
+    return folder
+
+
+def _board_files(stage: Path, device: str, site: Path, extras: Path) -> None:
+    """/opt/ocula (runtime + lean wheels + linuxpy, compiled), /etc, and the services."""
     opt = stage / "opt/ocula"
     install.stage(ROOT / "runtime", site, opt)
+    shutil.copytree(extras, opt / "site", dirs_exist_ok=True, ignore=shutil.ignore_patterns("bin"))
     if sys.version_info[:2] == (3, 11):  # the guest's Python is 3.11: same bytecode
         compileall.compile_dir(opt, quiet=2, stripdir=str(stage), prependdir="/", workers=1)
     image_config.write_etc(stage, device)

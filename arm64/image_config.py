@@ -120,21 +120,52 @@ ctl.!default {
 
 LOGIND_CONF = "[Login]\nNAutoVTs=0\nReserveVT=0\n"
 
-# Boot with `ocula.analyze` on the kernel command line to get systemd-analyze's figures on the
-# console log once the agent has started (off by default: it costs a few seconds of CPU).
+# Boot with `ocula.analyze` on the kernel command line to get systemd-analyze's figures and a
+# probe of the camera, microphone and display on the console log once the boot has finished
+# (off by default: it costs a few seconds of CPU).
 ANALYZE_UNIT = """\
 [Unit]
-Description=Print systemd-analyze on the console (kernel command line ocula.analyze)
+Description=Print boot figures and a device probe on the console (ocula.analyze)
 ConditionKernelCommandLine=ocula.analyze
 After=multi-user.target ocula-agent.service
 
 [Service]
-ExecStart=/bin/sh -c 'systemctl is-system-running --wait; systemd-analyze; systemd-analyze blame | head -25; systemd-analyze critical-chain ocula-agent.service; ls /dev/video0 /dev/fb0 /dev/snd; cat /proc/asound/cards'
+ExecStart=/bin/sh /usr/local/lib/ocula/analyze.sh
+Environment=PYTHONPATH=/opt/ocula:/opt/ocula/site
 StandardOutput=tty
+StandardError=tty
 TTYPath=/dev/console
 
 [Install]
 WantedBy=multi-user.target
+"""
+ANALYZE_SH = """\
+systemctl is-system-running --wait
+systemd-analyze
+systemd-analyze blame | head -25
+systemd-analyze critical-chain ocula-agent.service
+ls /dev/video0 /dev/fb0 /dev/snd
+cat /proc/asound/cards
+python3.11 - <<'EOF'
+import time
+import alsaaudio
+from linuxpy.video.device import Device
+pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NONBLOCK, device="default")
+pcm.setchannels(1)
+pcm.setrate(16000)
+pcm.setformat(alsaaudio.PCM_FORMAT_S16_LE)
+pcm.setperiodsize(160)
+frames = 0
+try:  # bookworm's pyalsaaudio 0.8.4 raises SystemError (PY_SSIZE_T_CLEAN) here on Python 3.11
+    for _ in range(50):
+        frames += max(pcm.read()[0], 0)
+        time.sleep(0.01)
+    print("alsa default capture: read", frames, "frames; pyalsaaudio", alsaaudio.__version__)
+except SystemError as exc:
+    print("alsa default capture opened; read failed:", exc)
+with Device("/dev/video0") as camera:
+    print("v4l2 /dev/video0:", camera.info.card)
+EOF
 """
 
 
@@ -150,6 +181,7 @@ def write_etc(stage: Path, device: str) -> None:
         "systemd/logind.conf.d/ocula.conf": LOGIND_CONF,
         "systemd/system/ocula-agent.service": agent_unit(device),
         "systemd/system/ocula-analyze.service": ANALYZE_UNIT,
+        "../usr/local/lib/ocula/analyze.sh": ANALYZE_SH,
     }
     for name, text in files.items():
         (etc / name).parent.mkdir(parents=True, exist_ok=True)
