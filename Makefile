@@ -18,8 +18,8 @@ STAMP := $(VENV)/.installed-$(KEY)
 APT_PACKAGES := espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net debootstrap qemu-utils
 # Debian packages only `make arm64-test` uses (aarch64 user emulation, the root file system).
 ARM64_APT_PACKAGES := qemu-user-static debootstrap
-# Debian packages only `make qemu-test` uses (the emulator, the image's partitions and boot files).
-QEMU_APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static debootstrap fdisk e2fsprogs dosfstools mtools
+# Debian packages `ocula image` and `make qemu-test` use (the disk image, booting it).
+QEMU_APT_PACKAGES := $(ARM64_APT_PACKAGES) qemu-system-arm qemu-utils fdisk dosfstools mtools e2fsprogs
 QEMU_IMAGE := .cache/qemu/ci.img
 QEMU_CUTS ?= 5
 # Only the model files of these packages are needed; their own dependencies pull torch/OpenCV.

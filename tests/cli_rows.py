@@ -279,6 +279,26 @@ INSPECT = [
     (1, ["inspect", "{W}/dir\n"]),
 ]
 
+_I = ["image", "--board", "qemu", "--cache", "{W}/cache", "--out"]
+IMAGE = [
+    (2, ["image"]),
+    (2, ["image", "--board", "qemu"]),
+    (2, ["image", "--out", "{W}/q.img"]),
+    (2, [*_I, "{W}/dir"]),
+    (2, [*_I, "{W}/ro/q.img"]),
+    (2, [*_I, "{W}/file.txt/q.img"]),
+    (2, [*_I, "{W}/q.img", "--size", "2X"]),
+    (2, [*_I, "{W}/q.img", "--size", "100M"]),
+    (2, [*_I, "{W}/q.img", "--size", "99999G"]),
+    (2, [*_I, "{W}/q.img", "--key", "{W}/nofile"]),
+    (2, [*_I, "{W}/q.img", "--key", "{W}/dir"]),
+    (2, ["image", "--board", "qemu", "--out", "{W}/q.img", "--cache", "{W}/file.txt"]),
+    # refused before any work: by the host check (no tools, or not root) or by the board
+    (1, ["image", "--board", "sim", "--cache", "{W}/cache", "--out", "{W}/q.img"]),
+    (1, ["image", "--board", "nosuch", "--cache", "{W}/cache", "--out", "{W}/q.img"]),
+    (1, [*_I, "{W}/q.img", "--key", "{W}/file.txt"]),
+]
+
 KEYGEN = [
     (2, ["keygen"]),
     (2, ["keygen", ""]),
@@ -366,6 +386,6 @@ TRANSCRIBE = [
 ]
 
 ROWS = (
-    TOP + BOARD + BUNDLE + DEMO + EXPORT + FIXTURE + FLASH + GENERATE + HIL + INSPECT + KEYGEN
+    TOP + BOARD + BUNDLE + DEMO + EXPORT + FIXTURE + FLASH + GENERATE + HIL + IMAGE + INSPECT + KEYGEN
     + PROFILE + RUN + TRANSCRIBE
 )  # fmt: skip

@@ -68,7 +68,7 @@ def test_flash_the_tiny_models_then_run_the_apps_on_real_drivers(qemu_board: Qem
     assert r.code == 0, r.err
     report = json.loads(r.out)
     notes = " | ".join(report["notes"])
-    assert "played into hw:Loopback" in notes, notes
+    assert "played into plughw:Loopback" in notes, notes
     counters = report["metrics"]["counters"]
     record(figure="captions", counters=counters, latency_s=report["metrics"]["latency_s"])
     assert counters["audio.samples"] > 16000 * 5, counters  # the clip came through ALSA capture
