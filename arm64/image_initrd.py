@@ -37,6 +37,8 @@ fail() { echo "ocula initramfs: $*; powering off"; sleep 1; poweroff -f; }
 while read -r module; do
     insmod "/lib/modules/$module" || fail "cannot load $module"
 done < /lib/modules/load-order
+# the console (hvc0) exists only now that virtio_console is loaded: the kernel found none for us
+exec </dev/console >/dev/console 2>&1
 root=LABEL=ocula-root
 init=/sbin/init
 for arg in $(cat /proc/cmdline); do
@@ -63,7 +65,8 @@ chroot /newroot /sbin/e2fsck -p "$store"
 [ $? -lt 4 ] || fail "the slot store $store has errors e2fsck -p cannot repair"
 umount /newroot/proc
 mount -t ext4 -o @SLOTS_OPTIONS@ "$store" /newroot@STORE@ || fail "cannot mount $store"
-umount /dev /proc /sys
+umount -l /dev  # lazily: the console stays open on it until systemd takes over
+umount /proc /sys
 exec switch_root /newroot "$init"
 """
 for _field, _value in (

@@ -57,7 +57,7 @@ BOOT_MODULES = (
 BOARD_MODULES = ("vivid", "snd-aloop", "virtio_gpu", "virtio_rng")
 STRIP = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info")
 # Bumped when the way the root file system is made changes, so cached copies are rebuilt.
-RECIPE = 3
+RECIPE = 4
 
 
 def build(target: Path, mirror: str) -> None:
@@ -72,7 +72,9 @@ def build(target: Path, mirror: str) -> None:
             path.unlink()
         path.mkdir(exist_ok=True)
         path.chmod(mode)
-    shutil.rmtree(target / "var/cache/apt/archives", ignore_errors=True)
+    for apt in ("var/cache/apt/archives", "var/lib/apt/lists"):  # .debs, the 48 MB index
+        shutil.rmtree(target / apt, ignore_errors=True)
+        (target / apt / "partial").mkdir(parents=True)
     for dtbs in target.glob("usr/lib/linux-image-*"):  # device trees: qemu and EFI bring their own
         shutil.rmtree(dtbs)
     for folder in STRIP:

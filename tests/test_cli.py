@@ -34,7 +34,7 @@ def test_board_list_and_show(ocula):
     assert r.code == 0
     lines = r.out.splitlines()
     assert lines[0].split()[:3] == ["NAME", "SOC", "ARCH"]
-    assert [line.split()[0] for line in lines[1:]] == ["ar1-ref", "rpi5", "sim"]
+    assert [line.split()[0] for line in lines[1:]] == ["ar1-ref", "qemu", "rpi5", "sim"]
     r = ocula("board", "show", "ar1-ref")
     assert r.code == 0
     assert "ram_mb                 2048 MiB  (estimate)" in r.out
@@ -43,7 +43,7 @@ def test_board_list_and_show(ocula):
 
 def test_board_json_for_scripts(ocula):
     data = json.loads(ocula("board", "list", "--json").out)
-    assert {d["name"] for d in data} == {"ar1-ref", "rpi5", "sim"}
+    assert {d["name"] for d in data} == {"ar1-ref", "qemu", "rpi5", "sim"}
     shown = json.loads(ocula("board", "show", "rpi5", "--json").out)
     assert shown["cpu"]["clusters"][0]["cores"] == 4
     assert shown["budget"] == {"max_artifact_mb": 4096, "max_rss_mb": 6144, "llm_max_tokens": 2048}
@@ -54,7 +54,7 @@ def test_user_error_is_one_line_exit_1(ocula):
     assert r.code == 1
     assert r.out == ""
     assert r.err.splitlines() == [
-        "ocula: error: unknown board 'rpi9'; known boards: ar1-ref, rpi5, sim "
+        "ocula: error: unknown board 'rpi9'; known boards: ar1-ref, qemu, rpi5, sim "
         "(or give the path to a profile .toml)"
     ]
     assert "Traceback" not in r.err

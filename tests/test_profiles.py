@@ -15,7 +15,7 @@ GOOD = (profiles.PROFILE_DIR / "rpi5.toml").read_text()
 
 
 def test_shipped_profiles_load_with_their_figures():
-    assert profiles.names() == ["ar1-ref", "rpi5", "sim"]
+    assert profiles.names() == ["ar1-ref", "qemu", "rpi5", "sim"]
     rpi5 = profiles.find("rpi5")
     assert rpi5.cpu.total_cores == 4
     assert rpi5.cpu.big.core == "Cortex-A76" and rpi5.cpu.big.max_mhz == 2400
@@ -28,6 +28,12 @@ def test_shipped_profiles_load_with_their_figures():
     assert (ar1.power.average_budget_w, ar1.power.burst_budget_w) == (0.2, 1.5)
     assert ar1.power.battery and ar1.camera.width * ar1.camera.height == 12_000_000
     assert profiles.find("sim").board.arch == "x86_64"
+    qemu = profiles.find("qemu")
+    assert (qemu.board.arch, qemu.cpu.total_cores, qemu.memory.ram_mb) == ("aarch64", 2, 1024)
+    assert (qemu.serial.device, qemu.display.interface) == ("/dev/ttyAMA0", "fbdev")
+    assert (qemu.display.width, qemu.display.height, qemu.audio.rate, qemu.audio.channels) == (
+        640, 480, 16000, 1
+    )  # fmt: skip
 
 
 def test_every_estimated_figure_is_commented_as_one_in_the_file():
@@ -151,7 +157,7 @@ def test_empty_cluster_list_is_refused():
 
 def test_unknown_profile_name_lists_the_known_ones():
     with pytest.raises(
-        ProfileError, match=r"unknown board 'rpi9'; known boards: ar1-ref, rpi5, sim"
+        ProfileError, match=r"unknown board 'rpi9'; known boards: ar1-ref, qemu, rpi5, sim"
     ):
         profiles.find("rpi9")
 
