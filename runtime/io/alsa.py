@@ -1,20 +1,29 @@
-"""ALSA capture on Linux boards, through pyalsaaudio (imported here only: a device dependency).
+"""ALSA capture and playback on Linux boards, through libasound.so.2 with ctypes (no vendor module).
+
+Every Linux board with sound has libasound2; a Python binding for it does not exist everywhere
+(Debian bookworm's python3-alsaaudio 0.8.4 lacks `rate=` and fails to read on Python 3.11, and
+PyPI has no aarch64 wheel), so this module binds the handful of libasound calls it needs itself.
+
+`AlsaSource` opens a PCM for capture, non-blocking, at the profile's rate and channel count,
+16-bit little endian, through `snd_pcm_set_params` (ALSA resamples or converts when the hardware
+cannot do it natively); `read` drains every frame the kernel has ready, at most one buffer per
+call. An overrun (-EPIPE: the kernel buffer filled because the real-time loop did not run in
+time, which the loop's own late-tick counter explains) is counted in `overruns` and recovered.
 
 `LoopbackMicrophone` hears an injected clip through the real capture path: a thread plays the
 clip into a loopback's playback side (snd-aloop's `hw:Loopback,0,0` on an emulated board, a
-cable on a rig), paced by ALSA itself, while an `AlsaSource` captures the other side.
-
-The PCM is opened non-blocking at the profile's rate and channel count, 16-bit little endian,
-with a period of 10 ms; `read` drains every period the kernel has ready. An overrun reported by
-ALSA (negative length) is counted in `overruns`: the kernel buffer filled because the real-time
-loop did not run in time, which the loop's own late-tick counter explains.
+cable on a rig) with blocking writes, paced by ALSA itself, while an `AlsaSource` captures the
+other side. Underruns (-EPIPE on write) are counted in `underruns` and recovered.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
+import functools
 import logging
 import threading
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,66 +34,175 @@ __all__ = ["AlsaSource", "LoopbackMicrophone"]
 
 log = logging.getLogger(__name__)
 
+# From alsa/pcm.h.
+_STREAM_PLAYBACK = 0
+_STREAM_CAPTURE = 1
+_NONBLOCK = 1
+_FORMAT_S16_LE = 2
+_ACCESS_RW_INTERLEAVED = 3
+_SOFT_RESAMPLE = 1
+# Errors that mean the device is gone (unplugged, driver unloaded, PCM in a state it cannot leave).
+_LOST = (errno.ENODEV, errno.EIO, errno.EBADFD)
+# snd_pcm_set_params makes the buffer four periods: the latency asked for is 4 x period_ms.
+_PERIODS = 4
+
+# void (*snd_lib_error_handler_t)(const char *file, int line, const char *function, int err,
+# const char *fmt, ...): the variadic tail is ignored (its fixed arguments are passed alike).
+_ERROR_HANDLER = ctypes.CFUNCTYPE(
+    None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
+)
+
+
+def _log_alsa(file: bytes, line: int, function: bytes, err: int, fmt: bytes) -> None:
+    """libasound's own diagnostics go to the log, not stderr: the DeviceError says it in a line."""
+    log.debug(
+        "libasound %s: %s (%d)",
+        (function or b"?").decode(errors="replace"),
+        (fmt or b"").decode(errors="replace"),
+        err,
+    )
+
+
+_QUIET = _ERROR_HANDLER(_log_alsa)  # kept here: libasound holds the pointer for good
+
+
+@functools.cache
+def _libasound() -> ctypes.CDLL:
+    """libasound.so.2 with every function this module calls declared (argtypes and restype)."""
+    try:
+        lib = ctypes.CDLL("libasound.so.2")
+    except OSError:
+        name = ctypes.util.find_library("asound")  # another soname, or a path ld.so.cache knows
+        try:
+            lib = ctypes.CDLL(name or "libasound.so.2")
+        except OSError as exc:
+            raise DeviceError("ALSA needs libasound2 on the board: apt install libasound2") from exc
+    pcm, pcm_p, c_int, c_uint = (
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.c_int,
+        ctypes.c_uint,
+    )
+    frames, uframes_p = ctypes.c_ulong, ctypes.POINTER(ctypes.c_ulong)
+    signatures: dict[str, tuple[list[type], type | None]] = {
+        "snd_pcm_open": ([pcm_p, ctypes.c_char_p, c_int, c_int], c_int),
+        "snd_pcm_set_params": ([pcm, c_int, c_int, c_uint, c_uint, c_int, c_uint], c_int),
+        "snd_pcm_get_params": ([pcm, uframes_p, uframes_p], c_int),
+        "snd_pcm_readi": ([pcm, ctypes.c_void_p, frames], ctypes.c_long),
+        "snd_pcm_writei": ([pcm, ctypes.c_void_p, frames], ctypes.c_long),
+        "snd_pcm_recover": ([pcm, c_int, c_int], c_int),
+        "snd_pcm_drain": ([pcm], c_int),
+        "snd_pcm_close": ([pcm], c_int),
+        "snd_strerror": ([c_int], ctypes.c_char_p),
+        "snd_lib_error_set_handler": ([_ERROR_HANDLER], c_int),
+    }
+    for fn, (argtypes, restype) in signatures.items():
+        f = getattr(lib, fn)
+        f.argtypes = argtypes
+        f.restype = restype
+    lib.snd_lib_error_set_handler(_QUIET)
+    return lib
+
+
+def _strerror(lib: ctypes.CDLL, err: int) -> str:
+    text: bytes | None = lib.snd_strerror(err)
+    return text.decode(errors="replace") if text else f"error {err}"
+
+
+class _Pcm:
+    """One open PCM: S16_LE, interleaved, `channels` at `rate`; its buffer and period in frames."""
+
+    def __init__(
+        self, device: str, capture: bool, rate: int, channels: int, period_ms: int
+    ) -> None:
+        if rate <= 0 or channels <= 0 or period_ms <= 0:
+            raise DeviceError(
+                f"ALSA device {device!r}: rate {rate} Hz, {channels} ch, period {period_ms} ms: "
+                "each must be positive (fix the board profile's audio section)"
+            )
+        lib = _libasound()
+        self.lib = lib
+        self.device = device
+        self.channels = channels
+        self._closed = False
+        handle = ctypes.c_void_p()
+        stream, mode = (_STREAM_CAPTURE, _NONBLOCK) if capture else (_STREAM_PLAYBACK, 0)
+        err = lib.snd_pcm_open(ctypes.byref(handle), device.encode(), stream, mode)
+        what, lister = ("capture", "arecord -L") if capture else ("playback", "aplay -L")
+        if err < 0 or not handle.value:
+            raise DeviceError(
+                f"ALSA device {device!r}: cannot open for {what} ({_strerror(lib, err)}); "
+                f"list devices with '{lister}'"
+            )
+        self.handle = handle
+        latency_us = period_ms * _PERIODS * 1000
+        err = lib.snd_pcm_set_params(
+            handle,
+            _FORMAT_S16_LE,
+            _ACCESS_RW_INTERLEAVED,
+            channels,
+            rate,
+            _SOFT_RESAMPLE,
+            latency_us,
+        )
+        buffer, period = ctypes.c_ulong(), ctypes.c_ulong()
+        if err >= 0:
+            err = lib.snd_pcm_get_params(handle, ctypes.byref(buffer), ctypes.byref(period))
+        if err < 0:
+            self.close()
+            raise DeviceError(
+                f"ALSA device {device!r}: cannot set up {what} at {rate} Hz, {channels} ch, 16-bit "
+                f"({_strerror(lib, err)}); list devices with '{lister}'"
+            )
+        self.buffer_frames = max(int(buffer.value), 1)
+        self.period_frames = max(int(period.value), 1)
+
+    def error(self, err: int) -> str:
+        return _strerror(self.lib, err)
+
+    def recover(self, err: int) -> None:
+        """Back to running after an xrun or a suspend; anything else means the device is gone."""
+        if err in [-e for e in _LOST] or self.lib.snd_pcm_recover(self.handle, err, 1) < 0:
+            raise DeviceLost(f"ALSA device {self.device!r} went away ({self.error(err)})")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.lib.snd_pcm_close(self.handle)
+
 
 class AlsaSource:
+    """A microphone: `read(now)` returns every frame captured since the last read, int16 (n, ch)."""
+
     def __init__(self, device: str, rate: int, channels: int, period_ms: int = 10) -> None:
-        try:
-            import alsaaudio  # type: ignore[import-not-found,import-untyped,unused-ignore]
-        except ImportError as exc:
-            raise DeviceError(
-                "ALSA capture needs pyalsaaudio on the board: pip install pyalsaaudio "
-                "(or use a WAV file: --audio FILE.wav)"
-            ) from exc
         self.rate = rate
         self.channels = channels
         self.device = device
         self.overruns = 0
-        self._frames = rate * period_ms // 1000
-        try:
-            self._pcm: Any = alsaaudio.PCM(
-                alsaaudio.PCM_CAPTURE,
-                alsaaudio.PCM_NONBLOCK,
-                device=device,
-                rate=rate,
-                channels=channels,
-                format=alsaaudio.PCM_FORMAT_S16_LE,
-                periodsize=self._frames,
-            )
-        except alsaaudio.ALSAAudioError as exc:
-            raise DeviceError(
-                f"ALSA device {device!r}: cannot open for capture at {rate} Hz, {channels} ch ({exc}); "
-                "list devices with 'arecord -L'"
-            ) from exc
+        self._pcm = _Pcm(device, True, rate, channels, period_ms)
+        # At most one buffer per read: what the kernel can hold, so a PCM that always has frames
+        # (ALSA's `null`) cannot keep a read going forever.
+        self._buf = np.zeros((self._pcm.buffer_frames, channels), dtype="<i2")
 
     def read(self, now: float) -> npt.NDArray[np.int16]:
-        chunks = []
-        while True:
-            try:
-                n, data = self._pcm.read()
-            except Exception as exc:
-                raise DeviceLost(f"ALSA device {self.device!r} went away ({exc})") from exc
+        pcm, buf = self._pcm, self._buf
+        got = 0
+        while got < len(buf):
+            n = pcm.lib.snd_pcm_readi(pcm.handle, buf[got:].ctypes.data, len(buf) - got)
+            if n == -errno.EAGAIN:
+                break
             if n < 0:
-                self.overruns += 1
+                if n == -errno.EPIPE:
+                    self.overruns += 1
+                pcm.recover(int(n))
                 continue
             if n == 0:
                 break
-            chunks.append(np.frombuffer(data, dtype="<i2").reshape(-1, self.channels))
-        if not chunks:
-            return np.zeros((0, self.channels), dtype=np.int16)
-        return np.concatenate(chunks).astype(np.int16)
+            got += int(n)
+        return buf[:got].astype(np.int16)
 
     def close(self) -> None:
         self._pcm.close()
-
-
-def _alsa() -> Any:
-    try:
-        import alsaaudio  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError as exc:
-        raise DeviceError(
-            "ALSA playback needs pyalsaaudio on the board: pip install pyalsaaudio"
-        ) from exc
-    return alsaaudio
 
 
 class LoopbackMicrophone:
@@ -99,26 +217,14 @@ class LoopbackMicrophone:
         rate: int,
         period_ms: int = 10,
     ) -> None:
-        alsaaudio = _alsa()
         self.rate = rate
         self.channels = 1
         self.underruns = 0
         self._clip = np.ascontiguousarray(clip.reshape(-1), dtype="<i2")
-        self._frames = rate * period_ms // 1000
         try:
-            self._out: Any = alsaaudio.PCM(
-                alsaaudio.PCM_PLAYBACK,
-                device=playback,
-                rate=rate,
-                channels=1,
-                format=alsaaudio.PCM_FORMAT_S16_LE,
-                periodsize=self._frames,
-            )
-        except alsaaudio.ALSAAudioError as exc:
-            raise DeviceError(
-                f"ALSA device {playback!r}: cannot open for playback at {rate} Hz ({exc}); "
-                "is the loopback loaded (modprobe snd-aloop)? list devices with 'aplay -L'"
-            ) from exc
+            self._out = _Pcm(playback, False, rate, 1, period_ms)
+        except DeviceError as exc:
+            raise DeviceError(f"{exc}; is the loopback loaded (modprobe snd-aloop)?") from exc
         try:
             self._in = AlsaSource(capture, rate, 1, period_ms)
         except BaseException:
@@ -130,17 +236,23 @@ class LoopbackMicrophone:
         self._thread.start()
 
     def _play(self) -> None:
-        step = self._frames
+        out = self._out
+        step = out.period_frames
         try:
             for start in range(0, len(self._clip), step):
-                if self._stop.is_set():
-                    return
                 chunk = self._clip[start : start + step]
-                if len(chunk) < step:
-                    chunk = np.concatenate([chunk, np.zeros(step - len(chunk), "<i2")])
-                if self._out.write(chunk.tobytes()) < 0:
-                    self.underruns += 1
-        except Exception as exc:  # the device went away: the capture side reports it
+                while len(chunk):
+                    if self._stop.is_set():
+                        return
+                    n = out.lib.snd_pcm_writei(out.handle, chunk.ctypes.data, len(chunk))
+                    if n < 0:
+                        if n == -errno.EPIPE:
+                            self.underruns += 1
+                        out.recover(int(n))
+                        continue
+                    chunk = chunk[int(n) :]
+            out.lib.snd_pcm_drain(out.handle)  # the clip's tail is heard before `finished`
+        except DeviceLost as exc:  # the device went away: the capture side reports it
             log.error("loopback playback stopped: %s", exc)
         finally:
             self._done.set()
@@ -156,4 +268,9 @@ class LoopbackMicrophone:
         self._stop.set()
         self._thread.join(timeout=1.0)
         self._in.close()
-        self._out.close()
+        if (
+            self._thread.is_alive()
+        ):  # still inside a write: leak the PCM rather than free it under it
+            log.warning("loopback playback did not stop within 1 s; its PCM is left open")
+        else:
+            self._out.close()
