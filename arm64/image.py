@@ -45,8 +45,8 @@ TOOLS = {
     image_rootfs.QEMU: "qemu-user-static",
     **image_disk.TOOLS,
 }
-# The V4L2 backend's library (pure Python, not in Debian bookworm), pinned; pyalsaaudio comes
-# from Debian (python3-alsaaudio).
+# The V4L2 backend's library (pure Python, not in Debian bookworm), pinned; the ALSA backend
+# needs only libasound2 from Debian (ctypes).
 DEVICE_EXTRAS = ("linuxpy==0.25.0", "typing_extensions==4.16.0")
 SYSTEMD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootaa64.efi"
 STEPS = (

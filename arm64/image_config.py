@@ -148,21 +148,15 @@ ls /dev/video0 /dev/fb0 /dev/snd
 cat /proc/asound/cards
 python3.11 - <<'EOF'
 import time
-import alsaaudio
 from linuxpy.video.device import Device
-pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NONBLOCK, device="default")
-pcm.setchannels(1)
-pcm.setrate(16000)
-pcm.setformat(alsaaudio.PCM_FORMAT_S16_LE)
-pcm.setperiodsize(160)
+from runtime.io.alsa import AlsaSource
+mic = AlsaSource("default", 16000, 1)
 frames = 0
-try:  # bookworm's pyalsaaudio 0.8.4 raises SystemError (PY_SSIZE_T_CLEAN) here on Python 3.11
-    for _ in range(50):
-        frames += max(pcm.read()[0], 0)
-        time.sleep(0.01)
-    print("alsa default capture: read", frames, "frames; pyalsaaudio", alsaaudio.__version__)
-except SystemError as exc:
-    print("alsa default capture opened; read failed:", exc)
+for _ in range(50):
+    frames += len(mic.read(time.monotonic()))
+    time.sleep(0.01)
+print("alsa default capture: read", frames, "frames through libasound; overruns", mic.overruns)
+mic.close()
 with Device("/dev/video0") as camera:
     print("v4l2 /dev/video0:", camera.info.card)
 EOF

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 QEMU = "qemu-aarch64-static"
 PACKAGES = (
     "python3.11",
-    "python3-alsaaudio",
+    "libasound2",  # runtime.io.alsa binds libasound.so.2 with ctypes
     "systemd",
     "systemd-sysv",
     "kmod",

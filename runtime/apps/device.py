@@ -5,13 +5,13 @@
 
 Devices come from the board: the profile's display (a framebuffer when `display.interface` is
 "fbdev", else the virtual display writing PNGs under `work/display`), an ALSA microphone when the
-profile has audio and pyalsaaudio is installed (else a quiet synthetic microphone, said in the
-notes) or a WAV clip the host injected (`inject` requests), a V4L2 camera at /dev/video0 when
-present (else the synthetic pattern camera) or an image the host injected. The
+profile has audio and the board can open it through libasound2 (else a quiet synthetic microphone,
+said in the notes) or a WAV clip the host injected (`inject` requests), a V4L2 camera at
+/dev/video0 when present (else the synthetic pattern camera) or an image the host injected. The
 glyph atlas is `glyphs.npz` in the artifacts folder, which the bundle carries (the board has no
-font rasterizer: the host renders the glyphs); without it, or with a broken one, the display
-shows boxes for every character (and says so). The trace is written to
-`traces/<app>.json` and the reply names it, with the counters and latency percentiles.
+font rasterizer: the host renders the glyphs); without it, or with a broken one, the display shows
+boxes for every character (and says so). The trace is written to `traces/<app>.json` and the reply
+names it, with the counters and latency percentiles.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The scheduler and the apps see only `AudioSource`, `Camera` and `Display`; the CLI (or the
 agent on a board) picks the backends from a spec string and the board profile and passes them
-in. Vendor libraries (pyalsaaudio, linuxpy) are imported only inside their backend modules.
+in. Vendor libraries (linuxpy; libasound through ctypes) are loaded only inside their backend
+modules.
 Text for the display: `glyphs` (a pre-rendered atlas), `layout` (line breaking), `screen`
 (paragraphs, styles, reading-rate scroll).
 """
