@@ -45,6 +45,8 @@ _SOFT_RESAMPLE = 1
 _LOST = (errno.ENODEV, errno.EIO, errno.EBADFD)
 # snd_pcm_set_params makes the buffer four periods: the latency asked for is 4 x period_ms.
 _PERIODS = 4
+# Recoveries in a row (one read, one write) before a device that keeps failing counts as lost.
+_MAX_XRUNS = 8
 
 # void (*snd_lib_error_handler_t)(const char *file, int line, const char *function, int err,
 # const char *fmt, ...): the variadic tail is ignored (its fixed arguments are passed alike).
@@ -91,6 +93,7 @@ def _libasound() -> ctypes.CDLL:
         "snd_pcm_readi": ([pcm, ctypes.c_void_p, frames], ctypes.c_long),
         "snd_pcm_writei": ([pcm, ctypes.c_void_p, frames], ctypes.c_long),
         "snd_pcm_recover": ([pcm, c_int, c_int], c_int),
+        "snd_pcm_start": ([pcm], c_int),
         "snd_pcm_drain": ([pcm], c_int),
         "snd_pcm_close": ([pcm], c_int),
         "snd_strerror": ([c_int], ctypes.c_char_p),
@@ -183,10 +186,23 @@ class AlsaSource:
         # At most one buffer per read: what the kernel can hold, so a PCM that always has frames
         # (ALSA's `null`) cannot keep a read going forever.
         self._buf = np.zeros((self._pcm.buffer_frames, channels), dtype="<i2")
+        try:
+            self._start()
+        except DeviceLost as exc:
+            self._pcm.close()
+            raise DeviceError(
+                f"{exc}: cannot start capture; list devices with 'arecord -L'"
+            ) from exc
+
+    def _start(self) -> None:
+        """Capture runs from now (a read shorter than the start threshold would not start it)."""
+        err = self._pcm.lib.snd_pcm_start(self._pcm.handle)
+        if err < 0 and err != -errno.EBADFD:  # -EBADFD: already running (resumed after suspend)
+            raise DeviceLost(f"ALSA device {self.device!r} went away ({self._pcm.error(err)})")
 
     def read(self, now: float) -> npt.NDArray[np.int16]:
         pcm, buf = self._pcm, self._buf
-        got = 0
+        got = xruns = 0
         while got < len(buf):
             n = pcm.lib.snd_pcm_readi(pcm.handle, buf[got:].ctypes.data, len(buf) - got)
             if n == -errno.EAGAIN:
@@ -194,7 +210,14 @@ class AlsaSource:
             if n < 0:
                 if n == -errno.EPIPE:
                     self.overruns += 1
+                xruns += 1
+                if xruns > _MAX_XRUNS:
+                    raise DeviceLost(
+                        f"ALSA device {self.device!r} keeps failing ({pcm.error(int(n))}) "
+                        f"after {_MAX_XRUNS} recoveries in one read"
+                    )
                 pcm.recover(int(n))
+                self._start()
                 continue
             if n == 0:
                 break
@@ -238,6 +261,7 @@ class LoopbackMicrophone:
     def _play(self) -> None:
         out = self._out
         step = out.period_frames
+        xruns = 0
         try:
             for start in range(0, len(self._clip), step):
                 chunk = self._clip[start : start + step]
@@ -248,8 +272,14 @@ class LoopbackMicrophone:
                     if n < 0:
                         if n == -errno.EPIPE:
                             self.underruns += 1
+                        xruns += 1
+                        if xruns > _MAX_XRUNS:
+                            raise DeviceLost(
+                                f"ALSA device {out.device!r} keeps failing ({out.error(int(n))})"
+                            )
                         out.recover(int(n))
                         continue
+                    xruns = 0
                     chunk = chunk[int(n) :]
             out.lib.snd_pcm_drain(out.handle)  # the clip's tail is heard before `finished`
         except DeviceLost as exc:  # the device went away: the capture side reports it
