@@ -144,7 +144,7 @@ def build(opts: Options, progress: Progress | None = None) -> Report:
         store = work / "store"
         _provision(store, opts)
         kver = image_rootfs.kernel_version(stage)
-        esp = _take_kernel(stage, kver, work)
+        esp = _take_kernel(stage, kver, work, device)
         done("board")
         say(4, STEPS[4])
         initrd = image_initrd.build(stage, kver, image_rootfs.BOOT_MODULES)
@@ -217,7 +217,7 @@ def _provision(store: Path, opts: Options) -> None:
         (store / "trusted.pub").write_bytes(keys.load_public_raw(opts.key))
 
 
-def _take_kernel(stage: Path, kver: str, work: Path) -> dict[str, Path]:
+def _take_kernel(stage: Path, kver: str, work: Path, device: str) -> dict[str, Path]:
     """Move the kernel out of the root's /boot to the ESP's files (it boots from there)."""
     kernel = stage / f"boot/vmlinuz-{kver}"
     if not kernel.is_file():
@@ -233,7 +233,7 @@ def _take_kernel(stage: Path, kver: str, work: Path) -> dict[str, Path]:
         (work / "loader.conf").write_text("default ocula.conf\ntimeout 0\n")
         (work / "ocula.conf").write_text(
             "title Ocula board (Debian arm64)\nlinux /vmlinuz\ninitrd /initrd.img\n"
-            f"options {image_config.CMDLINE}\n"
+            f"options {image_config.cmdline(device)}\n"
         )
         files["loader/loader.conf"] = work / "loader.conf"
         files["loader/entries/ocula.conf"] = work / "ocula.conf"

@@ -34,7 +34,16 @@ SLOTS_LABEL = "ocula-slots"
 ESP_LABEL = "OCULA-ESP"
 STORE = "/var/lib/ocula"
 SLOTS_OPTIONS = "rw,data=ordered,errors=remount-ro,nodev,nosuid"
-CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=hvc0 quiet"
+# The kernel and systemd log on whichever console the agent does not serve: the virtio console
+# (hvc0) when the agent has the PL011, the PL011 (ttyAMA0) when it has the virtio console.
+VIRTIO_CONSOLE = "/dev/hvc0"
+
+
+def cmdline(device: str) -> str:
+    console = "ttyAMA0" if device == VIRTIO_CONSOLE else "hvc0"
+    return f"root=LABEL={ROOT_LABEL} rw console={console} quiet"
+
+
 HOSTNAME = "ocula"
 # Loaded at boot by systemd-modules-load: the test camera, the ALSA loopback, the display.
 LOAD_MODULES = ("vivid", "snd-aloop", "virtio-gpu")
@@ -200,7 +209,7 @@ def image_info(profile: Profile, device: str, recipe: int, sizes: dict[str, Any]
         "serial_device": device,
         "kernel": "vmlinuz",
         "initrd": "initrd.img",
-        "cmdline": CMDLINE,
+        "cmdline": cmdline(device),
         "recipe": recipe,
         "sizes": sizes,
     }

@@ -4,8 +4,10 @@ A qemu board has a name and a folder `$OCULA_QEMU_DIR/NAME` (default `~/.cache/o
 holding its flash, `disk.img`, a copy of the image it was first started from, so a second command
 finds what the first one flashed, like a sim board's store. The kernel, initramfs and command line
 are copied out of the image's boot partition once (`boot/`). Inside, the image's systemd starts
-the boot ROM and agent on the UART (/dev/ttyAMA0, qemu's PL011); the kernel and systemd log to a
-virtio console kept in `console.log`, never on the agent's line.
+the boot ROM and agent on the profile's serial device: a virtio console (/dev/hvc0; the qemu
+profile's) or the PL011 UART (/dev/ttyAMA0, which qemu feeds one byte per main-loop turn: about
+23 KB/s under TCG); the kernel and systemd log on the other one, kept in `console.log`, never
+on the agent's line.
 
 The UART is a pseudo-terminal whose master this process keeps and hands to each qemu it starts
 (`-add-fd`), so the port survives the board's power cuts and boots, as a sim board's does. The
@@ -44,6 +46,7 @@ __all__ = ["QemuBoard", "qemu_dir"]
 log = logging.getLogger(__name__)
 
 UART = "/dev/ttyAMA0"  # the virt machine's PL011
+VIRTIO_CONSOLE = "/dev/hvc0"  # the first virtconsole
 QEMU = "qemu-system-aarch64"
 BOOT_S = 300.0
 MEMORY_MB = 1024
@@ -100,6 +103,7 @@ class QemuBoard:
         self.qemu_log = self.root / "qemu.log"
         self.info: dict[str, Any] = {}
         self.profile = "qemu"
+        self.serial = VIRTIO_CONSOLE
         self.proc: subprocess.Popen[bytes] | None = None
         self.disk: Any = None  # hil.cutdisk.CutDisk while started
         self.port = ""
@@ -154,9 +158,8 @@ class QemuBoard:
         self._boot_files()
 
     def _boot_files(self) -> None:
-        from arm64.image import boot_files
-
         from arm64.errors import Arm64Error
+        from arm64.image import boot_files
 
         try:
             files = boot_files(self.disk_path, self.root / "boot")
@@ -165,12 +168,13 @@ class QemuBoard:
         self.kernel, self.initrd, self.cmdline = files.kernel, files.initrd, files.cmdline
         self.info = dict(files.info)
         serial = self.info.get("serial_device", UART)
-        if serial != UART:
+        if serial not in (UART, VIRTIO_CONSOLE):
             raise PortError(
                 f"qemu://{self.name}: the image was built for board "
-                f"{self.info.get('profile', '?')!r}, whose agent listens on {serial}; qemu's UART "
-                f"is {UART}: build the image with `ocula image --board qemu`"
+                f"{self.info.get('profile', '?')!r}, whose agent listens on {serial}; a qemu board "
+                f"serves {VIRTIO_CONSOLE} or {UART}: build the image with `ocula image --board qemu`"
             )
+        self.serial = serial
         self.profile = str(self.info.get("profile", "qemu"))
 
     # -- power ----------------------------------------------------------------------------------
@@ -204,10 +208,12 @@ class QemuBoard:
             "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.cmdline,
             "-drive", drive,
             "-add-fd", f"fd={self._master},set=1",
-            "-chardev", "serial,id=uart,path=/dev/fdset/1", "-serial", "chardev:uart",
+            "-chardev", "serial,id=agent,path=/dev/fdset/1",
+            "-chardev", f"file,id=log,path={self.console_log},append=on",
+            # the agent's line on its device, the kernel's log on the other
+            "-serial", "chardev:log" if self.serial == VIRTIO_CONSOLE else "chardev:agent",
             "-device", "virtio-serial-device",
-            "-chardev", f"file,id=con,path={self.console_log},append=on",
-            "-device", "virtconsole,chardev=con",
+            "-device", f"virtconsole,chardev={'agent' if self.serial == VIRTIO_CONSOLE else 'log'}",
             "-device", "virtio-gpu-pci",
         ]  # fmt: skip
 

@@ -129,7 +129,7 @@ class Audio:
 
 @dataclass(frozen=True)
 class Serial:
-    kind: str = _choice("uart", "usb-cdc", "pty")
+    kind: str = _choice("uart", "usb-cdc", "pty", "virtio-console")
     baud: int = _num(0, 16_000_000, "baud")
     device: str = ""
 

@@ -140,7 +140,9 @@ def test_board_files_follow_the_profile() -> None:
     assert "LABEL=ocula-root / ext4 rw,errors=remount-ro 0 0" in fstab
     options = image_config.SLOTS_OPTIONS.split(",")
     assert {"data=ordered", "errors=remount-ro", "nodev", "nosuid"} <= set(options)
-    assert "console=hvc0" in image_config.CMDLINE and "ttyAMA0" not in image_config.CMDLINE
+    # the kernel logs on the console the agent does not serve
+    assert "console=hvc0" in image_config.cmdline("/dev/ttyAMA0")
+    assert "console=ttyAMA0" in image_config.cmdline("/dev/hvc0")
 
 
 def test_a_profile_without_a_uart_or_of_another_arch_is_refused() -> None:

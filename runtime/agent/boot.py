@@ -197,6 +197,7 @@ class Rom:
     def run(self) -> None:
         args, store = self.args, Store(self.args.store)
         factory = str(Path(__file__).resolve().parents[2])
+        inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
         backoff = Backoff()
         hook = die_with_parent()
         while True:
@@ -204,7 +205,10 @@ class Rom:
             code = str(store.slot_dir(slot)) if slot != "factory" else factory
             if slot != "factory" and not (Path(code) / "runtime").is_dir():
                 code = factory
-            env = {**os.environ, "PYTHONPATH": code, "OCULA_BOOT_SLOT": slot}
+            # the slot's code first, then what the ROM itself was given (the device's
+            # dependencies, e.g. /opt/ocula/site on an image) but the factory code
+            paths = [code, *(p for p in inherited if p and Path(p).resolve() != Path(factory))]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OCULA_BOOT_SLOT": slot}
             env["OCULA_BOOT_TRIAL"] = "1" if trial else "0"
             env["OCULA_BOOT_ID"] = _boot_id(store)
             cmd = [sys.executable, "-m", "runtime.agent.serve", "--store", str(args.store)]

@@ -46,6 +46,7 @@ class V4l2Camera:
             self._dev.open()
             self._cap: Any = VideoCapture(self._dev)
             self._cap.set_format(width, height, "YUYV")
+            self._cap.open()  # map the buffers and start streaming (vivid found it missing)
             self._stream: Any = iter(self._cap)
         except OSError as exc:
             raise DeviceError(
@@ -73,5 +74,7 @@ class V4l2Camera:
         return np.repeat(luma[:, :, None], 3, axis=2)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._cap.close()
         with contextlib.suppress(OSError):
             self._dev.close()
