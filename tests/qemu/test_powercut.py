@@ -136,6 +136,7 @@ def test_power_cut(seed: int, world: dict[str, Any]) -> None:
         outcome.append("new" if digest == target.manifest.digest else "old")
     client.timeout = 30
     assert result.ok, result
+    client.reconnect(BOOT_S)
     slot, digest = _booted(client)
     assert digest == target.manifest.digest
     assert switch.dropped, f"no cut landed during {moment}"
