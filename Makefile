@@ -14,8 +14,10 @@ BIN := $(VENV)/bin
 KEY := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(KEY)
 # Debian packages the tests use (speech fixtures, CJK fonts, rfc2217 server, arm64 root fs,
-# qemu-io as the NBD client of the power-cut disk).
-APT_PACKAGES := libasound2 espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net debootstrap qemu-utils
+# qemu-io as the NBD client of the power-cut disk, the partition and file system tools of the
+# image builder's small-disk test).
+APT_PACKAGES := libasound2 espeak-ng sox fonts-noto-cjk fonts-dejavu-core ser2net debootstrap qemu-utils \
+  fdisk dosfstools mtools e2fsprogs
 # Debian packages only `make arm64-test` uses (aarch64 user emulation, the root file system).
 ARM64_APT_PACKAGES := qemu-user-static debootstrap
 # Debian packages `ocula image` and `make qemu-test` use (the disk image, booting it).

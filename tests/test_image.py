@@ -120,11 +120,11 @@ def test_module_closure_skips_builtins_takes_compressed_names_and_refuses_unknow
 
 def test_board_files_follow_the_profile() -> None:
     qemu = image_config.serial_device(profiles.find("qemu"))
-    assert qemu == "/dev/ttyAMA0"
+    assert qemu == "/dev/hvc0"  # the qemu profile serves the agent on a virtio console
     unit = image_config.agent_unit(qemu)
     assert (
         "ExecStart=/usr/bin/python3.11 -m runtime.agent.boot --store /var/lib/ocula "
-        "--port /dev/ttyAMA0\n"
+        "--port /dev/hvc0\n"
     ) in unit
     assert "Environment=PYTHONPATH=/opt/ocula:/opt/ocula/site" in unit
     assert "Restart=always" in unit and "WantedBy=multi-user.target" in unit

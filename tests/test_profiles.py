@@ -30,7 +30,7 @@ def test_shipped_profiles_load_with_their_figures():
     assert profiles.find("sim").board.arch == "x86_64"
     qemu = profiles.find("qemu")
     assert (qemu.board.arch, qemu.cpu.total_cores, qemu.memory.ram_mb) == ("aarch64", 2, 1024)
-    assert (qemu.serial.device, qemu.display.interface) == ("/dev/ttyAMA0", "fbdev")
+    assert (qemu.serial.device, qemu.display.interface) == ("/dev/hvc0", "fbdev")
     assert (qemu.display.width, qemu.display.height, qemu.audio.rate, qemu.audio.channels) == (
         640, 480, 16000, 1
     )  # fmt: skip
